@@ -1,0 +1,24 @@
+#pragma once
+// Causal scaled-dot-product attention with grouped KV heads (MHA when Hkv == H, GQA else).
+//   q [B, Tq, H, hd], k and v [B, Tk, Hkv, hd], H % Hkv == 0, Tq <= Tk, out [B, Tq, H, hd].
+// Query t sits at absolute position Tk - Tq + t and sees keys 0 .. Tk - Tq + t (so Tq == Tk
+// is training, Tq < Tk is a KV-cache decode). Query head h reads KV head h / (H / Hkv).
+// scale = 1 / sqrt(hd). lse [B, H, Tq] is the log-sum-exp of each query's scaled scores,
+// saved so the backward recomputes probabilities instead of storing a T x T matrix.
+// Backward: dq, dk, dv are written (=).
+#include "kernels/tensor.h"
+
+namespace sy {
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse);
+namespace cpu {
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse);
+}  // namespace cpu
+}  // namespace sy

@@ -1,0 +1,23 @@
+#pragma once
+// Fused softmax cross-entropy over the vocabulary.
+//   logits [N, V], targets i32 [N]. losses [N] = lse[n] - logits[n, targets[n]], where
+//   lse [N] = logsumexp(logits[n, :]) is saved for the backward; rows whose target equals
+//   ignore_index get loss 0. A target outside [0, V) that is not ignore_index is a
+//   programming error. Callers sum and normalise the per-token losses.
+// Backward: dlogits[n, :] = dlosses[n] * (softmax(logits[n, :]) - onehot(targets[n])), zero
+// for ignored rows; written (=). dlogits may alias logits (the backward then overwrites the
+// logits in place, so the vocabulary-sized buffer exists once).
+#include "kernels/tensor.h"
+
+namespace sy {
+void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
+                           const Tensor& targets, int ignore_index);
+void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
+                            const Tensor& lse, const Tensor& targets, int ignore_index);
+namespace cpu {
+void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
+                           const Tensor& targets, int ignore_index);
+void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
+                            const Tensor& lse, const Tensor& targets, int ignore_index);
+}  // namespace cpu
+}  // namespace sy

@@ -1,0 +1,55 @@
+#pragma once
+// Token permutation by expert and its inverse.
+//
+// N tokens each routed to k experts give N*k slots; slot s = n*k + j is token n's j-th choice
+// (indices [N, k] from topk). The plan orders slots into rows grouped by expert (expert 0's
+// rows first), each group in slot order. With capacity >= 0 an expert keeps at most
+// `capacity` slots, the earliest in slot order; the overflow is dropped (slot_row = -1) and
+// contributes nothing. capacity < 0 is dropless.
+//
+// permute:   out[r, :] = x[row_slot[r] / k, :]                      x [N, D] -> out [M, D]
+//   backward: dx[n, :] = sum of dout over the kept rows of token n  (written)
+// unpermute: out[n, :] = sum_j weights[n, j] * y[slot_row[n*k + j], :] over kept slots
+//   backward: dy[r, :] = weights[slot] * dout[token, :]              (written)
+//             dweights[n, j] = <dout[n, :], y[row, :]>, 0 if dropped  (written)
+#include <cstdint>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace sy {
+
+// capacity for a capacity factor: ceil(factor * N * k / E); factor <= 0 means dropless (-1).
+int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int top_k, int num_experts);
+
+struct DispatchPlan {
+  int64_t num_tokens = 0;
+  int top_k = 0;
+  int num_experts = 0;
+  int64_t num_rows = 0;                // M: kept slots
+  std::vector<int64_t> expert_counts;  // [E] rows per expert (after dropping), on the host
+  std::vector<int64_t> expert_offsets; // [E + 1] exclusive prefix sum of expert_counts
+  Tensor slot_row;                     // i32 [N*k], -1 for a dropped slot
+  Tensor row_slot;                     // i32 [M]
+  int64_t num_dropped() const { return num_tokens * top_k - num_rows; }
+};
+
+// indices i32 [N, k] with values in [0, num_experts).
+DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+
+void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
+void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);
+void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights,
+                       const DispatchPlan& plan);
+void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& dout,
+                        const Tensor& y, const Tensor& weights, const DispatchPlan& plan);
+namespace cpu {
+DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
+void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);
+void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights,
+                       const DispatchPlan& plan);
+void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& dout,
+                        const Tensor& y, const Tensor& weights, const DispatchPlan& plan);
+}  // namespace cpu
+}  // namespace sy

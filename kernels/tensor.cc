@@ -1,0 +1,302 @@
+#include "kernels/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#ifdef SWITCHYARD_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#define SY_CUDA_CHECK(expr)                                                   \
+  do {                                                                        \
+    cudaError_t sy_err_ = (expr);                                             \
+    SY_CHECK(sy_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(sy_err_); \
+  } while (0)
+#endif
+
+namespace sy {
+
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return 4;
+    case DType::kBF16: return 2;
+    case DType::kI32: return 4;
+    case DType::kI64: return 8;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::kF32: return "f32";
+    case DType::kBF16: return "bf16";
+    case DType::kI32: return "i32";
+    case DType::kI64: return "i64";
+  }
+  return "?";
+}
+
+std::string Device::str() const {
+  return is_cpu() ? std::string("cpu") : "cuda:" + std::to_string(index);
+}
+
+bool cuda_available() {
+#ifdef SWITCHYARD_HAVE_CUDA
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();  // clear the sticky "no device" error
+    return false;
+  }
+  return count > 0;
+#else
+  return false;
+#endif
+}
+
+std::string shape_str(const Shape& shape) {
+  std::ostringstream s;
+  s << "[";
+  for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
+  s << "]";
+  return s.str();
+}
+
+class Storage {
+ public:
+  Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
+    if (device.is_cpu()) {
+      // 64-byte alignment keeps vector loads aligned; aligned_alloc needs a multiple size.
+      size_t rounded = (bytes + 63) / 64 * 64;
+      ptr_ = rounded ? std::aligned_alloc(64, rounded) : nullptr;
+      SY_CHECK(rounded == 0 || ptr_ != nullptr) << "out of host memory allocating " << bytes;
+    } else {
+#ifdef SWITCHYARD_HAVE_CUDA
+      SY_CUDA_CHECK(cudaSetDevice(device.index));
+      if (bytes) SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
+#else
+      SY_CHECK(false) << "this build has no CUDA; cannot allocate on " << device.str();
+#endif
+    }
+  }
+  ~Storage() {
+    if (!ptr_) return;
+    if (device_.is_cpu()) {
+      std::free(ptr_);
+    } else {
+#ifdef SWITCHYARD_HAVE_CUDA
+      cudaFreeAsync(ptr_, cudaStreamPerThread);
+#endif
+    }
+  }
+  Storage(const Storage&) = delete;
+  Storage& operator=(const Storage&) = delete;
+  void* ptr() const { return ptr_; }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_;
+  Device device_;
+};
+
+namespace {
+
+int64_t count(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    SY_CHECK(d >= 0) << "negative dimension in shape " << shape_str(shape);
+    n *= d;
+  }
+  return n;
+}
+
+void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
+  if (bytes == 0) return;
+  if (dst_dev.is_cpu() && src_dev.is_cpu()) {
+    std::memcpy(dst, src, bytes);
+    return;
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread));
+  SY_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+#else
+  SY_CHECK(false) << "this build has no CUDA";
+#endif
+}
+
+}  // namespace
+
+Tensor Tensor::empty(Shape shape, DType dtype, Device device) {
+  Tensor t;
+  t.numel_ = count(shape);
+  t.shape_ = std::move(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  t.storage_ = std::make_shared<Storage>(t.nbytes(), device);
+  return t;
+}
+
+Tensor Tensor::zeros(Shape shape, DType dtype, Device device) {
+  Tensor t = empty(std::move(shape), dtype, device);
+  t.zero_();
+  return t;
+}
+
+Tensor Tensor::from_f32(const std::vector<float>& values, Shape shape) {
+  Tensor t = empty(std::move(shape), DType::kF32);
+  SY_CHECK(static_cast<int64_t>(values.size()) == t.numel())
+      << values.size() << " values for shape " << shape_str(t.shape());
+  std::memcpy(t.raw(), values.data(), t.nbytes());
+  return t;
+}
+
+Tensor Tensor::from_i32(const std::vector<int32_t>& values, Shape shape) {
+  Tensor t = empty(std::move(shape), DType::kI32);
+  SY_CHECK(static_cast<int64_t>(values.size()) == t.numel())
+      << values.size() << " values for shape " << shape_str(t.shape());
+  std::memcpy(t.raw(), values.data(), t.nbytes());
+  return t;
+}
+
+int64_t Tensor::dim(int i) const {
+  int n = ndim();
+  if (i < 0) i += n;
+  SY_CHECK(i >= 0 && i < n) << "dim " << i << " of a tensor with shape " << shape_str(shape_);
+  return shape_[i];
+}
+
+void* Tensor::raw() const {
+  SY_CHECK(defined()) << "use of an undefined tensor";
+  return static_cast<char*>(storage_->ptr()) + offset_;
+}
+
+Tensor Tensor::rows(int64_t begin, int64_t end) const {
+  SY_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0])
+      << "rows [" << begin << ", " << end << ") of shape " << shape_str(shape_);
+  Tensor t = *this;
+  int64_t row = shape_[0] ? numel_ / shape_[0] : 0;
+  t.offset_ += static_cast<size_t>(begin * row) * dtype_size(dtype_);
+  t.shape_[0] = end - begin;
+  t.numel_ = (end - begin) * row;
+  return t;
+}
+
+Tensor Tensor::view(Shape shape) const {
+  SY_CHECK(count(shape) == numel_) << "view " << shape_str(shape) << " of shape "
+                                   << shape_str(shape_);
+  Tensor t = *this;
+  t.shape_ = std::move(shape);
+  return t;
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_, device_);
+  t.copy_from(*this);
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
+Tensor Tensor::to(DType dtype) const {
+  if (dtype == dtype_) return *this;
+  SY_CHECK(device_.is_cpu()) << "dtype conversion of a " << device_.str() << " tensor";
+  Tensor t = empty(shape_, dtype, device_);
+  if (dtype_ == DType::kF32 && dtype == DType::kBF16) {
+    const float* s = data<float>();
+    bf16* d = t.data<bf16>();
+    for (int64_t i = 0; i < numel_; ++i) d[i] = f32_to_bf16(s[i]);
+  } else if (dtype_ == DType::kBF16 && dtype == DType::kF32) {
+    const bf16* s = data<bf16>();
+    float* d = t.data<float>();
+    for (int64_t i = 0; i < numel_; ++i) d[i] = bf16_to_f32(s[i]);
+  } else if (dtype_ == DType::kI32 && dtype == DType::kI64) {
+    const int32_t* s = data<int32_t>();
+    int64_t* d = t.data<int64_t>();
+    for (int64_t i = 0; i < numel_; ++i) d[i] = s[i];
+  } else {
+    SY_CHECK(false) << "no conversion " << dtype_name(dtype_) << " -> " << dtype_name(dtype);
+  }
+  return t;
+}
+
+void Tensor::zero_() {
+  if (!numel_) return;
+  if (device_.is_cpu()) {
+    std::memset(raw(), 0, nbytes());
+  } else {
+#ifdef SWITCHYARD_HAVE_CUDA
+    SY_CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), cudaStreamPerThread));
+#endif
+  }
+}
+
+void Tensor::fill_(float value) {
+  SY_CHECK(device_.is_cpu()) << "fill_ on " << device_.str();
+  float* p = data<float>();
+  for (int64_t i = 0; i < numel_; ++i) p[i] = value;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  SY_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
+      << "copy " << shape_str(src.shape_) << " " << dtype_name(src.dtype_) << " into "
+      << shape_str(shape_) << " " << dtype_name(dtype_);
+  copy_bytes(raw(), device_, src.raw(), src.device_, nbytes());
+}
+
+std::vector<float> Tensor::to_f32_vector() const {
+  Tensor host = to(Device::cpu());
+  if (dtype_ == DType::kBF16) host = host.to(DType::kF32);
+  const float* p = host.data<float>();
+  return std::vector<float>(p, p + numel_);
+}
+
+std::vector<int32_t> Tensor::to_i32_vector() const {
+  Tensor host = to(Device::cpu());
+  const int32_t* p = host.data<int32_t>();
+  return std::vector<int32_t>(p, p + numel_);
+}
+
+bf16 f32_to_bf16(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<uint16_t>((u >> 16) | 0x40)};  // NaN
+  uint32_t rounding = 0x7fffu + ((u >> 16) & 1u);
+  return bf16{static_cast<uint16_t>((u + rounding) >> 16)};
+}
+
+float bf16_to_f32(bf16 x) {
+  uint32_t u = static_cast<uint32_t>(x.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+void check_shape(const Tensor& t, const Shape& expected, const char* what) {
+  SY_CHECK(t.defined()) << what << " is undefined";
+  SY_CHECK(t.shape() == expected) << what << " has shape " << shape_str(t.shape())
+                                  << ", expected " << shape_str(expected);
+}
+
+void check_dtype(const Tensor& t, DType expected, const char* what) {
+  SY_CHECK(t.dtype() == expected) << what << " is " << dtype_name(t.dtype()) << ", expected "
+                                  << dtype_name(expected);
+}
+
+void check_same_device(std::initializer_list<const Tensor*> tensors, const char* op) {
+  const Tensor* first = nullptr;
+  for (const Tensor* t : tensors) {
+    if (!t->defined()) continue;
+    if (!first) {
+      first = t;
+      continue;
+    }
+    SY_CHECK(t->device() == first->device())
+        << op << ": tensors on " << first->device().str() << " and " << t->device().str();
+  }
+}
+
+}  // namespace sy
