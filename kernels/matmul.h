@@ -19,5 +19,9 @@ void matmul_backward(const Tensor& da, const Tensor& db, const Tensor& dc, const
 namespace cpu {
 void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
             float alpha, float beta);
+// The same contract as a plain triple loop with double accumulation
+// (kernels/cpu/matmul_reference.cc): the readable oracle cpu::matmul is tested against.
+void matmul_reference(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                      float alpha, float beta);
 }  // namespace cpu
 }  // namespace sy

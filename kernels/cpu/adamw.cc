@@ -1,0 +1,27 @@
+// AdamW on CPU, elementwise: moments m, v updated from g, bias-corrected by 1 - beta^step,
+// then p -= lr (m_hat / (sqrt(v_hat) + eps) + weight_decay p), the decay applied to the
+// parameter before this step's update (decoupled, as in Loshchilov & Hutter).
+#include "kernels/adamw.h"
+
+#include <cmath>
+
+namespace sy::cpu {
+
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const AdamWParams& p) {
+  const float correction1 = static_cast<float>(1.0 - std::pow(double{p.beta1}, p.step));
+  const float correction2 = static_cast<float>(1.0 - std::pow(double{p.beta2}, p.step));
+  const int64_t n = param.numel();
+  float* w = param.data<float>();
+  const float* g = grad.data<float>();
+  float* pm = m.data<float>();
+  float* pv = v.data<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    pm[i] = p.beta1 * pm[i] + (1.0f - p.beta1) * g[i];
+    pv[i] = p.beta2 * pv[i] + (1.0f - p.beta2) * g[i] * g[i];
+    const float m_hat = pm[i] / correction1, v_hat = pv[i] / correction2;
+    w[i] -= p.lr * (m_hat / (std::sqrt(v_hat) + p.eps) + p.weight_decay * w[i]);
+  }
+}
+
+}  // namespace sy::cpu

@@ -1,0 +1,53 @@
+// RMSNorm on CPU: y = x * rstd * weight per row of D, rstd = 1 / sqrt(mean(x^2) + eps).
+// With r = rstd and s = sum_j dy_j w_j x_j, the backward is
+//   dx_j = r (dy_j w_j - x_j r^2 s / D)   (written),   dweight_j += sum_rows dy_j x_j r.
+// Row sums accumulate in double: this is the oracle the CUDA kernel is held to.
+#include "kernels/rmsnorm.h"
+
+#include <cmath>
+
+namespace sy::cpu {
+
+void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight,
+                     float eps) {
+  const int64_t d = x.dim(-1), n = rstd.numel();
+  const float* px = x.data<float>();
+  const float* w = weight.data<float>();
+  float* py = y.data<float>();
+  float* pr = rstd.data<float>();
+  for (int64_t row = 0; row < n; ++row) {
+    const float* xr = px + row * d;
+    double ss = 0;
+    for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(xr[j]) * xr[j];
+    const float r = static_cast<float>(1.0 / std::sqrt(ss / d + eps));
+    float* yr = py + row * d;
+    for (int64_t j = 0; j < d; ++j) yr[j] = xr[j] * r * w[j];
+    pr[row] = r;
+  }
+}
+
+void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy, const Tensor& x,
+                      const Tensor& weight, const Tensor& rstd) {
+  const int64_t d = x.dim(-1), n = rstd.numel();
+  const float* px = x.data<float>();
+  const float* pdy = dy.data<float>();
+  const float* w = weight.data<float>();
+  const float* pr = rstd.data<float>();
+  float* pdx = dx.data<float>();
+  float* dw = dweight.data<float>();
+  for (int64_t row = 0; row < n; ++row) {
+    const float* xr = px + row * d;
+    const float* dyr = pdy + row * d;
+    const float r = pr[row];
+    double s = 0;
+    for (int64_t j = 0; j < d; ++j) {
+      s += static_cast<double>(dyr[j]) * w[j] * xr[j];
+      dw[j] += dyr[j] * xr[j] * r;
+    }
+    const float c = static_cast<float>(s / d) * r * r;
+    float* dxr = pdx + row * d;
+    for (int64_t j = 0; j < d; ++j) dxr[j] = r * (dyr[j] * w[j] - xr[j] * c);
+  }
+}
+
+}  // namespace sy::cpu

@@ -1,0 +1,82 @@
+// rmsnorm: forward against a double reference, backward (dx written, dweight accumulated)
+// against finite differences, over shapes with one or more leading dimensions.
+#include "kernels/rmsnorm.h"
+
+#include <cmath>
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "tests/testing/testing.h"
+
+namespace sy {
+namespace {
+
+using testing::all_close;
+using testing::grad_check;
+using testing::random_normal;
+using testing::rng_for_test;
+using testing::weighted_sum;
+
+constexpr float kEps = 1e-5f;
+
+class RmsnormTest : public ::testing::TestWithParam<Shape> {
+ protected:
+  int64_t d() const { return GetParam().back(); }
+  int64_t rows() const {
+    int64_t n = 1;
+    for (int64_t s : GetParam()) n *= s;
+    return n / d();
+  }
+};
+
+// Rows of up to 64 elements: f32 against double stays within rtol 1e-5 / atol 1e-6.
+TEST_P(RmsnormTest, ForwardMatchesDoubleReference) {
+  auto rng = rng_for_test();
+  const int64_t n = rows(), d = this->d();
+  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
+  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
+  rmsnorm_forward(y, rstd, x, weight, kEps);
+
+  std::vector<float> vx = x.to_f32_vector(), w = weight.to_f32_vector();
+  std::vector<double> expected_y(n * d), expected_rstd(n);
+  for (int64_t row = 0; row < n; ++row) {
+    double ss = 0;
+    for (int64_t j = 0; j < d; ++j) ss += static_cast<double>(vx[row * d + j]) * vx[row * d + j];
+    const double r = 1 / std::sqrt(ss / d + kEps);
+    expected_rstd[row] = r;
+    for (int64_t j = 0; j < d; ++j) expected_y[row * d + j] = vx[row * d + j] * r * w[j];
+  }
+  EXPECT_TRUE(all_close(y, expected_y, 1e-5, 1e-6));
+  EXPECT_TRUE(all_close(rstd, expected_rstd, 1e-6, 0));
+}
+
+TEST_P(RmsnormTest, BackwardMatchesFiniteDifferences) {
+  auto rng = rng_for_test();
+  const int64_t n = rows(), d = this->d();
+  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
+  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
+  rmsnorm_forward(y, rstd, x, weight, kEps);
+
+  Tensor dy = random_normal(GetParam(), rng);
+  Tensor dx = Tensor::empty(GetParam());
+  dx.fill_(std::numeric_limits<float>::quiet_NaN());  // written, never read
+  Tensor start = random_normal({d}, rng), dweight = start.clone();
+  rmsnorm_backward(dx, dweight, dy, x, weight, rstd);
+  std::vector<float> inc = dweight.to_f32_vector(), s = start.to_f32_vector();
+  for (int64_t j = 0; j < d; ++j) inc[j] -= s[j];
+
+  Tensor scratch_rstd = Tensor::empty({n});
+  auto loss = [&] {
+    rmsnorm_forward(y, scratch_rstd, x, weight, kEps);
+    return weighted_sum(y, dy);
+  };
+  EXPECT_TRUE(grad_check(loss, x, dx, rng));
+  EXPECT_TRUE(grad_check(loss, weight, Tensor::from_f32(inc, {d}), rng));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, RmsnormTest,
+                         ::testing::Values(Shape{1, 8}, Shape{3, 7}, Shape{2, 5, 16},
+                                           Shape{2, 3, 1, 33}, Shape{17, 64}));
+
+}  // namespace
+}  // namespace sy
