@@ -223,7 +223,7 @@ Tensor Tensor::to(DType dtype) const {
   return t;
 }
 
-void Tensor::zero_() {
+void Tensor::zero_() const {
   if (!numel_) return;
   if (device_.is_cpu()) {
     std::memset(raw(), 0, nbytes());
@@ -234,13 +234,13 @@ void Tensor::zero_() {
   }
 }
 
-void Tensor::fill_(float value) {
+void Tensor::fill_(float value) const {
   SY_CHECK(device_.is_cpu()) << "fill_ on " << device_.str();
   float* p = data<float>();
   for (int64_t i = 0; i < numel_; ++i) p[i] = value;
 }
 
-void Tensor::copy_from(const Tensor& src) {
+void Tensor::copy_from(const Tensor& src) const {
   SY_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
       << "copy " << shape_str(src.shape_) << " " << dtype_name(src.dtype_) << " into "
       << shape_str(shape_) << " " << dtype_name(dtype_);

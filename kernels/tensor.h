@@ -65,9 +65,9 @@ class Tensor {
   Tensor to(Device device) const;
   Tensor to(DType dtype) const;  // CPU only: f32 <-> bf16 with round-to-nearest-even
 
-  void zero_();
-  void fill_(float value);  // f32 only
-  void copy_from(const Tensor& src);  // same shape and dtype, any devices
+  void zero_() const;
+  void fill_(float value) const;  // f32 only
+  void copy_from(const Tensor& src) const;  // same shape and dtype, any devices
 
   std::vector<float> to_f32_vector() const;  // any float dtype, any device
   std::vector<int32_t> to_i32_vector() const;

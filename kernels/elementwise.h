@@ -1,0 +1,25 @@
+#pragma once
+// Small elementwise and layout ops the model glues its layers with. All f32, same device.
+//   add(out, a, b):        out = a + b            (out may alias a or b)
+//   add_(y, x):            y += x                 (accumulating: residual gradients)
+//   scale_(x, s):          x *= s
+//   concat_cols(out, a, b) out[n] = [a[n], b[n]]  a [N, A], b [N, B], out [N, A + B]
+//   split_cols(da, db, d)  the backward of concat_cols: da = d[:, :A], db = d[:, A:] (written)
+//   sum_squares(x)         sum of x^2 in double (gradient norms)
+#include "kernels/tensor.h"
+
+namespace sy {
+void add(const Tensor& out, const Tensor& a, const Tensor& b);
+void add_(const Tensor& y, const Tensor& x);
+void scale_(const Tensor& x, float s);
+void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
+void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
+double sum_squares(const Tensor& x);
+namespace cpu {
+void add(const Tensor& out, const Tensor& a, const Tensor& b);
+void scale_(const Tensor& x, float s);
+void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
+void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
+double sum_squares(const Tensor& x);
+}  // namespace cpu
+}  // namespace sy

@@ -1,0 +1,375 @@
+#include "models/layers.h"
+
+#include <cmath>
+
+#include "kernels/attention.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "kernels/rmsnorm.h"
+#include "kernels/rope.h"
+#include "kernels/router.h"
+#include "kernels/swiglu.h"
+
+namespace sy {
+namespace {
+
+// y = x W^T for a weight [out, in].
+Tensor linear(const Tensor& x, const Tensor& w) {
+  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, DType::kF32, x.device());
+  matmul(y, x, w, false, true);
+  return y;
+}
+
+// Backward of y = x W^T: dW accumulates; dx is written (beta_x = 0) or accumulated (1).
+void linear_backward(const Tensor& dx, Param& w, const Tensor& dy, const Tensor& x,
+                     float beta_x = 0.0f) {
+  matmul_backward(dx, w.grad, dy, x, w.value, false, true, beta_x, 1.0f);
+}
+
+// The [rows, cols] matrix of expert e inside a stacked [E, rows, cols] tensor.
+Tensor expert_slice(const Tensor& stacked, int64_t e) {
+  return stacked.rows(e, e + 1).view({stacked.dim(1), stacked.dim(2)});
+}
+
+float output_std(const ModelSpec& spec) {
+  // Residual-branch outputs start smaller so the residual stream's variance does not grow
+  // with depth (GPT-2's 1/sqrt(2 * layers)).
+  return spec.init_std / std::sqrt(2.0f * static_cast<float>(spec.n_layers));
+}
+
+}  // namespace
+
+// --- RmsNorm ---------------------------------------------------------------------------------
+
+RmsNorm::RmsNorm(ParamStore& store, const std::string& name, int dim, float eps)
+    : weight_(store.add(name, {dim}, SyncGroup::kDense, Init::kOnes, 0.0f, false)), eps_(eps) {}
+
+Tensor RmsNorm::forward(const Tensor& x) {
+  x_ = x;
+  rstd_ = Tensor::empty({x.numel() / x.dim(-1)}, DType::kF32, x.device());
+  Tensor y = Tensor::empty(x.shape(), DType::kF32, x.device());
+  rmsnorm_forward(y, rstd_, x, weight_.value, eps_);
+  return y;
+}
+
+Tensor RmsNorm::backward(const Tensor& dy) {
+  Tensor dx = Tensor::empty(dy.shape(), DType::kF32, dy.device());
+  rmsnorm_backward(dx, weight_.grad, dy, x_, weight_.value, rstd_);
+  return dx;
+}
+
+// --- Attention -------------------------------------------------------------------------------
+
+Attention::Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec)
+    : spec_(spec),
+      norm_(store, prefix + "attn_norm.weight", spec.d_model, spec.norm_eps),
+      wq_(store.add(prefix + "attn.wq", {spec.n_heads * spec.head_dim(), spec.d_model},
+                    SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
+      wk_(store.add(prefix + "attn.wk", {spec.n_kv_heads * spec.head_dim(), spec.d_model},
+                    SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
+      wv_(store.add(prefix + "attn.wv", {spec.n_kv_heads * spec.head_dim(), spec.d_model},
+                    SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
+      wo_(store.add(prefix + "attn.wo", {spec.d_model, spec.n_heads * spec.head_dim()},
+                    SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {}
+
+Tensor Attention::forward(const Tensor& x, const TokenLayout& layout) {
+  const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
+  layout_ = layout;
+  n_ = norm_.forward(x);
+  q_ = linear(n_, wq_.value).view({b, t, spec_.n_heads, hd});
+  k_ = linear(n_, wk_.value).view({b, t, spec_.n_kv_heads, hd});
+  v_ = linear(n_, wv_.value).view({b, t, spec_.n_kv_heads, hd});
+  rope_forward(q_, q_, layout.positions, spec_.rope_theta);
+  rope_forward(k_, k_, layout.positions, spec_.rope_theta);
+  o_ = Tensor::empty(q_.shape(), DType::kF32, x.device());
+  lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
+  attention_forward(o_, lse_, q_, k_, v_);
+  return linear(o_.view({b * t, spec_.n_heads * hd}), wo_.value);
+}
+
+Tensor Attention::backward(const Tensor& dy) {
+  const int64_t n = layout_.tokens();
+  Tensor o2 = o_.view({n, o_.numel() / n});
+  Tensor d_o = Tensor::empty(o2.shape(), DType::kF32, dy.device());
+  linear_backward(d_o, wo_, dy, o2);
+  Tensor dq = Tensor::empty(q_.shape(), DType::kF32, dy.device());
+  Tensor dk = Tensor::empty(k_.shape(), DType::kF32, dy.device());
+  Tensor dv = Tensor::empty(v_.shape(), DType::kF32, dy.device());
+  attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
+  rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
+  rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
+  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dy.device());
+  linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
+  linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);
+  linear_backward(dn, wv_, dv.view({n, dv.numel() / n}), n_, 1.0f);
+  return norm_.backward(dn);
+}
+
+// --- SwiGLU MLP ------------------------------------------------------------------------------
+
+SwigluMlp::SwigluMlp(ParamStore& store, const std::string& prefix, int d_model, int hidden,
+                     float std, float out_std)
+    : w13_(store.add(prefix + "w13", {2 * hidden, d_model}, SyncGroup::kDense, Init::kNormal,
+                     std, true)),
+      w2_(store.add(prefix + "w2", {d_model, hidden}, SyncGroup::kDense, Init::kNormal, out_std,
+                    true)) {}
+
+Tensor SwigluMlp::forward(const Tensor& n) {
+  n_ = n;
+  h_ = linear(n, w13_.value);
+  a_ = Tensor::empty({n.dim(0), w2_.value.dim(1)}, DType::kF32, n.device());
+  swiglu_forward(a_, h_);
+  return linear(a_, w2_.value);
+}
+
+Tensor SwigluMlp::backward(const Tensor& dy) {
+  Tensor da = Tensor::empty(a_.shape(), DType::kF32, dy.device());
+  linear_backward(da, w2_, dy, a_);
+  Tensor dh = Tensor::empty(h_.shape(), DType::kF32, dy.device());
+  swiglu_backward(dh, da, h_);
+  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dy.device());
+  linear_backward(dn, w13_, dh, n_);
+  return dn;
+}
+
+DenseFfn::DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec)
+    : norm_(store, prefix + "ffn_norm.weight", spec.d_model, spec.norm_eps),
+      mlp_(store, prefix + "mlp.", spec.d_model, spec.dense_ffn_hidden, spec.init_std,
+           output_std(spec)) {}
+
+Tensor DenseFfn::forward(const Tensor& x, const TokenLayout&) {
+  return mlp_.forward(norm_.forward(x));
+}
+
+Tensor DenseFfn::backward(const Tensor& dy) { return norm_.backward(mlp_.backward(dy)); }
+
+// --- Mixture of experts ----------------------------------------------------------------------
+
+void RoutingStats::reset(int num_experts) {
+  load.assign(num_experts, 0.0);
+  dropped = 0;
+  aux_loss = z_loss = seq_aux_loss = 0.0;
+}
+
+MoeFfn::MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec)
+    : spec_(spec),
+      norm_(store, prefix + "ffn_norm.weight", spec.d_model, spec.norm_eps),
+      router_(store.add(prefix + "moe.router.weight", {spec.moe.num_experts, spec.d_model},
+                        SyncGroup::kDense, Init::kNormal, spec.init_std, false)),
+      w13_(store.add(prefix + "moe.experts.w13",
+                     {spec.moe.num_experts, 2 * spec.moe.expert_hidden, spec.d_model},
+                     SyncGroup::kExpert, Init::kNormal, spec.init_std, true)),
+      w2_(store.add(prefix + "moe.experts.w2",
+                    {spec.moe.num_experts, spec.d_model, spec.moe.expert_hidden},
+                    SyncGroup::kExpert, Init::kNormal, output_std(spec), true)) {
+  if (spec.moe.bias_update_rate > 0) {
+    bias_ = &store.add(prefix + "moe.router.bias", {spec.moe.num_experts}, SyncGroup::kDense,
+                       Init::kZeros, 0.0f, false);
+    bias_->trainable = false;
+  }
+  if (spec.moe.num_shared_experts > 0) {
+    shared_ = std::make_unique<SwigluMlp>(store, prefix + "moe.shared.", spec.d_model,
+                                          spec.moe.num_shared_experts * spec.moe.expert_hidden,
+                                          spec.init_std, output_std(spec));
+  }
+  stats_.reset(spec.moe.num_experts);
+}
+
+Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
+  const MoeSpec& m = spec_.moe;
+  const int64_t n = x.dim(0), e_count = m.num_experts, k = m.top_k;
+  const Device dev = x.device();
+  layout_ = layout;
+  n_ = norm_.forward(x);
+
+  // Route.
+  logits_ = linear(n_, router_.value);
+  scores_ = Tensor::empty(logits_.shape(), DType::kF32, dev);
+  router_scores_forward(scores_, logits_, m.score_function);
+  indices_ = Tensor::empty({n, k}, DType::kI32, dev);
+  weights_ = Tensor::empty({n, k}, DType::kF32, dev);
+  TopKOptions topk{.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
+                   .normalize = m.normalize_topk, .scale = m.route_scale};
+  topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk);
+  plan_ = make_dispatch_plan(indices_, m.num_experts,
+                             expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
+
+  // Experts: one GEMM pair per expert over its contiguous rows.
+  xp_ = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
+  permute_forward(xp_, n_, plan_);
+  h_ = Tensor::empty({plan_.num_rows, 2 * m.expert_hidden}, DType::kF32, dev);
+  a_ = Tensor::empty({plan_.num_rows, m.expert_hidden}, DType::kF32, dev);
+  y_ = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
+  for (int64_t e = 0; e < e_count; ++e) {
+    const int64_t lo = plan_.expert_offsets[e], hi = plan_.expert_offsets[e + 1];
+    if (lo == hi) continue;
+    matmul(h_.rows(lo, hi), xp_.rows(lo, hi), expert_slice(w13_.value, e), false, true);
+    swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
+    matmul(y_.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.value, e), false, true);
+  }
+  Tensor out = Tensor::empty({n, spec_.d_model}, DType::kF32, dev);
+  unpermute_forward(out, y_, weights_, plan_);
+  if (shared_) add_(out, shared_->forward(n_));
+
+  // Load statistics and balancing terms, from the (small) routing tensors on the host.
+  const std::vector<int32_t> idx = indices_.to_i32_vector();
+  const std::vector<float> s = scores_.to_f32_vector();
+  const std::vector<float> lg = logits_.to_f32_vector();
+  const int64_t b_count = layout.batch, t_count = layout.seq;
+  std::vector<double> counts(e_count, 0.0), seq_counts(b_count * e_count, 0.0);
+  for (int64_t i = 0; i < n * k; ++i) {
+    counts[idx[i]] += 1;
+    seq_counts[(i / k) / t_count * e_count + idx[i]] += 1;
+  }
+  for (int64_t e = 0; e < e_count; ++e) stats_.load[e] += counts[e];
+  stats_.dropped += plan_.num_dropped();
+
+  f_global_.assign(e_count, 0.0);
+  f_seq_.assign(b_count * e_count, 0.0);
+  for (int64_t e = 0; e < e_count; ++e) f_global_[e] = e_count * counts[e] / double(k * n);
+  for (int64_t i = 0; i < b_count * e_count; ++i)
+    f_seq_[i] = e_count * seq_counts[i] / double(k * t_count);
+  double aux = 0, seq_aux = 0, z = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    double total = 0;
+    for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
+    const int64_t seq = r / t_count;
+    for (int64_t e = 0; e < e_count; ++e) {
+      const double p = s[r * e_count + e] / total;
+      aux += f_global_[e] * p / double(n);
+      seq_aux += f_seq_[seq * e_count + e] * p / double(t_count * b_count);
+    }
+    double mx = lg[r * e_count];
+    for (int64_t e = 1; e < e_count; ++e) mx = std::max(mx, double(lg[r * e_count + e]));
+    double sum = 0;
+    for (int64_t e = 0; e < e_count; ++e) sum += std::exp(lg[r * e_count + e] - mx);
+    const double lse = mx + std::log(sum);
+    z += lse * lse / double(n);
+  }
+  stats_.aux_loss += loss_scale_ * m.aux_loss_coef * aux;
+  stats_.seq_aux_loss += loss_scale_ * m.seq_aux_loss_coef * seq_aux;
+  stats_.z_loss += loss_scale_ * m.z_loss_coef * z;
+  return out;
+}
+
+Tensor MoeFfn::backward(const Tensor& dy) {
+  const MoeSpec& m = spec_.moe;
+  const int64_t n = n_.dim(0), e_count = m.num_experts, k = m.top_k;
+  const Device dev = dy.device();
+
+  // Combine, experts, dispatch: mirror of the forward.
+  Tensor dyp = Tensor::empty(y_.shape(), DType::kF32, dev);
+  Tensor dweights = Tensor::empty(weights_.shape(), DType::kF32, dev);
+  unpermute_backward(dyp, dweights, dy, y_, weights_, plan_);
+  Tensor da = Tensor::empty(a_.shape(), DType::kF32, dev);
+  Tensor dh = Tensor::empty(h_.shape(), DType::kF32, dev);
+  Tensor dxp = Tensor::empty(xp_.shape(), DType::kF32, dev);
+  for (int64_t e = 0; e < e_count; ++e) {
+    const int64_t lo = plan_.expert_offsets[e], hi = plan_.expert_offsets[e + 1];
+    if (lo == hi) continue;
+    matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dyp.rows(lo, hi),
+                    a_.rows(lo, hi), expert_slice(w2_.value, e), false, true, 0.0f, 1.0f);
+    swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
+    matmul_backward(dxp.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
+                    xp_.rows(lo, hi), expert_slice(w13_.value, e), false, true, 0.0f, 1.0f);
+  }
+  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dev);
+  permute_backward(dn, dxp, plan_);
+  if (shared_) add_(dn, shared_->backward(dy));
+
+  // Router: gate-weight gradient through top-k, plus the balancing terms' gradients.
+  Tensor dscores = Tensor::empty(scores_.shape(), DType::kF32, dev);
+  TopKOptions topk{.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
+                   .normalize = m.normalize_topk, .scale = m.route_scale};
+  topk_backward(dscores, dweights, indices_, scores_, topk);
+  const bool balance = m.aux_loss_coef > 0 || m.seq_aux_loss_coef > 0;
+  if (balance) {
+    Tensor ds_host = dscores.to(Device::cpu()).clone();
+    float* ds = ds_host.data<float>();
+    const std::vector<float> s = scores_.to_f32_vector();
+    const int64_t t_count = layout_.seq, b_count = layout_.batch;
+    std::vector<double> dp(e_count);
+    for (int64_t r = 0; r < n; ++r) {
+      // d(loss)/d(p) where p = s / sum(s), then through the normalisation to s.
+      double total = 0, dot = 0;
+      for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
+      for (int64_t e = 0; e < e_count; ++e) {
+        dp[e] = loss_scale_ * (m.aux_loss_coef * f_global_[e] / double(n) +
+                               m.seq_aux_loss_coef * f_seq_[(r / t_count) * e_count + e] /
+                                   double(t_count * b_count));
+        dot += dp[e] * s[r * e_count + e] / total;
+      }
+      for (int64_t e = 0; e < e_count; ++e)
+        ds[r * e_count + e] += static_cast<float>((dp[e] - dot) / total);
+    }
+    dscores.copy_from(ds_host);
+  }
+  Tensor dlogits = Tensor::empty(logits_.shape(), DType::kF32, dev);
+  router_scores_backward(dlogits, dscores, scores_, m.score_function);
+  if (m.z_loss_coef > 0) {
+    // d/dlogit of coef * mean(lse^2) = coef * 2 lse / N * softmax(logits).
+    Tensor dl_host = dlogits.to(Device::cpu()).clone();
+    float* dl = dl_host.data<float>();
+    const std::vector<float> lg = logits_.to_f32_vector();
+    for (int64_t r = 0; r < n; ++r) {
+      const float* row = lg.data() + r * e_count;
+      double mx = row[0];
+      for (int64_t e = 1; e < e_count; ++e) mx = std::max(mx, double(row[e]));
+      double sum = 0;
+      for (int64_t e = 0; e < e_count; ++e) sum += std::exp(row[e] - mx);
+      const double lse = mx + std::log(sum);
+      const double c = loss_scale_ * m.z_loss_coef * 2.0 * lse / double(n);
+      for (int64_t e = 0; e < e_count; ++e)
+        dl[r * e_count + e] += static_cast<float>(c * std::exp(row[e] - mx) / sum);
+    }
+    dlogits.copy_from(dl_host);
+  }
+  (void)k;
+  linear_backward(dn, router_, dlogits, n_, 1.0f);
+  return norm_.backward(dn);
+}
+
+void MoeFfn::update_bias() {
+  if (!bias_) return;
+  const int e_count = spec_.moe.num_experts;
+  double mean = 0;
+  for (double l : stats_.load) mean += l / e_count;
+  Tensor host = bias_->value.to(Device::cpu()).clone();
+  float* b = host.data<float>();
+  for (int e = 0; e < e_count; ++e) {
+    const double diff = mean - stats_.load[e];
+    b[e] += spec_.moe.bias_update_rate * static_cast<float>((diff > 0) - (diff < 0));
+  }
+  bias_->value.copy_from(host);
+}
+
+// --- Block -----------------------------------------------------------------------------------
+
+Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe)
+    : attn_(store, prefix, spec) {
+  if (moe) {
+    auto ffn = std::make_unique<MoeFfn>(store, prefix, spec);
+    moe_ = ffn.get();
+    ffn_ = std::move(ffn);
+  } else {
+    ffn_ = std::make_unique<DenseFfn>(store, prefix, spec);
+  }
+}
+
+Tensor Block::forward(const Tensor& x, const TokenLayout& layout) {
+  Tensor h = Tensor::empty(x.shape(), DType::kF32, x.device());
+  add(h, x, attn_.forward(x, layout));
+  Tensor out = Tensor::empty(x.shape(), DType::kF32, x.device());
+  add(out, h, ffn_->forward(h, layout));
+  return out;
+}
+
+Tensor Block::backward(const Tensor& dout) {
+  Tensor dh = ffn_->backward(dout);
+  add_(dh, dout);
+  Tensor dx = attn_.backward(dh);
+  add_(dx, dh);
+  return dx;
+}
+
+}  // namespace sy

@@ -1,0 +1,152 @@
+#pragma once
+// The transformer's sublayers as explicit forward/backward pairs (no autograd tape).
+// A forward with `save` keeps what its backward needs in the module; the next backward
+// consumes it. Every sublayer owns its pre-norm: it computes f(RMSNorm(x)), and its
+// backward returns the gradient with respect to x through that path only (the residual is
+// the block's business). Parameter gradients accumulate into the ParamStore.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kernels/permute.h"
+#include "models/model_spec.h"
+#include "models/param_store.h"
+
+namespace sy {
+
+// Shape of the activations flowing through a block: B sequences of T tokens, N = B*T rows.
+struct TokenLayout {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  Tensor positions;  // i32 [B, T]
+  int64_t tokens() const { return batch * seq; }
+};
+
+// RMSNorm with a learned gain.
+class RmsNorm {
+ public:
+  RmsNorm(ParamStore& store, const std::string& name, int dim, float eps);
+  Tensor forward(const Tensor& x);
+  // dx written; the gain's gradient accumulates.
+  Tensor backward(const Tensor& dy);
+
+ private:
+  Param& weight_;
+  float eps_;
+  Tensor x_, rstd_;
+};
+
+// Rotary causal self-attention with grouped KV heads: y = Wo attn(rope(Wq n), rope(Wk n), Wv n)
+// where n = RMSNorm(x).
+class Attention {
+ public:
+  Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
+  Tensor forward(const Tensor& x, const TokenLayout& layout);
+  Tensor backward(const Tensor& dy);
+
+ private:
+  const ModelSpec& spec_;
+  RmsNorm norm_;
+  Param &wq_, &wk_, &wv_, &wo_;
+  TokenLayout layout_;
+  Tensor n_, q_, k_, v_, o_, lse_;
+};
+
+// Feed-forward sublayers: dense SwiGLU or mixture of experts.
+class FeedForward {
+ public:
+  virtual ~FeedForward() = default;
+  virtual Tensor forward(const Tensor& x, const TokenLayout& layout) = 0;
+  virtual Tensor backward(const Tensor& dy) = 0;
+};
+
+// SwiGLU MLP on already-normalised input: y = W2 (silu(W1 n) * (W3 n)), W1 and W3 stacked as
+// one [2F, D] weight (w13). Shared experts of a MoE layer are one of these too.
+class SwigluMlp {
+ public:
+  SwigluMlp(ParamStore& store, const std::string& prefix, int d_model, int hidden, float std,
+            float out_std);
+  Tensor forward(const Tensor& n);
+  Tensor backward(const Tensor& dy);  // gradient with respect to n
+
+ private:
+  Param &w13_, &w2_;
+  Tensor n_, h_, a_;
+};
+
+class DenseFfn : public FeedForward {
+ public:
+  DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
+  Tensor forward(const Tensor& x, const TokenLayout& layout) override;
+  Tensor backward(const Tensor& dy) override;
+
+ private:
+  RmsNorm norm_;
+  SwigluMlp mlp_;
+};
+
+// Per-step routing statistics of one MoE layer, summed over the micro-batches of a step.
+struct RoutingStats {
+  std::vector<double> load;  // [E] slots routed to each expert (before capacity dropping)
+  int64_t dropped = 0;       // slots dropped by the capacity limit
+  double aux_loss = 0;       // balancing terms (already multiplied by their coefficients
+  double z_loss = 0;         //   and by the micro-batch's loss scale)
+  double seq_aux_loss = 0;
+  void reset(int num_experts);
+};
+
+// Mixture of experts: router (softmax or sigmoid scores, optional group-limited top-k,
+// optional normalisation of the chosen weights), routed SwiGLU experts (stacked weights
+// [E, 2F, D] and [E, D, F]), optional shared experts, dropless or capacity dropping, and the
+// load-balancing terms:
+//   aux     = coef * sum_e f_e * P_e over the micro-batch,
+//   seq aux = coef * mean over sequences of sum_e f_e * P_e within the sequence,
+//     with f_e = E / (k * tokens) * (slots routed to e) and P_e = mean over tokens of the
+//     token's scores normalised to sum 1 (f is a count and carries no gradient);
+//   z       = coef * mean over tokens of logsumexp(router logits)^2.
+// The auxiliary-loss-free bias (DeepSeek-V3) shifts only which experts are chosen; after
+// each optimizer step update_bias() moves it by rate * sign(mean load - load).
+class MoeFfn : public FeedForward {
+ public:
+  MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
+  Tensor forward(const Tensor& x, const TokenLayout& layout) override;
+  Tensor backward(const Tensor& dy) override;
+
+  // Balancing terms enter the loss multiplied by this (1 / micro-batches per step).
+  void set_loss_scale(float scale) { loss_scale_ = scale; }
+  RoutingStats& stats() { return stats_; }
+  void update_bias();  // from stats().load; no-op when bias_update_rate == 0
+  const Param* bias() const { return bias_; }
+
+ private:
+  const ModelSpec& spec_;
+  RmsNorm norm_;
+  Param& router_;
+  Param* bias_ = nullptr;
+  Param &w13_, &w2_;
+  std::unique_ptr<SwigluMlp> shared_;
+  float loss_scale_ = 1.0f;
+  RoutingStats stats_;
+  // saved for backward
+  TokenLayout layout_;
+  Tensor n_, logits_, scores_, indices_, weights_, xp_, h_, a_, y_;
+  DispatchPlan plan_;
+  std::vector<double> f_global_;  // [E] f_e over the micro-batch
+  std::vector<double> f_seq_;     // [B, E] f_e per sequence
+};
+
+// Pre-norm transformer block: h = x + attn(x); out = h + ffn(h).
+class Block {
+ public:
+  Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe);
+  Tensor forward(const Tensor& x, const TokenLayout& layout);
+  Tensor backward(const Tensor& dout);
+  MoeFfn* moe() { return moe_; }
+
+ private:
+  Attention attn_;
+  std::unique_ptr<FeedForward> ffn_;
+  MoeFfn* moe_ = nullptr;
+};
+
+}  // namespace sy

@@ -1,0 +1,92 @@
+#include "models/param_store.h"
+
+#include <random>
+
+namespace sy {
+
+uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+  h ^= index + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  // splitmix64 finaliser
+  h += 0x9e3779b97f4a7c15ull;
+  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
+  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
+  return h ^ (h >> 31);
+}
+
+Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init,
+                       float init_std, bool decay) {
+  SY_CHECK(find(name) == nullptr) << "parameter registered twice: " << name;
+  Param p;
+  p.name = std::move(name);
+  p.value = Tensor::zeros(shape, DType::kF32, device_);
+  p.grad = Tensor::zeros(shape, DType::kF32, device_);
+  p.group = group;
+  p.init = init;
+  p.init_std = init_std;
+  p.decay = decay;
+  params_.push_back(std::move(p));
+  return params_.back();
+}
+
+Param* ParamStore::find(const std::string& name) {
+  for (Param& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+const Param* ParamStore::find(const std::string& name) const {
+  for (const Param& p : params_)
+    if (p.name == name) return &p;
+  return nullptr;
+}
+
+std::vector<Param*> ParamStore::params() {
+  std::vector<Param*> out;
+  for (Param& p : params_) out.push_back(&p);
+  return out;
+}
+
+std::vector<const Param*> ParamStore::params() const {
+  std::vector<const Param*> out;
+  for (const Param& p : params_) out.push_back(&p);
+  return out;
+}
+
+void ParamStore::initialize(uint64_t seed) {
+  for (Param& p : params_) {
+    Tensor host = Tensor::empty(p.value.shape());
+    float* v = host.data<float>();
+    const int64_t n = host.numel();
+    if (p.init == Init::kOnes) {
+      for (int64_t i = 0; i < n; ++i) v[i] = 1.0f;
+    } else if (p.init == Init::kZeros) {
+      for (int64_t i = 0; i < n; ++i) v[i] = 0.0f;
+    } else {
+      // Expert tensors are stacked [E_local, ...]: one stream per global expert index.
+      const bool stacked = p.group == SyncGroup::kExpert;
+      const int64_t slices = stacked ? host.dim(0) : 1;
+      const int64_t per = slices ? n / slices : 0;
+      for (int64_t s = 0; s < slices; ++s) {
+        std::mt19937_64 rng(hash_seed(seed, p.name, stacked ? p.expert_offset + s : 0));
+        std::normal_distribution<float> dist(0.0f, p.init_std);
+        for (int64_t i = 0; i < per; ++i) v[s * per + i] = dist(rng);
+      }
+    }
+    p.value.copy_from(host);
+  }
+  zero_grad();
+}
+
+void ParamStore::zero_grad() {
+  for (Param& p : params_) p.grad.zero_();
+}
+
+int64_t ParamStore::num_elements() const {
+  int64_t n = 0;
+  for (const Param& p : params_) n += p.value.numel();
+  return n;
+}
+
+}  // namespace sy

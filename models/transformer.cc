@@ -1,0 +1,250 @@
+#include "models/transformer.h"
+
+#include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
+#include "kernels/embedding.h"
+#include "kernels/matmul.h"
+
+namespace sy {
+namespace {
+
+// Inputs and targets of MTP module k (1-based): position i sees token t_{i+k} and predicts
+// the target of position i+k; positions past the end are padding and carry no loss.
+std::pair<Tensor, Tensor> shift_for_mtp(const Tensor& inputs, const Tensor& targets, int k) {
+  const int64_t b = inputs.dim(0), t = inputs.dim(1);
+  Tensor ids = Tensor::empty({b, t}, DType::kI32);
+  Tensor tgt = Tensor::empty({b, t}, DType::kI32);
+  const std::vector<int32_t> in = inputs.to_i32_vector(), tg = targets.to_i32_vector();
+  int32_t* pi = ids.data<int32_t>();
+  int32_t* pt = tgt.data<int32_t>();
+  for (int64_t r = 0; r < b; ++r) {
+    for (int64_t i = 0; i < t; ++i) {
+      const bool inside = i + k < t;
+      pi[r * t + i] = inside ? in[r * t + i + k] : 0;
+      pt[r * t + i] = inside ? tg[r * t + i + k] : kIgnoreIndex;
+    }
+  }
+  return {ids, tgt};
+}
+
+int64_t count_valid(const Tensor& targets) {
+  int64_t n = 0;
+  for (int32_t v : targets.to_i32_vector()) n += v != kIgnoreIndex;
+  return n;
+}
+
+}  // namespace
+
+Transformer::Transformer(const ModelSpec& spec, ParamStore& store)
+    : spec_(spec),
+      store_(store),
+      embed_(store.add("embed.weight", {spec.vocab_size, spec.d_model}, SyncGroup::kDense,
+                       Init::kNormal, spec.init_std, false)) {
+  for (int l = 0; l < spec_.n_layers; ++l) {
+    blocks_.push_back(std::make_unique<Block>(store, "layers." + std::to_string(l) + ".", spec_,
+                                              spec_.is_moe_layer(l)));
+  }
+  final_norm_ = std::make_unique<RmsNorm>(store, "final_norm.weight", spec_.d_model,
+                                          spec_.norm_eps);
+  if (!spec_.tie_embeddings) {
+    lm_head_ = &store.add("lm_head.weight", {spec_.vocab_size, spec_.d_model}, SyncGroup::kDense,
+                          Init::kNormal, spec_.init_std, true);
+  }
+  for (int k = 0; k < spec_.mtp_modules; ++k) {
+    const std::string p = "mtp." + std::to_string(k) + ".";
+    MtpModule m;
+    m.hnorm = std::make_unique<RmsNorm>(store, p + "hnorm.weight", spec_.d_model, spec_.norm_eps);
+    m.enorm = std::make_unique<RmsNorm>(store, p + "enorm.weight", spec_.d_model, spec_.norm_eps);
+    m.proj = &store.add(p + "proj", {spec_.d_model, 2 * spec_.d_model}, SyncGroup::kDense,
+                        Init::kNormal, spec_.init_std, true);
+    m.block = std::make_unique<Block>(store, p + "block.", spec_, spec_.has_moe());
+    m.out_norm =
+        std::make_unique<RmsNorm>(store, p + "out_norm.weight", spec_.d_model, spec_.norm_eps);
+    mtp_.push_back(std::move(m));
+  }
+}
+
+std::vector<MoeFfn*> Transformer::moe_layers() {
+  std::vector<MoeFfn*> out;
+  for (auto& b : blocks_)
+    if (b->moe()) out.push_back(b->moe());
+  for (auto& m : mtp_)
+    if (m.block->moe()) out.push_back(m.block->moe());
+  return out;
+}
+
+TokenLayout Transformer::layout_for(const Tensor& inputs) const {
+  SY_CHECK(inputs.ndim() == 2) << "model inputs must be [B, T], got " << shape_str(inputs.shape());
+  TokenLayout layout;
+  layout.batch = inputs.dim(0);
+  layout.seq = inputs.dim(1);
+  Tensor pos = Tensor::empty({layout.batch, layout.seq}, DType::kI32);
+  int32_t* p = pos.data<int32_t>();
+  for (int64_t i = 0; i < layout.tokens(); ++i) p[i] = static_cast<int32_t>(i % layout.seq);
+  layout.positions = pos.to(store_.device());
+  return layout;
+}
+
+Tensor Transformer::embed(const Tensor& ids) {
+  Tensor flat = ids.to(store_.device()).view({ids.numel()});
+  Tensor x = Tensor::empty({ids.numel(), spec_.d_model}, DType::kF32, store_.device());
+  embedding_forward(x, flat, embed_.value);
+  return x;
+}
+
+void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
+  embedding_backward(embed_.grad, d, ids.to(store_.device()).view({ids.numel()}));
+}
+
+Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->value : embed_.value; }
+Param& Transformer::head_param() { return lm_head_ ? *lm_head_ : embed_; }
+
+Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout) {
+  Tensor h = embed(inputs);
+  for (auto& b : blocks_) h = b->forward(h, layout);
+  return h;
+}
+
+Tensor Transformer::trunk_backward(const Tensor& dh) {
+  Tensor d = dh;
+  for (auto it = blocks_.rbegin(); it != blocks_.rend(); ++it) d = (*it)->backward(d);
+  return d;
+}
+
+TargetCounts Transformer::count_targets(const Tensor& targets) const {
+  TargetCounts c;
+  c.lm = count_valid(targets);
+  for (int k = 1; k <= spec_.mtp_modules; ++k)
+    c.mtp.push_back(count_valid(shift_for_mtp(targets, targets, k).second));
+  return c;
+}
+
+namespace {
+
+// Output head + fused cross-entropy on normalised hidden states hn [N, D]: returns the summed
+// per-token loss and writes dhn = d(scale * summed loss)/d(hn). Head gradient accumulates.
+double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
+                          const Tensor& dhn) {
+  const int64_t n = hn.dim(0), vocab = head.value.dim(0);
+  const Device dev = hn.device();
+  Tensor logits = Tensor::empty({n, vocab}, DType::kF32, dev);
+  matmul(logits, hn, head.value, false, true);
+  Tensor losses = Tensor::empty({n}, DType::kF32, dev);
+  Tensor lse = Tensor::empty({n}, DType::kF32, dev);
+  Tensor tgt = targets.to(dev).view({n});
+  cross_entropy_forward(losses, lse, logits, tgt, kIgnoreIndex);
+  double sum = 0;
+  for (float v : losses.to_f32_vector()) sum += v;
+  Tensor dlosses = Tensor::empty({n}, DType::kF32);
+  dlosses.fill_(static_cast<float>(scale));
+  cross_entropy_backward(logits, dlosses.to(dev), logits, lse, tgt, kIgnoreIndex);  // in place
+  matmul_backward(dhn, head.grad, logits, hn, head.value, false, true, 0.0f, 1.0f);
+  return sum;
+}
+
+}  // namespace
+
+LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targets,
+                                        const LossScales& scales) {
+  SY_CHECK(targets.shape() == inputs.shape())
+      << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
+  SY_CHECK(static_cast<int>(scales.mtp.size()) == spec_.mtp_modules)
+      << "loss scales for " << scales.mtp.size() << " MTP modules, model has "
+      << spec_.mtp_modules;
+  const Device dev = store_.device();
+  const TokenLayout layout = layout_for(inputs);
+  const int64_t n = layout.tokens(), d = spec_.d_model;
+
+  std::vector<MoeFfn*> moes = moe_layers();
+  double balance_before = 0;
+  for (MoeFfn* m : moes) {
+    m->set_loss_scale(static_cast<float>(scales.balance));
+    balance_before += m->stats().aux_loss + m->stats().seq_aux_loss + m->stats().z_loss;
+  }
+
+  LossTerms terms;
+  Tensor h0 = trunk_forward(inputs, layout);
+  Tensor hn = final_norm_->forward(h0);
+  Tensor dhn = Tensor::empty({n, d}, DType::kF32, dev);
+  terms.lm = scales.lm * head_loss_and_grad(hn, head_param(), targets, scales.lm, dhn);
+
+  // MTP forward, module by module (each feeds the next), keeping the head gradients.
+  struct MtpState {
+    Tensor ids, cat, dout;
+  };
+  std::vector<MtpState> states(mtp_.size());
+  Tensor prev = h0;
+  for (size_t k = 0; k < mtp_.size(); ++k) {
+    MtpModule& m = mtp_[k];
+    auto [ids, tgt] = shift_for_mtp(inputs, targets, static_cast<int>(k) + 1);
+    states[k].ids = ids;
+    Tensor a = m.hnorm->forward(prev);
+    Tensor c = m.enorm->forward(embed(ids));
+    states[k].cat = Tensor::empty({n, 2 * d}, DType::kF32, dev);
+    concat_cols(states[k].cat, a, c);
+    Tensor z = Tensor::empty({n, d}, DType::kF32, dev);
+    matmul(z, states[k].cat, m.proj->value, false, true);
+    Tensor hk = m.block->forward(z, layout);
+    Tensor hkn = m.out_norm->forward(hk);
+    states[k].dout = Tensor::empty({n, d}, DType::kF32, dev);
+    terms.mtp += scales.mtp[k] *
+                 head_loss_and_grad(hkn, head_param(), tgt, scales.mtp[k], states[k].dout);
+    prev = hk;
+  }
+
+  // MTP backward, last module first; each hands the gradient of its h^{k-1} input back.
+  Tensor carry;
+  for (size_t k = mtp_.size(); k-- > 0;) {
+    MtpModule& m = mtp_[k];
+    Tensor dhk = m.out_norm->backward(states[k].dout);
+    if (carry.defined()) add_(dhk, carry);
+    Tensor dz = m.block->backward(dhk);
+    Tensor dcat = Tensor::empty({n, 2 * d}, DType::kF32, dev);
+    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->value, false, true, 0.0f,
+                    1.0f);
+    Tensor da = Tensor::empty({n, d}, DType::kF32, dev);
+    Tensor dc = Tensor::empty({n, d}, DType::kF32, dev);
+    split_cols(da, dc, dcat);
+    embed_backward(states[k].ids, m.enorm->backward(dc));
+    carry = m.hnorm->backward(da);
+  }
+
+  Tensor dh0 = final_norm_->backward(dhn);
+  if (carry.defined()) add_(dh0, carry);
+  embed_backward(inputs, trunk_backward(dh0));
+
+  double balance_after = 0;
+  for (MoeFfn* m : moes)
+    balance_after += m->stats().aux_loss + m->stats().seq_aux_loss + m->stats().z_loss;
+  terms.aux = balance_after - balance_before;
+  return terms;
+}
+
+Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
+  const TokenLayout layout = layout_for(inputs);
+  const Device dev = store_.device();
+  Tensor hn = final_norm_->forward(trunk_forward(inputs, layout));
+  const int64_t b = layout.batch, t = layout.seq;
+  Tensor rows = hn;
+  if (last_position_only) {
+    rows = Tensor::empty({b, spec_.d_model}, DType::kF32, dev);
+    for (int64_t r = 0; r < b; ++r) rows.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
+  }
+  Tensor out = Tensor::empty({rows.dim(0), spec_.vocab_size}, DType::kF32, dev);
+  matmul(out, rows, head_weight(), false, true);
+  return out.view({b, last_position_only ? 1 : t, spec_.vocab_size});
+}
+
+std::pair<double, int64_t> Transformer::eval_loss(const Tensor& inputs, const Tensor& targets) {
+  Tensor lg = logits(inputs, false);
+  const int64_t n = inputs.numel();
+  Tensor losses = Tensor::empty({n}, DType::kF32, lg.device());
+  Tensor lse = Tensor::empty({n}, DType::kF32, lg.device());
+  cross_entropy_forward(losses, lse, lg.view({n, spec_.vocab_size}),
+                        targets.to(lg.device()).view({n}), kIgnoreIndex);
+  double sum = 0;
+  for (float v : losses.to_f32_vector()) sum += v;
+  return {sum, count_valid(targets)};
+}
+
+}  // namespace sy

@@ -1,0 +1,91 @@
+#pragma once
+// The MoE transformer with DeepSeek-V3-style multi-token prediction.
+//
+//   h0 = blocks(embed(tokens));  logits = head(RMSNorm(h0))        (first_k_dense dense blocks,
+//                                                                    then MoE blocks)
+//   MTP module k = 1..D:  h^k = block_k(proj_k [RMSNorm(h^{k-1}) ; RMSNorm(embed(t_{i+k}))])
+//                         logits^k = head(RMSNorm_k(h^k)) predicts t_{i+k+1}
+//   loss = CE(main) + lambda / D * sum_k CE_k + load-balancing terms
+// The embedding and the output head are shared by the MTP modules (and tied to each other
+// when tie_embeddings is set).
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "models/layers.h"
+#include "models/model_spec.h"
+#include "models/param_store.h"
+
+namespace sy {
+
+constexpr int kIgnoreIndex = -1;
+
+// How each loss term is normalised over a whole optimizer step. The per-token losses are
+// summed and multiplied by these, so a step over several micro-batches (and, later, several
+// ranks) is normalised by its global token counts and does not depend on how it is split.
+struct LossScales {
+  double lm = 0;                // 1 / (target tokens of the main head in the step)
+  std::vector<double> mtp;      // per module: lambda / D / (its target tokens in the step)
+  double balance = 1;           // balancing terms: 1 / (micro-batches in the step)
+};
+
+struct LossTerms {
+  double lm = 0;   // scaled: summed over the micro-batches of a step, the mean CE
+  double mtp = 0;  // lambda / D * sum_k mean CE_k
+  double aux = 0;  // all balancing terms (aux + seq aux + z) over all MoE layers
+  double total() const { return lm + mtp + aux; }
+};
+
+// Target-token counts of a micro-batch: the main head's, and each MTP module's.
+struct TargetCounts {
+  int64_t lm = 0;
+  std::vector<int64_t> mtp;
+};
+
+class Transformer {
+ public:
+  Transformer(const ModelSpec& spec, ParamStore& store);
+  Transformer(const Transformer&) = delete;
+
+  const ModelSpec& spec() const { return spec_; }
+
+  // Counts the targets each head will see for this batch (targets i32 [B, T]).
+  TargetCounts count_targets(const Tensor& targets) const;
+
+  // One micro-batch: forward, losses, backward. Gradients accumulate into the store.
+  // inputs, targets: i32 [B, T]; targets == kIgnoreIndex carry no loss.
+  LossTerms forward_backward(const Tensor& inputs, const Tensor& targets,
+                             const LossScales& scales);
+
+  // Forward only (no MTP): logits f32 [B, T, V], or [B, 1, V] of the last position.
+  Tensor logits(const Tensor& inputs, bool last_position_only);
+
+  // Summed CE and token count of the main head on a batch (for evaluation).
+  std::pair<double, int64_t> eval_loss(const Tensor& inputs, const Tensor& targets);
+
+  std::vector<MoeFfn*> moe_layers();
+
+ private:
+  struct MtpModule {
+    std::unique_ptr<RmsNorm> hnorm, enorm, out_norm;
+    Param* proj;
+    std::unique_ptr<Block> block;
+  };
+  TokenLayout layout_for(const Tensor& inputs) const;
+  Tensor embed(const Tensor& ids);
+  void embed_backward(const Tensor& ids, const Tensor& d);
+  Tensor head_weight() const;
+  Param& head_param();
+  Tensor trunk_forward(const Tensor& inputs, const TokenLayout& layout);
+  Tensor trunk_backward(const Tensor& dh);
+
+  ModelSpec spec_;
+  ParamStore& store_;
+  Param& embed_;
+  Param* lm_head_ = nullptr;  // null when tied
+  std::vector<std::unique_ptr<Block>> blocks_;
+  std::unique_ptr<RmsNorm> final_norm_;
+  std::vector<MtpModule> mtp_;
+};
+
+}  // namespace sy
