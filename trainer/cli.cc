@@ -7,6 +7,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "kernels/check.h"
+#include "trainer/commands.h"
 #include "trainer/config.h"
 
 namespace sy {
@@ -61,6 +62,8 @@ void print_error(std::ostream& err, absl::string_view message) {
 
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> table = {
+      {"train", "train a model (or --resume a run) from an experiment config", run_train_command},
+      {"data", "tokenize text files into token shards", run_data_command},
       {"config", "print the resolved experiment config (defaults included)", run_config_command},
   };
   return table;

@@ -1,0 +1,182 @@
+#include "trainer/checkpoint.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string_view>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "trainer/json.h"
+#include "trainer/safetensors.h"
+
+namespace sy {
+namespace fs = std::filesystem;
+namespace {
+
+constexpr int kFormatVersion = 1;
+constexpr std::string_view kFormatName = "switchyard-checkpoint";
+
+std::string step_dir_name(int64_t step) { return absl::StrFormat("step_%08d", step); }
+
+absl::StatusOr<std::string> read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+absl::Status checkpoint_error(const std::string& path, absl::string_view what) {
+  return absl::DataLossError(absl::StrCat("checkpoint ", path, ": ", what));
+}
+
+}  // namespace
+
+absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
+                             const ParamStore& store, const AdamW& optimizer, int keep_last) {
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  const std::string name = step_dir_name(state.step);
+  const fs::path tmp = root / (name + ".tmp");
+  const fs::path final_dir = root / name;
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+
+  std::vector<std::pair<std::string, Tensor>> weights;
+  for (const Param* p : store.params()) weights.emplace_back(p->name, p->value.to(Device::cpu()));
+  std::vector<std::pair<std::string, Tensor>> moments;
+  for (auto& [n, t] : optimizer.state()) moments.emplace_back(n, t.to(Device::cpu()));
+  const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
+  auto st = save_safetensors((tmp / "model.safetensors").string(), weights, meta);
+  if (!st.ok()) return st;
+  st = save_safetensors((tmp / "optimizer.safetensors").string(), moments, meta);
+  if (!st.ok()) return st;
+
+  Json manifest = Json::Object{};
+  manifest.set("format", std::string(kFormatName));
+  manifest.set("version", kFormatVersion);
+  manifest.set("step", state.step);
+  manifest.set("optimizer_steps", optimizer.steps_taken());
+  manifest.set("seed", absl::StrCat(state.seed));  // a string: uint64 need not fit int64
+  Json data = Json::Object{};
+  data.set("next_index", state.data.next_index);
+  data.set("epoch", state.data.epoch);
+  data.set("index", state.data.index);
+  manifest.set("data", data);
+  const std::string text = to_json(manifest) + "\n";
+  std::string_view piece = text;
+  st = write_file_atomically((tmp / "manifest.json").string(), {&piece, 1});
+  if (!st.ok()) return st;
+
+  fs::remove_all(final_dir, ec);
+  fs::rename(tmp, final_dir, ec);
+  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
+  const std::string latest = name + "\n";
+  std::string_view latest_piece = latest;
+  st = write_file_atomically((root / "latest").string(), {&latest_piece, 1});
+  if (!st.ok()) return st;
+
+  // Keep the newest keep_last checkpoints.
+  if (keep_last > 0) {
+    std::vector<std::string> dirs;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      const std::string n = entry.path().filename().string();
+      if (entry.is_directory() && n.starts_with("step_") && !n.ends_with(".tmp")) dirs.push_back(n);
+    }
+    std::sort(dirs.begin(), dirs.end());
+    for (size_t i = 0; i + keep_last < dirs.size(); ++i) fs::remove_all(root / dirs[i], ec);
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
+  const fs::path latest = fs::path(run_dir) / "checkpoints" / "latest";
+  auto text = read_text(latest.string());
+  if (!text.ok()) {
+    return absl::NotFoundError(absl::StrCat("no checkpoint in ", run_dir, " (", latest.string(),
+                                            " is missing); start without --resume"));
+  }
+  std::string name = *text;
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  const fs::path dir = fs::path(run_dir) / "checkpoints" / name;
+  if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(dir)) {
+    return checkpoint_error(latest.string(), absl::StrCat("names '", name,
+                                                          "', which is not a checkpoint directory"));
+  }
+  return dir.string();
+}
+
+absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
+                                                AdamW* optimizer) {
+  const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
+  auto text = read_text(manifest_path);
+  if (!text.ok()) return checkpoint_error(manifest_path, "missing manifest.json");
+  auto manifest = parse_json(*text);
+  if (!manifest.ok()) return checkpoint_error(manifest_path, manifest.status().message());
+  auto get_int = [&](const Json& obj, absl::string_view key) -> absl::StatusOr<int64_t> {
+    const Json* v = obj.is_object() ? obj.find(std::string_view(key.data(), key.size())) : nullptr;
+    if (!v || !v->is_int()) {
+      return checkpoint_error(manifest_path, absl::StrCat("field '", key, "' is missing or not an integer"));
+    }
+    return v->as_int();
+  };
+  const Json* format = manifest->is_object() ? manifest->find("format") : nullptr;
+  if (!format || !format->is_string() || format->as_string() != kFormatName) {
+    return checkpoint_error(manifest_path, "not a switchyard checkpoint manifest");
+  }
+  CheckpointState state;
+  auto version = get_int(*manifest, "version");
+  if (!version.ok()) return version.status();
+  if (*version != kFormatVersion) {
+    return checkpoint_error(manifest_path, absl::StrCat("format version ", *version,
+                                                        " is not supported (this build reads ",
+                                                        kFormatVersion, ")"));
+  }
+  auto step = get_int(*manifest, "step");
+  auto opt_steps = get_int(*manifest, "optimizer_steps");
+  const Json* data = manifest->find("data");
+  if (!step.ok()) return step.status();
+  if (!opt_steps.ok()) return opt_steps.status();
+  if (!data) return checkpoint_error(manifest_path, "field 'data' is missing");
+  auto next_index = get_int(*data, "next_index");
+  auto epoch = get_int(*data, "epoch");
+  auto index = get_int(*data, "index");
+  if (!next_index.ok()) return next_index.status();
+  if (!epoch.ok()) return epoch.status();
+  if (!index.ok()) return index.status();
+  state.step = *step;
+  state.data = {*next_index, *epoch, *index};
+  const Json* seed = manifest->find("seed");
+  if (seed && seed->is_string()) state.seed = std::stoull(seed->as_string());
+
+  auto model = load_safetensors((fs::path(dir) / "model.safetensors").string());
+  if (!model.ok()) return model.status();
+  for (Param* p : store.params()) {
+    auto st = expect_tensor(*model, p->name, p->value.shape(), DType::kF32);
+    if (!st.ok()) return st;
+  }
+  if (model->tensors.size() != store.params().size()) {
+    for (const auto& [name, t] : model->tensors) {
+      if (!store.find(name)) {
+        return checkpoint_error(model->path, absl::StrCat("holds tensor '", name,
+                                                          "', which the configured model does not have"));
+      }
+    }
+  }
+  for (Param* p : store.params()) p->value.copy_from(model->tensors.at(p->name).to(p->value.device()));
+
+  if (optimizer) {
+    auto moments = load_safetensors((fs::path(dir) / "optimizer.safetensors").string());
+    if (!moments.ok()) return moments.status();
+    std::vector<std::pair<std::string, Tensor>> list(moments->tensors.begin(), moments->tensors.end());
+    auto st = optimizer->load_state(list, *opt_steps);
+    if (!st.ok()) return checkpoint_error(moments->path, st.message());
+  }
+  return state;
+}
+
+}  // namespace sy

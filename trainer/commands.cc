@@ -1,0 +1,78 @@
+// The `train` and `data` subcommands: flags in, the library's entry points out.
+#include "trainer/commands.h"
+
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "trainer/cli.h"
+#include "trainer/config.h"
+#include "trainer/token_shards.h"
+#include "trainer/train.h"
+
+namespace sy {
+
+absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out) {
+  FlagSet flags("switchyard train", "--config FILE [--set TEXT]... [--run_dir DIR] | --resume DIR",
+                "Trains the experiment's model. --resume DIR continues the run in DIR from its\n"
+                "latest checkpoint with the config saved there (--set may still override it,\n"
+                "e.g. to train for more steps). SIGTERM or SIGUSR1 writes a checkpoint and stops.");
+  ExperimentFlags experiment_flags;
+  add_experiment_flags(flags, &experiment_flags);
+  std::string run_dir, resume;
+  flags.add_string("run_dir", "DIR", &run_dir, "run directory (overrides the config's run_dir)");
+  flags.add_string("resume", "DIR", &resume, "continue the run in DIR from its latest checkpoint");
+  SY_RETURN_IF_ERROR(flags.parse(args));
+  if (flags.help_requested()) {
+    out << flags.help();
+    return absl::OkStatus();
+  }
+  TrainOptions options;
+  switchyard::Experiment config;
+  if (!resume.empty()) {
+    if (flags.was_given("config") || flags.was_given("run_dir")) {
+      return absl::InvalidArgumentError(
+          "--resume DIR takes its config and run directory from DIR; drop --config and --run_dir "
+          "(use --set to change a field)");
+    }
+    const std::string saved = (std::filesystem::path(resume) / "config.textproto").string();
+    if (!std::filesystem::exists(saved)) {
+      return absl::NotFoundError(
+          absl::StrCat("--resume ", resume, ": no config.textproto there; is it a run directory?"));
+    }
+    SY_ASSIGN_OR_RETURN(config, load_experiment(saved, experiment_flags.overrides));
+    options.run_dir = resume;
+    options.resume = true;
+  } else {
+    SY_ASSIGN_OR_RETURN(config, load_experiment_from_flags(flags, experiment_flags));
+    options.run_dir = run_dir.empty() ? config.run_dir() : run_dir;
+  }
+  install_stop_signal_handlers();
+  return train(config, options, out);
+}
+
+absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out) {
+  FlagSet flags("switchyard data", "--input TEXT... --output DIR [--tokens_per_shard N]",
+                "Tokenizes text files byte by byte into llm.c-layout token shards:\n"
+                "DIR/train_000000.bin, ... and DIR/val_000000.bin (the last ~1% of the text).");
+  std::vector<std::string> inputs;
+  std::string output;
+  int64_t tokens_per_shard = 100'000'000;
+  flags.add_strings("input", "TEXT", &inputs, "a text file to tokenize (repeatable, required)");
+  flags.add_string("output", "DIR", &output, "directory for the shards (required)");
+  flags.add_int("tokens_per_shard", "N", &tokens_per_shard, "tokens per shard file");
+  SY_RETURN_IF_ERROR(flags.parse(args));
+  if (flags.help_requested()) {
+    out << flags.help();
+    return absl::OkStatus();
+  }
+  SY_RETURN_IF_ERROR(flags.require("input"));
+  SY_RETURN_IF_ERROR(flags.require("output"));
+  if (tokens_per_shard <= 0) {
+    return absl::InvalidArgumentError("--tokens_per_shard must be positive");
+  }
+  SY_RETURN_IF_ERROR(write_text_shards(inputs, output, tokens_per_shard));
+  out << "wrote shards to " << output << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace sy

@@ -1,0 +1,78 @@
+#include "trainer/optimizer.h"
+
+#include <cmath>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "kernels/elementwise.h"
+
+namespace sy {
+
+AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings)
+    : store_(store), settings_(settings) {
+  for (Param* p : store_.params()) {
+    if (!p->trainable) continue;
+    slots_.push_back({p, Tensor::zeros(p->value.shape(), DType::kF32, p->value.device()),
+                      Tensor::zeros(p->value.shape(), DType::kF32, p->value.device())});
+  }
+}
+
+double AdamW::grad_norm() const {
+  double sq = 0;
+  for (const Slot& s : slots_) sq += sum_squares(s.param->grad);
+  return std::sqrt(sq);
+}
+
+double AdamW::step(float lr) {
+  const double norm = grad_norm();
+  if (settings_.grad_clip > 0 && norm > settings_.grad_clip) {
+    const float factor = static_cast<float>(settings_.grad_clip / (norm + 1e-6));
+    for (Slot& s : slots_) scale_(s.param->grad, factor);
+  }
+  ++steps_;
+  for (Slot& s : slots_) {
+    AdamWParams p{.lr = lr,
+                  .beta1 = settings_.beta1,
+                  .beta2 = settings_.beta2,
+                  .eps = settings_.eps,
+                  .weight_decay = s.param->decay ? settings_.weight_decay : 0.0f,
+                  .step = steps_};
+    adamw_step(s.param->value, s.param->grad, s.m, s.v, p);
+  }
+  return norm;
+}
+
+std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
+  std::vector<std::pair<std::string, Tensor>> out;
+  for (const Slot& s : slots_) {
+    out.emplace_back("adam_m." + s.param->name, s.m);
+    out.emplace_back("adam_v." + s.param->name, s.v);
+  }
+  return out;
+}
+
+absl::Status AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                               int64_t steps) {
+  std::map<std::string, const Tensor*> by_name;
+  for (const auto& [name, t] : tensors) by_name[name] = &t;
+  for (Slot& s : slots_) {
+    for (auto [prefix, dst] : {std::pair{"adam_m.", &s.m}, std::pair{"adam_v.", &s.v}}) {
+      const std::string name = prefix + s.param->name;
+      auto it = by_name.find(name);
+      if (it == by_name.end()) {
+        return absl::NotFoundError(absl::StrCat("optimizer state has no tensor '", name, "'"));
+      }
+      if (it->second->shape() != dst->shape() || it->second->dtype() != DType::kF32) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("optimizer tensor '", name, "' has shape ",
+                         shape_str(it->second->shape()), ", the model expects ",
+                         shape_str(dst->shape())));
+      }
+      dst->copy_from(*it->second);
+    }
+  }
+  steps_ = steps;
+  return absl::OkStatus();
+}
+
+}  // namespace sy

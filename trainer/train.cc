@@ -1,0 +1,392 @@
+#include "trainer/train.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "models/model_spec.h"
+#include "models/transformer.h"
+#include "trainer/arithmetic.h"
+#include "trainer/checkpoint.h"
+#include "trainer/config.h"
+#include "trainer/optimizer.h"
+#include "trainer/schedule.h"
+#include "trainer/token_shards.h"
+
+namespace sy {
+namespace fs = std::filesystem;
+namespace {
+
+std::atomic<bool> g_stop_requested{false};
+extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
+
+// The training data: the generated arithmetic task or token shards, with a position that a
+// checkpoint can save and restore.
+class DataFeed {
+ public:
+  static absl::StatusOr<DataFeed> create(const switchyard::Experiment& config,
+                                         const ModelSpec& spec) {
+    DataFeed feed;
+    const auto& data = config.data();
+    if (data.source() == switchyard::DataConfig::DATA_ARITHMETIC) {
+      ArithmeticOptions options{.min_digits = data.arithmetic().min_digits(),
+                                .max_digits = data.arithmetic().max_digits(),
+                                .operators = data.arithmetic().operators()};
+      auto task = ArithmeticTask::create(options, config.train().seed());
+      if (!task.ok()) return task.status();
+      if (spec.seq_len < task->min_seq_len()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model.seq_len: ", spec.seq_len, " is too short for arithmetic with up to ",
+            options.max_digits, " digits; set it to at least ", task->min_seq_len()));
+      }
+      if (spec.vocab_size <= '=') {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "model.vocab_size: ", spec.vocab_size,
+            " cannot hold the byte tokens of arithmetic text; set it to at least 64"));
+      }
+      feed.task_ = std::move(*task);
+      feed.eval_examples_ = data.arithmetic().eval_examples();
+    } else {
+      ShardLoaderOptions options{.pattern = data.train_shards(),
+                                 .seq_len = spec.seq_len,
+                                 .vocab_size = spec.vocab_size,
+                                 .rank = 0,
+                                 .world_size = 1,
+                                 .seed = config.train().seed()};
+      auto loader = ShardLoader::open(options);
+      if (!loader.ok()) return loader.status();
+      feed.train_.emplace(std::move(*loader));
+      if (!data.val_shards().empty()) {
+        options.pattern = data.val_shards();
+        auto val = ShardLoader::open(options);
+        if (!val.ok()) return val.status();
+        feed.val_.emplace(std::move(*val));
+      }
+      feed.eval_examples_ = data.arithmetic().eval_examples();
+    }
+    return feed;
+  }
+
+  absl::StatusOr<TokenBatch> next(int64_t batch, int64_t seq) {
+    if (task_) {
+      auto b = task_->make_batch(batch, seq, next_index_, Split::kTrain);
+      next_index_ += batch;
+      return b;
+    }
+    return train_->next_batch(batch);
+  }
+
+  DataPosition position() const {
+    DataPosition p;
+    p.next_index = next_index_;
+    if (train_) {
+      p.epoch = train_->position().epoch;
+      p.index = train_->position().index;
+    }
+    return p;
+  }
+
+  absl::Status restore(const DataPosition& p) {
+    next_index_ = p.next_index;
+    if (train_) return train_->set_position({p.epoch, p.index});
+    return absl::OkStatus();
+  }
+
+  const ArithmeticTask* task() const { return task_ ? &*task_ : nullptr; }
+  ShardLoader* val() { return val_ ? &*val_ : nullptr; }
+  int64_t eval_examples() const { return eval_examples_; }
+
+ private:
+  std::optional<ArithmeticTask> task_;
+  std::optional<ShardLoader> train_, val_;
+  int64_t next_index_ = 0;
+  int64_t eval_examples_ = 0;
+};
+
+// Greedy completion of prompts, batched by prompt length (the model has no padding mask):
+// appends the argmax token until every row has produced '\n' or max_new tokens.
+std::vector<std::string> greedy_complete(Transformer& model, const std::vector<std::string>& prompts,
+                                         int64_t max_new) {
+  std::vector<std::string> out(prompts.size());
+  std::map<size_t, std::vector<size_t>> by_length;
+  for (size_t i = 0; i < prompts.size(); ++i) by_length[prompts[i].size()].push_back(i);
+  const int64_t vocab = model.spec().vocab_size;
+  for (const auto& [len, members] : by_length) {
+    const int64_t b = static_cast<int64_t>(members.size());
+    std::vector<std::vector<int32_t>> rows;
+    for (size_t i : members) rows.push_back(ByteTokenizer::encode(prompts[i]));
+    std::vector<bool> done(b, false);
+    for (int64_t step = 0; step < max_new; ++step) {
+      const int64_t t = static_cast<int64_t>(rows[0].size());
+      Tensor ids = Tensor::empty({b, t}, DType::kI32);
+      for (int64_t r = 0; r < b; ++r)
+        std::copy(rows[r].begin(), rows[r].end(), ids.data<int32_t>() + r * t);
+      const std::vector<float> logits = model.logits(ids, true).to_f32_vector();
+      bool all_done = true;
+      for (int64_t r = 0; r < b; ++r) {
+        const float* row = logits.data() + r * vocab;
+        const int32_t next = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+        rows[r].push_back(next);
+        if (!done[r]) {
+          out[members[r]].push_back(next < 256 ? static_cast<char>(next) : '?');
+          done[r] = next == kEndOfAnswerId;
+        }
+        all_done = all_done && done[r];
+      }
+      if (all_done) break;
+    }
+  }
+  return out;
+}
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = -1;  // -1: not defined for this data
+  int64_t correct = 0, total = 0;
+  double load_max_over_mean = 0;
+};
+
+absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch) {
+  EvalResult r;
+  for (MoeFfn* m : model.moe_layers()) m->stats().reset(model.spec().moe.num_experts);
+  double loss_sum = 0;
+  int64_t tokens = 0;
+  const int64_t n = std::max<int64_t>(1, feed.eval_examples());
+  if (const ArithmeticTask* task = feed.task()) {
+    for (int64_t first = 0; first < n; first += micro_batch) {
+      auto batch = task->make_batch(std::min(micro_batch, n - first), model.spec().seq_len,
+                                    first, Split::kHeldOut);
+      if (!batch.ok()) return batch.status();
+      auto [s, c] = model.eval_loss(batch->inputs, batch->targets);
+      loss_sum += s;
+      tokens += c;
+    }
+    std::vector<std::string> prompts;
+    std::vector<Problem> problems;
+    for (int64_t i = 0; i < n; ++i) {
+      problems.push_back(task->sample(i, Split::kHeldOut));
+      prompts.push_back(problems.back().prompt);
+    }
+    const int64_t max_new = task->max_problem_tokens();
+    std::vector<std::string> answers = greedy_complete(model, prompts, max_new);
+    for (int64_t i = 0; i < n; ++i) r.correct += check_answer(problems[i], answers[i]);
+    r.total = n;
+    r.accuracy = static_cast<double>(r.correct) / n;
+  } else if (ShardLoader* val = feed.val()) {
+    SY_RETURN_IF_ERROR(val->set_position({0, 0}));
+    const int64_t windows = std::min<int64_t>(n, val->windows_per_rank());
+    for (int64_t done = 0; done < windows; done += micro_batch) {
+      TokenBatch batch = val->next_batch(std::min(micro_batch, windows - done));
+      auto [s, c] = model.eval_loss(batch.inputs, batch.targets);
+      loss_sum += s;
+      tokens += c;
+    }
+  }
+  r.loss = tokens ? loss_sum / tokens : 0;
+  for (MoeFfn* m : model.moe_layers()) {
+    const auto& load = m->stats().load;
+    double total = 0, mx = 0;
+    for (double l : load) {
+      total += l;
+      mx = std::max(mx, l);
+    }
+    if (total > 0) r.load_max_over_mean = std::max(r.load_max_over_mean, mx / (total / load.size()));
+  }
+  return r;
+}
+
+std::string format_rate(double tokens_per_s) {
+  if (tokens_per_s >= 1e6) return absl::StrFormat("%.2fM", tokens_per_s / 1e6);
+  if (tokens_per_s >= 1e3) return absl::StrFormat("%.1fk", tokens_per_s / 1e3);
+  return absl::StrFormat("%.0f", tokens_per_s);
+}
+
+class JsonlWriter {
+ public:
+  JsonlWriter(const std::string& path, bool enabled) {
+    if (enabled) out_.open(path, std::ios::app);
+  }
+  void write(const std::string& line) {
+    if (!out_.is_open()) return;
+    out_ << line << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+}  // namespace
+
+void install_stop_signal_handlers() {
+  std::signal(SIGTERM, on_stop_signal);
+  std::signal(SIGUSR1, on_stop_signal);
+}
+
+absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
+                   std::ostream& log) {
+  if (config.device() == switchyard::Experiment::DEVICE_CUDA) {
+    return absl::UnimplementedError(
+        "device: DEVICE_CUDA: the CUDA training path is not in this build yet; set device: "
+        "DEVICE_CPU (or DEVICE_AUTO)");
+  }
+  const ModelSpec spec = model_spec_from_config(config);
+  const auto& tc = config.train();
+  const int64_t steps = tc.steps(), micro = tc.micro_batch(), accum = tc.grad_accum();
+
+  std::error_code ec;
+  fs::create_directories(options.run_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("run_dir ", options.run_dir, ": cannot create it (", ec.message(), ")"));
+  }
+
+  ParamStore store;
+  Transformer model(spec, store);
+  store.initialize(tc.seed());
+  AdamW optimizer(store, {.beta1 = static_cast<float>(config.optimizer().beta1()),
+                          .beta2 = static_cast<float>(config.optimizer().beta2()),
+                          .eps = static_cast<float>(config.optimizer().eps()),
+                          .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
+                          .grad_clip = static_cast<float>(config.optimizer().grad_clip())});
+  Schedule schedule{.peak_lr = config.optimizer().lr(),
+                    .warmup_steps = config.schedule().warmup_steps(),
+                    .total_steps = steps,
+                    .decay = config.schedule().decay() == switchyard::ScheduleConfig::DECAY_LINEAR
+                                 ? Decay::kLinear
+                             : config.schedule().decay() == switchyard::ScheduleConfig::DECAY_CONSTANT
+                                 ? Decay::kConstant
+                                 : Decay::kCosine,
+                    .min_lr_ratio = config.schedule().min_lr_ratio()};
+  SY_ASSIGN_OR_RETURN(DataFeed feed, DataFeed::create(config, spec));
+
+  int64_t start_step = 0;
+  if (options.resume) {
+    SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(options.run_dir));
+    SY_ASSIGN_OR_RETURN(CheckpointState state, load_checkpoint(dir, store, &optimizer));
+    SY_RETURN_IF_ERROR(feed.restore(state.data));
+    start_step = state.step;
+    log << "resumed from " << dir << " at step " << start_step << "\n";
+  }
+  {
+    std::ofstream cfg(fs::path(options.run_dir) / "config.textproto");
+    cfg << resolved_experiment_text(config);
+    if (!cfg) return absl::PermissionDeniedError(absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
+  }
+  JsonlWriter jsonl((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
+
+  int64_t active = 0;
+  for (const Param* p : store.params()) {
+    if (p->group == SyncGroup::kExpert) {
+      active += p->value.numel() / spec.moe.num_experts * spec.moe.top_k;
+    } else {
+      active += p->value.numel();
+    }
+  }
+  log << absl::StrFormat(
+      "model: %d layers (%d dense, %d MoE), d_model %d, %d experts top-%d, MTP %d | %.2fM "
+      "params (%.2fM active) | run dir %s\n",
+      spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
+      std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
+      spec.moe.top_k, spec.mtp_modules, store.num_elements() / 1e6, active / 1e6,
+      options.run_dir);
+
+  const int ckpt_every = config.checkpoint().interval();
+  const int eval_every = tc.eval_interval();
+  const int log_every = std::max(1, tc.log_interval());
+  auto checkpoint = [&](int64_t step_done) -> absl::Status {
+    CheckpointState state{.step = step_done, .seed = tc.seed(), .data = feed.position()};
+    return save_checkpoint(options.run_dir, state, store, optimizer, config.checkpoint().keep_last());
+  };
+
+  const double lambda = spec.mtp_loss_weight;
+  for (int64_t step = start_step; step < steps; ++step) {
+    const auto t0 = std::chrono::steady_clock::now();
+    store.zero_grad();
+    for (MoeFfn* m : model.moe_layers()) m->stats().reset(spec.moe.num_experts);
+
+    std::vector<TokenBatch> batches;
+    TargetCounts counts;
+    counts.mtp.assign(spec.mtp_modules, 0);
+    for (int64_t i = 0; i < accum; ++i) {
+      SY_ASSIGN_OR_RETURN(TokenBatch b, feed.next(micro, spec.seq_len));
+      TargetCounts c = model.count_targets(b.targets);
+      counts.lm += c.lm;
+      for (int k = 0; k < spec.mtp_modules; ++k) counts.mtp[k] += c.mtp[k];
+      batches.push_back(std::move(b));
+    }
+    LossScales scales;
+    scales.lm = counts.lm ? 1.0 / counts.lm : 0.0;
+    for (int k = 0; k < spec.mtp_modules; ++k)
+      scales.mtp.push_back(counts.mtp[k] ? lambda / spec.mtp_modules / counts.mtp[k] : 0.0);
+    scales.balance = 1.0 / accum;
+
+    LossTerms terms;
+    for (const TokenBatch& b : batches) {
+      LossTerms t = model.forward_backward(b.inputs, b.targets, scales);
+      terms.lm += t.lm;
+      terms.mtp += t.mtp;
+      terms.aux += t.aux;
+    }
+    const double lr = schedule.lr(step);
+    const double norm = optimizer.step(static_cast<float>(lr));
+    for (MoeFfn* m : model.moe_layers()) m->update_bias();
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    const double tokens_per_s = static_cast<double>(micro * accum * spec.seq_len) / seconds;
+    // The console shows the MTP heads' mean CE (comparable with lm); the total uses lambda.
+    const double mtp_ce = lambda > 0 ? terms.mtp / lambda : 0.0;
+
+    if (!std::isfinite(terms.total())) {
+      return absl::InternalError(absl::StrFormat(
+          "step %d: the loss is %f; lower optimizer.lr or check the data", step + 1,
+          terms.total()));
+    }
+    if ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step) {
+      log << absl::StrFormat(
+          "step %d/%d | loss %.4f (lm %.4f mtp %.4f aux %.4f) | lr %.1e | norm %.2f | %.0f ms | "
+          "%s tok/s\n",
+          step + 1, steps, terms.total(), terms.lm, mtp_ce, terms.aux, lr, norm, seconds * 1e3,
+          format_rate(tokens_per_s));
+      log.flush();
+      jsonl.write(absl::StrFormat(
+          R"({"step": %d, "loss": %.6g, "lm_loss": %.6g, "mtp_loss": %.6g, "aux_loss": %.6g, "lr": %.6g, "grad_norm": %.6g, "tokens_per_s": %.6g})",
+          step + 1, terms.total(), terms.lm, mtp_ce, terms.aux, lr, norm, tokens_per_s));
+    }
+
+    const bool last = step + 1 == steps;
+    if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) {
+      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro));
+      std::string acc, acc_json;
+      if (e.accuracy >= 0) {
+        acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
+        acc_json = absl::StrFormat(R"(, "eval_accuracy": %.6g)", e.accuracy);
+      }
+      log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
+                             e.loss, acc, e.load_max_over_mean);
+      log.flush();
+      jsonl.write(absl::StrFormat(
+          R"({"step": %d, "eval_loss": %.6g%s, "expert_load_max_over_mean": %.6g})", step + 1,
+          e.loss, acc_json, e.load_max_over_mean));
+    }
+    const bool stop = g_stop_requested.load();
+    if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
+      SY_RETURN_IF_ERROR(checkpoint(step + 1));
+    }
+    if (stop && !last) {
+      log << "stop requested by signal: checkpoint written at step " << step + 1
+          << "; continue with --resume " << options.run_dir << "\n";
+      return absl::OkStatus();
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace sy
