@@ -725,6 +725,7 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   problems.positive("train.grad_accum", train.grad_accum());
   problems.non_negative("train.eval_interval", train.eval_interval());
   problems.positive("train.log_interval", train.log_interval());
+  problems.non_negative("train.cpu_threads", train.cpu_threads());
 
   const switchyard::ScheduleConfig& schedule = experiment.schedule();
   if (schedule.warmup_steps() < 0) {

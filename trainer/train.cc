@@ -11,6 +11,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/cpu/threads.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
 #include "trainer/arithmetic.h"
@@ -239,6 +240,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   }
   const ModelSpec spec = model_spec_from_config(config);
   const auto& tc = config.train();
+  cpu::set_cpu_threads(tc.cpu_threads());
   const int64_t steps = tc.steps(), micro = tc.micro_batch(), accum = tc.grad_accum();
 
   std::error_code ec;

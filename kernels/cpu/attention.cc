@@ -8,13 +8,13 @@
 // (batch, head) for the forward and (batch, KV head) for the backward, so no two threads
 // write the same row.
 #include "kernels/attention.h"
+#include "kernels/cpu/threads.h"
 
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <functional>
 #include <limits>
-#include <thread>
 #include <vector>
 
 namespace sy::cpu {
@@ -22,25 +22,6 @@ namespace {
 
 // Below this many multiply-adds, starting threads costs more than it saves (decode steps).
 constexpr int64_t kParallelWork = 1 << 16;
-
-// Runs fn(i) for every i in [0, n) on up to hardware_concurrency threads when `work`
-// (multiply-adds in all) is worth it.
-void parallel_for(int64_t n, int64_t work, const std::function<void(int64_t)>& fn) {
-  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
-  const int64_t threads = work >= kParallelWork ? std::min(n, cores) : 1;
-  if (threads <= 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  std::vector<std::thread> pool;
-  for (int64_t t = 0; t < threads; ++t) {
-    pool.emplace_back([&] {
-      for (int64_t i = next++; i < n; i = next++) fn(i);
-    });
-  }
-  for (std::thread& thread : pool) thread.join();
-}
 
 float dot(const float* a, const float* b, int64_t n) {
   float s = 0;
@@ -75,7 +56,7 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   const float scale = 1.0f / std::sqrt(static_cast<float>(l.hd));
   const float *Q = q.data<float>(), *K = k.data<float>(), *V = v.data<float>();
   float *O = out.data<float>(), *L = lse.data<float>();
-  parallel_for(l.batch * l.heads, l.work(), [&](int64_t bh) {
+  parallel_for(l.batch * l.heads, l.work(), kParallelWork, [&](int64_t bh) {
     const int64_t b = bh / l.heads, h = bh % l.heads, g = h / l.group();
     std::vector<float> p(l.tk);
     for (int64_t t = 0; t < l.tq; ++t) {
@@ -111,7 +92,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   const float *Q = q.data<float>(), *K = k.data<float>(), *V = v.data<float>();
   const float *O = out.data<float>(), *dO = dout.data<float>(), *L = lse.data<float>();
   float *dQ = dq.data<float>(), *dK = dk.data<float>(), *dV = dv.data<float>();
-  parallel_for(l.batch * l.kv_heads, l.work(), [&](int64_t bg) {
+  parallel_for(l.batch * l.kv_heads, l.work(), kParallelWork, [&](int64_t bg) {
     const int64_t b = bg / l.kv_heads, g = bg % l.kv_heads;
     for (int64_t j = 0; j < l.tk; ++j) {
       std::fill_n(dK + l.kv_row(b, j, g), l.hd, 0.0f);

@@ -4,13 +4,13 @@
 // problem is large. kernels/cpu/matmul_reference.cc is the plain version tests compare with.
 #include <algorithm>
 #include <climits>
-#include <thread>
 #include <vector>
 
 #ifdef SWITCHYARD_HAVE_BLAS
 #include <cblas.h>
 #endif
 
+#include "kernels/cpu/threads.h"
 #include "kernels/matmul.h"
 
 namespace sy::cpu {
@@ -83,15 +83,11 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
               static_cast<int>(k), alpha, pa, static_cast<int>(a.dim(1)), pb,
               static_cast<int>(b.dim(1)), beta, y, static_cast<int>(n));
 #else
-  const int64_t cores = std::thread::hardware_concurrency();
-  const int64_t threads = m * n * k >= kParallelWork && cores >= 2 ? std::min(cores, m) : 1;
-  std::vector<std::thread> workers;
-  for (int64_t t = 1; t < threads; ++t) {
-    workers.emplace_back(gemm_rows, m * t / threads, m * (t + 1) / threads, y, pa, pb, m, n, k,
-                         trans_a, trans_b, alpha, beta);
-  }
-  gemm_rows(0, m / threads, y, pa, pb, m, n, k, trans_a, trans_b, alpha, beta);
-  for (std::thread& w : workers) w.join();
+  const int64_t chunks = std::min<int64_t>(m, cpu_threads());
+  parallel_for(chunks, m * n * k, kParallelWork, [&](int64_t t) {
+    gemm_rows(m * t / chunks, m * (t + 1) / chunks, y, pa, pb, m, n, k, trans_a, trans_b, alpha,
+              beta);
+  });
 #endif
 }
 
