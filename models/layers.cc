@@ -31,6 +31,11 @@ Tensor expert_slice(const Tensor& stacked, int64_t e) {
   return stacked.rows(e, e + 1).view({stacked.dim(1), stacked.dim(2)});
 }
 
+TopKOptions topk_options(const MoeSpec& m) {
+  return {.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
+          .normalize = m.normalize_topk, .scale = m.route_scale};
+}
+
 float output_std(const ModelSpec& spec) {
   // Residual-branch outputs start smaller so the residual stream's variance does not grow
   // with depth (GPT-2's 1/sqrt(2 * layers)).
@@ -188,9 +193,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   router_scores_forward(scores_, logits_, m.score_function);
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
   weights_ = Tensor::empty({n, k}, DType::kF32, dev);
-  TopKOptions topk{.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
-                   .normalize = m.normalize_topk, .scale = m.route_scale};
-  topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk);
+  topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
   plan_ = make_dispatch_plan(indices_, m.num_experts,
                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
 
@@ -254,7 +257,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
 
 Tensor MoeFfn::backward(const Tensor& dy) {
   const MoeSpec& m = spec_.moe;
-  const int64_t n = n_.dim(0), e_count = m.num_experts, k = m.top_k;
+  const int64_t n = n_.dim(0), e_count = m.num_experts;
   const Device dev = dy.device();
 
   // Combine, experts, dispatch: mirror of the forward.
@@ -279,9 +282,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
 
   // Router: gate-weight gradient through top-k, plus the balancing terms' gradients.
   Tensor dscores = Tensor::empty(scores_.shape(), DType::kF32, dev);
-  TopKOptions topk{.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
-                   .normalize = m.normalize_topk, .scale = m.route_scale};
-  topk_backward(dscores, dweights, indices_, scores_, topk);
+  topk_backward(dscores, dweights, indices_, scores_, topk_options(m));
   const bool balance = m.aux_loss_coef > 0 || m.seq_aux_loss_coef > 0;
   if (balance) {
     Tensor ds_host = dscores.to(Device::cpu()).clone();
@@ -324,7 +325,6 @@ Tensor MoeFfn::backward(const Tensor& dy) {
     }
     dlogits.copy_from(dl_host);
   }
-  (void)k;
   linear_backward(dn, router_, dlogits, n_, 1.0f);
   return norm_.backward(dn);
 }
