@@ -23,6 +23,10 @@ void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, con
   check_shape(v, {b, tk, hkv, hd}, "attention v");
   check_shape(out, q.shape(), "attention out");
   check_shape(lse, {b, h, tq}, "attention lse");
+  // f32 everywhere; bf16 too on CUDA (the CPU reference is f32 only).
+  if (!q.device().is_cuda() || q.dtype() != DType::kBF16) {
+    check_dtype(q, DType::kF32, "attention q");
+  }
   check_dtype(k, q.dtype(), "attention k");
   check_dtype(v, q.dtype(), "attention v");
   check_dtype(out, q.dtype(), "attention out");
@@ -36,6 +40,9 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   check_attention_args(q, k, v, out, lse);
   check_same_device({&out, &lse, &q, &k, &v}, "attention_forward");
   if (q.device().is_cpu()) return cpu::attention_forward(out, lse, q, k, v);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (q.device().is_cuda()) return cuda::attention_forward(out, lse, q, k, v);
+#endif
   no_kernel("attention_forward", q.device());
 }
 
@@ -47,8 +54,17 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   check_shape(dk, k.shape(), "attention dk");
   check_shape(dv, v.shape(), "attention dv");
   check_shape(dout, q.shape(), "attention dout");
+  check_dtype(dq, q.dtype(), "attention dq");
+  check_dtype(dk, q.dtype(), "attention dk");
+  check_dtype(dv, q.dtype(), "attention dv");
+  check_dtype(dout, q.dtype(), "attention dout");
   check_same_device({&dq, &dk, &dv, &dout, &q, &k, &v, &out, &lse}, "attention_backward");
   if (q.device().is_cpu()) return cpu::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (q.device().is_cuda()) {
+    return cuda::attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+  }
+#endif
   no_kernel("attention_backward", q.device());
 }
 

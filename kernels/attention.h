@@ -6,6 +6,8 @@
 // scale = 1 / sqrt(hd). lse [B, H, Tq] is the log-sum-exp of each query's scaled scores,
 // saved so the backward recomputes probabilities instead of storing a T x T matrix.
 // Backward: dq, dk, dv are written (=).
+// Dtypes: f32; on CUDA q, k, v, out, dout, dq, dk, dv may instead all be bf16 (fp32
+// arithmetic inside). lse is f32 everywhere. CUDA takes head dims up to 256.
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -21,4 +23,12 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
                         const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                         const Tensor& lse);
 }  // namespace cpu
+namespace cuda {
+// Flash-style kernels (kernels/cuda/attention.cu); defined in CUDA builds only.
+void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
+                       const Tensor& v);
+void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,
+                        const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse);
+}  // namespace cuda
 }  // namespace sy

@@ -49,6 +49,10 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
       << "make_dispatch_plan: indices must be [N, k], got " << shape_str(indices.shape());
   check_dtype(indices, DType::kI32, "make_dispatch_plan indices");
   SY_CHECK(num_experts > 0) << "make_dispatch_plan: " << num_experts << " experts";
+#ifdef SWITCHYARD_HAVE_CUDA
+  // Checks the indices on the device and reports any outside [0, E).
+  if (indices.device().is_cuda()) return cuda::make_dispatch_plan(indices, num_experts, capacity);
+#endif
   if (!indices.device().is_cpu()) no_kernel("make_dispatch_plan", indices.device());
   const int32_t* idx = indices.data<int32_t>();
   const int64_t k = indices.dim(1);
@@ -68,6 +72,9 @@ void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& pla
   check_dtype(out, x.dtype(), "permute out");
   check_same_device({&out, &x, &plan.slot_row, &plan.row_slot}, "permute_forward");
   if (x.device().is_cpu()) return cpu::permute_forward(out, x, plan);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::permute_forward(out, x, plan);
+#endif
   no_kernel("permute_forward", x.device());
 }
 
@@ -79,6 +86,9 @@ void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& 
   check_dtype(dx, dout.dtype(), "permute dx");
   check_same_device({&dx, &dout, &plan.slot_row, &plan.row_slot}, "permute_backward");
   if (dx.device().is_cpu()) return cpu::permute_backward(dx, dout, plan);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (dx.device().is_cuda()) return cuda::permute_backward(dx, dout, plan);
+#endif
   no_kernel("permute_backward", dx.device());
 }
 
@@ -92,6 +102,9 @@ void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights
   check_dtype(out, y.dtype(), "unpermute out");
   check_same_device({&out, &y, &weights, &plan.slot_row, &plan.row_slot}, "unpermute_forward");
   if (y.device().is_cpu()) return cpu::unpermute_forward(out, y, weights, plan);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (y.device().is_cuda()) return cuda::unpermute_forward(out, y, weights, plan);
+#endif
   no_kernel("unpermute_forward", y.device());
 }
 
@@ -104,9 +117,16 @@ void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& 
   check_shape(weights, {plan.num_tokens, plan.top_k}, "unpermute weights");
   check_shape(dweights, {plan.num_tokens, plan.top_k}, "unpermute dweights");
   check_shape(dout, {plan.num_tokens, d}, "unpermute dout");
+  check_dtype(dy, y.dtype(), "unpermute dy");
+  check_dtype(dout, y.dtype(), "unpermute dout");
   check_same_device({&dy, &dweights, &dout, &y, &weights, &plan.slot_row, &plan.row_slot},
                     "unpermute_backward");
   if (y.device().is_cpu()) return cpu::unpermute_backward(dy, dweights, dout, y, weights, plan);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (y.device().is_cuda()) {
+    return cuda::unpermute_backward(dy, dweights, dout, y, weights, plan);
+  }
+#endif
   no_kernel("unpermute_backward", y.device());
 }
 

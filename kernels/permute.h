@@ -12,6 +12,9 @@
 // unpermute: out[n, :] = sum_j weights[n, j] * y[slot_row[n*k + j], :] over kept slots
 //   backward: dy[r, :] = weights[slot] * dout[token, :]              (written)
 //             dweights[n, j] = <dout[n, :], y[row, :]>, 0 if dropped  (written)
+// Dtypes: indices, slot_row, row_slot i32; weights, dweights f32; activations (x, out, y,
+// dout, dx, dy) f32, or on CUDA all bf16 (sums in fp32). The plan lives on the indices'
+// device; on CUDA its host vectors cost one small device-to-host copy.
 #include <cstdint>
 #include <vector>
 
@@ -52,4 +55,14 @@ void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights
 void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& dout,
                         const Tensor& y, const Tensor& weights, const DispatchPlan& plan);
 }  // namespace cpu
+namespace cuda {
+// kernels/cuda/permute.cu; defined in CUDA builds only.
+DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
+void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);
+void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights,
+                       const DispatchPlan& plan);
+void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& dout,
+                        const Tensor& y, const Tensor& weights, const DispatchPlan& plan);
+}  // namespace cuda
 }  // namespace sy

@@ -33,6 +33,9 @@ void router_scores_forward(const Tensor& scores, const Tensor& logits, ScoreFunc
   check_shape(scores, logits.shape(), "router scores");
   check_same_device({&scores, &logits}, "router_scores_forward");
   if (scores.device().is_cpu()) return cpu::router_scores_forward(scores, logits, fn);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (scores.device().is_cuda()) return cuda::router_scores_forward(scores, logits, fn);
+#endif
   no_kernel("router_scores_forward", scores.device());
 }
 
@@ -44,6 +47,11 @@ void router_scores_backward(const Tensor& dlogits, const Tensor& dscores, const 
   check_shape(dscores, scores.shape(), "router dscores");
   check_same_device({&dlogits, &dscores, &scores}, "router_scores_backward");
   if (scores.device().is_cpu()) return cpu::router_scores_backward(dlogits, dscores, scores, fn);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (scores.device().is_cuda()) {
+    return cuda::router_scores_backward(dlogits, dscores, scores, fn);
+  }
+#endif
   no_kernel("router_scores_backward", scores.device());
 }
 
@@ -53,6 +61,11 @@ void topk_forward(const Tensor& indices, const Tensor& weights, const Tensor& sc
   if (bias.defined()) check_shape(bias, {scores.dim(1)}, "topk bias");
   check_same_device({&indices, &weights, &scores, &bias}, "topk_forward");
   if (scores.device().is_cpu()) return cpu::topk_forward(indices, weights, scores, bias, options);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (scores.device().is_cuda()) {
+    return cuda::topk_forward(indices, weights, scores, bias, options);
+  }
+#endif
   no_kernel("topk_forward", scores.device());
 }
 
@@ -64,6 +77,11 @@ void topk_backward(const Tensor& dscores, const Tensor& dweights, const Tensor& 
   if (scores.device().is_cpu()) {
     return cpu::topk_backward(dscores, dweights, indices, scores, options);
   }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (scores.device().is_cuda()) {
+    return cuda::topk_backward(dscores, dweights, indices, scores, options);
+  }
+#endif
   no_kernel("topk_backward", scores.device());
 }
 

@@ -13,6 +13,8 @@
 // weights f32 [N, k] = the chosen experts' unbiased scores, divided by their sum when
 // normalize is set, then multiplied by scale.
 // Backward: dscores [N, E] written (=): zero for experts not chosen.
+// Dtypes: f32 throughout, on every device (routing decisions want fp32). CUDA takes up to
+// 2048 experts.
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -43,4 +45,14 @@ void topk_forward(const Tensor& indices, const Tensor& weights, const Tensor& sc
 void topk_backward(const Tensor& dscores, const Tensor& dweights, const Tensor& indices,
                    const Tensor& scores, const TopKOptions& options);
 }  // namespace cpu
+namespace cuda {
+// One warp per token row (kernels/cuda/router.cu); defined in CUDA builds only.
+void router_scores_forward(const Tensor& scores, const Tensor& logits, ScoreFunction fn);
+void router_scores_backward(const Tensor& dlogits, const Tensor& dscores, const Tensor& scores,
+                            ScoreFunction fn);
+void topk_forward(const Tensor& indices, const Tensor& weights, const Tensor& scores,
+                  const Tensor& bias, const TopKOptions& options);
+void topk_backward(const Tensor& dscores, const Tensor& dweights, const Tensor& indices,
+                   const Tensor& scores, const TopKOptions& options);
+}  // namespace cuda
 }  // namespace sy

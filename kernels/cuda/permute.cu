@@ -1,0 +1,293 @@
+// Token permutation by expert on the GPU; the contract is the CPU reference's
+// (kernels/cpu/permute.cc). Activations are f32 or bf16 (one type per call), gate weights f32,
+// and every sum accumulates in fp32.
+//
+// The plan is a stable counting sort of the N*k slots by expert, deterministic and without
+// atomics on the ranks:
+//   1. rank: one warp per chunk of kPlanChunk slots walks its chunk in order, 32 slots at a
+//      time; __match_any_sync finds the lanes with the same expert, so each slot gets its
+//      rank among the chunk's earlier slots of that expert. The chunk's per-expert counts go
+//      to a [chunks, E] table.
+//   2. offsets: one thread per expert turns its column of the table into chunk bases (an
+//      exclusive scan over chunks) and its total, capped at the capacity; then one thread
+//      scans the capped totals over experts.
+//   3. the host copies the E + 1 offsets back (one small synchronising copy: the row count
+//      sizes row_slot and the host vectors are part of the plan);
+//   4. place: slot s of expert e has rank base[chunk, e] + local rank; it is kept when the
+//      rank is below the capacity, at row offset[e] + rank.
+// Indices outside [0, E) are counted in step 1 and reported by the host after step 3.
+//
+// permute gathers token rows into plan order; permute's backward sums, per token, its kept
+// rows in slot order j = 0..k-1 (the CPU's order, no atomics, so results repeat bit for bit).
+// unpermute sums w * y over a token's kept slots in the same order; its backward writes
+// dy = w * dout per row and dweights = <dout, y> per slot (a fixed-shape warp reduction).
+#include <vector>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/permute.h"
+
+namespace sy::cuda {
+namespace {
+
+constexpr int kPlanChunk = 256;        // slots one warp ranks in order
+constexpr int kMaxPlanExperts = 8192;  // one warp's running counts fit in 32 KB of shared memory
+constexpr int kRowThreads = 128;       // threads per row in the gather / scatter kernels
+constexpr int kSlotWarps = 8;          // slots (warps) per block in the dweights kernel
+
+__global__ void plan_rank_kernel(const int32_t* expert, int64_t slots, int experts, int32_t* rank,
+                                 int32_t* chunk_counts, unsigned long long* invalid) {
+  extern __shared__ int32_t running[];  // [experts]: slots of each expert seen so far
+  const int lane = threadIdx.x;         // one warp per block
+  const int64_t begin = static_cast<int64_t>(blockIdx.x) * kPlanChunk;
+  const int64_t end = min(begin + kPlanChunk, slots);
+  for (int e = lane; e < experts; e += 32) running[e] = 0;
+  __syncwarp();
+  for (int64_t first = begin; first < end; first += 32) {
+    const int64_t s = first + lane;
+    const int e = s < end ? expert[s] : -1;
+    const bool valid = e >= 0 && e < experts;
+    if (s < end && !valid) atomicAdd(invalid, 1ull);
+    const unsigned peers = __match_any_sync(0xffffffffu, valid ? e : -1);
+    const int before = __popc(peers & ((1u << lane) - 1u));  // earlier lanes, same expert
+    const int seen = valid ? running[e] : 0;
+    __syncwarp();  // all peers have read running[e]
+    if (valid) {
+      rank[s] = seen + before;
+      if (before == 0) running[e] = seen + __popc(peers);
+    }
+    __syncwarp();
+  }
+  for (int e = lane; e < experts; e += 32) {
+    chunk_counts[static_cast<int64_t>(blockIdx.x) * experts + e] = running[e];
+  }
+}
+
+// One block. chunk_counts [chunks, E] becomes each chunk's base rank per expert;
+// offsets [E + 1] gets the exclusive prefix sum of the capped per-expert totals.
+__global__ void plan_offsets_kernel(int32_t* chunk_counts, int64_t chunks, int experts,
+                                    int64_t capacity, int64_t* offsets) {
+  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
+    int64_t total = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      int32_t* count = chunk_counts + c * experts + e;
+      const int32_t n = *count;
+      *count = static_cast<int32_t>(total);
+      total += n;
+    }
+    offsets[e + 1] = capacity < 0 ? total : min(total, capacity);
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    offsets[0] = 0;
+    for (int e = 0; e < experts; ++e) offsets[e + 1] += offsets[e];
+  }
+}
+
+__global__ void plan_place_kernel(const int32_t* expert, int64_t slots, int experts,
+                                  int64_t capacity, const int32_t* rank, const int32_t* chunk_base,
+                                  const int64_t* offsets, int32_t* slot_row, int32_t* row_slot) {
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < slots;
+       s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int e = expert[s];
+    const int64_t r = chunk_base[s / kPlanChunk * experts + e] + rank[s];
+    const bool kept = capacity < 0 || r < capacity;
+    const int32_t row = kept ? static_cast<int32_t>(offsets[e] + r) : -1;
+    slot_row[s] = row;
+    if (kept) row_slot[row] = static_cast<int32_t>(s);
+  }
+}
+
+// out[r, :] = x[row_slot[r] / k, :]; one block per row (a row-stride loop past the grid).
+template <typename T>
+__global__ void permute_forward_kernel(T* out, const T* x, const int32_t* row_slot, int64_t rows,
+                                       int64_t d, int k) {
+  for (int64_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    const T* src = x + static_cast<int64_t>(row_slot[r] / k) * d;
+    T* dst = out + r * d;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) dst[c] = src[c];
+  }
+}
+
+// dx[n, :] = sum over j of dout[slot_row[n k + j], :], kept slots only, in j order.
+template <typename T>
+__global__ void permute_backward_kernel(T* dx, const T* dout, const int32_t* slot_row,
+                                        int64_t tokens, int64_t d, int k) {
+  for (int64_t n = blockIdx.x; n < tokens; n += gridDim.x) {
+    const int32_t* rows = slot_row + n * k;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      float acc = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        if (rows[j] >= 0) acc += to_f32(dout[static_cast<int64_t>(rows[j]) * d + c]);
+      }
+      dx[n * d + c] = from_f32<T>(acc);
+    }
+  }
+}
+
+// out[n, :] = sum over kept j of w[n k + j] * y[slot_row[n k + j], :], in j order. The
+// products are rounded before the sum (no fused multiply-add), as the CPU does.
+template <typename T>
+__global__ void unpermute_forward_kernel(T* out, const T* y, const float* weights,
+                                         const int32_t* slot_row, int64_t tokens, int64_t d,
+                                         int k) {
+  for (int64_t n = blockIdx.x; n < tokens; n += gridDim.x) {
+    const int32_t* rows = slot_row + n * k;
+    const float* w = weights + n * k;
+    for (int64_t c = threadIdx.x; c < d; c += blockDim.x) {
+      float acc = 0.0f;
+      for (int j = 0; j < k; ++j) {
+        if (rows[j] < 0) continue;
+        acc = __fadd_rn(acc, __fmul_rn(w[j], to_f32(y[static_cast<int64_t>(rows[j]) * d + c])));
+      }
+      out[n * d + c] = from_f32<T>(acc);
+    }
+  }
+}
+
+// One warp per slot: dweights[s] = <dout[s / k], y[row]> (0 when dropped), and
+// dy[row, :] = w[s] * dout[s / k, :].
+template <typename T>
+__global__ void unpermute_backward_kernel(T* dy, float* dweights, const T* dout, const T* y,
+                                          const float* weights, const int32_t* slot_row,
+                                          int64_t slots, int64_t d, int k) {
+  const int lane = threadIdx.x % 32;
+  for (int64_t s = static_cast<int64_t>(blockIdx.x) * kSlotWarps + threadIdx.x / 32; s < slots;
+       s += static_cast<int64_t>(gridDim.x) * kSlotWarps) {
+    const int32_t r = slot_row[s];
+    float dot = 0.0f;
+    if (r >= 0) {
+      const T* g = dout + s / k * d;
+      const T* yr = y + static_cast<int64_t>(r) * d;
+      T* dyr = dy + static_cast<int64_t>(r) * d;
+      const float w = weights[s];
+      for (int64_t c = lane; c < d; c += 32) {
+        const float gc = to_f32(g[c]);
+        dot = fmaf(gc, to_f32(yr[c]), dot);
+        dyr[c] = from_f32<T>(w * gc);
+      }
+    }
+    dot = warp_sum(dot);
+    if (lane == 0) dweights[s] = dot;
+  }
+}
+
+int row_threads(int64_t d) {
+  return static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kRowThreads));
+}
+
+}  // namespace
+
+DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+  SY_CHECK(num_experts <= kMaxPlanExperts) << "make_dispatch_plan on CUDA takes at most "
+                                           << kMaxPlanExperts << " experts, got " << num_experts;
+  SY_CHECK(indices.numel() < (1LL << 31))
+      << "make_dispatch_plan: " << indices.numel() << " slots do not fit i32 rows";
+  DispatchPlan plan;
+  plan.num_tokens = indices.dim(0);
+  plan.top_k = static_cast<int>(indices.dim(1));
+  plan.num_experts = num_experts;
+  const int64_t slots = indices.numel();
+  const Device device = indices.device();
+  use_device(indices);
+
+  const int64_t chunks = (slots + kPlanChunk - 1) / kPlanChunk;
+  Scratch rank(static_cast<size_t>(slots) * sizeof(int32_t));
+  Scratch chunk_counts(static_cast<size_t>(chunks * num_experts) * sizeof(int32_t));
+  // offsets [E + 1], then the count of indices outside [0, E).
+  Scratch summary(static_cast<size_t>(num_experts + 2) * sizeof(int64_t));
+  int64_t* offsets = summary.as<int64_t>();
+  SY_CUDA_CHECK(cudaMemsetAsync(offsets, 0, (num_experts + 2) * sizeof(int64_t), stream()));
+  if (chunks > 0) {
+    plan_rank_kernel<<<static_cast<unsigned>(chunks), 32, num_experts * sizeof(int32_t),
+                       stream()>>>(
+        ptr<int32_t>(indices), slots, num_experts, rank.as<int32_t>(), chunk_counts.as<int32_t>(),
+        reinterpret_cast<unsigned long long*>(offsets + num_experts + 1));
+    launch_check("plan_rank_kernel");
+  }
+  plan_offsets_kernel<<<1, kThreads, 0, stream()>>>(chunk_counts.as<int32_t>(), chunks, num_experts,
+                                                    capacity, offsets);
+  launch_check("plan_offsets_kernel");
+
+  std::vector<int64_t> host(num_experts + 2);
+  SY_CUDA_CHECK(cudaMemcpyAsync(host.data(), offsets, host.size() * sizeof(int64_t),
+                                cudaMemcpyDeviceToHost, stream()));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  SY_CHECK(host[num_experts + 1] == 0)
+      << "make_dispatch_plan: " << host[num_experts + 1] << " of " << slots
+      << " expert indices are outside [0, " << num_experts << ")";
+  plan.expert_offsets.assign(host.begin(), host.begin() + num_experts + 1);
+  plan.expert_counts.resize(num_experts);
+  for (int e = 0; e < num_experts; ++e) {
+    plan.expert_counts[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
+  }
+  plan.num_rows = plan.expert_offsets[num_experts];
+
+  plan.slot_row = Tensor::empty({slots}, DType::kI32, device);
+  plan.row_slot = Tensor::empty({plan.num_rows}, DType::kI32, device);
+  if (slots > 0) {
+    plan_place_kernel<<<grid_for(slots), kThreads, 0, stream()>>>(
+        ptr<int32_t>(indices), slots, num_experts, capacity, rank.as<int32_t>(),
+        chunk_counts.as<int32_t>(), offsets, ptr<int32_t>(plan.slot_row),
+        ptr<int32_t>(plan.row_slot));
+    launch_check("plan_place_kernel");
+  }
+  return plan;
+}
+
+void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan) {
+  const int64_t d = x.dim(1);
+  if (plan.num_rows == 0 || d == 0) return;
+  use_device(x);
+  dispatch_float(x.dtype(), "permute x", [&](auto tag) {
+    using T = decltype(tag);
+    permute_forward_kernel<T><<<row_grid(plan.num_rows), row_threads(d), 0, stream()>>>(
+        ptr<T>(out), ptr<T>(x), ptr<int32_t>(plan.row_slot), plan.num_rows, d, plan.top_k);
+    launch_check("permute_forward_kernel");
+  });
+}
+
+void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan) {
+  const int64_t d = dx.dim(1);
+  if (plan.num_tokens == 0 || d == 0) return;
+  use_device(dx);
+  dispatch_float(dx.dtype(), "permute dx", [&](auto tag) {
+    using T = decltype(tag);
+    permute_backward_kernel<T><<<row_grid(plan.num_tokens), row_threads(d), 0, stream()>>>(
+        ptr<T>(dx), ptr<T>(dout), ptr<int32_t>(plan.slot_row), plan.num_tokens, d, plan.top_k);
+    launch_check("permute_backward_kernel");
+  });
+}
+
+void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights,
+                       const DispatchPlan& plan) {
+  check_dtype(weights, DType::kF32, "unpermute weights");
+  const int64_t d = y.dim(1);
+  if (plan.num_tokens == 0 || d == 0) return;
+  use_device(y);
+  dispatch_float(y.dtype(), "unpermute y", [&](auto tag) {
+    using T = decltype(tag);
+    unpermute_forward_kernel<T><<<row_grid(plan.num_tokens), row_threads(d), 0, stream()>>>(
+        ptr<T>(out), ptr<T>(y), ptr<float>(weights), ptr<int32_t>(plan.slot_row), plan.num_tokens,
+        d, plan.top_k);
+    launch_check("unpermute_forward_kernel");
+  });
+}
+
+void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& dout,
+                        const Tensor& y, const Tensor& weights, const DispatchPlan& plan) {
+  check_dtype(weights, DType::kF32, "unpermute weights");
+  check_dtype(dweights, DType::kF32, "unpermute dweights");
+  const int64_t slots = plan.num_tokens * plan.top_k;
+  if (slots == 0) return;
+  use_device(y);
+  dispatch_float(y.dtype(), "unpermute y", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t blocks = std::min<int64_t>((slots + kSlotWarps - 1) / kSlotWarps, kMaxRowBlocks);
+    unpermute_backward_kernel<T><<<static_cast<unsigned>(blocks), 32 * kSlotWarps, 0, stream()>>>(
+        ptr<T>(dy), ptr<float>(dweights), ptr<T>(dout), ptr<T>(y), ptr<float>(weights),
+        ptr<int32_t>(plan.slot_row), slots, y.dim(1), plan.top_k);
+    launch_check("unpermute_backward_kernel");
+  });
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,226 @@
+// GPU parity of causal grouped-query attention: the CUDA kernels against the CPU reference on
+// the same random inputs, forward (out, lse) and backward (dq, dk, dv), f32 and bf16, MHA and
+// GQA, training (Tq == Tk) and decode (Tq < Tk) shapes, head dims on and off the fast sizes;
+// and two GPU runs against each other, bit for bit.
+//
+// Tolerances, elementwise, with peak = max(1, the largest |cpu| of the tensor) (inputs are unit
+// normals, so 1 is the scale of a gradient that cancels to exactly zero on the CPU, as dq
+// and dk do for a single token):
+//   f32:  |gpu - cpu| <= 1e-4 |cpu| + 1e-5 peak   (the same fp32 math, summed in another order)
+//   bf16: |gpu - cpu| <= 2e-2 |cpu| + 1e-3 peak   (inputs rounded to bf16 for both sides, the
+//         CPU computing on them in fp32; the GPU's outputs are rounded to bf16, lse stays f32
+//         and is held to the f32 bound)
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <ostream>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "tests/testing/testing.h"
+
+namespace sy {
+namespace {
+
+using testing::all_close;
+using testing::random_normal;
+using testing::rng_for_test;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
+
+struct Case {
+  int64_t batch, tq, tk, heads, kv_heads, hd;
+  DType dtype;
+};
+
+void PrintTo(const Case& c, std::ostream* os) {
+  *os << "B" << c.batch << "_Tq" << c.tq << "_Tk" << c.tk << "_H" << c.heads << "_Hkv" << c.kv_heads
+      << "_hd" << c.hd << "_" << dtype_name(c.dtype);
+}
+
+::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, DType dtype) {
+  const std::vector<float> ref = cpu.to_f32_vector();
+  double peak = 1;
+  for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
+  const bool f32 = dtype == DType::kF32;
+  return all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()),
+                   f32 ? 1e-4 : 2e-2, (f32 ? 1e-5 : 1e-3) * peak);
+}
+
+// x (CPU f32) rounded to `dtype` and back: the values both sides compute on.
+Tensor rounded(const Tensor& x, DType dtype) {
+  return dtype == DType::kF32 ? x : x.to(DType::kBF16).to(DType::kF32);
+}
+Tensor on_gpu(const Tensor& x, DType dtype) { return x.to(dtype).to(Device::cuda(0)); }
+
+// Fresh normal inputs of a case, already rounded to its dtype.
+struct Inputs {
+  Tensor q, k, v, dout;
+};
+Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
+  return {rounded(random_normal({c.batch, c.tq, c.heads, c.hd}, rng), c.dtype),
+          rounded(random_normal({c.batch, c.tk, c.kv_heads, c.hd}, rng), c.dtype),
+          rounded(random_normal({c.batch, c.tk, c.kv_heads, c.hd}, rng), c.dtype),
+          rounded(random_normal({c.batch, c.tq, c.heads, c.hd}, rng), c.dtype)};
+}
+
+class AttentionGpuTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionGpuTest, ForwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  Tensor out = Tensor::empty(in.q.shape());
+  Tensor lse = Tensor::empty({c.batch, c.heads, c.tq});
+  attention_forward(out, lse, in.q, in.k, in.v);
+
+  const Device gpu = Device::cuda(0);
+  Tensor out_gpu = Tensor::empty(in.q.shape(), c.dtype, gpu);
+  Tensor lse_gpu = Tensor::empty(lse.shape(), DType::kF32, gpu);
+  attention_forward(out_gpu, lse_gpu, on_gpu(in.q, c.dtype), on_gpu(in.k, c.dtype),
+                    on_gpu(in.v, c.dtype));
+  EXPECT_TRUE(close_to(out_gpu, out, c.dtype)) << "out";
+  EXPECT_TRUE(close_to(lse_gpu, lse, DType::kF32)) << "lse";
+}
+
+TEST_P(AttentionGpuTest, BackwardMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  // Both sides take the same forward results: the CPU's out (rounded to the dtype) and lse.
+  Tensor out = Tensor::empty(in.q.shape());
+  Tensor lse = Tensor::empty({c.batch, c.heads, c.tq});
+  attention_forward(out, lse, in.q, in.k, in.v);
+  out = rounded(out, c.dtype);
+  Tensor dq = Tensor::empty(in.q.shape());
+  Tensor dk = Tensor::empty(in.k.shape());
+  Tensor dv = Tensor::empty(in.v.shape());
+  attention_backward(dq, dk, dv, in.dout, in.q, in.k, in.v, out, lse);
+
+  // Gradients are written, not accumulated: start the GPU's from garbage.
+  Tensor dq_gpu = on_gpu(random_normal(dq.shape(), rng), c.dtype);
+  Tensor dk_gpu = on_gpu(random_normal(dk.shape(), rng), c.dtype);
+  Tensor dv_gpu = on_gpu(random_normal(dv.shape(), rng), c.dtype);
+  attention_backward(dq_gpu, dk_gpu, dv_gpu, on_gpu(in.dout, c.dtype), on_gpu(in.q, c.dtype),
+                     on_gpu(in.k, c.dtype), on_gpu(in.v, c.dtype), on_gpu(out, c.dtype),
+                     lse.to(Device::cuda(0)));
+  EXPECT_TRUE(close_to(dq_gpu, dq, c.dtype)) << "dq";
+  EXPECT_TRUE(close_to(dk_gpu, dk, c.dtype)) << "dk";
+  EXPECT_TRUE(close_to(dv_gpu, dv, c.dtype)) << "dv";
+}
+
+// {batch, Tq, Tk, H, Hkv, hd}
+const Case kShapes[] = {
+    {1, 1, 1, 1, 1, 32, DType::kF32},         // a single token
+    {1, 1, 1, 4, 2, 5, DType::kF32},          // a single token, GQA, odd head dim
+    {2, 37, 37, 4, 4, 5, DType::kF32},        // odd T and head dim (generic path)
+    {2, 77, 77, 4, 2, 32, DType::kF32},       // GQA
+    {2, 130, 130, 4, 1, 64, DType::kF32},     // MQA, two past a tile boundary
+    {3, 64, 64, 3, 3, 48, DType::kF32},       // exactly one tile, hd 48 in the 64 path
+    {1, 200, 200, 8, 2, 128, DType::kF32},    // GQA, hd 128
+    {1, 1024, 1024, 2, 2, 64, DType::kF32},   // long
+    {1, 1024, 1024, 4, 2, 128, DType::kF32},  // long, GQA, hd 128
+    {2, 3, 300, 8, 2, 64, DType::kF32},       // decode, a few queries
+    {1, 1, 513, 4, 1, 32, DType::kF32},       // decode, one query
+    {1, 17, 100, 6, 3, 100, DType::kF32},     // decode, hd 100 in the 128 path
+    {1, 65, 65, 2, 1, 256, DType::kF32},      // hd 256
+    {1, 50, 50, 2, 2, 200, DType::kF32},      // hd 200 in the 256 path
+};
+
+std::vector<Case> all_cases() {
+  std::vector<Case> cases;
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    for (Case c : kShapes) {
+      c.dtype = dtype;
+      cases.push_back(c);
+    }
+  }
+  return cases;
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpuTest, ::testing::ValuesIn(all_cases()),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return ::testing::PrintToString(info.param);
+                         });
+
+// Forward and backward twice on the same inputs: every output identical, bit for bit (no
+// atomics in any sum).
+TEST(AttentionGpu, RepeatsBitForBit) {
+  SKIP_WITHOUT_GPU();
+  for (DType dtype : {DType::kF32, DType::kBF16}) {
+    const Case c{2, 300, 300, 8, 2, 64, dtype};
+    auto rng = rng_for_test();
+    const Inputs in = make_inputs(c, rng);
+    const Device gpu = Device::cuda(0);
+    const Tensor q = on_gpu(in.q, dtype), k = on_gpu(in.k, dtype), v = on_gpu(in.v, dtype);
+    const Tensor dout = on_gpu(in.dout, dtype);
+    std::vector<std::vector<float>> runs[2];
+    for (auto& run : runs) {
+      Tensor out = Tensor::empty(q.shape(), dtype, gpu);
+      Tensor lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
+      Tensor dq = Tensor::empty(q.shape(), dtype, gpu);
+      Tensor dk = Tensor::empty(k.shape(), dtype, gpu);
+      Tensor dv = Tensor::empty(v.shape(), dtype, gpu);
+      attention_forward(out, lse, q, k, v);
+      attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+      for (const Tensor* t : {&out, &lse, &dq, &dk, &dv}) run.push_back(t->to_f32_vector());
+    }
+    const char* names[] = {"out", "lse", "dq", "dk", "dv"};
+    for (size_t i = 0; i < runs[0].size(); ++i) {
+      const std::vector<float>&a = runs[0][i], &b = runs[1][i];
+      EXPECT_TRUE(a.size() == b.size() &&
+                  std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0)
+          << names[i] << " differs between runs, " << dtype_name(dtype);
+    }
+  }
+}
+
+// Not a check: prints the kernels' speed on the benchmark model's attention shape (bf16,
+// B 8, T 2048, 16 heads of 64), so a regression shows in the log. FLOPs count the causal
+// half: 4 T^2/2 hd per (batch, head) forward (two products), 2.5x that backward.
+TEST(AttentionGpu, ReportsThroughputOnTheBenchmarkShape) {
+  SKIP_WITHOUT_GPU();
+  const int64_t b = 8, t = 2048, h = 16, hd = 64;
+  const Device gpu = Device::cuda(0);
+  auto rng = rng_for_test();
+  const Tensor q = on_gpu(random_normal({b, t, h, hd}, rng), DType::kBF16);
+  const Tensor k = on_gpu(random_normal({b, t, h, hd}, rng), DType::kBF16);
+  const Tensor v = on_gpu(random_normal({b, t, h, hd}, rng), DType::kBF16);
+  const Tensor dout = on_gpu(random_normal({b, t, h, hd}, rng), DType::kBF16);
+  Tensor out = Tensor::empty(q.shape(), DType::kBF16, gpu);
+  Tensor lse = Tensor::empty({b, h, t}, DType::kF32, gpu);
+  Tensor dq = Tensor::empty(q.shape(), DType::kBF16, gpu);
+  Tensor dk = Tensor::empty(k.shape(), DType::kBF16, gpu);
+  Tensor dv = Tensor::empty(v.shape(), DType::kBF16, gpu);
+  // Copying one value back waits for the stream: the kernels before it have finished.
+  auto wait = [&] { (void)lse.view({b * h * t}).rows(0, 1).to_f32_vector(); };
+  auto time_ms = [&](auto&& fn) {
+    fn();
+    wait();
+    constexpr int kRepeats = 5;
+    const auto start = std::chrono::steady_clock::now();
+    for (int i = 0; i < kRepeats; ++i) fn();
+    wait();
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+               .count() /
+           kRepeats;
+  };
+  const double fwd_ms = time_ms([&] { attention_forward(out, lse, q, k, v); });
+  const double bwd_ms = time_ms([&] { attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
+  const double fwd_flops = 4.0 * b * h * (t * t / 2.0) * hd;
+  std::printf(
+      "attention bf16 B%lld T%lld H%lld hd%lld: forward %.2f ms (%.1f TFLOP/s), "
+      "backward %.2f ms (%.1f TFLOP/s)\n",
+      static_cast<long long>(b), static_cast<long long>(t), static_cast<long long>(h),
+      static_cast<long long>(hd), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms,
+      2.5 * fwd_flops / bwd_ms * 1e-9);
+}
+
+}  // namespace
+}  // namespace sy
