@@ -9,6 +9,7 @@
 #include "kernels/rope.h"
 #include "kernels/router.h"
 #include "kernels/swiglu.h"
+#include "parallel/local_communicator.h"
 
 namespace sy {
 namespace {
@@ -156,17 +157,22 @@ void RoutingStats::reset(int num_experts) {
   aux_loss = z_loss = seq_aux_loss = 0.0;
 }
 
-MoeFfn::MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec)
+MoeFfn::MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec,
+               const ModelParallel& parallel)
     : spec_(spec),
+      parallel_(parallel),
+      local_(parallel.ep ? nullptr : std::make_unique<LocalCommunicator>()),
+      dispatcher_(parallel.ep ? *parallel.ep : *local_, spec.moe.num_experts),
       norm_(store, prefix + "ffn_norm.weight", spec.d_model, spec.norm_eps),
       router_(store.add(prefix + "moe.router.weight", {spec.moe.num_experts, spec.d_model},
                         SyncGroup::kDense, Init::kNormal, spec.init_std, false)),
       w13_(store.add(prefix + "moe.experts.w13",
-                     {spec.moe.num_experts, 2 * spec.moe.expert_hidden, spec.d_model},
+                     {dispatcher_.num_local_experts(), 2 * spec.moe.expert_hidden, spec.d_model},
                      SyncGroup::kExpert, Init::kNormal, spec.init_std, true)),
       w2_(store.add(prefix + "moe.experts.w2",
-                    {spec.moe.num_experts, spec.d_model, spec.moe.expert_hidden},
+                    {dispatcher_.num_local_experts(), spec.d_model, spec.moe.expert_hidden},
                     SyncGroup::kExpert, Init::kNormal, output_std(spec), true)) {
+  w13_.expert_offset = w2_.expert_offset = dispatcher_.first_local_expert();
   if (spec.moe.bias_update_rate > 0) {
     bias_ = &store.add(prefix + "moe.router.bias", {spec.moe.num_experts}, SyncGroup::kDense,
                        Init::kZeros, 0.0f, false);
@@ -197,61 +203,86 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   plan_ = make_dispatch_plan(indices_, m.num_experts,
                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
 
-  // Experts: one GEMM pair per expert over its contiguous rows.
-  xp_ = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
-  permute_forward(xp_, n_, plan_);
-  h_ = Tensor::empty({plan_.num_rows, 2 * m.expert_hidden}, DType::kF32, dev);
-  a_ = Tensor::empty({plan_.num_rows, m.expert_hidden}, DType::kF32, dev);
-  y_ = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
-  for (int64_t e = 0; e < e_count; ++e) {
-    const int64_t lo = plan_.expert_offsets[e], hi = plan_.expert_offsets[e + 1];
+  // Experts: rows go to the ranks owning their experts, one GEMM pair per local expert over
+  // its contiguous rows, and back.
+  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
+  permute_forward(xp, n_, plan_);
+  dispatcher_.plan(plan_.expert_counts);
+  xp_local_ = dispatcher_.to_experts(xp);
+  const std::vector<int64_t>& off = dispatcher_.local_offsets();
+  const int64_t rows = dispatcher_.local_rows();
+  h_ = Tensor::empty({rows, 2 * m.expert_hidden}, DType::kF32, dev);
+  a_ = Tensor::empty({rows, m.expert_hidden}, DType::kF32, dev);
+  Tensor y_local = Tensor::empty({rows, spec_.d_model}, DType::kF32, dev);
+  for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+    const int64_t lo = off[e], hi = off[e + 1];
     if (lo == hi) continue;
-    matmul(h_.rows(lo, hi), xp_.rows(lo, hi), expert_slice(w13_.value, e), false, true);
+    matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.value, e), false, true);
     swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
-    matmul(y_.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.value, e), false, true);
+    matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.value, e), false, true);
   }
+  y_ = dispatcher_.from_experts(y_local);
   Tensor out = Tensor::empty({n, spec_.d_model}, DType::kF32, dev);
   unpermute_forward(out, y_, weights_, plan_);
   if (shared_) add_(out, shared_->forward(n_));
 
   // Load statistics and balancing terms, from the (small) routing tensors on the host.
+  // Local sums first; then one all-reduce over the world makes f, P and the token counts
+  // those of the global batch.
   const std::vector<int32_t> idx = indices_.to_i32_vector();
   const std::vector<float> s = scores_.to_f32_vector();
   const std::vector<float> lg = logits_.to_f32_vector();
   const int64_t b_count = layout.batch, t_count = layout.seq;
-  std::vector<double> counts(e_count, 0.0), seq_counts(b_count * e_count, 0.0);
+  std::vector<double> seq_counts(b_count * e_count, 0.0);
+  // [counts (E) | score sums (E) | tokens | sequences]
+  std::vector<double> global(2 * e_count + 2, 0.0);
+  std::vector<double> p(n * e_count);
+  double z_sum = 0;
   for (int64_t i = 0; i < n * k; ++i) {
-    counts[idx[i]] += 1;
+    global[idx[i]] += 1;
     seq_counts[(i / k) / t_count * e_count + idx[i]] += 1;
   }
-  for (int64_t e = 0; e < e_count; ++e) stats_.load[e] += counts[e];
-  stats_.dropped += plan_.num_dropped();
-
-  f_global_.assign(e_count, 0.0);
-  f_seq_.assign(b_count * e_count, 0.0);
-  for (int64_t e = 0; e < e_count; ++e) f_global_[e] = e_count * counts[e] / double(k * n);
-  for (int64_t i = 0; i < b_count * e_count; ++i)
-    f_seq_[i] = e_count * seq_counts[i] / double(k * t_count);
-  double aux = 0, seq_aux = 0, z = 0;
   for (int64_t r = 0; r < n; ++r) {
     double total = 0;
     for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
-    const int64_t seq = r / t_count;
     for (int64_t e = 0; e < e_count; ++e) {
-      const double p = s[r * e_count + e] / total;
-      aux += f_global_[e] * p / double(n);
-      seq_aux += f_seq_[seq * e_count + e] * p / double(t_count * b_count);
+      p[r * e_count + e] = s[r * e_count + e] / total;
+      global[e_count + e] += p[r * e_count + e];
     }
     double mx = lg[r * e_count];
     for (int64_t e = 1; e < e_count; ++e) mx = std::max(mx, double(lg[r * e_count + e]));
     double sum = 0;
     for (int64_t e = 0; e < e_count; ++e) sum += std::exp(lg[r * e_count + e] - mx);
     const double lse = mx + std::log(sum);
-    z += lse * lse / double(n);
+    z_sum += lse * lse;
   }
+  std::vector<double> local_psum(global.begin() + e_count, global.begin() + 2 * e_count);
+  global[2 * e_count] = static_cast<double>(n);
+  global[2 * e_count + 1] = static_cast<double>(b_count);
+  if (parallel_.world) parallel_.world->all_reduce_host(global, ReduceOp::kSum);
+  tokens_global_ = global[2 * e_count];
+  sequences_global_ = global[2 * e_count + 1];
+
+  f_global_.assign(e_count, 0.0);
+  f_seq_.assign(b_count * e_count, 0.0);
+  double aux = 0, seq_aux = 0;
+  for (int64_t e = 0; e < e_count; ++e) {
+    f_global_[e] = e_count * global[e] / (k * tokens_global_);
+    aux += f_global_[e] * local_psum[e] / tokens_global_;
+    stats_.load[e] += global[e];
+  }
+  for (int64_t b = 0; b < b_count; ++b) {
+    for (int64_t e = 0; e < e_count; ++e) {
+      double pm = 0;
+      for (int64_t t = 0; t < t_count; ++t) pm += p[(b * t_count + t) * e_count + e];
+      f_seq_[b * e_count + e] = e_count * seq_counts[b * e_count + e] / double(k * t_count);
+      seq_aux += f_seq_[b * e_count + e] * pm / t_count / sequences_global_;
+    }
+  }
+  stats_.dropped += plan_.num_dropped();
   stats_.aux_loss += loss_scale_ * m.aux_loss_coef * aux;
   stats_.seq_aux_loss += loss_scale_ * m.seq_aux_loss_coef * seq_aux;
-  stats_.z_loss += loss_scale_ * m.z_loss_coef * z;
+  stats_.z_loss += loss_scale_ * m.z_loss_coef * z_sum / tokens_global_;
   return out;
 }
 
@@ -264,18 +295,21 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   Tensor dyp = Tensor::empty(y_.shape(), DType::kF32, dev);
   Tensor dweights = Tensor::empty(weights_.shape(), DType::kF32, dev);
   unpermute_backward(dyp, dweights, dy, y_, weights_, plan_);
+  Tensor dy_local = dispatcher_.to_experts(dyp);
   Tensor da = Tensor::empty(a_.shape(), DType::kF32, dev);
   Tensor dh = Tensor::empty(h_.shape(), DType::kF32, dev);
-  Tensor dxp = Tensor::empty(xp_.shape(), DType::kF32, dev);
-  for (int64_t e = 0; e < e_count; ++e) {
-    const int64_t lo = plan_.expert_offsets[e], hi = plan_.expert_offsets[e + 1];
+  Tensor dxp_local = Tensor::empty(xp_local_.shape(), DType::kF32, dev);
+  const std::vector<int64_t>& off = dispatcher_.local_offsets();
+  for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+    const int64_t lo = off[e], hi = off[e + 1];
     if (lo == hi) continue;
-    matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dyp.rows(lo, hi),
+    matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
                     a_.rows(lo, hi), expert_slice(w2_.value, e), false, true, 0.0f, 1.0f);
     swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
-    matmul_backward(dxp.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                    xp_.rows(lo, hi), expert_slice(w13_.value, e), false, true, 0.0f, 1.0f);
+    matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
+                    xp_local_.rows(lo, hi), expert_slice(w13_.value, e), false, true, 0.0f, 1.0f);
   }
+  Tensor dxp = dispatcher_.from_experts(dxp_local);
   Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dev);
   permute_backward(dn, dxp, plan_);
   if (shared_) add_(dn, shared_->backward(dy));
@@ -288,16 +322,16 @@ Tensor MoeFfn::backward(const Tensor& dy) {
     Tensor ds_host = dscores.to(Device::cpu()).clone();
     float* ds = ds_host.data<float>();
     const std::vector<float> s = scores_.to_f32_vector();
-    const int64_t t_count = layout_.seq, b_count = layout_.batch;
+    const int64_t t_count = layout_.seq;
     std::vector<double> dp(e_count);
     for (int64_t r = 0; r < n; ++r) {
       // d(loss)/d(p) where p = s / sum(s), then through the normalisation to s.
       double total = 0, dot = 0;
       for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
       for (int64_t e = 0; e < e_count; ++e) {
-        dp[e] = loss_scale_ * (m.aux_loss_coef * f_global_[e] / double(n) +
+        dp[e] = loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
                                m.seq_aux_loss_coef * f_seq_[(r / t_count) * e_count + e] /
-                                   double(t_count * b_count));
+                                   (t_count * sequences_global_));
         dot += dp[e] * s[r * e_count + e] / total;
       }
       for (int64_t e = 0; e < e_count; ++e)
@@ -308,7 +342,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   Tensor dlogits = Tensor::empty(logits_.shape(), DType::kF32, dev);
   router_scores_backward(dlogits, dscores, scores_, m.score_function);
   if (m.z_loss_coef > 0) {
-    // d/dlogit of coef * mean(lse^2) = coef * 2 lse / N * softmax(logits).
+    // d/dlogit of coef * sum(lse^2) / N = coef * 2 lse / N * softmax(logits).
     Tensor dl_host = dlogits.to(Device::cpu()).clone();
     float* dl = dl_host.data<float>();
     const std::vector<float> lg = logits_.to_f32_vector();
@@ -319,7 +353,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
       double sum = 0;
       for (int64_t e = 0; e < e_count; ++e) sum += std::exp(row[e] - mx);
       const double lse = mx + std::log(sum);
-      const double c = loss_scale_ * m.z_loss_coef * 2.0 * lse / double(n);
+      const double c = loss_scale_ * m.z_loss_coef * 2.0 * lse / tokens_global_;
       for (int64_t e = 0; e < e_count; ++e)
         dl[r * e_count + e] += static_cast<float>(c * std::exp(row[e] - mx) / sum);
     }
@@ -345,10 +379,11 @@ void MoeFfn::update_bias() {
 
 // --- Block -----------------------------------------------------------------------------------
 
-Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe)
+Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe,
+             const ModelParallel& parallel)
     : attn_(store, prefix, spec) {
   if (moe) {
-    auto ffn = std::make_unique<MoeFfn>(store, prefix, spec);
+    auto ffn = std::make_unique<MoeFfn>(store, prefix, spec, parallel);
     moe_ = ffn.get();
     ffn_ = std::move(ffn);
   } else {

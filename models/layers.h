@@ -11,8 +11,19 @@
 #include "kernels/permute.h"
 #include "models/model_spec.h"
 #include "models/param_store.h"
+#include "parallel/communicator.h"
+#include "parallel/expert_dispatch.h"
 
 namespace sy {
+
+// The ranks a model's layers talk to. Null members mean one process.
+//   world: the MoE balancing statistics (expert loads, mean scores, token counts) are summed
+//          over it, so the balancing terms are those of the global batch;
+//   ep:    the expert-parallel group the routed experts are spread over.
+struct ModelParallel {
+  Communicator* world = nullptr;
+  Communicator* ep = nullptr;
+};
 
 // Shape of the activations flowing through a block: B sequences of T tokens, N = B*T rows.
 struct TokenLayout {
@@ -106,9 +117,15 @@ struct RoutingStats {
 //   z       = coef * mean over tokens of logsumexp(router logits)^2.
 // The auxiliary-loss-free bias (DeepSeek-V3) shifts only which experts are chosen; after
 // each optimizer step update_bias() moves it by rate * sign(mean load - load).
+// With an expert-parallel group of P ranks this rank holds E/P experts (the stacked weights
+// are [E/P, ...]); rows travel to their experts' owners and back through an ExpertDispatcher.
+// With a world group the balancing statistics are global: every rank adds its share of the
+// global terms, so summed over ranks they equal the single-process terms of the whole batch.
+// Capacity dropping is decided per rank, on that rank's tokens.
 class MoeFfn : public FeedForward {
  public:
-  MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
+  MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec,
+         const ModelParallel& parallel = {});
   Tensor forward(const Tensor& x, const TokenLayout& layout) override;
   Tensor backward(const Tensor& dy) override;
 
@@ -120,6 +137,9 @@ class MoeFfn : public FeedForward {
 
  private:
   const ModelSpec& spec_;
+  ModelParallel parallel_;
+  std::unique_ptr<Communicator> local_;  // the group of one, when no ep group is given
+  ExpertDispatcher dispatcher_;
   RmsNorm norm_;
   Param& router_;
   Param* bias_ = nullptr;
@@ -129,16 +149,19 @@ class MoeFfn : public FeedForward {
   RoutingStats stats_;
   // saved for backward
   TokenLayout layout_;
-  Tensor n_, logits_, scores_, indices_, weights_, xp_, h_, a_, y_;
+  Tensor n_, logits_, scores_, indices_, weights_, xp_local_, h_, a_, y_;
   DispatchPlan plan_;
-  std::vector<double> f_global_;  // [E] f_e over the micro-batch
-  std::vector<double> f_seq_;     // [B, E] f_e per sequence
+  std::vector<double> f_global_;  // [E] f_e over the (global) micro-batch
+  std::vector<double> f_seq_;     // [B, E] f_e per local sequence
+  double tokens_global_ = 0;      // N and B summed over the world group
+  double sequences_global_ = 0;
 };
 
 // Pre-norm transformer block: h = x + attn(x); out = h + ffn(h).
 class Block {
  public:
-  Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe);
+  Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe,
+        const ModelParallel& parallel = {});
   Tensor forward(const Tensor& x, const TokenLayout& layout);
   Tensor backward(const Tensor& dout);
   MoeFfn* moe() { return moe_; }

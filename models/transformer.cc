@@ -35,14 +35,14 @@ int64_t count_valid(const Tensor& targets) {
 
 }  // namespace
 
-Transformer::Transformer(const ModelSpec& spec, ParamStore& store)
+Transformer::Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel)
     : spec_(spec),
       store_(store),
       embed_(store.add("embed.weight", {spec.vocab_size, spec.d_model}, SyncGroup::kDense,
                        Init::kNormal, spec.init_std, false)) {
   for (int l = 0; l < spec_.n_layers; ++l) {
     blocks_.push_back(std::make_unique<Block>(store, "layers." + std::to_string(l) + ".", spec_,
-                                              spec_.is_moe_layer(l)));
+                                              spec_.is_moe_layer(l), parallel));
   }
   final_norm_ = std::make_unique<RmsNorm>(store, "final_norm.weight", spec_.d_model,
                                           spec_.norm_eps);
@@ -57,7 +57,7 @@ Transformer::Transformer(const ModelSpec& spec, ParamStore& store)
     m.enorm = std::make_unique<RmsNorm>(store, p + "enorm.weight", spec_.d_model, spec_.norm_eps);
     m.proj = &store.add(p + "proj", {spec_.d_model, 2 * spec_.d_model}, SyncGroup::kDense,
                         Init::kNormal, spec_.init_std, true);
-    m.block = std::make_unique<Block>(store, p + "block.", spec_, spec_.has_moe());
+    m.block = std::make_unique<Block>(store, p + "block.", spec_, spec_.has_moe(), parallel);
     m.out_norm =
         std::make_unique<RmsNorm>(store, p + "out_norm.weight", spec_.d_model, spec_.norm_eps);
     mtp_.push_back(std::move(m));

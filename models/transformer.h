@@ -44,7 +44,7 @@ struct TargetCounts {
 
 class Transformer {
  public:
-  Transformer(const ModelSpec& spec, ParamStore& store);
+  Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel = {});
   Transformer(const Transformer&) = delete;
 
   const ModelSpec& spec() const { return spec_; }

@@ -35,33 +35,59 @@ absl::Status checkpoint_error(const std::string& path, absl::string_view what) {
 
 }  // namespace
 
-absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
-                             const ParamStore& store, const AdamW& optimizer, int keep_last) {
-  const fs::path root = fs::path(run_dir) / "checkpoints";
-  const std::string name = step_dir_name(state.step);
-  const fs::path tmp = root / (name + ".tmp");
-  const fs::path final_dir = root / name;
-  std::error_code ec;
-  fs::remove_all(tmp, ec);
-  fs::create_directories(tmp, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+namespace {
 
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (const Param* p : store.params()) weights.emplace_back(p->name, p->value.to(Device::cpu()));
+int world_rank(const CheckpointLayout& layout) { return layout.world ? layout.world->rank() : 0; }
+int world_size(const CheckpointLayout& layout) { return layout.world ? layout.world->size() : 1; }
+
+// Every rank learns whether any rank failed: the first failure (by rank) is everyone's result.
+absl::Status agree(const CheckpointLayout& layout, const absl::Status& mine) {
+  if (!layout.world || layout.world->size() == 1) return mine;
+  const std::vector<std::string> all =
+      layout.world->all_gather_host(mine.ok() ? std::string() : std::string(mine.message()));
+  for (size_t r = 0; r < all.size(); ++r) {
+    if (!all[r].empty()) return absl::InternalError(absl::StrCat("rank ", r, ": ", all[r]));
+  }
+  return absl::OkStatus();
+}
+
+std::string experts_file(int ep_rank) { return absl::StrCat("experts-ep", ep_rank, ".safetensors"); }
+std::string optimizer_file(int rank) { return absl::StrCat("optimizer-rank", rank, ".safetensors"); }
+
+// What this rank writes: the dense parameters on rank 0 (with the experts when they are not
+// spread), its experts when it is the first rank of its EP index, its optimizer shard.
+absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layout,
+                              const ParamStore& store, const AdamW& optimizer) {
+  const int rank = world_rank(layout);
+  const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
+  std::vector<std::pair<std::string, Tensor>> dense, experts;
+  for (const Param* p : store.params()) {
+    auto& list = p->group == SyncGroup::kExpert && layout.expert_parallel > 1 ? experts : dense;
+    list.emplace_back(p->name, p->value.to(Device::cpu()));
+  }
+  if (rank == 0) SY_RETURN_IF_ERROR(save_safetensors((dir / "model.safetensors").string(), dense, meta));
+  if (layout.expert_parallel > 1 && rank < layout.expert_parallel) {
+    SY_RETURN_IF_ERROR(save_safetensors((dir / experts_file(rank)).string(), experts, meta));
+  }
   std::vector<std::pair<std::string, Tensor>> moments;
   for (auto& [n, t] : optimizer.state()) moments.emplace_back(n, t.to(Device::cpu()));
-  const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
-  auto st = save_safetensors((tmp / "model.safetensors").string(), weights, meta);
-  if (!st.ok()) return st;
-  st = save_safetensors((tmp / "optimizer.safetensors").string(), moments, meta);
-  if (!st.ok()) return st;
+  return save_safetensors((dir / optimizer_file(rank)).string(), moments, meta);
+}
 
+// Rank 0's part: the manifest, the rename into place, `latest`, and pruning.
+absl::Status publish(const fs::path& root, const std::string& name, const CheckpointState& state,
+                     const AdamW& optimizer, int keep_last, const CheckpointLayout& layout) {
+  const fs::path tmp = root / (name + ".tmp");
+  const fs::path final_dir = root / name;
   Json manifest = Json::Object{};
   manifest.set("format", std::string(kFormatName));
   manifest.set("version", kFormatVersion);
   manifest.set("step", state.step);
   manifest.set("optimizer_steps", optimizer.steps_taken());
   manifest.set("seed", absl::StrCat(state.seed));  // a string: uint64 need not fit int64
+  manifest.set("world_size", world_size(layout));
+  manifest.set("expert_parallel", layout.expert_parallel);
+  manifest.set("zero_stage", layout.zero_stage);
   Json data = Json::Object{};
   data.set("next_index", state.data.next_index);
   data.set("epoch", state.data.epoch);
@@ -69,16 +95,15 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
   manifest.set("data", data);
   const std::string text = to_json(manifest) + "\n";
   std::string_view piece = text;
-  st = write_file_atomically((tmp / "manifest.json").string(), {&piece, 1});
-  if (!st.ok()) return st;
+  SY_RETURN_IF_ERROR(write_file_atomically((tmp / "manifest.json").string(), {&piece, 1}));
 
+  std::error_code ec;
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
   if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
   const std::string latest = name + "\n";
   std::string_view latest_piece = latest;
-  st = write_file_atomically((root / "latest").string(), {&latest_piece, 1});
-  if (!st.ok()) return st;
+  SY_RETURN_IF_ERROR(write_file_atomically((root / "latest").string(), {&latest_piece, 1}));
 
   // Keep the newest keep_last checkpoints.
   if (keep_last > 0) {
@@ -91,6 +116,27 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
     for (size_t i = 0; i + keep_last < dirs.size(); ++i) fs::remove_all(root / dirs[i], ec);
   }
   return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
+                             const ParamStore& store, const AdamW& optimizer, int keep_last,
+                             const CheckpointLayout& layout) {
+  const fs::path root = fs::path(run_dir) / "checkpoints";
+  const std::string name = step_dir_name(state.step);
+  const fs::path tmp = root / (name + ".tmp");
+  absl::Status status;
+  if (world_rank(layout) == 0) {
+    std::error_code ec;
+    fs::remove_all(tmp, ec);
+    fs::create_directories(tmp, ec);
+    if (ec) status = absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+  }
+  SY_RETURN_IF_ERROR(agree(layout, status));
+  SY_RETURN_IF_ERROR(agree(layout, write_rank_files(tmp, layout, store, optimizer)));
+  if (world_rank(layout) == 0) status = publish(root, name, state, optimizer, keep_last, layout);
+  return agree(layout, status);
 }
 
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
@@ -111,7 +157,7 @@ absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
 }
 
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
-                                                AdamW* optimizer) {
+                                                AdamW* optimizer, const CheckpointLayout& layout) {
   const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
   auto text = read_text(manifest_path);
   if (!text.ok()) return checkpoint_error(manifest_path, "missing manifest.json");
@@ -153,24 +199,59 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   const Json* seed = manifest->find("seed");
   if (seed && seed->is_string()) state.seed = std::stoull(seed->as_string());
 
-  auto model = load_safetensors((fs::path(dir) / "model.safetensors").string());
-  if (!model.ok()) return model.status();
-  for (Param* p : store.params()) {
-    auto st = expect_tensor(*model, p->name, p->value.shape(), DType::kF32);
-    if (!st.ok()) return st;
+  // The layout must be the one that wrote the checkpoint.
+  for (auto [key, want] : {std::pair<const char*, int64_t>{"world_size", world_size(layout)},
+                           {"expert_parallel", layout.expert_parallel},
+                           {"zero_stage", layout.zero_stage}}) {
+    auto have = get_int(*manifest, key);
+    if (!have.ok()) return have.status();
+    if (*have != want) {
+      return checkpoint_error(manifest_path,
+                              absl::StrCat("was written with ", key, " = ", *have, ", this run has ",
+                                           want, "; resume with the layout that wrote it"));
+    }
   }
-  if (model->tensors.size() != store.params().size()) {
-    for (const auto& [name, t] : model->tensors) {
-      if (!store.find(name)) {
-        return checkpoint_error(model->path, absl::StrCat("holds tensor '", name,
-                                                          "', which the configured model does not have"));
+
+  std::vector<SafetensorsFile> files;
+  SY_ASSIGN_OR_RETURN(SafetensorsFile model, load_safetensors((fs::path(dir) / "model.safetensors").string()));
+  files.push_back(std::move(model));
+  if (layout.expert_parallel > 1) {
+    const int ep_rank = world_rank(layout) % layout.expert_parallel;
+    SY_ASSIGN_OR_RETURN(SafetensorsFile experts,
+                        load_safetensors((fs::path(dir) / experts_file(ep_rank)).string()));
+    files.push_back(std::move(experts));
+  }
+  size_t held = 0;
+  for (const SafetensorsFile& f : files) held += f.tensors.size();
+  for (Param* p : store.params()) {
+    const SafetensorsFile* from = nullptr;
+    for (const SafetensorsFile& f : files)
+      if (f.tensors.count(p->name)) from = &f;
+    if (!from) {
+      return checkpoint_error(dir, absl::StrCat("has no tensor '", p->name,
+                                                "', which the configured model needs"));
+    }
+    SY_RETURN_IF_ERROR(expect_tensor(*from, p->name, p->value.shape(), DType::kF32));
+  }
+  if (held != store.params().size()) {
+    for (const SafetensorsFile& f : files) {
+      for (const auto& [name, t] : f.tensors) {
+        if (!store.find(name)) {
+          return checkpoint_error(f.path, absl::StrCat("holds tensor '", name,
+                                                       "', which the configured model does not have"));
+        }
       }
     }
   }
-  for (Param* p : store.params()) p->value.copy_from(model->tensors.at(p->name).to(p->value.device()));
+  for (Param* p : store.params()) {
+    for (const SafetensorsFile& f : files) {
+      auto it = f.tensors.find(p->name);
+      if (it != f.tensors.end()) p->value.copy_from(it->second.to(p->value.device()));
+    }
+  }
 
   if (optimizer) {
-    auto moments = load_safetensors((fs::path(dir) / "optimizer.safetensors").string());
+    auto moments = load_safetensors((fs::path(dir) / optimizer_file(world_rank(layout))).string());
     if (!moments.ok()) return moments.status();
     std::vector<std::pair<std::string, Tensor>> list(moments->tensors.begin(), moments->tensors.end());
     auto st = optimizer->load_state(list, *opt_steps);

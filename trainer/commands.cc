@@ -4,6 +4,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/rank_env.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/token_shards.h"
@@ -47,7 +49,21 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
     options.run_dir = run_dir.empty() ? config.run_dir() : run_dir;
   }
   install_stop_signal_handlers();
-  return train(config, options, out);
+
+  // Started by mpirun or srun: join the job. Every rank prints its banner line.
+  SY_ASSIGN_OR_RETURN(RankEnv env, rank_env_from_environment());
+  std::unique_ptr<MpiRuntime> mpi;
+  Communicator* world = nullptr;
+  if (env.size > 1) {
+    mpi = std::make_unique<MpiRuntime>();
+    world = &mpi->world();
+    SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
+  }
+  out << banner_line(env, host_name(), "cpu") << std::endl;
+  absl::Status status = train(config, options, out, world);
+  // One rank's failure must end the whole job at once, not leave the others in a collective.
+  if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
+  return status;
 }
 
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out) {

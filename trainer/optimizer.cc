@@ -1,6 +1,7 @@
 #include "trainer/optimizer.h"
 
 #include <cmath>
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -8,19 +9,41 @@
 
 namespace sy {
 
-AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings)
-    : store_(store), settings_(settings) {
+AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings,
+             const OptimizerParallel& parallel)
+    : store_(store), settings_(settings), parallel_(parallel) {
+  // Owners balance the state's size over each group's ranks, deterministically everywhere.
+  std::map<Communicator*, std::vector<int64_t>> load;
   for (Param* p : store_.params()) {
     if (!p->trainable) continue;
-    slots_.push_back({p, Tensor::zeros(p->value.shape(), DType::kF32, p->value.device()),
-                      Tensor::zeros(p->value.shape(), DType::kF32, p->value.device())});
+    Slot slot{p, nullptr, 0, true, Tensor(), Tensor()};
+    if (parallel_.zero1) {
+      slot.group = p->group == SyncGroup::kExpert ? parallel_.edp : parallel_.world;
+      if (slot.group) {
+        std::vector<int64_t>& l = load[slot.group];
+        l.resize(slot.group->size(), 0);
+        slot.owner = static_cast<int>(std::min_element(l.begin(), l.end()) - l.begin());
+        l[slot.owner] += p->value.numel();
+        slot.owned = slot.owner == slot.group->rank();
+      }
+    }
+    if (slot.owned) {
+      slot.m = Tensor::zeros(p->value.shape(), DType::kF32, p->value.device());
+      slot.v = Tensor::zeros(p->value.shape(), DType::kF32, p->value.device());
+    }
+    slots_.push_back(std::move(slot));
   }
 }
 
 double AdamW::grad_norm() const {
-  double sq = 0;
-  for (const Slot& s : slots_) sq += sum_squares(s.param->grad);
-  return std::sqrt(sq);
+  // Dense gradients are identical on every rank after the sync: count them once. Each EP rank
+  // holds different experts: sum their squares over the EP group.
+  double dense = 0, expert = 0;
+  for (const Slot& s : slots_) {
+    (s.param->group == SyncGroup::kExpert ? expert : dense) += sum_squares(s.param->grad);
+  }
+  if (parallel_.ep) parallel_.ep->all_reduce_host({&expert, 1}, ReduceOp::kSum);
+  return std::sqrt(dense + expert);
 }
 
 double AdamW::step(float lr) {
@@ -31,6 +54,7 @@ double AdamW::step(float lr) {
   }
   ++steps_;
   for (Slot& s : slots_) {
+    if (!s.owned) continue;
     AdamWParams p{.lr = lr,
                   .beta1 = settings_.beta1,
                   .beta2 = settings_.beta2,
@@ -39,12 +63,16 @@ double AdamW::step(float lr) {
                   .step = steps_};
     adamw_step(s.param->value, s.param->grad, s.m, s.v, p);
   }
+  for (Slot& s : slots_) {
+    if (s.group) s.group->broadcast(s.param->value, s.owner);
+  }
   return norm;
 }
 
 std::vector<std::pair<std::string, Tensor>> AdamW::state() const {
   std::vector<std::pair<std::string, Tensor>> out;
   for (const Slot& s : slots_) {
+    if (!s.owned) continue;
     out.emplace_back("adam_m." + s.param->name, s.m);
     out.emplace_back("adam_v." + s.param->name, s.v);
   }
@@ -56,6 +84,7 @@ absl::Status AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>
   std::map<std::string, const Tensor*> by_name;
   for (const auto& [name, t] : tensors) by_name[name] = &t;
   for (Slot& s : slots_) {
+    if (!s.owned) continue;
     for (auto [prefix, dst] : {std::pair{"adam_m.", &s.m}, std::pair{"adam_v.", &s.v}}) {
       const std::string name = prefix + s.param->name;
       auto it = by_name.find(name);

@@ -10,6 +10,7 @@
 #include "absl/status/status.h"
 #include "kernels/adamw.h"
 #include "models/param_store.h"
+#include "parallel/communicator.h"
 
 namespace sy {
 
@@ -21,30 +22,51 @@ struct OptimizerSettings {
   float grad_clip = 1.0f;  // 0: no clipping
 };
 
+// The ranks an optimizer step involves. Null members mean one process.
+//   ep:    expert gradients' squared norms are summed over it (each EP rank holds different
+//          experts), so the norm is that of the whole model;
+//   world / edp: with zero1, the AdamW state and update of dense parameters are sharded over
+//          the world, those of expert parameters over the expert-data-parallel group; each
+//          parameter belongs to one rank of its group (balanced by size, in registration
+//          order), which updates it and broadcasts the new values.
+struct OptimizerParallel {
+  Communicator* world = nullptr;
+  Communicator* ep = nullptr;
+  Communicator* edp = nullptr;
+  bool zero1 = false;
+};
+
 class AdamW {
  public:
-  AdamW(ParamStore& store, const OptimizerSettings& settings);
+  AdamW(ParamStore& store, const OptimizerSettings& settings,
+        const OptimizerParallel& parallel = {});
 
-  // Global L2 norm of all trainable gradients (over this process's parameters).
+  // Global L2 norm of all trainable gradients, over every rank's parameters (collective when
+  // there is an ep group).
   double grad_norm() const;
   // Clips (when grad_clip > 0 and the norm exceeds it), then takes one step at `lr`.
   // Returns the gradient norm before clipping.
   double step(float lr);
   int64_t steps_taken() const { return steps_; }
 
-  // "adam_m.<param>" and "adam_v.<param>" tensors, plus the step count, for checkpoints.
+  // "adam_m.<param>" and "adam_v.<param>" tensors of the parameters this rank updates, for
+  // checkpoints (with zero1, only its shard).
   std::vector<std::pair<std::string, Tensor>> state() const;
-  // Restores what state() wrote; names and shapes must match this store's parameters.
+  // Restores what state() wrote; names and shapes must match this rank's parameters.
   absl::Status load_state(const std::vector<std::pair<std::string, Tensor>>& tensors,
                           int64_t steps);
 
  private:
   struct Slot {
     Param* param;
-    Tensor m, v;
+    Communicator* group;  // where the parameter is replicated (null: this process only)
+    int owner;            // rank in `group` that updates it
+    bool owned;
+    Tensor m, v;          // allocated only when owned
   };
   ParamStore& store_;
   OptimizerSettings settings_;
+  OptimizerParallel parallel_;
   std::vector<Slot> slots_;
   int64_t steps_ = 0;
 };

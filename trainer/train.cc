@@ -20,6 +20,10 @@
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/token_shards.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/local_communicator.h"
+#include "parallel/process_grid.h"
+#include <sstream>
 
 namespace sy {
 namespace fs = std::filesystem;
@@ -32,9 +36,12 @@ extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
 // checkpoint can save and restore.
 class DataFeed {
  public:
+  // rank / ranks: this rank's slice of every global micro-batch.
   static absl::StatusOr<DataFeed> create(const switchyard::Experiment& config,
-                                         const ModelSpec& spec) {
+                                         const ModelSpec& spec, int rank, int ranks) {
     DataFeed feed;
+    feed.rank_ = rank;
+    feed.ranks_ = ranks;
     const auto& data = config.data();
     if (data.source() == switchyard::DataConfig::DATA_ARITHMETIC) {
       ArithmeticOptions options{.min_digits = data.arithmetic().min_digits(),
@@ -58,14 +65,17 @@ class DataFeed {
       ShardLoaderOptions options{.pattern = data.train_shards(),
                                  .seq_len = spec.seq_len,
                                  .vocab_size = spec.vocab_size,
-                                 .rank = 0,
-                                 .world_size = 1,
+                                 .rank = rank,
+                                 .world_size = ranks,
                                  .seed = config.train().seed()};
       auto loader = ShardLoader::open(options);
       if (!loader.ok()) return loader.status();
       feed.train_.emplace(std::move(*loader));
       if (!data.val_shards().empty()) {
+        // Every rank evaluates the same windows (evaluation is replicated).
         options.pattern = data.val_shards();
+        options.rank = 0;
+        options.world_size = 1;
         auto val = ShardLoader::open(options);
         if (!val.ok()) return val.status();
         feed.val_.emplace(std::move(*val));
@@ -77,8 +87,10 @@ class DataFeed {
 
   absl::StatusOr<TokenBatch> next(int64_t batch, int64_t seq) {
     if (task_) {
-      auto b = task_->make_batch(batch, seq, next_index_, Split::kTrain);
-      next_index_ += batch;
+      // Problems [next, next + batch * ranks) form the global micro-batch; rank r takes the
+      // r-th slice, so any layout of the same global batch sees the same problems.
+      auto b = task_->make_batch(batch, seq, next_index_ + rank_ * batch, Split::kTrain);
+      next_index_ += batch * ranks_;
       return b;
     }
     return train_->next_batch(batch);
@@ -109,6 +121,7 @@ class DataFeed {
   std::optional<ShardLoader> train_, val_;
   int64_t next_index_ = 0;
   int64_t eval_examples_ = 0;
+  int rank_ = 0, ranks_ = 1;
 };
 
 // Greedy completion of prompts, batched by prompt length (the model has no padding mask):
@@ -232,32 +245,55 @@ void install_stop_signal_handlers() {
 }
 
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
-                   std::ostream& log) {
+                   std::ostream& console, Communicator* world_comm) {
   if (config.device() == switchyard::Experiment::DEVICE_CUDA) {
     return absl::UnimplementedError(
         "device: DEVICE_CUDA: the CUDA training path is not in this build yet; set device: "
         "DEVICE_CPU (or DEVICE_AUTO)");
   }
+  LocalCommunicator local;
+  Communicator& world = world_comm ? *world_comm : local;
+  const bool lead = world.rank() == 0;
+  std::ostringstream discard;
+  std::ostream& log = lead ? console : discard;  // rank 0 speaks for the job
+
+  // Ranks started with different configs would compute different things: refuse.
+  SY_RETURN_IF_ERROR(check_same_on_all_ranks(world, "the resolved config", resolved_experiment_text(config)));
   const ModelSpec spec = model_spec_from_config(config);
   const auto& tc = config.train();
   cpu::set_cpu_threads(tc.cpu_threads());
   const int64_t steps = tc.steps(), micro = tc.micro_batch(), accum = tc.grad_accum();
+  SY_ASSIGN_OR_RETURN(ProcessGrid grid,
+                      ProcessGrid::create(world, config.parallel().expert_parallel_size(),
+                                          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size()));
+  const int zero_stage = config.parallel().zero_stage();
 
-  std::error_code ec;
-  fs::create_directories(options.run_dir, ec);
-  if (ec) {
-    return absl::PermissionDeniedError(
-        absl::StrCat("run_dir ", options.run_dir, ": cannot create it (", ec.message(), ")"));
+  absl::Status made;
+  if (lead) {
+    std::error_code ec;
+    fs::create_directories(options.run_dir, ec);
+    if (ec) {
+      made = absl::PermissionDeniedError(
+          absl::StrCat("run_dir ", options.run_dir, ": cannot create it (", ec.message(), ")"));
+    }
   }
+  SY_RETURN_IF_ERROR(made);
 
   ParamStore store;
-  Transformer model(spec, store);
+  Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
-  AdamW optimizer(store, {.beta1 = static_cast<float>(config.optimizer().beta1()),
-                          .beta2 = static_cast<float>(config.optimizer().beta2()),
-                          .eps = static_cast<float>(config.optimizer().eps()),
-                          .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
-                          .grad_clip = static_cast<float>(config.optimizer().grad_clip())});
+  AdamW optimizer(store,
+                  {.beta1 = static_cast<float>(config.optimizer().beta1()),
+                   .beta2 = static_cast<float>(config.optimizer().beta2()),
+                   .eps = static_cast<float>(config.optimizer().eps()),
+                   .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
+                   .grad_clip = static_cast<float>(config.optimizer().grad_clip())},
+                  {.world = &world, .ep = &grid.ep(), .edp = &grid.edp(), .zero1 = zero_stage == 1});
+  std::vector<Tensor> dense_grads, expert_grads;
+  for (Param* p : store.params()) {
+    if (p->trainable) (p->group == SyncGroup::kExpert ? expert_grads : dense_grads).push_back(p->grad);
+  }
+  GradientSync grad_sync(dense_grads, expert_grads, world, grid.edp());
   Schedule schedule{.peak_lr = config.optimizer().lr(),
                     .warmup_steps = config.schedule().warmup_steps(),
                     .total_steps = steps,
@@ -267,37 +303,48 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
                                  ? Decay::kConstant
                                  : Decay::kCosine,
                     .min_lr_ratio = config.schedule().min_lr_ratio()};
-  SY_ASSIGN_OR_RETURN(DataFeed feed, DataFeed::create(config, spec));
+  SY_ASSIGN_OR_RETURN(DataFeed feed, DataFeed::create(config, spec, world.rank(), world.size()));
+  const CheckpointLayout layout{.world = &world,
+                                .expert_parallel = grid.layout().expert_parallel,
+                                .zero_stage = zero_stage};
 
   int64_t start_step = 0;
   if (options.resume) {
     SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(options.run_dir));
-    SY_ASSIGN_OR_RETURN(CheckpointState state, load_checkpoint(dir, store, &optimizer));
+    SY_ASSIGN_OR_RETURN(CheckpointState state, load_checkpoint(dir, store, &optimizer, layout));
     SY_RETURN_IF_ERROR(feed.restore(state.data));
     start_step = state.step;
     log << "resumed from " << dir << " at step " << start_step << "\n";
   }
-  {
+  std::optional<JsonlWriter> jsonl;
+  if (lead) {
     std::ofstream cfg(fs::path(options.run_dir) / "config.textproto");
     cfg << resolved_experiment_text(config);
     if (!cfg) return absl::PermissionDeniedError(absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
+    jsonl.emplace((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
   }
-  JsonlWriter jsonl((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
+  auto write_jsonl = [&](const std::string& line) {
+    if (jsonl) jsonl->write(line);
+  };
 
-  int64_t active = 0;
+  // Parameters of the whole model (experts of every EP rank), and those active per token.
+  double total = 0, active = 0;
   for (const Param* p : store.params()) {
+    const double n = static_cast<double>(p->value.numel());
     if (p->group == SyncGroup::kExpert) {
-      active += p->value.numel() / spec.moe.num_experts * spec.moe.top_k;
+      total += n * grid.layout().expert_parallel;
+      active += n * grid.layout().expert_parallel / spec.moe.num_experts * spec.moe.top_k;
     } else {
-      active += p->value.numel();
+      total += n;
+      active += n;
     }
   }
   log << absl::StrFormat(
       "model: %d layers (%d dense, %d MoE), d_model %d, %d experts top-%d, MTP %d | %.2fM "
-      "params (%.2fM active) | run dir %s\n",
+      "params (%.2fM active) | %s | run dir %s\n",
       spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
-      spec.moe.top_k, spec.mtp_modules, store.num_elements() / 1e6, active / 1e6,
+      spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(),
       options.run_dir);
 
   const int ckpt_every = config.checkpoint().interval();
@@ -305,7 +352,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   const int log_every = std::max(1, tc.log_interval());
   auto checkpoint = [&](int64_t step_done) -> absl::Status {
     CheckpointState state{.step = step_done, .seed = tc.seed(), .data = feed.position()};
-    return save_checkpoint(options.run_dir, state, store, optimizer, config.checkpoint().keep_last());
+    return save_checkpoint(options.run_dir, state, store, optimizer,
+                           config.checkpoint().keep_last(), layout);
   };
 
   const double lambda = spec.mtp_loss_weight;
@@ -314,71 +362,80 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     store.zero_grad();
     for (MoeFfn* m : model.moe_layers()) m->stats().reset(spec.moe.num_experts);
 
+    // This rank's micro-batches, and the step's global target counts (the loss normalisers).
     std::vector<TokenBatch> batches;
-    TargetCounts counts;
-    counts.mtp.assign(spec.mtp_modules, 0);
+    std::vector<double> counts(1 + spec.mtp_modules, 0.0);
     for (int64_t i = 0; i < accum; ++i) {
       SY_ASSIGN_OR_RETURN(TokenBatch b, feed.next(micro, spec.seq_len));
       TargetCounts c = model.count_targets(b.targets);
-      counts.lm += c.lm;
-      for (int k = 0; k < spec.mtp_modules; ++k) counts.mtp[k] += c.mtp[k];
+      counts[0] += static_cast<double>(c.lm);
+      for (int k = 0; k < spec.mtp_modules; ++k) counts[1 + k] += static_cast<double>(c.mtp[k]);
       batches.push_back(std::move(b));
     }
+    world.all_reduce_host(counts, ReduceOp::kSum);
     LossScales scales;
-    scales.lm = counts.lm ? 1.0 / counts.lm : 0.0;
+    scales.lm = counts[0] > 0 ? 1.0 / counts[0] : 0.0;
     for (int k = 0; k < spec.mtp_modules; ++k)
-      scales.mtp.push_back(counts.mtp[k] ? lambda / spec.mtp_modules / counts.mtp[k] : 0.0);
+      scales.mtp.push_back(counts[1 + k] > 0 ? lambda / spec.mtp_modules / counts[1 + k] : 0.0);
     scales.balance = 1.0 / accum;
 
-    LossTerms terms;
+    std::vector<double> terms(3, 0.0);  // lm, mtp, aux: this rank's shares of the global loss
     for (const TokenBatch& b : batches) {
       LossTerms t = model.forward_backward(b.inputs, b.targets, scales);
-      terms.lm += t.lm;
-      terms.mtp += t.mtp;
-      terms.aux += t.aux;
+      terms[0] += t.lm;
+      terms[1] += t.mtp;
+      terms[2] += t.aux;
     }
+    grad_sync.sync();
     const double lr = schedule.lr(step);
     const double norm = optimizer.step(static_cast<float>(lr));
     for (MoeFfn* m : model.moe_layers()) m->update_bias();
+    world.all_reduce_host(terms, ReduceOp::kSum);
+    const LossTerms sum{.lm = terms[0], .mtp = terms[1], .aux = terms[2]};
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const double tokens_per_s = static_cast<double>(micro * accum * spec.seq_len) / seconds;
+    const double tokens_per_s =
+        static_cast<double>(micro * accum * spec.seq_len * world.size()) / seconds;
     // The console shows the MTP heads' mean CE (comparable with lm); the total uses lambda.
-    const double mtp_ce = lambda > 0 ? terms.mtp / lambda : 0.0;
+    const double mtp_ce = lambda > 0 ? sum.mtp / lambda : 0.0;
 
-    if (!std::isfinite(terms.total())) {
+    if (!std::isfinite(sum.total())) {
       return absl::InternalError(absl::StrFormat(
           "step %d: the loss is %f; lower optimizer.lr or check the data", step + 1,
-          terms.total()));
+          sum.total()));
     }
     if ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step) {
       log << absl::StrFormat(
           "step %d/%d | loss %.4f (lm %.4f mtp %.4f aux %.4f) | lr %.1e | norm %.2f | %.0f ms | "
           "%s tok/s\n",
-          step + 1, steps, terms.total(), terms.lm, mtp_ce, terms.aux, lr, norm, seconds * 1e3,
+          step + 1, steps, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, seconds * 1e3,
           format_rate(tokens_per_s));
       log.flush();
-      jsonl.write(absl::StrFormat(
-          R"({"step": %d, "loss": %.6g, "lm_loss": %.6g, "mtp_loss": %.6g, "aux_loss": %.6g, "lr": %.6g, "grad_norm": %.6g, "tokens_per_s": %.6g})",
-          step + 1, terms.total(), terms.lm, mtp_ce, terms.aux, lr, norm, tokens_per_s));
+      write_jsonl(absl::StrFormat(
+          R"({"step": %d, "loss": %.9g, "lm_loss": %.9g, "mtp_loss": %.9g, "aux_loss": %.9g, "lr": %.9g, "grad_norm": %.9g, "tokens_per_s": %.6g})",
+          step + 1, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, tokens_per_s));
     }
 
     const bool last = step + 1 == steps;
     if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) {
+      // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
       SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro));
       std::string acc, acc_json;
       if (e.accuracy >= 0) {
         acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
-        acc_json = absl::StrFormat(R"(, "eval_accuracy": %.6g)", e.accuracy);
+        acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
       }
       log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
                              e.loss, acc, e.load_max_over_mean);
       log.flush();
-      jsonl.write(absl::StrFormat(
-          R"({"step": %d, "eval_loss": %.6g%s, "expert_load_max_over_mean": %.6g})", step + 1,
+      write_jsonl(absl::StrFormat(
+          R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})", step + 1,
           e.loss, acc_json, e.load_max_over_mean));
     }
-    const bool stop = g_stop_requested.load();
+    // A signal may reach the ranks at different steps: stop when any rank has seen one.
+    double stop_flag = g_stop_requested.load() ? 1.0 : 0.0;
+    world.all_reduce_host({&stop_flag, 1}, ReduceOp::kMax);
+    const bool stop = stop_flag > 0;
     if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
       SY_RETURN_IF_ERROR(checkpoint(step + 1));
     }

@@ -1,12 +1,13 @@
 #pragma once
-// The training loop: data -> forward/backward over micro-batches -> clip -> AdamW -> schedule
-// -> metrics -> eval -> checkpoints. One rank, CPU (the parallel runtime and the CUDA
-// backend plug in beneath the same loop).
+// The training loop: data -> forward/backward over micro-batches -> gradient sync -> clip ->
+// AdamW -> schedule -> metrics -> eval -> checkpoints, on one rank or many (expert and data
+// parallel over a Communicator), CPU for now (the CUDA backend plugs in beneath it).
 #include <ostream>
 #include <string>
 
 #include "absl/status/status.h"
 #include "configs/switchyard.pb.h"
+#include "parallel/communicator.h"
 
 namespace sy {
 
@@ -15,10 +16,13 @@ struct TrainOptions {
   bool resume = false;  // continue from run_dir's latest checkpoint
 };
 
-// Runs training; progress goes to `log` (the console). Returns an error for anything a user
-// can fix (bad data, a checkpoint that does not match the config, an unwritable run dir).
+// Runs training; progress goes to `log` (the console; rank 0 only). Returns an error for
+// anything a user can fix (bad data, a checkpoint that does not match the config, an
+// unwritable run dir). `world` is every rank of the job (null: this process alone); every
+// rank must call train with the same config. Each rank trains on its own micro_batch
+// sequences, so the global batch is micro_batch x world size x grad_accum.
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
-                   std::ostream& log);
+                   std::ostream& log, Communicator* world = nullptr);
 
 // SIGTERM / SIGUSR1 ask the loop to write a checkpoint after the current step and return.
 void install_stop_signal_handlers();

@@ -72,7 +72,7 @@ std::string write_temp(const std::string& name, const std::string& contents) {
 TEST(ConfigTest, ExampleConfigsAreValid) {
   absl::StatusOr<Experiment> tiny = load_experiment(kTiny, {});
   ASSERT_TRUE(tiny.ok()) << tiny.status();
-  EXPECT_EQ(tiny->model().d_model(), 64);
+  EXPECT_EQ(tiny->model().d_model(), 96);
   EXPECT_EQ(tiny->moe().num_experts(), 4);
   EXPECT_EQ(tiny->mtp().num_modules(), 1);
 
@@ -129,7 +129,7 @@ TEST(ConfigTest, OverridesMergeInOrderAndLaterWins) {
   EXPECT_EQ(experiment->tags(0), "c");
   // A message is merged field by field: what the override does not name stays.
   EXPECT_EQ(experiment->model().n_layers(), 4);
-  EXPECT_EQ(experiment->model().d_model(), 64);
+  EXPECT_EQ(experiment->model().d_model(), 96);
   EXPECT_DOUBLE_EQ(experiment->optimizer().weight_decay(), 0.0);
 }
 
@@ -259,17 +259,17 @@ TEST(ConfigTest, EmptyOverrideIsAnError) {
 
 TEST(ConfigTest, OverrideThatFailsValidationIsPointedTo) {
   absl::Status status = load_experiment(kTiny, {"model { n_heads: 8 }"}).status();
-  EXPECT_TRUE(status.ok()) << status;  // 64 / 8 = 8: fine
-  status = load_experiment(kTiny, {"optimizer { lr: 1e-3 }", "model { n_heads: 3 }"}).status();
+  EXPECT_TRUE(status.ok()) << status;  // 96 / 8 = 12: fine
+  status = load_experiment(kTiny, {"optimizer { lr: 1e-3 }", "model { n_heads: 5 }"}).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
   // The rule is d_model % n_heads; the --set changed n_heads, so that is what is named.
-  EXPECT_TRUE(has_line(status, "--set #2 'model { n_heads: 3 }':1:9: model.n_heads: ",
-                       {"model.d_model = 64 is not divisible by model.n_heads = 3"}));
+  EXPECT_TRUE(has_line(status, "--set #2 'model { n_heads: 5 }':1:9: model.n_heads: ",
+                       {"model.d_model = 96 is not divisible by model.n_heads = 5"}));
 }
 
 TEST(ConfigTest, InvalidValueInTheFileIsPointedTo) {
   std::string text = read_file(kTiny);
-  absl::StrReplaceAll({{"d_model: 64", "d_model: 66"}}, &text);
+  absl::StrReplaceAll({{"d_model: 96", "d_model: 66"}}, &text);
   std::string path = write_temp("bad.textproto", text);
   absl::Status status = load_experiment(path, {}).status();
   int line = 1;
@@ -386,8 +386,8 @@ INSTANTIATE_TEST_SUITE_P(
         RuleCase{"WeightDecay", "optimizer { weight_decay: -1 }", "optimizer.weight_decay",
                  "must be >= 0"},
         RuleCase{"GradClip", "optimizer { grad_clip: -1 }", "optimizer.grad_clip", "must be >= 0"},
-        RuleCase{"WarmupAtMostSteps", "schedule { warmup_steps: 301 }", "schedule.warmup_steps",
-                 "exceeds train.steps = 300"},
+        RuleCase{"WarmupAtMostSteps", "schedule { warmup_steps: 4001 }", "schedule.warmup_steps",
+                 "exceeds train.steps = 4000"},
         RuleCase{"WarmupNonNegative", "schedule { warmup_steps: -1 }", "schedule.warmup_steps",
                  "must be >= 0"},
         RuleCase{"MinLrRatio", "schedule { min_lr_ratio: 2 }", "schedule.min_lr_ratio",
@@ -452,7 +452,7 @@ RunResult run_switchyard(const std::vector<std::string>& args) {
 TEST(CliTest, ConfigPrintsTheResolvedConfig) {
   RunResult run = run_switchyard({"config", "--config", "configs/tiny.textproto"});
   EXPECT_EQ(run.exit_code, 0) << run.err;
-  EXPECT_TRUE(absl::StrContains(run.out, "d_model: 64")) << run.out;
+  EXPECT_TRUE(absl::StrContains(run.out, "d_model: 96")) << run.out;
   EXPECT_TRUE(absl::StrContains(run.out, "rope_theta: 10000")) << "defaults are printed";
   EXPECT_EQ(run.err, "");
 }
