@@ -18,6 +18,9 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   SY_CHECK(p.step >= 1) << "adamw step " << p.step << " (steps count from 1)";
   check_same_device({&param, &grad, &m, &v}, "adamw_step");
   if (param.device().is_cpu()) return cpu::adamw_step(param, grad, m, v, p);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (param.device().is_cuda()) return cuda::adamw_step(param, grad, m, v, p);
+#endif
   no_kernel("adamw_step", param.device());
 }
 

@@ -25,4 +25,9 @@ namespace cpu {
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p);
 }  // namespace cpu
+namespace cuda {
+// kernels/cuda/adamw.cu (one launch per tensor); defined in CUDA builds only.
+void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                const AdamWParams& p);
+}  // namespace cuda
 }  // namespace sy

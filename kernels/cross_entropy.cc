@@ -8,12 +8,18 @@
 namespace sy {
 namespace {
 
+// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what) {
+  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
+  check_dtype(t, DType::kF32, what);
+}
+
 // logits [N, V], targets i32 [N], and each per-row f32 tensor in `rows` is [N].
 void check_cross_entropy(const Tensor& logits, const Tensor& targets,
                          std::initializer_list<std::pair<const Tensor*, const char*>> rows) {
   SY_CHECK(logits.ndim() == 2) << "cross_entropy logits have shape " << shape_str(logits.shape())
                                << ", expected [N, V]";
-  check_dtype(logits, DType::kF32, "cross_entropy logits");
+  check_float(logits, "cross_entropy logits");
   const int64_t n = logits.dim(0);
   check_shape(targets, {n}, "cross_entropy targets");
   check_dtype(targets, DType::kI32, "cross_entropy targets");
@@ -33,6 +39,11 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
   if (logits.device().is_cpu()) {
     return cpu::cross_entropy_forward(losses, lse, logits, targets, ignore_index);
   }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (logits.device().is_cuda()) {
+    return cuda::cross_entropy_forward(losses, lse, logits, targets, ignore_index);
+  }
+#endif
   no_kernel("cross_entropy_forward", logits.device());
 }
 
@@ -41,11 +52,16 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const 
   check_cross_entropy(logits, targets,
                       {{&dlosses, "cross_entropy dlosses"}, {&lse, "cross_entropy lse"}});
   check_shape(dlogits, logits.shape(), "cross_entropy dlogits");
-  check_dtype(dlogits, DType::kF32, "cross_entropy dlogits");
+  check_dtype(dlogits, logits.dtype(), "cross_entropy dlogits");
   check_same_device({&dlogits, &dlosses, &logits, &lse, &targets}, "cross_entropy_backward");
   if (logits.device().is_cpu()) {
     return cpu::cross_entropy_backward(dlogits, dlosses, logits, lse, targets, ignore_index);
   }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (logits.device().is_cuda()) {
+    return cuda::cross_entropy_backward(dlogits, dlosses, logits, lse, targets, ignore_index);
+  }
+#endif
   no_kernel("cross_entropy_backward", logits.device());
 }
 

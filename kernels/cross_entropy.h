@@ -7,6 +7,8 @@
 // Backward: dlogits[n, :] = dlosses[n] * (softmax(logits[n, :]) - onehot(targets[n])), zero
 // for ignored rows; written (=). dlogits may alias logits (the backward then overwrites the
 // logits in place, so the vocabulary-sized buffer exists once).
+// Dtypes: f32; on CUDA logits and dlogits may be bf16 (alike). losses, lse, dlosses are f32
+// everywhere, and the row statistics accumulate in fp32.
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -20,4 +22,11 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
                             const Tensor& lse, const Tensor& targets, int ignore_index);
 }  // namespace cpu
+namespace cuda {
+// kernels/cuda/cross_entropy.cu; defined in CUDA builds only.
+void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
+                           const Tensor& targets, int ignore_index);
+void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
+                            const Tensor& lse, const Tensor& targets, int ignore_index);
+}  // namespace cuda
 }  // namespace sy

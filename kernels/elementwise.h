@@ -1,5 +1,6 @@
 #pragma once
-// Small elementwise and layout ops the model glues its layers with. All f32, same device.
+// Small elementwise and layout ops the model glues its layers with. All f32, same device;
+// on CUDA also bf16 (every tensor of one call alike; fp32 arithmetic, sum_squares in double).
 //   add(out, a, b):        out = a + b            (out may alias a or b)
 //   add_(y, x):            y += x                 (accumulating: residual gradients)
 //   scale_(x, s):          x *= s
@@ -22,4 +23,12 @@ void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
 }  // namespace cpu
+namespace cuda {
+// kernels/cuda/elementwise.cu; defined in CUDA builds only.
+void add(const Tensor& out, const Tensor& a, const Tensor& b);
+void scale_(const Tensor& x, float s);
+void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
+void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
+double sum_squares(const Tensor& x);
+}  // namespace cuda
 }  // namespace sy

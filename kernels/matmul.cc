@@ -7,6 +7,12 @@
 namespace sy {
 namespace {
 
+// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what) {
+  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
+  check_dtype(t, DType::kF32, what);
+}
+
 struct GemmDims {
   int64_t m, n, k;
 };
@@ -16,8 +22,8 @@ GemmDims gemm_dims(const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
   SY_CHECK(a.ndim() == 2 && b.ndim() == 2)
       << op << " takes 2-D tensors, got A " << shape_str(a.shape()) << " and B "
       << shape_str(b.shape());
-  check_dtype(a, DType::kF32, "matmul A");
-  check_dtype(b, DType::kF32, "matmul B");
+  check_float(a, "matmul A");
+  check_dtype(b, a.dtype(), "matmul B");
   GemmDims d{trans_a ? a.dim(1) : a.dim(0), trans_b ? b.dim(0) : b.dim(1),
              trans_a ? a.dim(0) : a.dim(1)};
   const int64_t kb = trans_b ? b.dim(1) : b.dim(0);
@@ -34,9 +40,15 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
             float alpha, float beta) {
   GemmDims d = gemm_dims(a, b, trans_a, trans_b, "matmul");
   check_shape(c, {d.m, d.n}, "matmul C");
-  check_dtype(c, DType::kF32, "matmul C");
+  // C is f32, or bf16 when A and B are (cuBLASLt writes bf16 only from bf16 inputs).
+  if (!(a.dtype() == DType::kBF16 && c.dtype() == DType::kBF16)) {
+    check_dtype(c, DType::kF32, "matmul C");
+  }
   check_same_device({&c, &a, &b}, "matmul");
   if (c.device().is_cpu()) return cpu::matmul(c, a, b, trans_a, trans_b, alpha, beta);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (c.device().is_cuda()) return cuda::matmul(c, a, b, trans_a, trans_b, alpha, beta);
+#endif
   no_kernel("matmul", c.device());
 }
 

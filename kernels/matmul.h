@@ -2,6 +2,8 @@
 // General matrix multiply on 2-D row-major f32 tensors:
 //   C = alpha * op(A) @ op(B) + beta * C,  op(X) = X, or X^T when its trans flag is set.
 // beta == 0 writes C without reading it; beta == 1 accumulates into C.
+// Dtypes: f32 A, B, C everywhere; on CUDA also bf16 A and B (fp32 accumulate) with an f32
+// or bf16 C.
 // A linear layer y = x W^T (W: [out, in]) is matmul(y, x, w, false, true).
 //
 // Backward of C = op(A) @ op(B) given dC:
@@ -24,4 +26,9 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
 void matmul_reference(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
                       float alpha, float beta);
 }  // namespace cpu
+namespace cuda {
+// cuBLASLt (kernels/cuda/matmul.cu); defined in CUDA builds only.
+void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+            float alpha, float beta);
+}  // namespace cuda
 }  // namespace sy

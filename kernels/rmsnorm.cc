@@ -6,11 +6,17 @@
 namespace sy {
 namespace {
 
+// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what) {
+  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
+  check_dtype(t, DType::kF32, what);
+}
+
 // x is [..., D]; returns N, the number of rows of D.
 int64_t rmsnorm_rows(const Tensor& x, const Tensor& weight) {
   SY_CHECK(x.ndim() >= 1) << "rmsnorm x has shape " << shape_str(x.shape())
                           << ", expected [..., D]";
-  check_dtype(x, DType::kF32, "rmsnorm x");
+  check_float(x, "rmsnorm x");
   check_dtype(weight, DType::kF32, "rmsnorm weight");
   const int64_t d = x.dim(-1);
   check_shape(weight, {d}, "rmsnorm weight");
@@ -23,11 +29,14 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
                      float eps) {
   const int64_t n = rmsnorm_rows(x, weight);
   check_shape(y, x.shape(), "rmsnorm y");
-  check_dtype(y, DType::kF32, "rmsnorm y");
+  check_dtype(y, x.dtype(), "rmsnorm y");
   check_shape(rstd, {n}, "rmsnorm rstd");
   check_dtype(rstd, DType::kF32, "rmsnorm rstd");
   check_same_device({&y, &rstd, &x, &weight}, "rmsnorm_forward");
   if (x.device().is_cpu()) return cpu::rmsnorm_forward(y, rstd, x, weight, eps);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::rmsnorm_forward(y, rstd, x, weight, eps);
+#endif
   no_kernel("rmsnorm_forward", x.device());
 }
 
@@ -35,15 +44,18 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
                       const Tensor& weight, const Tensor& rstd) {
   const int64_t n = rmsnorm_rows(x, weight);
   check_shape(dx, x.shape(), "rmsnorm dx");
-  check_dtype(dx, DType::kF32, "rmsnorm dx");
+  check_dtype(dx, x.dtype(), "rmsnorm dx");
   check_shape(dy, x.shape(), "rmsnorm dy");
-  check_dtype(dy, DType::kF32, "rmsnorm dy");
+  check_dtype(dy, x.dtype(), "rmsnorm dy");
   check_shape(dweight, weight.shape(), "rmsnorm dweight");
   check_dtype(dweight, DType::kF32, "rmsnorm dweight");
   check_shape(rstd, {n}, "rmsnorm rstd");
   check_dtype(rstd, DType::kF32, "rmsnorm rstd");
   check_same_device({&dx, &dweight, &dy, &x, &weight, &rstd}, "rmsnorm_backward");
   if (x.device().is_cpu()) return cpu::rmsnorm_backward(dx, dweight, dy, x, weight, rstd);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::rmsnorm_backward(dx, dweight, dy, x, weight, rstd);
+#endif
   no_kernel("rmsnorm_backward", x.device());
 }
 

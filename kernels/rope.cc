@@ -6,14 +6,20 @@
 namespace sy {
 namespace {
 
+// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what) {
+  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
+  check_dtype(t, DType::kF32, what);
+}
+
 void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, const char* op) {
   SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
                           << ", expected [B, T, H, head_dim]";
   SY_CHECK(x.dim(3) % 2 == 0) << op << ": head_dim " << x.dim(3)
                               << " is odd; rotary pairs need an even head_dim";
-  check_dtype(x, DType::kF32, "rope input");
+  check_float(x, "rope input");
   check_shape(out, x.shape(), "rope output");
-  check_dtype(out, DType::kF32, "rope output");
+  check_dtype(out, x.dtype(), "rope output");
   check_shape(positions, {x.dim(0), x.dim(1)}, "rope positions");
   check_dtype(positions, DType::kI32, "rope positions");
   check_same_device({&out, &x, &positions}, op);
@@ -24,12 +30,18 @@ void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, con
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta) {
   check_rope(out, x, positions, "rope_forward");
   if (x.device().is_cpu()) return cpu::rope_forward(out, x, positions, theta);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::rope_forward(out, x, positions, theta);
+#endif
   no_kernel("rope_forward", x.device());
 }
 
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta) {
   check_rope(dx, dout, positions, "rope_backward");
   if (dout.device().is_cpu()) return cpu::rope_backward(dx, dout, positions, theta);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (dout.device().is_cuda()) return cuda::rope_backward(dx, dout, positions, theta);
+#endif
   no_kernel("rope_backward", dout.device());
 }
 

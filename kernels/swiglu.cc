@@ -6,12 +6,18 @@
 namespace sy {
 namespace {
 
+// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what) {
+  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
+  check_dtype(t, DType::kF32, what);
+}
+
 void check_swiglu(const Tensor& out, const Tensor& h, const char* op) {
   SY_CHECK(h.ndim() == 2 && h.dim(1) % 2 == 0)
       << op << ": h has shape " << shape_str(h.shape()) << ", expected [N, 2F]";
-  check_dtype(h, DType::kF32, "swiglu h");
+  check_float(h, "swiglu h");
   check_shape(out, {h.dim(0), h.dim(1) / 2}, "swiglu out");
-  check_dtype(out, DType::kF32, "swiglu out");
+  check_dtype(out, h.dtype(), "swiglu out");
 }
 
 }  // namespace
@@ -20,15 +26,21 @@ void swiglu_forward(const Tensor& out, const Tensor& h) {
   check_swiglu(out, h, "swiglu_forward");
   check_same_device({&out, &h}, "swiglu_forward");
   if (h.device().is_cpu()) return cpu::swiglu_forward(out, h);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (h.device().is_cuda()) return cuda::swiglu_forward(out, h);
+#endif
   no_kernel("swiglu_forward", h.device());
 }
 
 void swiglu_backward(const Tensor& dh, const Tensor& dout, const Tensor& h) {
   check_swiglu(dout, h, "swiglu_backward");
   check_shape(dh, h.shape(), "swiglu dh");
-  check_dtype(dh, DType::kF32, "swiglu dh");
+  check_dtype(dh, h.dtype(), "swiglu dh");
   check_same_device({&dh, &dout, &h}, "swiglu_backward");
   if (h.device().is_cpu()) return cpu::swiglu_backward(dh, dout, h);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (h.device().is_cuda()) return cuda::swiglu_backward(dh, dout, h);
+#endif
   no_kernel("swiglu_backward", h.device());
 }
 

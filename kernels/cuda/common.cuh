@@ -1,0 +1,163 @@
+#pragma once
+// Helpers shared by the CUDA files in kernels/cuda/: a check for CUDA runtime calls, a
+// check after each kernel launch, grid sizing that stays inside CUDA's limits, and the
+// element-type plumbing (f32 / bf16 loads and stores with fp32 arithmetic).
+// Usable only when SWITCHYARD_HAVE_CUDA is defined (these files are compiled only then).
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/check.h"
+#include "kernels/tensor.h"
+
+// Aborts with file:line, the failed call and CUDA's message when a runtime call fails.
+#define SY_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                        \
+    cudaError_t sy_cuda_err_ = (expr);                                                        \
+    SY_CHECK(sy_cuda_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorName(sy_cuda_err_)  \
+                                          << " (" << cudaGetErrorString(sy_cuda_err_) << ")"; \
+  } while (0)
+
+namespace sy::cuda {
+
+// Call right after a <<<...>>> launch: a bad configuration (too many threads, too much
+// shared memory, a grid past the limits) only shows up in cudaGetLastError.
+inline void launch_check(const char* kernel) {
+  cudaError_t err = cudaGetLastError();
+  SY_CHECK(err == cudaSuccess) << kernel << " launch: " << cudaGetErrorName(err) << " ("
+                               << cudaGetErrorString(err) << ")";
+}
+
+// The stream every op runs on; CUDA tensors are allocated on it too (kernels/tensor.cc).
+inline cudaStream_t stream() { return cudaStreamPerThread; }
+
+// Makes the tensor's GPU current (a no-op when it already is) and returns its index, so an
+// op runs where its tensors live whichever device the thread used last.
+inline int use_device(const Tensor& t) {
+  SY_CUDA_CHECK(cudaSetDevice(t.device().index));
+  return t.device().index;
+}
+
+constexpr int kThreads = 256;
+// 1-D grids for grid-stride loops: enough blocks to fill the GPU, never past gridDim.x's
+// limit, so any n (including n > 2^31) is covered by the stride loop.
+constexpr int64_t kMaxBlocks = 65535LL * 16;
+inline unsigned grid_for(int64_t n, int threads = kThreads) {
+  int64_t blocks = (n + threads - 1) / threads;
+  return static_cast<unsigned>(std::clamp<int64_t>(blocks, 1, kMaxBlocks));
+}
+// Row-wise kernels launch one block per row on grid.x (limit 2^31-1); rows beyond that
+// are walked by a row-stride loop inside the kernel.
+constexpr int64_t kMaxRowBlocks = (1LL << 31) - 1;
+inline unsigned row_grid(int64_t rows) {
+  return static_cast<unsigned>(std::clamp<int64_t>(rows, 1, kMaxRowBlocks));
+}
+
+// f32 / bf16 element access with fp32 arithmetic.
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) {
+  return x;
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Typed device pointer of a tensor: float for f32, __nv_bfloat16 for bf16 (sy::bf16 is
+// bit-compatible with __nv_bfloat16).
+template <typename T>
+T* ptr(const Tensor& t);
+template <>
+inline float* ptr<float>(const Tensor& t) {
+  return t.data<float>();
+}
+template <>
+inline __nv_bfloat16* ptr<__nv_bfloat16>(const Tensor& t) {
+  return reinterpret_cast<__nv_bfloat16*>(t.data<bf16>());
+}
+template <>
+inline int32_t* ptr<int32_t>(const Tensor& t) {
+  return t.data<int32_t>();
+}
+
+// Calls f(T{}) with T = float for f32 tensors and __nv_bfloat16 for bf16 ones, so a host
+// launcher picks its kernel's element type once: dispatch_float(x.dtype(), "op", [&](auto t) {
+// using T = decltype(t); ... }).
+template <typename F>
+void dispatch_float(DType dtype, const char* what, F&& f) {
+  switch (dtype) {
+    case DType::kF32:
+      return f(float{});
+    case DType::kBF16:
+      return f(__nv_bfloat16{});
+    default:
+      SY_CHECK(false) << what << " takes f32 or bf16, got " << dtype_name(dtype);
+  }
+}
+
+// Stream-ordered scratch memory for a launcher (reductions' partial sums, sort buffers):
+// taken from the same cudaMallocAsync pool as tensors and given back on the stream, so
+// it costs no synchronisation.
+class Scratch {
+ public:
+  explicit Scratch(size_t bytes) {
+    if (bytes) SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream()));
+  }
+  ~Scratch() {
+    if (ptr_) cudaFreeAsync(ptr_, stream());
+  }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+  template <typename T>
+  T* as() const {
+    return static_cast<T*>(ptr_);
+  }
+
+ private:
+  void* ptr_ = nullptr;
+};
+
+// Streaming multiprocessors of the current device: sizes grids of partial reductions.
+inline int sm_count() {
+  int device = 0, count = 0;
+  SY_CUDA_CHECK(cudaGetDevice(&device));
+  SY_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  return count;
+}
+
+// Block-wide reductions over fp32 (blockDim.x a multiple of 32, at most 1024). Every
+// thread gets the result. `shared` needs 32 floats; the call syncs before reuse.
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float block_sum(float v, float* shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // shared may still be read by a previous reduction
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : 0.0f;
+  return warp_sum(v);
+}
+__device__ __forceinline__ float block_max(float v, float* shared) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) shared[warp] = v;
+  __syncthreads();
+  v = lane < warps ? shared[lane] : -INFINITY;
+  return warp_max(v);
+}
+
+}  // namespace sy::cuda

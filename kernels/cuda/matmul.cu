@@ -1,0 +1,179 @@
+// CUDA GEMM, C = alpha op(A) op(B) + beta C on row-major tensors, through cuBLASLt.
+// A and B are both f32 or both bf16; the products accumulate in fp32 (CUBLAS_COMPUTE_32F,
+// which for f32 inputs is exact fp32, no TF32); C is f32, or bf16 when A and B are bf16.
+// cuBLASLt is column-major: a row-major X [r, c] is the column-major X^T [c, r] with
+// leading dimension c, so we ask for C^T = op(B)^T op(A)^T, i.e. swap A and B and keep each
+// one's transpose flag. beta == 0 leaves C unread (cuBLASLt's contract; NaN in C is
+// ignored), and k == 0 or alpha == 0 reduce to C = beta C without a GEMM, as on the CPU.
+// One cuBLASLt handle and one workspace per device, made on first use and kept for the
+// process; ops on one device are issued from one host thread (they share the workspace).
+#include <cublasLt.h>
+
+#include <array>
+#include <compare>
+#include <cstdint>
+#include <map>
+#include <mutex>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/matmul.h"
+
+#define SY_CUBLAS_CHECK(expr)                                                \
+  do {                                                                       \
+    cublasStatus_t sy_cublas_status_ = (expr);                               \
+    SY_CHECK(sy_cublas_status_ == CUBLAS_STATUS_SUCCESS)                     \
+        << #expr << ": " << cublasLtGetStatusName(sy_cublas_status_) << " (" \
+        << cublasLtGetStatusString(sy_cublas_status_) << ")";                \
+  } while (0)
+
+namespace sy::cuda {
+namespace {
+
+// C = beta C (beta == 0 writes zeros without reading C): the GEMM with nothing to multiply.
+template <typename T>
+__global__ void scale_kernel(T* c, int64_t n, float beta) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    c[i] = from_f32<T>(beta == 0.0f ? 0.0f : beta * to_f32(c[i]));
+  }
+}
+
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+constexpr int kMaxDevices = 64;
+
+struct DeviceContext {
+  cublasLtHandle_t handle = nullptr;
+  void* workspace = nullptr;
+};
+
+// The context of the current device (the one the op's tensors live on).
+DeviceContext& device_context(int device) {
+  static std::mutex mutex;
+  static std::array<DeviceContext, kMaxDevices> contexts;
+  SY_CHECK(device < kMaxDevices) << "device " << device << " beyond " << kMaxDevices;
+  std::lock_guard<std::mutex> lock(mutex);
+  DeviceContext& ctx = contexts[device];
+  if (ctx.handle == nullptr) {
+    SY_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
+    SY_CUDA_CHECK(cudaMalloc(&ctx.workspace, kWorkspaceBytes));
+  }
+  return ctx;
+}
+
+// The largest power of two (up to 256) dividing the address: cuBLASLt's heuristic assumes
+// 256-byte aligned operands unless told otherwise, and views (rows()) can be less aligned.
+uint32_t alignment(const void* p) {
+  uint32_t a = 256;
+  while (a > 1 && reinterpret_cast<uintptr_t>(p) % a != 0) a /= 2;
+  return a;
+}
+
+// Everything the algorithm choice depends on; the heuristic runs once per distinct key.
+struct AlgoKey {
+  int device;
+  int64_t m, n, k;
+  bool trans_a, trans_b;
+  cudaDataType_t in_type, out_type;
+  uint32_t align_a, align_b, align_c;
+  bool beta_zero;
+  auto operator<=>(const AlgoKey&) const = default;
+};
+
+// A cuBLASLt descriptor destroyed at the end of the scope.
+template <typename H, cublasStatus_t (*Destroy)(H)>
+struct Owned {
+  H h = nullptr;
+  Owned() = default;
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  ~Owned() {
+    if (h) Destroy(h);
+  }
+};
+using MatmulDesc = Owned<cublasLtMatmulDesc_t, cublasLtMatmulDescDestroy>;
+using Layout = Owned<cublasLtMatrixLayout_t, cublasLtMatrixLayoutDestroy>;
+using Preference = Owned<cublasLtMatmulPreference_t, cublasLtMatmulPreferenceDestroy>;
+
+cudaDataType_t cuda_type(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16BF : CUDA_R_32F; }
+
+}  // namespace
+
+void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+            float alpha, float beta) {
+  const int64_t m = c.dim(0), n = c.dim(1), k = trans_a ? a.dim(0) : a.dim(1);
+  if (m == 0 || n == 0) return;
+  use_device(c);
+  if (k == 0 || alpha == 0.0f) {
+    dispatch_float(c.dtype(), "matmul C", [&](auto tag) {
+      using T = decltype(tag);
+      scale_kernel<T><<<grid_for(m * n), kThreads, 0, stream()>>>(ptr<T>(c), m * n, beta);
+      launch_check("matmul scale_kernel");
+    });
+    return;
+  }
+  const int device = c.device().index;
+  DeviceContext& ctx = device_context(device);
+
+  // Column-major view: D' [n, m] = op(B') [n, k] @ op(A') [k, m], B' = B^T, A' = A^T.
+  const cudaDataType_t in_type = cuda_type(a.dtype()), out_type = cuda_type(c.dtype());
+  MatmulDesc op;
+  SY_CUBLAS_CHECK(cublasLtMatmulDescCreate(&op.h, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+  const cublasOperation_t op_first = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const cublasOperation_t op_second = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
+  SY_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSA, &op_first,
+                                                 sizeof(op_first)));
+  SY_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(op.h, CUBLASLT_MATMUL_DESC_TRANSB, &op_second,
+                                                 sizeof(op_second)));
+
+  Layout first, second, out;
+  // A row-major [r, c] tensor is a column-major matrix of c rows, r columns, ld c.
+  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&first.h, in_type, b.dim(1), b.dim(0), b.dim(1)));
+  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&second.h, in_type, a.dim(1), a.dim(0), a.dim(1)));
+  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&out.h, out_type, n, m, n));
+
+  const uint32_t align_a = alignment(a.raw()), align_b = alignment(b.raw()),
+                 align_c = alignment(c.raw());
+  const AlgoKey key{device,  m,        n,       k,       trans_a, trans_b,
+                    in_type, out_type, align_a, align_b, align_c, beta == 0.0f};
+  static std::mutex cache_mutex;
+  static std::map<AlgoKey, cublasLtMatmulAlgo_t> cache;
+  cublasLtMatmulAlgo_t algo;
+  bool cached = false;
+  {
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    auto it = cache.find(key);
+    if (it != cache.end()) {
+      algo = it->second;
+      cached = true;
+    }
+  }
+  if (!cached) {
+    Preference pref;
+    SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
+    const size_t workspace = kWorkspaceBytes;
+    SY_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+        pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
+    for (auto [attr, value] : {std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b},
+                               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, align_a},
+                               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, align_c},
+                               {CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, align_c}}) {
+      SY_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref.h, attr, &value, sizeof(value)));
+    }
+    cublasLtMatmulHeuristicResult_t result{};
+    int found = 0;
+    SY_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(ctx.handle, op.h, first.h, second.h, out.h,
+                                                   out.h, pref.h, 1, &result, &found));
+    SY_CHECK(found > 0) << "cuBLASLt has no algorithm for matmul C " << shape_str(c.shape()) << " ("
+                        << dtype_name(c.dtype()) << ") = A " << shape_str(a.shape())
+                        << (trans_a ? "^T" : "") << " @ B " << shape_str(b.shape())
+                        << (trans_b ? "^T" : "") << " (" << dtype_name(a.dtype()) << ")";
+    algo = result.algo;
+    std::lock_guard<std::mutex> lock(cache_mutex);
+    cache.emplace(key, algo);
+  }
+  SY_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, op.h, &alpha, b.raw(), first.h, a.raw(), second.h,
+                                 &beta, c.raw(), out.h, c.raw(), out.h, &algo, ctx.workspace,
+                                 kWorkspaceBytes, stream()));
+}
+
+}  // namespace sy::cuda

@@ -1,0 +1,129 @@
+// Elementwise glue on CUDA against the CPU ops on the same random inputs, f32 and bf16:
+// add (also in place, as add_), scale_, concat_cols / split_cols with odd widths, and
+// sum_squares (double on both sides), plus one tensor of more than 2^31 elements to prove
+// the grid-stride launches cover it. Skips without a GPU.
+//
+// Tolerances. add, scale_, concat, split: one fp32 operation (or a copy) per element, then
+// the same rounding to the dtype: exact (0). sum_squares: double sums in a different order:
+// rtol 1e-10 (positive terms; the bound on N of them is N 2^-53).
+#include <limits>
+#include <tuple>
+
+#include "gtest/gtest.h"
+#include "kernels/elementwise.h"
+#include "tests/testing/testing.h"
+
+namespace sy {
+namespace {
+
+using testing::all_close;
+using testing::random_normal;
+using testing::rng_for_test;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+const Device kGpu = Device::cuda(0);
+
+// What a `dtype` tensor holds for the f32 values of `host` (bf16 rounds), as f32 on the CPU.
+Tensor rounded(const Tensor& host, DType dtype) {
+  return dtype == DType::kBF16 ? host.to(DType::kBF16).to(DType::kF32) : host;
+}
+// `host` on the GPU as `dtype`.
+Tensor on_gpu(const Tensor& host, DType dtype) {
+  return (dtype == DType::kBF16 ? host.to(DType::kBF16) : host).to(kGpu);
+}
+Tensor filled(const Shape& shape, float value) {
+  Tensor t = Tensor::empty(shape);
+  t.fill_(value);
+  return t;
+}
+
+using Param = std::tuple<std::pair<int, int>, DType>;  // (rows, cols), dtype
+
+class ElementwiseGpuTest : public ::testing::TestWithParam<Param> {
+ protected:
+  int64_t rows() const { return std::get<0>(GetParam()).first; }
+  int64_t cols() const { return std::get<0>(GetParam()).second; }
+  DType dt() const { return std::get<1>(GetParam()); }
+};
+
+TEST_P(ElementwiseGpuTest, AddAndScaleMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  const Shape shape{rows(), cols()};
+  Tensor a = rounded(random_normal(shape, rng), dt()), b = rounded(random_normal(shape, rng), dt());
+  Tensor sum = Tensor::empty(shape);
+  add(sum, a, b);
+  Tensor ga = on_gpu(a, dt()), gb = on_gpu(b, dt()), gsum = on_gpu(filled(shape, kNaN), dt());
+  add(gsum, ga, gb);
+  EXPECT_TRUE(all_close(gsum, rounded(sum, dt()), 0, 0));
+
+  add_(ga, gb);  // in place: out aliases a
+  EXPECT_TRUE(all_close(ga, rounded(sum, dt()), 0, 0));
+
+  Tensor scaled = rounded(sum, dt()).clone();
+  scale_(scaled, -0.37f);
+  scale_(ga, -0.37f);
+  EXPECT_TRUE(all_close(ga, rounded(scaled, dt()), 0, 0));
+}
+
+TEST_P(ElementwiseGpuTest, ConcatAndSplitMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  const int64_t n = rows(), ca = cols(), cb = cols() / 2 + 3;
+  Tensor a = rounded(random_normal({n, ca}, rng), dt());
+  Tensor b = rounded(random_normal({n, cb}, rng), dt());
+  Tensor cat = Tensor::empty({n, ca + cb});
+  concat_cols(cat, a, b);
+  Tensor gcat = on_gpu(filled({n, ca + cb}, kNaN), dt());
+  concat_cols(gcat, on_gpu(a, dt()), on_gpu(b, dt()));
+  EXPECT_TRUE(all_close(gcat, cat, 0, 0));
+
+  Tensor d = rounded(random_normal({n, ca + cb}, rng), dt());
+  Tensor da = Tensor::empty({n, ca}), db = Tensor::empty({n, cb});
+  split_cols(da, db, d);
+  Tensor gda = on_gpu(filled({n, ca}, kNaN), dt()), gdb = on_gpu(filled({n, cb}, kNaN), dt());
+  split_cols(gda, gdb, on_gpu(d, dt()));
+  EXPECT_TRUE(all_close(gda, da, 0, 0));
+  EXPECT_TRUE(all_close(gdb, db, 0, 0));
+}
+
+TEST_P(ElementwiseGpuTest, SumSquaresMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  Tensor x = rounded(random_normal({rows(), cols()}, rng, 3.0f), dt());
+  const double expected = sum_squares(x);
+  const double got = sum_squares(on_gpu(x, dt()));
+  EXPECT_NEAR(got, expected, 1e-10 * expected);
+  EXPECT_EQ(got, sum_squares(on_gpu(x, dt()))) << "two runs differ";
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  auto [size, dt] = info.param;
+  return std::to_string(size.first) + "x" + std::to_string(size.second) + "_" + dtype_name(dt);
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, ElementwiseGpuTest,
+    ::testing::Combine(::testing::Values(std::pair{1, 1}, std::pair{1, 17}, std::pair{7, 33},
+                                         std::pair{300, 1001}, std::pair{2048, 1024}),
+                       ::testing::Values(DType::kF32, DType::kBF16)),
+    param_name);
+
+// 2^31 + 17 bf16 elements (4 GiB): more than a 32-bit index and more than one pass of the
+// capped grid. Every element is 1, scaled to 2; the sum of squares is then 4 n exactly.
+TEST(ElementwiseGpuLargeTest, GridStrideCoversMoreThanTwoToThe31Elements) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = (int64_t{1} << 31) + 17;
+  Tensor ones = Tensor::empty({n});
+  ones.fill_(1.0f);
+  Tensor x = ones.to(DType::kBF16).to(kGpu);
+  ones = Tensor();
+  scale_(x, 2.0f);
+  EXPECT_EQ(sum_squares(x), 4.0 * static_cast<double>(n));
+}
+
+}  // namespace
+}  // namespace sy

@@ -1,0 +1,81 @@
+// SwiGLU on CUDA against the CPU op on the same random inputs: a single row, odd widths,
+// f32 and bf16, forward and backward (dh written over a NaN-filled buffer). Skips without
+// a GPU.
+//
+// Tolerances. f32: same formula, fp32 on both sides (expf vs std::exp, fused multiply-adds
+// on the GPU): rtol 1e-5, atol 1e-5 on O(1) values. bf16: outputs are rounded to bf16
+// (relative step 2^-8): rtol 1e-2, atol 1e-2.
+#include <limits>
+#include <tuple>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/swiglu.h"
+#include "tests/testing/testing.h"
+
+namespace sy {
+namespace {
+
+using testing::all_close;
+using testing::random_normal;
+using testing::rng_for_test;
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+const Device kGpu = Device::cuda(0);
+
+// What a `dtype` tensor holds for the f32 values of `host` (bf16 rounds), as f32 on the CPU.
+Tensor rounded(const Tensor& host, DType dtype) {
+  return dtype == DType::kBF16 ? host.to(DType::kBF16).to(DType::kF32) : host;
+}
+// `host` on the GPU as `dtype`.
+Tensor on_gpu(const Tensor& host, DType dtype) {
+  return (dtype == DType::kBF16 ? host.to(DType::kBF16) : host).to(kGpu);
+}
+Tensor filled(const Shape& shape, float value) {
+  Tensor t = Tensor::empty(shape);
+  t.fill_(value);
+  return t;
+}
+
+using Param = std::tuple<std::pair<int, int>, DType>;  // (N, F), dtype
+
+class SwigluGpuTest : public ::testing::TestWithParam<Param> {};
+
+TEST_P(SwigluGpuTest, ForwardAndBackwardMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto [size, dt] = GetParam();
+  auto [n, f] = size;
+  const bool bf16 = dt == DType::kBF16;
+  const double rtol = bf16 ? 1e-2 : 1e-5, atol = bf16 ? 1e-2 : 1e-5;
+  auto rng = rng_for_test();
+  Tensor h = rounded(random_normal({n, 2 * f}, rng, 2.0f), dt);
+  Tensor dout = rounded(random_normal({n, f}, rng), dt);
+  Tensor out = Tensor::empty({n, f}), dh = Tensor::empty({n, 2 * f});
+  swiglu_forward(out, h);
+  swiglu_backward(dh, dout, h);
+
+  Tensor gh = on_gpu(h, dt);
+  Tensor gout = on_gpu(filled({n, f}, kNaN), dt), gdh = on_gpu(filled({n, 2 * f}, kNaN), dt);
+  swiglu_forward(gout, gh);
+  swiglu_backward(gdh, on_gpu(dout, dt), gh);
+  EXPECT_TRUE(all_close(gout, rounded(out, dt), rtol, atol));
+  EXPECT_TRUE(all_close(gdh, rounded(dh, dt), rtol, atol));
+}
+
+std::string param_name(const ::testing::TestParamInfo<Param>& info) {
+  auto [size, dt] = info.param;
+  return absl::StrCat("N", size.first, "_F", size.second, "_", dtype_name(dt));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, SwigluGpuTest,
+    ::testing::Combine(::testing::Values(std::pair{1, 1}, std::pair{1, 5}, std::pair{7, 128},
+                                         std::pair{300, 1001}, std::pair{64, 2816}),
+                       ::testing::Values(DType::kF32, DType::kBF16)),
+    param_name);
+
+}  // namespace
+}  // namespace sy
