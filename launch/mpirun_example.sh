@@ -1,29 +1,28 @@
 #!/usr/bin/env bash
-# Runs switchyard's parallel runtime on N processes of this machine with Open MPI (CPU, no GPU
-# needed):
+# Trains the tiny default MoE on N processes of this machine with Open MPI (CPU, no GPU needed),
+# its experts spread over expert-parallel groups of EP ranks:
 #
-#   launch/mpirun_example.sh [N=4] [expert_parallel_size=2] [num_experts=8]
+#   launch/mpirun_example.sh [N=4] [EP=2] [extra train flags...]
 #
 # (BUILD_DIR=build-other launch/mpirun_example.sh to use another build directory.)
 #
-# What it runs today: build/mpi_smoke (tests/mpi/smoke.cc), because `switchyard train` does not
-# use the process grid yet (the next part of issue 4). Each rank discovers its rank from
-# mpirun's environment, the world splits into expert-parallel and expert-data-parallel groups,
-# collectives run in each, and rank 0 prints one line per rank:
+# Every rank prints one banner line, then rank 0 prints the usual log:
 #
-#   rank 1/4 | local 1 | host vm | device cpu | grid: world 4 = data 2 x expert 2 | rank 1: ...
+#   rank 1/4 | local 1 | host vm | device cpu
+#   model: ... | grid: world 4 = data 2 x expert 2 | rank 0: dp 0, ep 0, experts [0, 2) of 4 | ...
 #
-# Once train uses the grid, the last line becomes:
-#   mpirun "${flags[@]}" build/switchyard train --config configs/tiny.textproto \
-#       --set "parallel { expert_parallel_size: $ep }"
-# On a cluster with GPUs use launch/slurm.sbatch instead (one rank per GPU).
+# Each rank trains on its own micro_batch sequences, so the global batch is N x micro_batch:
+# the default divides the tiny config's 64 sequences over the ranks, which keeps the training
+# the same as one process's (the same losses up to float summation order).
+# On a cluster use launch/slurm.sbatch instead (one rank per GPU).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 np=${1:-4}
 ep=${2:-2}
-experts=${3:-8}
-binary="$root/${BUILD_DIR:-build}/mpi_smoke"
+shift $(($# < 2 ? $# : 2))
+binary="$root/${BUILD_DIR:-build}/switchyard"
 [ -x "$binary" ] || { echo "no $binary: build first (launch/build.sh)" >&2; exit 1; }
+(( 64 % np == 0 )) || { echo "N must divide the global batch of 64 sequences" >&2; exit 1; }
 
 flags=(-np "$np"
        --oversubscribe     # allow more ranks than cores: fine for CPU tests, slow for real runs
@@ -34,4 +33,6 @@ flags=(-np "$np"
 # Open MPI refuses to run as root unless told; containers often run as root.
 [ "$(id -u)" -eq 0 ] && flags+=(--allow-run-as-root)
 
-mpirun "${flags[@]}" "$binary" "$ep" "$experts"
+mpirun "${flags[@]}" "$binary" train --config "$root/configs/tiny.textproto" \
+  --run_dir "$root/runs/tiny-mpi" \
+  --set "parallel { expert_parallel_size: $ep } train { micro_batch: $((64 / np)) }" "$@"

@@ -8,6 +8,7 @@
 #include <map>
 #include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
@@ -157,6 +158,57 @@ TEST(TrainEquivalence, ZeroOneEqualsPlainDataParallel) {
     // The same arithmetic on the same numbers, only on fewer ranks: bit for bit.
     expect_same(read_run(zero, ep), read_run(plain, ep), 0, 0, "ZeRO-1 vs plain");
   }
+}
+
+TEST(TrainMultiRank, ResumeWithTheSameLayoutIsBitIdentical) {
+  Communicator& world = mpi_world();
+  const int size = world.size();
+  const int ep = size >= 4 ? 2 : size;
+  auto config = config_for(size, ep, 1);
+  config.mutable_checkpoint()->set_interval(2);
+  config.mutable_checkpoint()->set_keep_last(2);
+  const std::string full = run_dir("resume_full"), resumed = run_dir("resume_resumed");
+  if (world.rank() == 0) {
+    fs::remove_all(full);
+    fs::remove_all(resumed);
+  }
+  world.barrier();
+  std::ostringstream log;
+  ASSERT_TRUE(train(config, {.run_dir = full}, log, &world).ok());
+  if (world.rank() == 0) {
+    fs::create_directories(fs::path(resumed) / "checkpoints");
+    fs::copy(fs::path(full) / "checkpoints" / "step_00000002",
+             fs::path(resumed) / "checkpoints" / "step_00000002");
+    std::ofstream(fs::path(resumed) / "checkpoints" / "latest") << "step_00000002\n";
+  }
+  world.barrier();
+  ASSERT_TRUE(train(config, {.run_dir = resumed, .resume = true}, log, &world).ok());
+  if (world.rank() == 0) {
+    RunResult a = read_run(full, ep), b = read_run(resumed, ep);
+    a.losses.erase(a.losses.begin(), a.losses.begin() + 2);  // the resumed run logs steps 3, 4
+    expect_same(b, a, 0, 0, "resumed vs uninterrupted");
+  }
+  // A different layout cannot pick up these shards: the error says what wrote them.
+  if (size >= 2) {
+    auto one = world.split(world.rank() == 0 ? 0 : 1, world.rank());
+    if (world.rank() == 0) {
+      absl::Status s = train(config_for(1, 1, 1), {.run_dir = resumed, .resume = true}, log, one.get());
+      EXPECT_FALSE(s.ok());
+      EXPECT_TRUE(absl::StrContains(s.message(), "world_size = " + std::to_string(size))) << s;
+    }
+  }
+  world.barrier();
+}
+
+TEST(TrainMultiRank, RanksStartedWithDifferentConfigsAllRefuseToStart) {
+  Communicator& world = mpi_world();
+  auto config = config_for(world.size(), 1, 0);
+  if (world.rank() == world.size() - 1) config.mutable_optimizer()->set_lr(0.5);
+  std::ostringstream log;
+  absl::Status s = train(config, {.run_dir = run_dir("mismatch")}, log, &world);
+  EXPECT_FALSE(s.ok());
+  EXPECT_TRUE(absl::StrContains(s.message(), "resolved config")) << s;
+  EXPECT_TRUE(absl::StrContains(s.message(), std::to_string(world.size() - 1))) << s;
 }
 
 }  // namespace
