@@ -4,6 +4,10 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#ifdef SWITCHYARD_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
+#include "parallel/local_communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_env.h"
 #include "trainer/cli.h"
@@ -59,7 +63,13 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
     world = &mpi->world();
     SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
   }
-  out << banner_line(env, host_name(), "cpu") << std::endl;
+  LocalCommunicator alone;
+  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world ? *world : alone));
+  std::string device_text = device.str();
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (device.is_cuda()) device_text = cuda::device_description(device.index);
+#endif
+  out << banner_line(env, host_name(), device_text) << std::endl;
   absl::Status status = train(config, options, out, world);
   // One rank's failure must end the whole job at once, not leave the others in a collective.
   if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));

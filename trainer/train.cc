@@ -239,6 +239,27 @@ class JsonlWriter {
 
 }  // namespace
 
+absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world) {
+  const bool gpu = cuda_available();
+  const auto wanted = config.device();
+  if (wanted == switchyard::Experiment::DEVICE_CPU || (wanted == switchyard::Experiment::DEVICE_AUTO && !gpu)) {
+    return Device::cpu();
+  }
+  if (!gpu) {
+    return absl::FailedPreconditionError(
+        "device: DEVICE_CUDA, but no GPU is visible (or this build has no CUDA); use "
+        "DEVICE_AUTO to fall back to the CPU");
+  }
+  if (world.size() > 1) {
+    // MPI carries CPU tensors; GPU tensors between ranks need the NCCL backend.
+    if (wanted == switchyard::Experiment::DEVICE_AUTO) return Device::cpu();
+    return absl::UnimplementedError(
+        "device: DEVICE_CUDA with several ranks needs the NCCL communicator, which this build "
+        "does not have yet; run one rank per job on the GPU, or set device: DEVICE_CPU");
+  }
+  return Device::cuda(0);
+}
+
 void install_stop_signal_handlers() {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_stop_signal);
@@ -246,13 +267,9 @@ void install_stop_signal_handlers() {
 
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& console, Communicator* world_comm) {
-  if (config.device() == switchyard::Experiment::DEVICE_CUDA) {
-    return absl::UnimplementedError(
-        "device: DEVICE_CUDA: the CUDA training path is not in this build yet; set device: "
-        "DEVICE_CPU (or DEVICE_AUTO)");
-  }
   LocalCommunicator local;
   Communicator& world = world_comm ? *world_comm : local;
+  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world));
   const bool lead = world.rank() == 0;
   std::ostringstream discard;
   std::ostream& log = lead ? console : discard;  // rank 0 speaks for the job
@@ -279,7 +296,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   }
   SY_RETURN_IF_ERROR(made);
 
-  ParamStore store;
+  ParamStore store(device);
   Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
   AdamW optimizer(store,
@@ -341,11 +358,11 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   }
   log << absl::StrFormat(
       "model: %d layers (%d dense, %d MoE), d_model %d, %d experts top-%d, MTP %d | %.2fM "
-      "params (%.2fM active) | %s | run dir %s\n",
+      "params (%.2fM active) | %s | device %s | run dir %s\n",
       spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
       spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(),
-      options.run_dir);
+      device.str(), options.run_dir);
 
   const int ckpt_every = config.checkpoint().interval();
   const int eval_every = tc.eval_interval();

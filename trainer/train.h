@@ -24,6 +24,10 @@ struct TrainOptions {
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& log, Communicator* world = nullptr);
 
+// The device this rank trains on: config.device, where DEVICE_AUTO means the GPU when one is
+// visible and this job can use it (one rank: several need the NCCL backend, not built yet).
+absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world);
+
 // SIGTERM / SIGUSR1 ask the loop to write a checkpoint after the current step and return.
 void install_stop_signal_handlers();
 

@@ -1,0 +1,148 @@
+// The whole model on the GPU against the CPU reference: loss terms and every parameter's
+// gradient on the same weights and batch (f32 on both sides, so only summation order
+// differs), and training on the GPU is deterministic run to run. Skips without a GPU.
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "google/protobuf/text_format.h"
+#include "gtest/gtest.h"
+#include "models/transformer.h"
+#include "tests/testing/testing.h"
+#include "trainer/config.h"
+#include "trainer/train.h"
+
+namespace sy {
+namespace {
+
+#define SKIP_WITHOUT_GPU() \
+  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
+
+ModelSpec spec_for_parity() {
+  ModelSpec s;
+  s.vocab_size = 97;
+  s.d_model = 64;
+  s.n_layers = 3;
+  s.n_heads = 4;
+  s.n_kv_heads = 2;
+  s.seq_len = 33;
+  s.dense_ffn_hidden = 96;
+  s.first_k_dense = 1;
+  s.init_std = 0.05f;
+  s.moe.num_experts = 8;
+  s.moe.top_k = 2;
+  s.moe.expert_hidden = 48;
+  s.moe.num_shared_experts = 1;
+  s.moe.score_function = ScoreFunction::kSigmoid;
+  s.moe.normalize_topk = true;
+  s.moe.n_groups = 2;
+  s.moe.topk_groups = 1;
+  s.moe.aux_loss_coef = 0.01f;
+  s.moe.seq_aux_loss_coef = 0.01f;
+  s.moe.z_loss_coef = 0.001f;
+  s.moe.bias_update_rate = 0.001f;
+  s.mtp_modules = 1;
+  s.mtp_loss_weight = 0.3f;
+  return s;
+}
+
+TEST(ModelGpu, LossAndEveryGradientMatchTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const ModelSpec spec = spec_for_parity();
+  ParamStore cpu_store(Device::cpu()), gpu_store(Device::cuda(0));
+  Transformer cpu_model(spec, cpu_store), gpu_model(spec, gpu_store);
+  cpu_store.initialize(17);
+  gpu_store.initialize(17);
+  auto rng = testing::rng_for_test();
+  Tensor inputs = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
+  Tensor targets = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
+  for (int i = 0; i < 10; ++i) targets.data<int32_t>()[i] = kIgnoreIndex;
+  TargetCounts c = cpu_model.count_targets(targets);
+  LossScales scales{.lm = 1.0 / c.lm, .mtp = {spec.mtp_loss_weight / c.mtp[0]}, .balance = 1.0};
+
+  const LossTerms a = cpu_model.forward_backward(inputs, targets, scales);
+  const LossTerms b = gpu_model.forward_backward(inputs, targets, scales);
+  EXPECT_NEAR(b.lm, a.lm, 1e-5 * a.lm);
+  EXPECT_NEAR(b.mtp, a.mtp, 1e-5 * a.mtp);
+  EXPECT_NEAR(b.aux, a.aux, 1e-5 * a.aux + 1e-9);
+  for (Param* p : cpu_store.params()) {
+    const Param* q = gpu_store.find(p->name);
+    ASSERT_NE(q, nullptr);
+    ASSERT_EQ(q->grad.device(), Device::cuda(0));
+    // Gradients of different sizes: an absolute floor relative to the tensor's largest one.
+    double largest = 0;
+    for (float v : p->grad.to_f32_vector()) largest = std::max(largest, double(std::fabs(v)));
+    EXPECT_TRUE(testing::all_close(q->grad.to(Device::cpu()), p->grad, 1e-3, 1e-4 * largest + 1e-9))
+        << p->name;
+  }
+}
+
+switchyard::Experiment small_run(const std::string& device) {
+  switchyard::Experiment c;
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(R"pb(
+    model { vocab_size: 64 d_model: 64 n_layers: 2 n_heads: 4 n_kv_heads: 2 seq_len: 9
+            first_k_dense: 1 dense_ffn_hidden: 128 }
+    moe { num_experts: 4 top_k: 2 expert_hidden: 64 normalize_topk: true z_loss_coef: 0.001
+          seq_aux_loss_coef: 0.001 bias_update_rate: 0.001 }
+    mtp { num_modules: 1 }
+    data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 32 } }
+    optimizer { lr: 3e-3 }
+    schedule { warmup_steps: 5 }
+    train { steps: 30 micro_batch: 32 eval_interval: 0 log_interval: 1 }
+    checkpoint { interval: 0 }
+  )pb", &c));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString("device: " + device, &c));
+  SY_CHECK(validate_experiment(c).ok());
+  return c;
+}
+
+std::vector<std::string> losses_of(const std::string& dir) {
+  std::vector<std::string> out;
+  std::ifstream in(std::filesystem::path(dir) / "metrics.jsonl");
+  for (std::string line; std::getline(in, line);) {
+    // Everything but the throughput, which is a timing.
+    out.push_back(line.substr(0, line.find("\"tokens_per_s\"")));
+  }
+  return out;
+}
+
+std::string train_in(const std::string& name, const switchyard::Experiment& config) {
+  const std::string dir = std::filesystem::path(::testing::TempDir()) / ("switchyard_gpu_" + name);
+  std::filesystem::remove_all(dir);
+  std::ostringstream log;
+  absl::Status s = train(config, {.run_dir = dir}, log);
+  EXPECT_TRUE(s.ok()) << s;
+  EXPECT_NE(log.str().find("device cuda:0"), std::string::npos) << log.str();
+  return dir;
+}
+
+TEST(ModelGpu, TrainingIsDeterministicAndFollowsTheCpu) {
+  SKIP_WITHOUT_GPU();
+  const auto first = losses_of(train_in("a", small_run("DEVICE_CUDA")));
+  const auto second = losses_of(train_in("b", small_run("DEVICE_AUTO")));
+  ASSERT_EQ(first.size(), 31u);  // 30 steps and the final eval
+  EXPECT_EQ(first, second) << "two GPU runs of one config must log the same numbers";
+
+  // Against the CPU: the same trajectory up to float summation order.
+  std::ostringstream log;
+  const std::string cpu_dir = std::filesystem::path(::testing::TempDir()) / "switchyard_gpu_cpu";
+  std::filesystem::remove_all(cpu_dir);
+  ASSERT_TRUE(train(small_run("DEVICE_CPU"), {.run_dir = cpu_dir}, log).ok());
+  std::ifstream gpu_metrics(std::filesystem::path(::testing::TempDir()) / "switchyard_gpu_a" / "metrics.jsonl");
+  std::ifstream cpu_metrics(std::filesystem::path(cpu_dir) / "metrics.jsonl");
+  std::string g, c;
+  int compared = 0;
+  while (std::getline(gpu_metrics, g) && std::getline(cpu_metrics, c)) {
+    const auto loss = [](const std::string& line) {
+      const size_t at = line.find("\"loss\": ");
+      return at == std::string::npos ? -1.0 : std::stod(line.substr(at + 8));
+    };
+    if (loss(c) < 0) continue;
+    EXPECT_NEAR(loss(g), loss(c), 1e-3 * loss(c)) << c;
+    ++compared;
+  }
+  EXPECT_EQ(compared, 30);
+}
+
+}  // namespace
+}  // namespace sy
