@@ -78,18 +78,38 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const ModelSp
       wo_(store.add(prefix + "attn.wo", {spec.d_model, spec.n_heads * spec.head_dim()},
                     SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {}
 
-Tensor Attention::forward(const Tensor& x, const TokenLayout& layout) {
+Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
   const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
+  const int64_t kv = spec_.n_kv_heads;
   layout_ = layout;
   n_ = norm_.forward(x);
   q_ = linear(n_, wq_.value).view({b, t, spec_.n_heads, hd});
-  k_ = linear(n_, wk_.value).view({b, t, spec_.n_kv_heads, hd});
-  v_ = linear(n_, wv_.value).view({b, t, spec_.n_kv_heads, hd});
+  k_ = linear(n_, wk_.value).view({b, t, kv, hd});
+  v_ = linear(n_, wv_.value).view({b, t, kv, hd});
   rope_forward(q_, q_, layout.positions, spec_.rope_theta);
   rope_forward(k_, k_, layout.positions, spec_.rope_theta);
+  Tensor keys = k_, values = v_;
+  if (cache) {
+    // Append along each sequence: as [B, L * kv * hd] rows, that is a column concatenation.
+    auto extend = [&](Tensor& stored, const Tensor& fresh) {
+      if (cache->length == 0) {
+        stored = fresh.clone();
+        return;
+      }
+      Tensor grown = Tensor::empty({b, cache->length + t, kv, hd}, DType::kF32, x.device());
+      concat_cols(grown.view({b, (cache->length + t) * kv * hd}),
+                  stored.view({b, cache->length * kv * hd}), fresh.view({b, t * kv * hd}));
+      stored = grown;
+    };
+    extend(cache->k, k_);
+    extend(cache->v, v_);
+    cache->length += t;
+    keys = cache->k;
+    values = cache->v;
+  }
   o_ = Tensor::empty(q_.shape(), DType::kF32, x.device());
   lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
-  attention_forward(o_, lse_, q_, k_, v_);
+  attention_forward(o_, lse_, q_, keys, values);
   return linear(o_.view({b * t, spec_.n_heads * hd}), wo_.value);
 }
 
@@ -391,9 +411,9 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
   }
 }
 
-Tensor Block::forward(const Tensor& x, const TokenLayout& layout) {
+Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
   Tensor h = Tensor::empty(x.shape(), DType::kF32, x.device());
-  add(h, x, attn_.forward(x, layout));
+  add(h, x, attn_.forward(x, layout, cache));
   Tensor out = Tensor::empty(x.shape(), DType::kF32, x.device());
   add(out, h, ffn_->forward(h, layout));
   return out;

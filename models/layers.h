@@ -47,12 +47,20 @@ class RmsNorm {
   Tensor x_, rstd_;
 };
 
+// Keys and values of the positions decoded so far, for one attention layer: [B, L, Hkv, hd].
+struct KvCache {
+  Tensor k, v;
+  int64_t length = 0;
+};
+
 // Rotary causal self-attention with grouped KV heads: y = Wo attn(rope(Wq n), rope(Wk n), Wv n)
 // where n = RMSNorm(x).
 class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
-  Tensor forward(const Tensor& x, const TokenLayout& layout);
+  // With a cache, x holds only the new positions (layout.positions says where they sit): their
+  // keys and values are appended to the cache and the queries attend to all of it.
+  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
   Tensor backward(const Tensor& dy);
 
  private:
@@ -162,7 +170,7 @@ class Block {
  public:
   Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe,
         const ModelParallel& parallel = {});
-  Tensor forward(const Tensor& x, const TokenLayout& layout);
+  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
   Tensor backward(const Tensor& dout);
   MoeFfn* moe() { return moe_; }
 

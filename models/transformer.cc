@@ -235,6 +235,29 @@ Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
   return out.view({b, last_position_only ? 1 : t, spec_.vocab_size});
 }
 
+Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
+  SY_CHECK(ids.ndim() == 2) << "decode takes ids [B, T], got " << shape_str(ids.shape());
+  const int64_t b = ids.dim(0), t = ids.dim(1);
+  const Device dev = store_.device();
+  if (state.caches.empty()) state.caches.resize(blocks_.size());
+  TokenLayout layout;
+  layout.batch = b;
+  layout.seq = t;
+  Tensor pos = Tensor::empty({b, t}, DType::kI32);
+  for (int64_t r = 0; r < b; ++r)
+    for (int64_t i = 0; i < t; ++i) pos.data<int32_t>()[r * t + i] = static_cast<int32_t>(state.length + i);
+  layout.positions = pos.to(dev);
+  Tensor h = embed(ids);
+  for (size_t l = 0; l < blocks_.size(); ++l) h = blocks_[l]->forward(h, layout, &state.caches[l]);
+  state.length += t;
+  Tensor hn = final_norm_->forward(h);
+  Tensor last = Tensor::empty({b, spec_.d_model}, DType::kF32, dev);
+  for (int64_t r = 0; r < b; ++r) last.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
+  Tensor out = Tensor::empty({b, spec_.vocab_size}, DType::kF32, dev);
+  matmul(out, last, head_weight(), false, true);
+  return out;
+}
+
 std::pair<double, int64_t> Transformer::eval_loss(const Tensor& inputs, const Tensor& targets) {
   Tensor lg = logits(inputs, false);
   const int64_t n = inputs.numel();

@@ -60,6 +60,15 @@ class Transformer {
   // Forward only (no MTP): logits f32 [B, T, V], or [B, 1, V] of the last position.
   Tensor logits(const Tensor& inputs, bool last_position_only);
 
+  // Incremental decoding with a KV cache. Feed the prompt (ids i32 [B, T], all rows the same
+  // length), then one token per row at a time; each call appends to `state` and returns the
+  // logits of every row's last position, f32 [B, V]. The MTP modules take no part.
+  struct DecodeState {
+    std::vector<KvCache> caches;  // one per block
+    int64_t length = 0;           // positions decoded so far
+  };
+  Tensor decode(const Tensor& ids, DecodeState& state);
+
   // Summed CE and token count of the main head on a batch (for evaluation).
   std::pair<double, int64_t> eval_loss(const Tensor& inputs, const Tensor& targets);
 

@@ -199,10 +199,14 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   const Json* seed = manifest->find("seed");
   if (seed && seed->is_string()) state.seed = std::stoull(seed->as_string());
 
-  // The layout must be the one that wrote the checkpoint.
-  for (auto [key, want] : {std::pair<const char*, int64_t>{"world_size", world_size(layout)},
-                           {"expert_parallel", layout.expert_parallel},
-                           {"zero_stage", layout.zero_stage}}) {
+  // The layout must be the one that wrote the checkpoint: the expert shards for the weights,
+  // and for the optimizer state also the ranks and ZeRO stage that sharded it.
+  std::vector<std::pair<const char*, int64_t>> must_match = {{"expert_parallel", layout.expert_parallel}};
+  if (optimizer) {
+    must_match.push_back({"world_size", world_size(layout)});
+    must_match.push_back({"zero_stage", layout.zero_stage});
+  }
+  for (auto [key, want] : must_match) {
     auto have = get_int(*manifest, key);
     if (!have.ok()) return have.status();
     if (*have != want) {

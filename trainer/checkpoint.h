@@ -51,7 +51,8 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
 
 // Loads a checkpoint directory into the store and optimizer (shapes must match the
-// config's) and returns its state. Every problem names the file and what to fix.
+// config's) and returns its state. Every problem names the file and what to fix. Weights
+// alone (optimizer null) load into any number of ranks with the same expert parallelism.
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
                                                 AdamW* optimizer,
                                                 const CheckpointLayout& layout = {});

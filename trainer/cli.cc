@@ -63,6 +63,7 @@ void print_error(std::ostream& err, absl::string_view message) {
 const std::vector<Subcommand>& subcommands() {
   static const std::vector<Subcommand> table = {
       {"train", "train a model (or --resume a run) from an experiment config", run_train_command},
+      {"generate", "continue a prompt with a trained model (--checkpoint RUN_DIR)", run_generate_command},
       {"data", "tokenize text files into token shards", run_data_command},
       {"config", "print the resolved experiment config (defaults included)", run_config_command},
   };

@@ -10,7 +10,12 @@
 #include "parallel/local_communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_env.h"
+#include "absl/strings/numbers.h"
+#include "models/generate.h"
+#include "models/model_spec.h"
+#include "trainer/checkpoint.h"
 #include "trainer/cli.h"
+#include "trainer/tokenizer.h"
 #include "trainer/config.h"
 #include "trainer/token_shards.h"
 #include "trainer/train.h"
@@ -74,6 +79,75 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
   // One rank's failure must end the whole job at once, not leave the others in a collective.
   if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
   return status;
+}
+
+absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out) {
+  FlagSet flags("switchyard generate", "--checkpoint RUN_DIR --prompt TEXT [sampling flags]",
+                "Loads the latest checkpoint of a run and continues the prompt, byte by byte.\n"
+                "Temperature 0 is greedy decoding; the completion ends at a newline unless\n"
+                "--stop_at_newline=false.");
+  std::string run_dir, prompt, temperature = "0", top_p = "1";
+  std::vector<std::string> overrides;
+  int64_t max_new = 32, top_k = 0, seed = 0;
+  bool stop_at_newline = true;
+  flags.add_string("checkpoint", "RUN_DIR", &run_dir, "a run directory (its latest checkpoint)");
+  flags.add_string("prompt", "TEXT", &prompt, "the text to continue");
+  flags.add_int("max_new_tokens", "N", &max_new, "at most this many new tokens");
+  flags.add_string("temperature", "T", &temperature, "sampling temperature; 0 = greedy");
+  flags.add_int("top_k", "K", &top_k, "sample among the K likeliest tokens; 0 = all");
+  flags.add_string("top_p", "P", &top_p, "sample within the smallest set of probability >= P");
+  flags.add_int("seed", "S", &seed, "sampling seed");
+  flags.add_bool("stop_at_newline", &stop_at_newline, "end the completion at a newline");
+  flags.add_strings("set", "TEXT", &overrides, "override a field of the run's config (e.g. device)");
+  SY_RETURN_IF_ERROR(flags.parse(args));
+  if (flags.help_requested()) {
+    out << flags.help();
+    return absl::OkStatus();
+  }
+  SY_RETURN_IF_ERROR(flags.require("checkpoint"));
+  SY_RETURN_IF_ERROR(flags.require("prompt"));
+  SamplingOptions options;
+  if (!absl::SimpleAtof(temperature, &options.temperature) || options.temperature < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--temperature ", temperature, ": give a number >= 0"));
+  }
+  if (!absl::SimpleAtof(top_p, &options.top_p) || options.top_p <= 0 || options.top_p > 1) {
+    return absl::InvalidArgumentError(absl::StrCat("--top_p ", top_p, ": give a number in (0, 1]"));
+  }
+  if (max_new <= 0 || top_k < 0 || prompt.empty()) {
+    return absl::InvalidArgumentError(
+        "--max_new_tokens must be positive, --top_k >= 0, and --prompt not empty");
+  }
+  options.max_new_tokens = static_cast<int>(max_new);
+  options.top_k = static_cast<int>(top_k);
+  options.seed = static_cast<uint64_t>(seed);
+  if (stop_at_newline) options.stop_tokens = {'\n'};
+
+  const std::string saved = (std::filesystem::path(run_dir) / "config.textproto").string();
+  if (!std::filesystem::exists(saved)) {
+    return absl::NotFoundError(absl::StrCat("--checkpoint ", run_dir, ": no config.textproto there; is it a run directory?"));
+  }
+  SY_ASSIGN_OR_RETURN(switchyard::Experiment config, load_experiment(saved, overrides));
+  LocalCommunicator alone;
+  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, alone));
+  const ModelSpec spec = model_spec_from_config(config);
+  for (unsigned char c : prompt) {
+    if (c >= spec.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat("--prompt: byte ", int(c), " is outside the model's vocabulary of ", spec.vocab_size));
+    }
+  }
+  ParamStore store(device);
+  Transformer model(spec, store);
+  SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
+  SY_ASSIGN_OR_RETURN(CheckpointState state,
+                      load_checkpoint(dir, store, nullptr,
+                                      {.expert_parallel = config.parallel().expert_parallel_size()}));
+  (void)state;
+  const std::vector<int32_t> completion = generate(model, {ByteTokenizer::encode(prompt)}, options)[0];
+  std::string text;
+  for (int32_t t : completion) text.push_back(t < 256 ? static_cast<char>(t) : '?');
+  out << prompt << text;
+  if (text.empty() || text.back() != '\n') out << "\n";
+  return absl::OkStatus();
 }
 
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out) {

@@ -8,5 +8,6 @@
 
 namespace sy {
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out);
+absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out);
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out);
 }  // namespace sy

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/threads.h"
+#include "models/generate.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
 #include "trainer/arithmetic.h"
@@ -124,42 +125,6 @@ class DataFeed {
   int rank_ = 0, ranks_ = 1;
 };
 
-// Greedy completion of prompts, batched by prompt length (the model has no padding mask):
-// appends the argmax token until every row has produced '\n' or max_new tokens.
-std::vector<std::string> greedy_complete(Transformer& model, const std::vector<std::string>& prompts,
-                                         int64_t max_new) {
-  std::vector<std::string> out(prompts.size());
-  std::map<size_t, std::vector<size_t>> by_length;
-  for (size_t i = 0; i < prompts.size(); ++i) by_length[prompts[i].size()].push_back(i);
-  const int64_t vocab = model.spec().vocab_size;
-  for (const auto& [len, members] : by_length) {
-    const int64_t b = static_cast<int64_t>(members.size());
-    std::vector<std::vector<int32_t>> rows;
-    for (size_t i : members) rows.push_back(ByteTokenizer::encode(prompts[i]));
-    std::vector<bool> done(b, false);
-    for (int64_t step = 0; step < max_new; ++step) {
-      const int64_t t = static_cast<int64_t>(rows[0].size());
-      Tensor ids = Tensor::empty({b, t}, DType::kI32);
-      for (int64_t r = 0; r < b; ++r)
-        std::copy(rows[r].begin(), rows[r].end(), ids.data<int32_t>() + r * t);
-      const std::vector<float> logits = model.logits(ids, true).to_f32_vector();
-      bool all_done = true;
-      for (int64_t r = 0; r < b; ++r) {
-        const float* row = logits.data() + r * vocab;
-        const int32_t next = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
-        rows[r].push_back(next);
-        if (!done[r]) {
-          out[members[r]].push_back(next < 256 ? static_cast<char>(next) : '?');
-          done[r] = next == kEndOfAnswerId;
-        }
-        all_done = all_done && done[r];
-      }
-      if (all_done) break;
-    }
-  }
-  return out;
-}
-
 struct EvalResult {
   double loss = 0;
   double accuracy = -1;  // -1: not defined for this data
@@ -167,7 +132,8 @@ struct EvalResult {
   double load_max_over_mean = 0;
 };
 
-absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch) {
+absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch,
+                                    Communicator* world) {
   EvalResult r;
   for (MoeFfn* m : model.moe_layers()) m->stats().reset(model.spec().moe.num_experts);
   double loss_sum = 0;
@@ -188,9 +154,18 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
       problems.push_back(task->sample(i, Split::kHeldOut));
       prompts.push_back(problems.back().prompt);
     }
-    const int64_t max_new = task->max_problem_tokens();
-    std::vector<std::string> answers = greedy_complete(model, prompts, max_new);
-    for (int64_t i = 0; i < n; ++i) r.correct += check_answer(problems[i], answers[i]);
+    // Greedy decoding on the KV cache, replicated on every rank (a shared, collective call).
+    std::vector<std::vector<int32_t>> ids;
+    for (const std::string& p : prompts) ids.push_back(ByteTokenizer::encode(p));
+    SamplingOptions greedy{.temperature = 0.0f,
+                           .max_new_tokens = static_cast<int>(task->max_problem_tokens()),
+                           .stop_tokens = {kEndOfAnswerId}};
+    const std::vector<std::vector<int32_t>> completions = generate(model, ids, greedy, world);
+    for (int64_t i = 0; i < n; ++i) {
+      std::string text;
+      for (int32_t t : completions[i]) text.push_back(t < 256 ? static_cast<char>(t) : '?');
+      r.correct += check_answer(problems[i], text);
+    }
     r.total = n;
     r.accuracy = static_cast<double>(r.correct) / n;
   } else if (ShardLoader* val = feed.val()) {
@@ -436,7 +411,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     const bool last = step + 1 == steps;
     if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) {
       // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
-      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro));
+      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world));
       std::string acc, acc_json;
       if (e.accuracy >= 0) {
         acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);

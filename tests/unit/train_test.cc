@@ -226,6 +226,38 @@ TEST(TrainCommand, SigtermWritesACheckpointAndExitsCleanlyThenResumeFinishes) {
   ASSERT_TRUE(latest.ok()) << latest.status();
 }
 
+// Runs the switchyard binary with a shell command line; returns (exit code, stdout + stderr).
+std::pair<int, std::string> run_binary(const std::string& args) {
+  const std::string out = fs::path(::testing::TempDir()) / "switchyard_cli_output.txt";
+  const int status = std::system((std::string(SWITCHYARD_BINARY) + " " + args + " > " + out + " 2>&1").c_str());
+  std::ifstream in(out);
+  std::stringstream text;
+  text << in.rdbuf();
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, text.str()};
+}
+
+TEST(GenerateCommand, ContinuesAPromptFromACheckpointAndRejectsBadFlags) {
+  const std::string dir = fresh_dir("run");
+  ASSERT_TRUE(run(small_config("train { steps: 5 } checkpoint { interval: 0 }"), dir).ok());
+  auto [code, text] = run_binary("generate --checkpoint " + dir + " --prompt '3+4=' --max_new_tokens 4");
+  EXPECT_EQ(code, 0) << text;
+  EXPECT_TRUE(absl::StartsWith(text, "3+4=")) << text;
+  EXPECT_LE(text.size(), std::string("3+4=").size() + 5) << text;  // at most 4 new bytes + '\n'
+  // Sampling is reproducible from the seed.
+  const std::string sample = "generate --checkpoint " + dir + " --prompt '1+' --temperature 1 --seed 5";
+  EXPECT_EQ(run_binary(sample).second, run_binary(sample).second);
+
+  std::tie(code, text) = run_binary("generate --checkpoint " + dir + " --prompt x --temperature hot");
+  EXPECT_EQ(code, 1);
+  EXPECT_TRUE(absl::StrContains(text, "--temperature hot: give a number >= 0")) << text;
+  std::tie(code, text) = run_binary("generate --checkpoint /nonexistent --prompt x");
+  EXPECT_EQ(code, 1);
+  EXPECT_TRUE(absl::StrContains(text, "no config.textproto there")) << text;
+  std::tie(code, text) = run_binary("generate --checkpoint " + dir + " --prompt $'\\xc3'");
+  EXPECT_EQ(code, 1);
+  EXPECT_TRUE(absl::StrContains(text, "outside the model's vocabulary of 64")) << text;
+}
+
 TEST(Schedule, WarmupThenDecayToTheFloor) {
   Schedule s{.peak_lr = 1.0, .warmup_steps = 4, .total_steps = 14, .decay = Decay::kCosine,
              .min_lr_ratio = 0.1};
