@@ -5,6 +5,8 @@
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 
+#include <cmath>
+
 namespace sy {
 namespace {
 
@@ -35,7 +37,8 @@ int64_t count_valid(const Tensor& targets) {
 
 }  // namespace
 
-Transformer::Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel)
+Transformer::Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel,
+                         bool value_head)
     : spec_(spec),
       store_(store),
       embed_(store.add("embed.weight", {spec.vocab_size, spec.d_model}, SyncGroup::kDense,
@@ -49,6 +52,10 @@ Transformer::Transformer(const ModelSpec& spec, ParamStore& store, const ModelPa
   if (!spec_.tie_embeddings) {
     lm_head_ = &store.add("lm_head.weight", {spec_.vocab_size, spec_.d_model}, SyncGroup::kDense,
                           Init::kNormal, spec_.init_std, true);
+  }
+  if (value_head) {
+    value_head_ = &store.add("value_head.weight", {1, spec_.d_model}, SyncGroup::kDense,
+                             Init::kZeros, 0.0f, false);
   }
   for (int k = 0; k < spec_.mtp_modules; ++k) {
     const std::string p = "mtp." + std::to_string(k) + ".";
@@ -256,6 +263,77 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
   Tensor out = Tensor::empty({b, spec_.vocab_size}, DType::kF32, dev);
   matmul(out, last, head_weight(), false, true);
   return out;
+}
+
+Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, const Tensor& targets,
+                                                      bool with_entropy) {
+  SY_CHECK(targets.shape() == inputs.shape())
+      << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
+  const Device dev = store_.device();
+  const int64_t b = inputs.dim(0), t = inputs.dim(1), n = b * t, vocab = spec_.vocab_size;
+  HeadState& s = head_state_;
+  s.inputs = inputs;
+  s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
+  s.logits = Tensor::empty({n, vocab}, DType::kF32, dev);
+  matmul(s.logits, s.hn, head_weight(), false, true);
+  s.targets = targets.to(dev).view({n});
+  s.lse = Tensor::empty({n}, DType::kF32, dev);
+  Tensor losses = Tensor::empty({n}, DType::kF32, dev);
+  cross_entropy_forward(losses, s.lse, s.logits, s.targets, kIgnoreIndex);
+  TokenLogprobs out;
+  out.logp = losses.to(Device::cpu()).clone().view({b, t});
+  scale_(out.logp, -1.0f);
+  if (with_entropy) {
+    // H = lse - sum_v p_v * logit_v, in double on the host (RL metrics only).
+    const std::vector<float> lg = s.logits.to_f32_vector(), lse = s.lse.to_f32_vector();
+    out.entropy = Tensor::empty({b, t});
+    for (int64_t r = 0; r < n; ++r) {
+      double expected = 0;
+      for (int64_t v = 0; v < vocab; ++v) {
+        const double x = lg[r * vocab + v];
+        expected += std::exp(x - lse[r]) * x;
+      }
+      out.entropy.data<float>()[r] = static_cast<float>(lse[r] - expected);
+    }
+  }
+  return out;
+}
+
+void Transformer::backward_logprobs(const Tensor& dlogp) {
+  HeadState& s = head_state_;
+  SY_CHECK(s.logits.defined()) << "backward_logprobs without token_logprobs";
+  const int64_t n = s.logits.dim(0);
+  check_shape(dlogp, s.inputs.shape(), "dlogp");
+  // logp = -CE, so d(loss)/d(CE) = -dlogp.
+  Tensor dlosses = dlogp.to(Device::cpu()).clone().view({n});
+  scale_(dlosses, -1.0f);
+  cross_entropy_backward(s.logits, dlosses.to(s.logits.device()), s.logits, s.lse, s.targets,
+                         kIgnoreIndex);
+  Tensor dhn = Tensor::empty(s.hn.shape(), DType::kF32, s.hn.device());
+  matmul_backward(dhn, head_param().grad, s.logits, s.hn, head_weight(), false, true, 0.0f, 1.0f);
+  embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
+  s = HeadState{};
+}
+
+Tensor Transformer::values(const Tensor& inputs) {
+  SY_CHECK(value_head_ != nullptr) << "values() on a model built without a value head";
+  HeadState& s = head_state_;
+  s.inputs = inputs;
+  s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
+  Tensor v = Tensor::empty({inputs.numel(), 1}, DType::kF32, store_.device());
+  matmul(v, s.hn, value_head_->value, false, true);
+  return v.to(Device::cpu()).view({inputs.dim(0), inputs.dim(1)});
+}
+
+void Transformer::backward_values(const Tensor& dvalues) {
+  HeadState& s = head_state_;
+  SY_CHECK(value_head_ != nullptr && s.hn.defined()) << "backward_values without values()";
+  check_shape(dvalues, s.inputs.shape(), "dvalues");
+  Tensor dv = dvalues.to(s.hn.device()).view({s.inputs.numel(), 1});
+  Tensor dhn = Tensor::empty(s.hn.shape(), DType::kF32, s.hn.device());
+  matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->value, false, true, 0.0f, 1.0f);
+  embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
+  s = HeadState{};
 }
 
 std::pair<double, int64_t> Transformer::eval_loss(const Tensor& inputs, const Tensor& targets) {

@@ -44,7 +44,10 @@ struct TargetCounts {
 
 class Transformer {
  public:
-  Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel = {});
+  // value_head adds "value_head.weight" [1, d_model]: a scalar per position on the final norm,
+  // for a PPO critic (the same transformer, initialised from the policy).
+  Transformer(const ModelSpec& spec, ParamStore& store, const ModelParallel& parallel = {},
+              bool value_head = false);
   Transformer(const Transformer&) = delete;
 
   const ModelSpec& spec() const { return spec_; }
@@ -68,6 +71,24 @@ class Transformer {
     int64_t length = 0;           // positions decoded so far
   };
   Tensor decode(const Tensor& ids, DecodeState& state);
+
+  // Per-token log-probabilities of `targets` under the main head (no MTP), for RL:
+  // logp[b, t] = log softmax(logits[b, t])[targets[b, t]], 0 where targets == kIgnoreIndex;
+  // entropy[b, t] of the whole distribution when asked (else undefined). f32 [B, T], CPU.
+  // Keeps what backward_logprobs needs.
+  struct TokenLogprobs {
+    Tensor logp, entropy;
+  };
+  TokenLogprobs token_logprobs(const Tensor& inputs, const Tensor& targets,
+                               bool with_entropy = false);
+  // Backward of the last token_logprobs: dlogp f32 [B, T] = d(loss)/d(logp). Parameter
+  // gradients accumulate (MoE balancing terms included, scaled by their loss scale).
+  void backward_logprobs(const Tensor& dlogp);
+
+  // The value head's output, f32 [B, T] on the CPU (needs value_head); backward_values
+  // accumulates the gradients of d(loss)/d(values).
+  Tensor values(const Tensor& inputs);
+  void backward_values(const Tensor& dvalues);
 
   // Summed CE and token count of the main head on a batch (for evaluation).
   std::pair<double, int64_t> eval_loss(const Tensor& inputs, const Tensor& targets);
@@ -95,6 +116,11 @@ class Transformer {
   std::vector<std::unique_ptr<Block>> blocks_;
   std::unique_ptr<RmsNorm> final_norm_;
   std::vector<MtpModule> mtp_;
+  Param* value_head_ = nullptr;
+  // Saved by token_logprobs / values for their backward.
+  struct HeadState {
+    Tensor inputs, hn, logits, lse, targets;
+  } head_state_;
 };
 
 }  // namespace sy

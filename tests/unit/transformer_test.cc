@@ -6,6 +6,7 @@
 
 #include <cmath>
 #include <map>
+#include <span>
 
 #include "gtest/gtest.h"
 #include "tests/testing/testing.h"
@@ -277,6 +278,59 @@ TEST(Transformer, LogitsOfLastPositionMatchFullForward) {
     Tensor want = full.rows(r, r + 1).view({5, spec.vocab_size}).rows(4, 5);
     EXPECT_TRUE(testing::all_close(last.rows(r, r + 1).view({1, spec.vocab_size}), want, 1e-6, 1e-6));
   }
+}
+
+TEST(Transformer, TokenLogprobsAndValuesHaveExactGradients) {
+  ModelSpec spec = tiny_spec();
+  spec.moe.aux_loss_coef = 0.0f;
+  ParamStore store;
+  Transformer model(spec, store, {}, /*value_head=*/true);
+  store.initialize(9);
+  for (float& w : std::span(store.find("value_head.weight")->value.data<float>(), spec.d_model)) w = 0.5f;
+  auto rng = testing::rng_for_test();
+  Batch batch = random_batch(spec, 2, spec.seq_len, rng);
+  Tensor weights = testing::random_normal({2, spec.seq_len}, rng);
+
+  // logp is minus the cross-entropy of the full logits; ignored targets give 0.
+  auto lp = model.token_logprobs(batch.inputs, batch.targets, true);
+  Tensor logits = model.logits(batch.inputs, false);
+  for (int64_t i = 0; i < batch.inputs.numel(); ++i) {
+    const int32_t target = batch.targets.data<int32_t>()[i];
+    const float* row = logits.data<float>() + i * spec.vocab_size;
+    double z = 0, h = 0;
+    for (int v = 0; v < spec.vocab_size; ++v) z += std::exp(double(row[v]));
+    for (int v = 0; v < spec.vocab_size; ++v) h -= std::exp(row[v]) / z * (row[v] - std::log(z));
+    const double want = target == kIgnoreIndex ? 0.0 : row[target] - std::log(z);
+    EXPECT_NEAR(lp.logp.data<float>()[i], want, 1e-5) << i;
+    EXPECT_NEAR(lp.entropy.data<float>()[i], h, 1e-5) << i;
+  }
+
+  store.zero_grad();
+  model.token_logprobs(batch.inputs, batch.targets);
+  model.backward_logprobs(weights);
+  std::map<std::string, Tensor> analytic;
+  for (Param* p : store.params()) analytic[p->name] = p->grad.clone();
+  auto logp_loss = [&] {
+    return testing::weighted_sum(model.token_logprobs(batch.inputs, batch.targets).logp, weights);
+  };
+  testing::GradCheckOptions options{.eps = 2e-3, .rtol = 3e-2, .atol = 2e-4, .max_elements = 4};
+  for (const char* name : {"embed.weight", "layers.0.attn.wq", "layers.1.moe.experts.w13",
+                           "layers.1.moe.router.weight", "final_norm.weight", "lm_head.weight"}) {
+    EXPECT_TRUE(testing::grad_check(logp_loss, store.find(name)->value, analytic[name], rng, options))
+        << name;
+  }
+
+  store.zero_grad();
+  model.values(batch.inputs);
+  model.backward_values(weights);
+  for (Param* p : store.params()) analytic[p->name] = p->grad.clone();
+  auto value_loss = [&] { return testing::weighted_sum(model.values(batch.inputs), weights); };
+  for (const char* name : {"value_head.weight", "layers.0.attn.wv", "layers.1.moe.experts.w2", "embed.weight"}) {
+    EXPECT_TRUE(testing::grad_check(value_loss, store.find(name)->value, analytic[name], rng, options))
+        << name;
+  }
+  EXPECT_EQ(analytic["lm_head.weight"].to_f32_vector(),
+            std::vector<float>(spec.vocab_size * spec.d_model, 0.0f));
 }
 
 }  // namespace
