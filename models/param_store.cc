@@ -2,17 +2,15 @@
 
 #include <random>
 
+#include "kernels/hash.h"
+
 namespace sy {
 
 uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index) {
   uint64_t h = 1469598103934665603ull ^ seed;
   for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
   h ^= index + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  // splitmix64 finaliser
-  h += 0x9e3779b97f4a7c15ull;
-  h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ull;
-  h = (h ^ (h >> 27)) * 0x94d049bb133111ebull;
-  return h ^ (h >> 31);
+  return mix64(h);
 }
 
 Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init,

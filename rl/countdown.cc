@@ -6,32 +6,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "kernels/hash.h"
 
 namespace sy {
 
 namespace {
 
-// The splitmix64 finaliser, as in trainer/arithmetic.cc: the counter-based hash that makes a
-// problem a pure function of its coordinates.
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// Uniform draws from one hashed key.
-class Draws {
- public:
-  explicit Draws(uint64_t key) : state_(key) {}
-  uint64_t below(uint64_t n) {
-    state_ = mix64(state_);
-    return static_cast<uint64_t>((static_cast<unsigned __int128>(state_) * n) >> 64);
-  }
-
- private:
-  uint64_t state_;
-};
 
 // Mixed into the key so a countdown run and an arithmetic run with the same seed do not
 // draw from the same streams.
@@ -307,7 +287,7 @@ std::optional<CountdownProblem> CountdownTask::candidate(uint64_t index, Split s
   key = mix64(key ^ index);
   key = mix64(key ^ static_cast<uint64_t>(split));
   key = mix64(key ^ attempt);
-  Draws draws(key);
+  HashDraws draws(key);
 
   CountdownProblem p;
   int count = options_.min_count +

@@ -3,34 +3,12 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/hash.h"
 
 namespace sy {
 
 namespace {
 
-// The splitmix64 finaliser: a bijective 64-bit mix with good avalanche, used as the
-// counter-based hash that makes each problem a pure function of its coordinates.
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
-// A short stream of uniform draws from one hashed key.
-class Draws {
- public:
-  explicit Draws(uint64_t key) : state_(key) {}
-  // Uniform in [0, n) by a 128-bit multiply; the bias (n / 2^64) is far below anything a
-  // training run could notice.
-  uint64_t below(uint64_t n) {
-    state_ = mix64(state_);
-    return static_cast<uint64_t>((static_cast<unsigned __int128>(state_) * n) >> 64);
-  }
-
- private:
-  uint64_t state_;
-};
 
 int64_t pow10(int n) {
   int64_t p = 1;
@@ -120,7 +98,7 @@ Problem ArithmeticTask::candidate(uint64_t index, Split split, uint64_t attempt)
   key = mix64(key ^ index);
   key = mix64(key ^ static_cast<uint64_t>(split));
   key = mix64(key ^ attempt);
-  Draws draws(key);
+  HashDraws draws(key);
   int span = options_.max_digits - options_.min_digits + 1;
   auto operand = [&] {
     int digits = options_.min_digits + static_cast<int>(draws.below(span));

@@ -15,6 +15,7 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/hash.h"
 #include "absl/strings/str_format.h"
 #include "trainer/safetensors.h"
 
@@ -29,13 +30,6 @@ absl::Status shard_error(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("token shard ", path, ": ", what));
 }
 
-// The splitmix64 finaliser, a bijective 64-bit mix: keys the shuffle from (seed, epoch).
-uint64_t mix64(uint64_t z) {
-  z += 0x9e3779b97f4a7c15ull;
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
 
 // A keyed bijection on [0, n): a 4-round balanced Feistel network on the smallest even bit
 // width that covers n, cycle-walked until the value lands below n (the network permutes
