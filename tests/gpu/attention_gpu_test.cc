@@ -20,17 +20,18 @@
 
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
+using testing::rounded;
+using testing::on_gpu;
+
 using testing::all_close;
 using testing::random_normal;
 using testing::rng_for_test;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
 
 struct Case {
   int64_t batch, tq, tk, heads, kv_heads, hd;
@@ -52,10 +53,6 @@ void PrintTo(const Case& c, std::ostream* os) {
 }
 
 // x (CPU f32) rounded to `dtype` and back: the values both sides compute on.
-Tensor rounded(const Tensor& x, DType dtype) {
-  return dtype == DType::kF32 ? x : x.to(DType::kBF16).to(DType::kF32);
-}
-Tensor on_gpu(const Tensor& x, DType dtype) { return x.to(dtype).to(Device::cuda(0)); }
 
 // Fresh normal inputs of a case, already rounded to its dtype.
 struct Inputs {

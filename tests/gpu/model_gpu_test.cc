@@ -8,15 +8,13 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "models/transformer.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
 
 namespace sy {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
 
 ModelSpec spec_for_parity() {
   ModelSpec s;

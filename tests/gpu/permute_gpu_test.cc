@@ -15,20 +15,20 @@
 
 #include "gtest/gtest.h"
 #include "kernels/permute.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
+using testing::kGpu;
+using testing::rounded;
+using testing::on_gpu;
+
 using testing::all_close;
 using testing::random_ints;
 using testing::random_normal;
 using testing::rng_for_test;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
-
-const Device kGpu = Device::cuda(0);
 
 struct Case {
   int64_t n;
@@ -60,11 +60,6 @@ void PrintTo(const Case& c, std::ostream* os) {
   }
   return ::testing::AssertionSuccess();
 }
-
-Tensor rounded(const Tensor& x, DType dtype) {
-  return dtype == DType::kF32 ? x : x.to(DType::kBF16).to(DType::kF32);
-}
-Tensor on_gpu(const Tensor& x, DType dtype) { return x.to(dtype).to(kGpu); }
 
 class PermuteGpuTest : public ::testing::TestWithParam<Case> {};
 

@@ -14,34 +14,21 @@
 
 #include "gtest/gtest.h"
 #include "kernels/rmsnorm.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
+using testing::kGpu;
+using testing::kNaN;
+using testing::rounded;
+using testing::on_gpu;
+using testing::filled;
+
 using testing::all_close;
 using testing::random_normal;
 using testing::rng_for_test;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
-
-constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-const Device kGpu = Device::cuda(0);
-
-// What a `dtype` tensor holds for the f32 values of `host` (bf16 rounds), as f32 on the CPU.
-Tensor rounded(const Tensor& host, DType dtype) {
-  return dtype == DType::kBF16 ? host.to(DType::kBF16).to(DType::kF32) : host;
-}
-// `host` on the GPU as `dtype`.
-Tensor on_gpu(const Tensor& host, DType dtype) {
-  return (dtype == DType::kBF16 ? host.to(DType::kBF16) : host).to(kGpu);
-}
-Tensor filled(const Shape& shape, float value) {
-  Tensor t = Tensor::empty(shape);
-  t.fill_(value);
-  return t;
-}
 
 using Param = std::tuple<Shape, DType>;
 

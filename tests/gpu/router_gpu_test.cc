@@ -19,19 +19,17 @@
 
 #include "gtest/gtest.h"
 #include "kernels/router.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
+using testing::kGpu;
+
 using testing::all_close;
 using testing::random_normal;
 using testing::rng_for_test;
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
-
-const Device kGpu = Device::cuda(0);
 
 ::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, double rtol,
                                     double peak_tol) {

@@ -1,6 +1,7 @@
 // GPU checks of the tensor layer; each test skips with a message where no GPU is present.
 #include "gtest/gtest.h"
 #include "kernels/tensor.h"
+#include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 #ifdef SWITCHYARD_HAVE_CUDA
 #include "kernels/cuda/device.h"
@@ -8,9 +9,6 @@
 
 namespace sy {
 namespace {
-
-#define SKIP_WITHOUT_GPU() \
-  if (!cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
 
 TEST(TensorGpu, RoundTripThroughDeviceKeepsValuesAndViews) {
   SKIP_WITHOUT_GPU();

@@ -1,0 +1,31 @@
+#pragma once
+// Helpers shared by the GPU parity tests (tests/gpu/): skip cleanly where no GPU is visible,
+// put a CPU reference input on the GPU in a dtype, and round it the same way on the CPU so
+// the reference sees exactly the values the kernel sees.
+#include <limits>
+
+#include "gtest/gtest.h"
+#include "kernels/tensor.h"
+
+#define SKIP_WITHOUT_GPU() \
+  if (!::sy::cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
+
+namespace sy::testing {
+
+inline const Device kGpu = Device::cuda(0);
+inline constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+// What a `dtype` tensor holds for the f32 values of `host` (bf16 rounds), as f32 on the CPU.
+inline Tensor rounded(const Tensor& host, DType dtype) {
+  return dtype == DType::kBF16 ? host.to(DType::kBF16).to(DType::kF32) : host;
+}
+// `host` on the GPU as `dtype`.
+inline Tensor on_gpu(const Tensor& host, DType dtype) { return host.to(dtype).to(kGpu); }
+// A CPU f32 tensor with every element `value` (NaN: proves an output is written, not read).
+inline Tensor filled(const Shape& shape, float value) {
+  Tensor t = Tensor::empty(shape);
+  t.fill_(value);
+  return t;
+}
+
+}  // namespace sy::testing
