@@ -8,12 +8,6 @@
 namespace sy {
 namespace {
 
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
 // logits [N, V], targets i32 [N], and each per-row f32 tensor in `rows` is [N].
 void check_cross_entropy(const Tensor& logits, const Tensor& targets,
                          std::initializer_list<std::pair<const Tensor*, const char*>> rows) {

@@ -6,4 +6,6 @@
 
 namespace sy {
 [[noreturn]] void no_kernel(const char* op, Device device);
+// Activations are f32 on every device and may be bf16 on CUDA (the CPU reference is f32 only).
+void check_float(const Tensor& t, const char* what);
 }  // namespace sy

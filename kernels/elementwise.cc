@@ -3,15 +3,6 @@
 #include "kernels/dispatch.h"
 
 namespace sy {
-namespace {
-
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
-}  // namespace
 
 void add(const Tensor& out, const Tensor& a, const Tensor& b) {
   check_float(a, "add a");

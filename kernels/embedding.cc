@@ -3,15 +3,6 @@
 #include "kernels/dispatch.h"
 
 namespace sy {
-namespace {
-
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
-}  // namespace
 
 void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table) {
   check_dtype(ids, DType::kI32, "embedding ids");

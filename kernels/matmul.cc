@@ -7,12 +7,6 @@
 namespace sy {
 namespace {
 
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
 struct GemmDims {
   int64_t m, n, k;
 };

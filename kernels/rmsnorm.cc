@@ -6,12 +6,6 @@
 namespace sy {
 namespace {
 
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
 // x is [..., D]; returns N, the number of rows of D.
 int64_t rmsnorm_rows(const Tensor& x, const Tensor& weight) {
   SY_CHECK(x.ndim() >= 1) << "rmsnorm x has shape " << shape_str(x.shape())

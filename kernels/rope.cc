@@ -6,12 +6,6 @@
 namespace sy {
 namespace {
 
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
 void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, const char* op) {
   SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
                           << ", expected [B, T, H, head_dim]";

@@ -6,12 +6,6 @@
 namespace sy {
 namespace {
 
-// f32 on every device; on CUDA also bf16 (the CPU reference is f32 only).
-void check_float(const Tensor& t, const char* what) {
-  if (t.device().is_cuda() && t.dtype() == DType::kBF16) return;
-  check_dtype(t, DType::kF32, what);
-}
-
 void check_swiglu(const Tensor& out, const Tensor& h, const char* op) {
   SY_CHECK(h.ndim() == 2 && h.dim(1) % 2 == 0)
       << op << ": h has shape " << shape_str(h.shape()) << ", expected [N, 2F]";
