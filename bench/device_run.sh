@@ -36,7 +36,15 @@ for device in DEVICE_CUDA DEVICE_CPU; do
   build-dev/switchyard train --config configs/tiny.textproto --run_dir "/tmp/tiny-$device" \
     --set "device: $device" >"$out/tiny_$device.log" 2>&1
   rc=$?
-  secs=$(echo "$(date +%s.%N) - $start" | bc)
+  secs=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
   note "tiny default run on $device: exit $rc in ${secs} s; $(grep '^eval' "$out/tiny_$device.log" | tail -1)"
   note "  $(grep -E '^step 4000' "$out/tiny_$device.log")"
 done
+
+# Baseline throughput of the whole training step on the benchmark model (f32 path today):
+# 6 steps, the first one warms up allocator pools and cuBLASLt's algorithm cache.
+build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir /tmp/bench \
+  --set 'train { steps: 6 log_interval: 1 } schedule { warmup_steps: 1 } data { arithmetic { eval_examples: 4 } } checkpoint { interval: 0 }' \
+  >"$out/bench_moe_1b.log" 2>&1
+note "bench_moe_1b (f32): exit $?"
+grep -E '^(model|step)' "$out/bench_moe_1b.log" | tee -a "$summary"
