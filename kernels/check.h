@@ -37,10 +37,10 @@ class CheckFailure {
 #define SY_CONCAT_INNER(a, b) a##b
 #define SY_CONCAT(a, b) SY_CONCAT_INNER(a, b)
 
-#define SY_RETURN_IF_ERROR(expr)                       \
-  do {                                                 \
-    ::absl::Status sy_status_ = (expr);                \
-    if (!sy_status_.ok()) return sy_status_;           \
+#define SY_RETURN_IF_ERROR(expr)             \
+  do {                                       \
+    ::absl::Status sy_status_ = (expr);      \
+    if (!sy_status_.ok()) return sy_status_; \
   } while (0)
 
 #define SY_ASSIGN_OR_RETURN_IMPL(tmp, lhs, expr) \

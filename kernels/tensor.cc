@@ -6,9 +6,9 @@
 
 #ifdef SWITCHYARD_HAVE_CUDA
 #include <cuda_runtime_api.h>
-#define SY_CUDA_CHECK(expr)                                                   \
-  do {                                                                        \
-    cudaError_t sy_err_ = (expr);                                             \
+#define SY_CUDA_CHECK(expr)                                                           \
+  do {                                                                                \
+    cudaError_t sy_err_ = (expr);                                                     \
     SY_CHECK(sy_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(sy_err_); \
   } while (0)
 #endif
@@ -17,20 +17,28 @@ namespace sy {
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return 4;
-    case DType::kBF16: return 2;
-    case DType::kI32: return 4;
-    case DType::kI64: return 8;
+    case DType::kF32:
+      return 4;
+    case DType::kBF16:
+      return 2;
+    case DType::kI32:
+      return 4;
+    case DType::kI64:
+      return 8;
   }
   return 0;
 }
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::kF32: return "f32";
-    case DType::kBF16: return "bf16";
-    case DType::kI32: return "i32";
-    case DType::kI64: return "i64";
+    case DType::kF32:
+      return "f32";
+    case DType::kBF16:
+      return "bf16";
+    case DType::kI32:
+      return "i32";
+    case DType::kI64:
+      return "i64";
   }
   return "?";
 }
@@ -181,8 +189,8 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
 }
 
 Tensor Tensor::view(Shape shape) const {
-  SY_CHECK(count(shape) == numel_) << "view " << shape_str(shape) << " of shape "
-                                   << shape_str(shape_);
+  SY_CHECK(count(shape) == numel_)
+      << "view " << shape_str(shape) << " of shape " << shape_str(shape_);
   Tensor t = *this;
   t.shape_ = std::move(shape);
   return t;
@@ -277,8 +285,8 @@ float bf16_to_f32(bf16 x) {
 
 void check_shape(const Tensor& t, const Shape& expected, const char* what) {
   SY_CHECK(t.defined()) << what << " is undefined";
-  SY_CHECK(t.shape() == expected) << what << " has shape " << shape_str(t.shape())
-                                  << ", expected " << shape_str(expected);
+  SY_CHECK(t.shape() == expected) << what << " has shape " << shape_str(t.shape()) << ", expected "
+                                  << shape_str(expected);
 }
 
 void check_dtype(const Tensor& t, DType expected, const char* what) {

@@ -66,7 +66,7 @@ class Tensor {
   Tensor to(DType dtype) const;  // CPU only: f32 <-> bf16 with round-to-nearest-even
 
   void zero_() const;
-  void fill_(float value) const;  // f32 only
+  void fill_(float value) const;            // f32 only
   void copy_from(const Tensor& src) const;  // same shape and dtype, any devices
 
   std::vector<float> to_f32_vector() const;  // any float dtype, any device
@@ -91,18 +91,26 @@ float bf16_to_f32(bf16 x);
 template <typename T>
 constexpr DType dtype_of();
 template <>
-constexpr DType dtype_of<float>() { return DType::kF32; }
+constexpr DType dtype_of<float>() {
+  return DType::kF32;
+}
 template <>
-constexpr DType dtype_of<bf16>() { return DType::kBF16; }
+constexpr DType dtype_of<bf16>() {
+  return DType::kBF16;
+}
 template <>
-constexpr DType dtype_of<int32_t>() { return DType::kI32; }
+constexpr DType dtype_of<int32_t>() {
+  return DType::kI32;
+}
 template <>
-constexpr DType dtype_of<int64_t>() { return DType::kI64; }
+constexpr DType dtype_of<int64_t>() {
+  return DType::kI64;
+}
 
 template <typename T>
 T* Tensor::data() const {
-  SY_CHECK(dtype_ == dtype_of<T>()) << "tensor is " << dtype_name(dtype_) << ", asked for "
-                                    << dtype_name(dtype_of<T>());
+  SY_CHECK(dtype_ == dtype_of<T>())
+      << "tensor is " << dtype_name(dtype_) << ", asked for " << dtype_name(dtype_of<T>());
   return static_cast<T*>(raw());
 }
 

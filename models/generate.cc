@@ -83,7 +83,8 @@ std::vector<std::vector<int32_t>> generate(Transformer& model,
     const int64_t b = padding ? 1 : static_cast<int64_t>(members.size());
     Tensor ids = Tensor::zeros({b, static_cast<int64_t>(len)}, DType::kI32);
     for (int64_t r = 0; r < b && !padding; ++r)
-      std::copy(prompts[members[r]].begin(), prompts[members[r]].end(), ids.data<int32_t>() + r * len);
+      std::copy(prompts[members[r]].begin(), prompts[members[r]].end(),
+                ids.data<int32_t>() + r * len);
     Transformer::DecodeState state;
     std::vector<bool> done(b, padding);
     for (int step = 0; step < options.max_new_tokens; ++step) {

@@ -33,8 +33,11 @@ Tensor expert_slice(const Tensor& stacked, int64_t e) {
 }
 
 TopKOptions topk_options(const MoeSpec& m) {
-  return {.k = m.top_k, .n_groups = m.n_groups, .topk_groups = m.topk_groups,
-          .normalize = m.normalize_topk, .scale = m.route_scale};
+  return {.k = m.top_k,
+          .n_groups = m.n_groups,
+          .topk_groups = m.topk_groups,
+          .normalize = m.normalize_topk,
+          .scale = m.route_scale};
 }
 
 float output_std(const ModelSpec& spec) {
@@ -135,8 +138,8 @@ Tensor Attention::backward(const Tensor& dy) {
 
 SwigluMlp::SwigluMlp(ParamStore& store, const std::string& prefix, int d_model, int hidden,
                      float std, float out_std)
-    : w13_(store.add(prefix + "w13", {2 * hidden, d_model}, SyncGroup::kDense, Init::kNormal,
-                     std, true)),
+    : w13_(store.add(prefix + "w13", {2 * hidden, d_model}, SyncGroup::kDense, Init::kNormal, std,
+                     true)),
       w2_(store.add(prefix + "w2", {d_model, hidden}, SyncGroup::kDense, Init::kNormal, out_std,
                     true)) {}
 

@@ -13,8 +13,8 @@ uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index) {
   return mix64(h);
 }
 
-Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init,
-                       float init_std, bool decay) {
+Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init, float init_std,
+                       bool decay) {
   SY_CHECK(find(name) == nullptr) << "parameter registered twice: " << name;
   Param p;
   p.name = std::move(name);

@@ -44,8 +44,7 @@ class ParamStore {
   ParamStore& operator=(const ParamStore&) = delete;
 
   // Registers a parameter; names must be unique. The returned reference stays valid.
-  Param& add(std::string name, Shape shape, SyncGroup group, Init init, float init_std,
-             bool decay);
+  Param& add(std::string name, Shape shape, SyncGroup group, Init init, float init_std, bool decay);
   Param* find(const std::string& name);
   const Param* find(const std::string& name) const;
   std::vector<Param*> params();

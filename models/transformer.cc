@@ -1,11 +1,11 @@
 #include "models/transformer.h"
 
+#include <cmath>
+
 #include "kernels/cross_entropy.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
-
-#include <cmath>
 
 namespace sy {
 namespace {
@@ -47,8 +47,8 @@ Transformer::Transformer(const ModelSpec& spec, ParamStore& store, const ModelPa
     blocks_.push_back(std::make_unique<Block>(store, "layers." + std::to_string(l) + ".", spec_,
                                               spec_.is_moe_layer(l), parallel));
   }
-  final_norm_ = std::make_unique<RmsNorm>(store, "final_norm.weight", spec_.d_model,
-                                          spec_.norm_eps);
+  final_norm_ =
+      std::make_unique<RmsNorm>(store, "final_norm.weight", spec_.d_model, spec_.norm_eps);
   if (!spec_.tie_embeddings) {
     lm_head_ = &store.add("lm_head.weight", {spec_.vocab_size, spec_.d_model}, SyncGroup::kDense,
                           Init::kNormal, spec_.init_std, true);
@@ -156,8 +156,7 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
   SY_CHECK(static_cast<int>(scales.mtp.size()) == spec_.mtp_modules)
-      << "loss scales for " << scales.mtp.size() << " MTP modules, model has "
-      << spec_.mtp_modules;
+      << "loss scales for " << scales.mtp.size() << " MTP modules, model has " << spec_.mtp_modules;
   const Device dev = store_.device();
   const TokenLayout layout = layout_for(inputs);
   const int64_t n = layout.tokens(), d = spec_.d_model;
@@ -194,8 +193,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     Tensor hk = m.block->forward(z, layout);
     Tensor hkn = m.out_norm->forward(hk);
     states[k].dout = Tensor::empty({n, d}, DType::kF32, dev);
-    terms.mtp += scales.mtp[k] *
-                 head_loss_and_grad(hkn, head_param(), tgt, scales.mtp[k], states[k].dout);
+    terms.mtp +=
+        scales.mtp[k] * head_loss_and_grad(hkn, head_param(), tgt, scales.mtp[k], states[k].dout);
     prev = hk;
   }
 
@@ -207,8 +206,7 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     if (carry.defined()) add_(dhk, carry);
     Tensor dz = m.block->backward(dhk);
     Tensor dcat = Tensor::empty({n, 2 * d}, DType::kF32, dev);
-    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->value, false, true, 0.0f,
-                    1.0f);
+    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->value, false, true, 0.0f, 1.0f);
     Tensor da = Tensor::empty({n, d}, DType::kF32, dev);
     Tensor dc = Tensor::empty({n, d}, DType::kF32, dev);
     split_cols(da, dc, dcat);
@@ -235,7 +233,8 @@ Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
   Tensor rows = hn;
   if (last_position_only) {
     rows = Tensor::empty({b, spec_.d_model}, DType::kF32, dev);
-    for (int64_t r = 0; r < b; ++r) rows.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
+    for (int64_t r = 0; r < b; ++r)
+      rows.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
   }
   Tensor out = Tensor::empty({rows.dim(0), spec_.vocab_size}, DType::kF32, dev);
   matmul(out, rows, head_weight(), false, true);
@@ -252,7 +251,8 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
   layout.seq = t;
   Tensor pos = Tensor::empty({b, t}, DType::kI32);
   for (int64_t r = 0; r < b; ++r)
-    for (int64_t i = 0; i < t; ++i) pos.data<int32_t>()[r * t + i] = static_cast<int32_t>(state.length + i);
+    for (int64_t i = 0; i < t; ++i)
+      pos.data<int32_t>()[r * t + i] = static_cast<int32_t>(state.length + i);
   layout.positions = pos.to(dev);
   Tensor h = embed(ids);
   for (size_t l = 0; l < blocks_.size(); ++l) h = blocks_[l]->forward(h, layout, &state.caches[l]);
@@ -266,7 +266,7 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
 }
 
 Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, const Tensor& targets,
-                                                      bool with_entropy) {
+                                                       bool with_entropy) {
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
   const Device dev = store_.device();

@@ -24,9 +24,9 @@ constexpr int kIgnoreIndex = -1;
 // summed and multiplied by these, so a step over several micro-batches (and, later, several
 // ranks) is normalised by its global token counts and does not depend on how it is split.
 struct LossScales {
-  double lm = 0;                // 1 / (target tokens of the main head in the step)
-  std::vector<double> mtp;      // per module: lambda / D / (its target tokens in the step)
-  double balance = 1;           // balancing terms: 1 / (micro-batches in the step)
+  double lm = 0;            // 1 / (target tokens of the main head in the step)
+  std::vector<double> mtp;  // per module: lambda / D / (its target tokens in the step)
+  double balance = 1;       // balancing terms: 1 / (micro-batches in the step)
 };
 
 struct LossTerms {
@@ -57,8 +57,7 @@ class Transformer {
 
   // One micro-batch: forward, losses, backward. Gradients accumulate into the store.
   // inputs, targets: i32 [B, T]; targets == kIgnoreIndex carry no loss.
-  LossTerms forward_backward(const Tensor& inputs, const Tensor& targets,
-                             const LossScales& scales);
+  LossTerms forward_backward(const Tensor& inputs, const Tensor& targets, const LossScales& scales);
 
   // Forward only (no MTP): logits f32 [B, T, V], or [B, 1, V] of the last position.
   Tensor logits(const Tensor& inputs, bool last_position_only);

@@ -32,18 +32,21 @@ void ExpertDispatcher::plan(const std::vector<int64_t>& rows_per_expert) {
     recv_expert_counts_.assign(received.data<int64_t>(), received.data<int64_t>() + num_experts_);
     recv_counts_.assign(peers, 0);
     for (int p = 0; p < peers; ++p)
-      for (int e = 0; e < local_experts_; ++e) recv_counts_[p] += recv_expert_counts_[p * local_experts_ + e];
+      for (int e = 0; e < local_experts_; ++e)
+        recv_counts_[p] += recv_expert_counts_[p * local_experts_ + e];
   }
   local_counts_.assign(local_experts_, 0);
   for (int p = 0; p < peers; ++p)
-    for (int e = 0; e < local_experts_; ++e) local_counts_[e] += recv_expert_counts_[p * local_experts_ + e];
+    for (int e = 0; e < local_experts_; ++e)
+      local_counts_[e] += recv_expert_counts_[p * local_experts_ + e];
   local_offsets_.assign(local_experts_ + 1, 0);
-  for (int e = 0; e < local_experts_; ++e) local_offsets_[e + 1] = local_offsets_[e] + local_counts_[e];
+  for (int e = 0; e < local_experts_; ++e)
+    local_offsets_[e + 1] = local_offsets_[e] + local_counts_[e];
 }
 
 Tensor ExpertDispatcher::to_experts(const Tensor& rows) const {
-  SY_CHECK(rows.dim(0) == sent_rows_) << "to_experts got " << rows.dim(0) << " rows, plan has "
-                                      << sent_rows_;
+  SY_CHECK(rows.dim(0) == sent_rows_)
+      << "to_experts got " << rows.dim(0) << " rows, plan has " << sent_rows_;
   if (ep_.size() == 1) return rows;
   const int peers = ep_.size();
   Shape shape = rows.shape();

@@ -12,8 +12,8 @@ class LocalCommunicator final : public Communicator {
   void all_reduce(const Tensor&, ReduceOp) override {}
   void reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp) override;
   void all_gather(const Tensor& out, const Tensor& in) override;
-  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
-                    const Tensor& recv, const std::vector<int64_t>& recv_counts) override;
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, const Tensor& recv,
+                    const std::vector<int64_t>& recv_counts) override;
   std::vector<int64_t> exchange_counts(const std::vector<int64_t>& send_counts) override;
   void broadcast(const Tensor&, int root) override;
   void barrier() override {}

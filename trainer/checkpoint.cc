@@ -51,8 +51,12 @@ absl::Status agree(const CheckpointLayout& layout, const absl::Status& mine) {
   return absl::OkStatus();
 }
 
-std::string experts_file(int ep_rank) { return absl::StrCat("experts-ep", ep_rank, ".safetensors"); }
-std::string optimizer_file(int rank) { return absl::StrCat("optimizer-rank", rank, ".safetensors"); }
+std::string experts_file(int ep_rank) {
+  return absl::StrCat("experts-ep", ep_rank, ".safetensors");
+}
+std::string optimizer_file(int rank) {
+  return absl::StrCat("optimizer-rank", rank, ".safetensors");
+}
 
 // What this rank writes: the dense parameters on rank 0 (with the experts when they are not
 // spread), its experts when it is the first rank of its EP index, its optimizer shard.
@@ -65,7 +69,8 @@ absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layou
     auto& list = p->group == SyncGroup::kExpert && layout.expert_parallel > 1 ? experts : dense;
     list.emplace_back(p->name, p->value.to(Device::cpu()));
   }
-  if (rank == 0) SY_RETURN_IF_ERROR(save_safetensors((dir / "model.safetensors").string(), dense, meta));
+  if (rank == 0)
+    SY_RETURN_IF_ERROR(save_safetensors((dir / "model.safetensors").string(), dense, meta));
   if (layout.expert_parallel > 1 && rank < layout.expert_parallel) {
     SY_RETURN_IF_ERROR(save_safetensors((dir / experts_file(rank)).string(), experts, meta));
   }
@@ -100,7 +105,8 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
   std::error_code ec;
   fs::remove_all(final_dir, ec);
   fs::rename(tmp, final_dir, ec);
-  if (ec) return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
+  if (ec)
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp.string(), ": ", ec.message()));
   const std::string latest = name + "\n";
   std::string_view latest_piece = latest;
   SY_RETURN_IF_ERROR(write_file_atomically((root / "latest").string(), {&latest_piece, 1}));
@@ -131,7 +137,9 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
     std::error_code ec;
     fs::remove_all(tmp, ec);
     fs::create_directories(tmp, ec);
-    if (ec) status = absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
+    if (ec)
+      status =
+          absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   }
   SY_RETURN_IF_ERROR(agree(layout, status));
   SY_RETURN_IF_ERROR(agree(layout, write_rank_files(tmp, layout, store, optimizer)));
@@ -150,8 +158,8 @@ absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
   while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
   const fs::path dir = fs::path(run_dir) / "checkpoints" / name;
   if (name.empty() || name.find('/') != std::string::npos || !fs::is_directory(dir)) {
-    return checkpoint_error(latest.string(), absl::StrCat("names '", name,
-                                                          "', which is not a checkpoint directory"));
+    return checkpoint_error(
+        latest.string(), absl::StrCat("names '", name, "', which is not a checkpoint directory"));
   }
   return dir.string();
 }
@@ -166,7 +174,8 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   auto get_int = [&](const Json& obj, absl::string_view key) -> absl::StatusOr<int64_t> {
     const Json* v = obj.is_object() ? obj.find(std::string_view(key.data(), key.size())) : nullptr;
     if (!v || !v->is_int()) {
-      return checkpoint_error(manifest_path, absl::StrCat("field '", key, "' is missing or not an integer"));
+      return checkpoint_error(manifest_path,
+                              absl::StrCat("field '", key, "' is missing or not an integer"));
     }
     return v->as_int();
   };
@@ -178,9 +187,9 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   auto version = get_int(*manifest, "version");
   if (!version.ok()) return version.status();
   if (*version != kFormatVersion) {
-    return checkpoint_error(manifest_path, absl::StrCat("format version ", *version,
-                                                        " is not supported (this build reads ",
-                                                        kFormatVersion, ")"));
+    return checkpoint_error(
+        manifest_path, absl::StrCat("format version ", *version,
+                                    " is not supported (this build reads ", kFormatVersion, ")"));
   }
   auto step = get_int(*manifest, "step");
   auto opt_steps = get_int(*manifest, "optimizer_steps");
@@ -201,7 +210,8 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
 
   // The layout must be the one that wrote the checkpoint: the expert shards for the weights,
   // and for the optimizer state also the ranks and ZeRO stage that sharded it.
-  std::vector<std::pair<const char*, int64_t>> must_match = {{"expert_parallel", layout.expert_parallel}};
+  std::vector<std::pair<const char*, int64_t>> must_match = {
+      {"expert_parallel", layout.expert_parallel}};
   if (optimizer) {
     must_match.push_back({"world_size", world_size(layout)});
     must_match.push_back({"zero_stage", layout.zero_stage});
@@ -210,14 +220,15 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
     auto have = get_int(*manifest, key);
     if (!have.ok()) return have.status();
     if (*have != want) {
-      return checkpoint_error(manifest_path,
-                              absl::StrCat("was written with ", key, " = ", *have, ", this run has ",
-                                           want, "; resume with the layout that wrote it"));
+      return checkpoint_error(
+          manifest_path, absl::StrCat("was written with ", key, " = ", *have, ", this run has ",
+                                      want, "; resume with the layout that wrote it"));
     }
   }
 
   std::vector<SafetensorsFile> files;
-  SY_ASSIGN_OR_RETURN(SafetensorsFile model, load_safetensors((fs::path(dir) / "model.safetensors").string()));
+  SY_ASSIGN_OR_RETURN(SafetensorsFile model,
+                      load_safetensors((fs::path(dir) / "model.safetensors").string()));
   files.push_back(std::move(model));
   if (layout.expert_parallel > 1) {
     const int ep_rank = world_rank(layout) % layout.expert_parallel;
@@ -232,8 +243,8 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
     for (const SafetensorsFile& f : files)
       if (f.tensors.count(p->name)) from = &f;
     if (!from) {
-      return checkpoint_error(dir, absl::StrCat("has no tensor '", p->name,
-                                                "', which the configured model needs"));
+      return checkpoint_error(
+          dir, absl::StrCat("has no tensor '", p->name, "', which the configured model needs"));
     }
     SY_RETURN_IF_ERROR(expect_tensor(*from, p->name, p->value.shape(), DType::kF32));
   }
@@ -241,8 +252,9 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
     for (const SafetensorsFile& f : files) {
       for (const auto& [name, t] : f.tensors) {
         if (!store.find(name)) {
-          return checkpoint_error(f.path, absl::StrCat("holds tensor '", name,
-                                                       "', which the configured model does not have"));
+          return checkpoint_error(
+              f.path,
+              absl::StrCat("holds tensor '", name, "', which the configured model does not have"));
         }
       }
     }
@@ -257,7 +269,8 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   if (optimizer) {
     auto moments = load_safetensors((fs::path(dir) / optimizer_file(world_rank(layout))).string());
     if (!moments.ok()) return moments.status();
-    std::vector<std::pair<std::string, Tensor>> list(moments->tensors.begin(), moments->tensors.end());
+    std::vector<std::pair<std::string, Tensor>> list(moments->tensors.begin(),
+                                                     moments->tensors.end());
     auto st = optimizer->load_state(list, *opt_steps);
     if (!st.ok()) return checkpoint_error(moments->path, st.message());
   }

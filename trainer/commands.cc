@@ -7,17 +7,17 @@
 #ifdef SWITCHYARD_HAVE_CUDA
 #include "kernels/cuda/device.h"
 #endif
-#include "parallel/local_communicator.h"
-#include "parallel/mpi_communicator.h"
-#include "parallel/rank_env.h"
 #include "absl/strings/numbers.h"
 #include "models/generate.h"
 #include "models/model_spec.h"
+#include "parallel/local_communicator.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/rank_env.h"
 #include "trainer/checkpoint.h"
 #include "trainer/cli.h"
-#include "trainer/tokenizer.h"
 #include "trainer/config.h"
 #include "trainer/token_shards.h"
+#include "trainer/tokenizer.h"
 #include "trainer/train.h"
 
 namespace sy {
@@ -98,7 +98,8 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   flags.add_string("top_p", "P", &top_p, "sample within the smallest set of probability >= P");
   flags.add_int("seed", "S", &seed, "sampling seed");
   flags.add_bool("stop_at_newline", &stop_at_newline, "end the completion at a newline");
-  flags.add_strings("set", "TEXT", &overrides, "override a field of the run's config (e.g. device)");
+  flags.add_strings("set", "TEXT", &overrides,
+                    "override a field of the run's config (e.g. device)");
   SY_RETURN_IF_ERROR(flags.parse(args));
   if (flags.help_requested()) {
     out << flags.help();
@@ -108,7 +109,8 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   SY_RETURN_IF_ERROR(flags.require("prompt"));
   SamplingOptions options;
   if (!absl::SimpleAtof(temperature, &options.temperature) || options.temperature < 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--temperature ", temperature, ": give a number >= 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--temperature ", temperature, ": give a number >= 0"));
   }
   if (!absl::SimpleAtof(top_p, &options.top_p) || options.top_p <= 0 || options.top_p > 1) {
     return absl::InvalidArgumentError(absl::StrCat("--top_p ", top_p, ": give a number in (0, 1]"));
@@ -124,7 +126,8 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
 
   const std::string saved = (std::filesystem::path(run_dir) / "config.textproto").string();
   if (!std::filesystem::exists(saved)) {
-    return absl::NotFoundError(absl::StrCat("--checkpoint ", run_dir, ": no config.textproto there; is it a run directory?"));
+    return absl::NotFoundError(absl::StrCat("--checkpoint ", run_dir,
+                                            ": no config.textproto there; is it a run directory?"));
   }
   SY_ASSIGN_OR_RETURN(switchyard::Experiment config, load_experiment(saved, overrides));
   LocalCommunicator alone;
@@ -132,17 +135,20 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   const ModelSpec spec = model_spec_from_config(config);
   for (unsigned char c : prompt) {
     if (c >= spec.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat("--prompt: byte ", int(c), " is outside the model's vocabulary of ", spec.vocab_size));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--prompt: byte ", int(c), " is outside the model's vocabulary of ", spec.vocab_size));
     }
   }
   ParamStore store(device);
   Transformer model(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  SY_ASSIGN_OR_RETURN(CheckpointState state,
-                      load_checkpoint(dir, store, nullptr,
-                                      {.expert_parallel = config.parallel().expert_parallel_size()}));
+  SY_ASSIGN_OR_RETURN(
+      CheckpointState state,
+      load_checkpoint(dir, store, nullptr,
+                      {.expert_parallel = config.parallel().expert_parallel_size()}));
   (void)state;
-  const std::vector<int32_t> completion = generate(model, {ByteTokenizer::encode(prompt)}, options)[0];
+  const std::vector<int32_t> completion =
+      generate(model, {ByteTokenizer::encode(prompt)}, options)[0];
   std::string text;
   for (int32_t t : completion) text.push_back(t < 256 ? static_cast<char>(t) : '?');
   out << prompt << text;

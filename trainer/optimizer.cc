@@ -1,7 +1,7 @@
 #include "trainer/optimizer.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -93,9 +93,8 @@ absl::Status AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>
       }
       if (it->second->shape() != dst->shape() || it->second->dtype() != DType::kF32) {
         return absl::InvalidArgumentError(
-            absl::StrCat("optimizer tensor '", name, "' has shape ",
-                         shape_str(it->second->shape()), ", the model expects ",
-                         shape_str(dst->shape())));
+            absl::StrCat("optimizer tensor '", name, "' has shape ", shape_str(it->second->shape()),
+                         ", the model expects ", shape_str(dst->shape())));
       }
       dst->copy_from(*it->second);
     }

@@ -62,7 +62,7 @@ class AdamW {
     Communicator* group;  // where the parameter is replicated (null: this process only)
     int owner;            // rank in `group` that updates it
     bool owned;
-    Tensor m, v;          // allocated only when owned
+    Tensor m, v;  // allocated only when owned
   };
   ParamStore& store_;
   OptimizerSettings settings_;

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -15,16 +16,15 @@
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/local_communicator.h"
+#include "parallel/process_grid.h"
 #include "trainer/arithmetic.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
 #include "trainer/token_shards.h"
-#include "parallel/gradient_sync.h"
-#include "parallel/local_communicator.h"
-#include "parallel/process_grid.h"
-#include <sstream>
 
 namespace sy {
 namespace fs = std::filesystem;
@@ -56,9 +56,9 @@ class DataFeed {
             options.max_digits, " digits; set it to at least ", task->min_seq_len()));
       }
       if (spec.vocab_size <= '=') {
-        return absl::InvalidArgumentError(absl::StrCat(
-            "model.vocab_size: ", spec.vocab_size,
-            " cannot hold the byte tokens of arithmetic text; set it to at least 64"));
+        return absl::InvalidArgumentError(
+            absl::StrCat("model.vocab_size: ", spec.vocab_size,
+                         " cannot hold the byte tokens of arithmetic text; set it to at least 64"));
       }
       feed.task_ = std::move(*task);
       feed.eval_examples_ = data.arithmetic().eval_examples();
@@ -141,8 +141,8 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
   const int64_t n = std::max<int64_t>(1, feed.eval_examples());
   if (const ArithmeticTask* task = feed.task()) {
     for (int64_t first = 0; first < n; first += micro_batch) {
-      auto batch = task->make_batch(std::min(micro_batch, n - first), model.spec().seq_len,
-                                    first, Split::kHeldOut);
+      auto batch = task->make_batch(std::min(micro_batch, n - first), model.spec().seq_len, first,
+                                    Split::kHeldOut);
       if (!batch.ok()) return batch.status();
       auto [s, c] = model.eval_loss(batch->inputs, batch->targets);
       loss_sum += s;
@@ -186,7 +186,8 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
       total += l;
       mx = std::max(mx, l);
     }
-    if (total > 0) r.load_max_over_mean = std::max(r.load_max_over_mean, mx / (total / load.size()));
+    if (total > 0)
+      r.load_max_over_mean = std::max(r.load_max_over_mean, mx / (total / load.size()));
   }
   return r;
 }
@@ -217,7 +218,8 @@ class JsonlWriter {
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world) {
   const bool gpu = cuda_available();
   const auto wanted = config.device();
-  if (wanted == switchyard::Experiment::DEVICE_CPU || (wanted == switchyard::Experiment::DEVICE_AUTO && !gpu)) {
+  if (wanted == switchyard::Experiment::DEVICE_CPU ||
+      (wanted == switchyard::Experiment::DEVICE_AUTO && !gpu)) {
     return Device::cpu();
   }
   if (!gpu) {
@@ -250,14 +252,17 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   std::ostream& log = lead ? console : discard;  // rank 0 speaks for the job
 
   // Ranks started with different configs would compute different things: refuse.
-  SY_RETURN_IF_ERROR(check_same_on_all_ranks(world, "the resolved config", resolved_experiment_text(config)));
+  SY_RETURN_IF_ERROR(
+      check_same_on_all_ranks(world, "the resolved config", resolved_experiment_text(config)));
   const ModelSpec spec = model_spec_from_config(config);
   const auto& tc = config.train();
   cpu::set_cpu_threads(tc.cpu_threads());
   const int64_t steps = tc.steps(), micro = tc.micro_batch(), accum = tc.grad_accum();
-  SY_ASSIGN_OR_RETURN(ProcessGrid grid,
-                      ProcessGrid::create(world, config.parallel().expert_parallel_size(),
-                                          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size()));
+  SY_ASSIGN_OR_RETURN(
+      ProcessGrid grid,
+      ProcessGrid::create(
+          world, config.parallel().expert_parallel_size(),
+          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size()));
   const int zero_stage = config.parallel().zero_stage();
 
   absl::Status made;
@@ -274,31 +279,33 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   ParamStore store(device);
   Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
-  AdamW optimizer(store,
-                  {.beta1 = static_cast<float>(config.optimizer().beta1()),
-                   .beta2 = static_cast<float>(config.optimizer().beta2()),
-                   .eps = static_cast<float>(config.optimizer().eps()),
-                   .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
-                   .grad_clip = static_cast<float>(config.optimizer().grad_clip())},
-                  {.world = &world, .ep = &grid.ep(), .edp = &grid.edp(), .zero1 = zero_stage == 1});
+  AdamW optimizer(
+      store,
+      {.beta1 = static_cast<float>(config.optimizer().beta1()),
+       .beta2 = static_cast<float>(config.optimizer().beta2()),
+       .eps = static_cast<float>(config.optimizer().eps()),
+       .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
+       .grad_clip = static_cast<float>(config.optimizer().grad_clip())},
+      {.world = &world, .ep = &grid.ep(), .edp = &grid.edp(), .zero1 = zero_stage == 1});
   std::vector<Tensor> dense_grads, expert_grads;
   for (Param* p : store.params()) {
-    if (p->trainable) (p->group == SyncGroup::kExpert ? expert_grads : dense_grads).push_back(p->grad);
+    if (p->trainable)
+      (p->group == SyncGroup::kExpert ? expert_grads : dense_grads).push_back(p->grad);
   }
   GradientSync grad_sync(dense_grads, expert_grads, world, grid.edp());
-  Schedule schedule{.peak_lr = config.optimizer().lr(),
-                    .warmup_steps = config.schedule().warmup_steps(),
-                    .total_steps = steps,
-                    .decay = config.schedule().decay() == switchyard::ScheduleConfig::DECAY_LINEAR
-                                 ? Decay::kLinear
-                             : config.schedule().decay() == switchyard::ScheduleConfig::DECAY_CONSTANT
-                                 ? Decay::kConstant
-                                 : Decay::kCosine,
-                    .min_lr_ratio = config.schedule().min_lr_ratio()};
+  Schedule schedule{
+      .peak_lr = config.optimizer().lr(),
+      .warmup_steps = config.schedule().warmup_steps(),
+      .total_steps = steps,
+      .decay = config.schedule().decay() == switchyard::ScheduleConfig::DECAY_LINEAR
+                   ? Decay::kLinear
+               : config.schedule().decay() == switchyard::ScheduleConfig::DECAY_CONSTANT
+                   ? Decay::kConstant
+                   : Decay::kCosine,
+      .min_lr_ratio = config.schedule().min_lr_ratio()};
   SY_ASSIGN_OR_RETURN(DataFeed feed, DataFeed::create(config, spec, world.rank(), world.size()));
-  const CheckpointLayout layout{.world = &world,
-                                .expert_parallel = grid.layout().expert_parallel,
-                                .zero_stage = zero_stage};
+  const CheckpointLayout layout{
+      .world = &world, .expert_parallel = grid.layout().expert_parallel, .zero_stage = zero_stage};
 
   int64_t start_step = 0;
   if (options.resume) {
@@ -312,7 +319,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   if (lead) {
     std::ofstream cfg(fs::path(options.run_dir) / "config.textproto");
     cfg << resolved_experiment_text(config);
-    if (!cfg) return absl::PermissionDeniedError(absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
+    if (!cfg)
+      return absl::PermissionDeniedError(
+          absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
     jsonl.emplace((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
   }
   auto write_jsonl = [&](const std::string& line) {
@@ -336,8 +345,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       "params (%.2fM active) | %s | device %s | run dir %s\n",
       spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
-      spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(),
-      device.str(), options.run_dir);
+      spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(), device.str(),
+      options.run_dir);
 
   const int ckpt_every = config.checkpoint().interval();
   const int eval_every = tc.eval_interval();
@@ -393,8 +402,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
 
     if (!std::isfinite(sum.total())) {
       return absl::InternalError(absl::StrFormat(
-          "step %d: the loss is %f; lower optimizer.lr or check the data", step + 1,
-          sum.total()));
+          "step %d: the loss is %f; lower optimizer.lr or check the data", step + 1, sum.total()));
     }
     if ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step) {
       log << absl::StrFormat(
@@ -420,9 +428,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
                              e.loss, acc, e.load_max_over_mean);
       log.flush();
-      write_jsonl(absl::StrFormat(
-          R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})", step + 1,
-          e.loss, acc_json, e.load_max_over_mean));
+      write_jsonl(
+          absl::StrFormat(R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})",
+                          step + 1, e.loss, acc_json, e.load_max_over_mean));
     }
     // A signal may reach the ranks at different steps: stop when any rank has seen one.
     double stop_flag = g_stop_requested.load() ? 1.0 : 0.0;

@@ -1,6 +1,6 @@
-#include <cstring>
-
 #include "kernels/embedding.h"
+
+#include <cstring>
 
 namespace sy::cpu {
 

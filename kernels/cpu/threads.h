@@ -14,6 +14,7 @@ int cpu_threads();
 // Runs fn(i) for every i in [0, n), on up to cpu_threads() threads when `work` (any measure
 // of the total cost) reaches `min_work`, else inline. fn must be safe to run concurrently
 // for different i.
-void parallel_for(int64_t n, int64_t work, int64_t min_work, const std::function<void(int64_t)>& fn);
+void parallel_for(int64_t n, int64_t work, int64_t min_work,
+                  const std::function<void(int64_t)>& fn);
 
 }  // namespace sy::cpu

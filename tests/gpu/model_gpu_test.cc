@@ -77,18 +77,35 @@ TEST(ModelGpu, LossAndEveryGradientMatchTheCpu) {
 
 switchyard::Experiment small_run(const std::string& device) {
   switchyard::Experiment c;
-  SY_CHECK(google::protobuf::TextFormat::ParseFromString(R"pb(
-    model { vocab_size: 64 d_model: 64 n_layers: 2 n_heads: 4 n_kv_heads: 2 seq_len: 9
-            first_k_dense: 1 dense_ffn_hidden: 128 }
-    moe { num_experts: 4 top_k: 2 expert_hidden: 64 normalize_topk: true z_loss_coef: 0.001
-          seq_aux_loss_coef: 0.001 bias_update_rate: 0.001 }
-    mtp { num_modules: 1 }
-    data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 32 } }
-    optimizer { lr: 3e-3 }
-    schedule { warmup_steps: 5 }
-    train { steps: 30 micro_batch: 32 eval_interval: 0 log_interval: 1 }
-    checkpoint { interval: 0 }
-  )pb", &c));
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(
+      R"pb(
+        model {
+          vocab_size: 64
+          d_model: 64
+          n_layers: 2
+          n_heads: 4
+          n_kv_heads: 2
+          seq_len: 9
+          first_k_dense: 1
+          dense_ffn_hidden: 128
+        }
+        moe {
+          num_experts: 4
+          top_k: 2
+          expert_hidden: 64
+          normalize_topk: true
+          z_loss_coef: 0.001
+          seq_aux_loss_coef: 0.001
+          bias_update_rate: 0.001
+        }
+        mtp { num_modules: 1 }
+        data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 32 } }
+        optimizer { lr: 3e-3 }
+        schedule { warmup_steps: 5 }
+        train { steps: 30 micro_batch: 32 eval_interval: 0 log_interval: 1 }
+        checkpoint { interval: 0 }
+      )pb",
+      &c));
   SY_CHECK(google::protobuf::TextFormat::MergeFromString("device: " + device, &c));
   SY_CHECK(validate_experiment(c).ok());
   return c;
@@ -126,7 +143,8 @@ TEST(ModelGpu, TrainingIsDeterministicAndFollowsTheCpu) {
   const std::string cpu_dir = std::filesystem::path(::testing::TempDir()) / "switchyard_gpu_cpu";
   std::filesystem::remove_all(cpu_dir);
   ASSERT_TRUE(train(small_run("DEVICE_CPU"), {.run_dir = cpu_dir}, log).ok());
-  std::ifstream gpu_metrics(std::filesystem::path(::testing::TempDir()) / "switchyard_gpu_a" / "metrics.jsonl");
+  std::ifstream gpu_metrics(std::filesystem::path(::testing::TempDir()) / "switchyard_gpu_a" /
+                            "metrics.jsonl");
   std::ifstream cpu_metrics(std::filesystem::path(cpu_dir) / "metrics.jsonl");
   std::string g, c;
   int compared = 0;

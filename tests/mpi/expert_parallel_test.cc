@@ -107,9 +107,11 @@ TEST(ExpertParallelMoe, MatchesOneProcessOnTheWholeBatch) {
     ASSERT_NE(r, nullptr) << p->name;
     if (p->group == SyncGroup::kExpert) {
       const int64_t local = p->value.dim(0);
-      EXPECT_TRUE(testing::all_close(p->value, r->value.rows(rank * local, (rank + 1) * local), 0, 0))
+      EXPECT_TRUE(
+          testing::all_close(p->value, r->value.rows(rank * local, (rank + 1) * local), 0, 0))
           << "initial values of " << p->name << " depend on the layout";
-      EXPECT_TRUE(testing::all_close(p->grad, r->grad.rows(rank * local, (rank + 1) * local), 1e-4, 1e-6))
+      EXPECT_TRUE(
+          testing::all_close(p->grad, r->grad.rows(rank * local, (rank + 1) * local), 1e-4, 1e-6))
           << p->name;
     } else {
       Tensor g = p->grad.clone();

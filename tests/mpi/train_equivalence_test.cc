@@ -28,20 +28,40 @@ constexpr int kGlobalBatch = 4;  // sequences per micro-batch over all ranks
 
 switchyard::Experiment config_for(int world, int ep, int zero_stage) {
   switchyard::Experiment c;
-  SY_CHECK(google::protobuf::TextFormat::ParseFromString(R"pb(
-    device: DEVICE_CPU
-    model { vocab_size: 64 d_model: 16 n_layers: 2 n_heads: 2 n_kv_heads: 1 seq_len: 9
-            first_k_dense: 1 dense_ffn_hidden: 24 init_std: 0.1 }
-    moe { num_experts: 4 top_k: 2 expert_hidden: 12 num_shared_experts: 1 normalize_topk: true
-          score_function: SCORE_SIGMOID aux_loss_coef: 0.01 seq_aux_loss_coef: 0.01
-          z_loss_coef: 0.001 bias_update_rate: 0.01 }
-    mtp { num_modules: 1 }
-    data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 4 } }
-    optimizer { lr: 1e-2 weight_decay: 0.1 grad_clip: 1.0 }
-    train { steps: 4 grad_accum: 2 log_interval: 1 eval_interval: 0 cpu_threads: 1 }
-    checkpoint { interval: 0 keep_last: 1 }
-    logging { jsonl: true }
-  )pb", &c));
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(
+      R"pb(
+        device: DEVICE_CPU
+        model {
+          vocab_size: 64
+          d_model: 16
+          n_layers: 2
+          n_heads: 2
+          n_kv_heads: 1
+          seq_len: 9
+          first_k_dense: 1
+          dense_ffn_hidden: 24
+          init_std: 0.1
+        }
+        moe {
+          num_experts: 4
+          top_k: 2
+          expert_hidden: 12
+          num_shared_experts: 1
+          normalize_topk: true
+          score_function: SCORE_SIGMOID
+          aux_loss_coef: 0.01
+          seq_aux_loss_coef: 0.01
+          z_loss_coef: 0.001
+          bias_update_rate: 0.01
+        }
+        mtp { num_modules: 1 }
+        data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 4 } }
+        optimizer { lr: 1e-2 weight_decay: 0.1 grad_clip: 1.0 }
+        train { steps: 4 grad_accum: 2 log_interval: 1 eval_interval: 0 cpu_threads: 1 }
+        checkpoint { interval: 0 keep_last: 1 }
+        logging { jsonl: true }
+      )pb",
+      &c));
   c.mutable_train()->set_micro_batch(kGlobalBatch / world);
   c.mutable_parallel()->set_expert_parallel_size(ep);
   c.mutable_parallel()->set_zero_stage(zero_stage);
@@ -50,8 +70,8 @@ switchyard::Experiment config_for(int world, int ep, int zero_stage) {
 }
 
 struct RunResult {
-  std::vector<double> losses;                 // per step
-  std::map<std::string, Tensor> weights;      // experts stacked over all EP ranks
+  std::vector<double> losses;             // per step
+  std::map<std::string, Tensor> weights;  // experts stacked over all EP ranks
 };
 
 RunResult read_run(const std::string& dir, int ep) {
@@ -195,7 +215,8 @@ TEST(TrainMultiRank, ResumeWithTheSameLayoutIsBitIdentical) {
   if (size >= 2) {
     auto one = world.split(world.rank() == 0 ? 0 : 1, world.rank());
     if (world.rank() == 0) {
-      absl::Status s = train(config_for(1, 1, 1), {.run_dir = resumed, .resume = true}, log, one.get());
+      absl::Status s =
+          train(config_for(1, 1, 1), {.run_dir = resumed, .resume = true}, log, one.get());
       EXPECT_FALSE(s.ok());
       EXPECT_TRUE(absl::StrContains(s.message(), "was written with")) << s;
       EXPECT_TRUE(absl::StrContains(s.message(), "resume with the layout that wrote it")) << s;

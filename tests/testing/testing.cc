@@ -53,10 +53,9 @@ Tensor random_ints(const Shape& shape, int32_t lo, int32_t hi, std::mt19937_64& 
   }
   if (bad == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure()
-         << bad << " of " << actual.size() << " elements differ; worst at [" << worst
-         << "]: got " << actual[worst] << ", expected " << expected[worst]
-         << " (max abs err " << max_abs << ", max rel err " << max_rel << ", rtol " << rtol
-         << ", atol " << atol << ")";
+         << bad << " of " << actual.size() << " elements differ; worst at [" << worst << "]: got "
+         << actual[worst] << ", expected " << expected[worst] << " (max abs err " << max_abs
+         << ", max rel err " << max_rel << ", rtol " << rtol << ", atol " << atol << ")";
 }
 
 ::testing::AssertionResult all_close(const Tensor& actual, const std::vector<double>& expected,
@@ -67,8 +66,8 @@ Tensor random_ints(const Shape& shape, int32_t lo, int32_t hi, std::mt19937_64& 
 ::testing::AssertionResult all_close(const Tensor& actual, const Tensor& expected, double rtol,
                                      double atol) {
   if (actual.shape() != expected.shape()) {
-    return ::testing::AssertionFailure() << "shape " << shape_str(actual.shape())
-                                         << " != expected " << shape_str(expected.shape());
+    return ::testing::AssertionFailure() << "shape " << shape_str(actual.shape()) << " != expected "
+                                         << shape_str(expected.shape());
   }
   std::vector<float> e = expected.to_f32_vector();
   return all_close(actual.to_f32_vector(), std::vector<double>(e.begin(), e.end()), rtol, atol);
@@ -105,8 +104,8 @@ Tensor random_ints(const Shape& shape, int32_t lo, int32_t hi, std::mt19937_64& 
     }
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << picks.size()
-                                       << " checked gradient elements differ:" << failures.str();
+  return ::testing::AssertionFailure()
+         << bad << " of " << picks.size() << " checked gradient elements differ:" << failures.str();
 }
 
 double weighted_sum(const Tensor& out, const Tensor& weights) {

@@ -23,8 +23,7 @@ Tensor random_ints(const Shape& shape, int32_t lo, int32_t hi, std::mt19937_64& 
 // Checks |actual - expected| <= atol + rtol * |expected| elementwise; on failure reports the
 // worst element, its index and the max abs / rel error.
 ::testing::AssertionResult all_close(const std::vector<float>& actual,
-                                     const std::vector<double>& expected, double rtol,
-                                     double atol);
+                                     const std::vector<double>& expected, double rtol, double atol);
 ::testing::AssertionResult all_close(const Tensor& actual, const std::vector<double>& expected,
                                      double rtol, double atol);
 ::testing::AssertionResult all_close(const Tensor& actual, const Tensor& expected, double rtol,

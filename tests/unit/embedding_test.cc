@@ -36,8 +36,8 @@ TEST_P(EmbeddingTest, ForwardMatchesGatherAndBackwardMatchesFiniteDifferences) {
   std::vector<double> increment(vocab * d);
   std::vector<float> s = start.to_f32_vector(), g = dtable.to_f32_vector();
   for (int i = 0; i < vocab * d; ++i) increment[i] = g[i] - s[i];
-  Tensor analytic = Tensor::from_f32(std::vector<float>(increment.begin(), increment.end()),
-                                     {vocab, d});
+  Tensor analytic =
+      Tensor::from_f32(std::vector<float>(increment.begin(), increment.end()), {vocab, d});
   auto loss = [&] {
     embedding_forward(out, ids, table);
     return weighted_sum(out, dout);

@@ -49,7 +49,8 @@ TEST_F(Generation, KvCacheDecodeMatchesFullForward) {
   for (int t = 4; t <= 9; ++t) {
     Tensor prefix = Tensor::empty({3, t}, DType::kI32);
     for (int r = 0; r < 3; ++r)
-      for (int i = 0; i < t; ++i) prefix.data<int32_t>()[r * t + i] = seq.data<int32_t>()[r * 9 + i];
+      for (int i = 0; i < t; ++i)
+        prefix.data<int32_t>()[r * t + i] = seq.data<int32_t>()[r * 9 + i];
     Tensor want = model_.logits(prefix, true).view({3, spec_.vocab_size});
     EXPECT_TRUE(testing::all_close(got, want, 1e-5, 1e-5)) << "after " << t << " positions";
     if (t == 9) break;
@@ -119,7 +120,8 @@ TEST(Sampling, TopKAndTopPKeepOnlyTheirCandidates) {
   // Frequencies follow softmax(logits / T).
   std::vector<int> hits(5, 0);
   const int n = 20000;
-  for (int i = 0; i < n; ++i) ++hits[sample_token(logits.data(), 5, all, sampling_uniform(1, 0, i))];
+  for (int i = 0; i < n; ++i)
+    ++hits[sample_token(logits.data(), 5, all, sampling_uniform(1, 0, i))];
   double z = 0;
   for (float l : logits) z += std::exp(l);
   for (int v = 0; v < 5; ++v) EXPECT_NEAR(hits[v] / double(n), std::exp(logits[v]) / z, 0.015) << v;

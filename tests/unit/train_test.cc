@@ -34,10 +34,26 @@ namespace fs = std::filesystem;
 
 constexpr char kSmallRun[] = R"pb(
   device: DEVICE_CPU
-  model { vocab_size: 64 d_model: 32 n_layers: 2 n_heads: 4 n_kv_heads: 2 seq_len: 12
-          first_k_dense: 1 dense_ffn_hidden: 64 }
-  moe { num_experts: 4 top_k: 2 expert_hidden: 32 normalize_topk: true aux_loss_coef: 0.01
-        z_loss_coef: 0.001 seq_aux_loss_coef: 0.001 bias_update_rate: 0.001 }
+  model {
+    vocab_size: 64
+    d_model: 32
+    n_layers: 2
+    n_heads: 4
+    n_kv_heads: 2
+    seq_len: 12
+    first_k_dense: 1
+    dense_ffn_hidden: 64
+  }
+  moe {
+    num_experts: 4
+    top_k: 2
+    expert_hidden: 32
+    normalize_topk: true
+    aux_loss_coef: 0.01
+    z_loss_coef: 0.001
+    seq_aux_loss_coef: 0.001
+    bias_update_rate: 0.001
+  }
   mtp { num_modules: 1 }
   data { arithmetic { min_digits: 1 max_digits: 1 operators: "+" eval_examples: 32 } }
   optimizer { lr: 3e-3 weight_decay: 0.01 }
@@ -57,8 +73,9 @@ switchyard::Experiment small_config(const std::string& extra = "") {
 
 std::string fresh_dir(const std::string& name) {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(::testing::TempDir()) /
-                 absl::StrCat("switchyard_train_", info->test_suite_name(), "_", info->name(), "_", name);
+  fs::path dir =
+      fs::path(::testing::TempDir()) /
+      absl::StrCat("switchyard_train_", info->test_suite_name(), "_", info->name(), "_", name);
   fs::remove_all(dir);
   return dir.string();
 }
@@ -74,7 +91,8 @@ std::vector<Json> read_metrics(const std::string& run_dir) {
   return out;
 }
 
-absl::Status run(const switchyard::Experiment& config, const std::string& dir, bool resume = false) {
+absl::Status run(const switchyard::Experiment& config, const std::string& dir,
+                 bool resume = false) {
   std::ostringstream log;
   return train(config, {.run_dir = dir, .resume = resume}, log);
 }
@@ -97,8 +115,8 @@ TEST(Train, ResumeIsBitIdenticalToAnUninterruptedRun) {
     for (const Json& line_a : a) {
       if (line_a.find("step")->as_int() != line_b.find("step")->as_int()) continue;
       if ((line_a.find("loss") != nullptr) != (line_b.find("loss") != nullptr)) continue;
-      for (const char* key : {"loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "eval_loss",
-                              "eval_accuracy"}) {
+      for (const char* key :
+           {"loss", "lm_loss", "mtp_loss", "aux_loss", "grad_norm", "eval_loss", "eval_accuracy"}) {
         if (!line_a.find(key)) continue;
         EXPECT_EQ(line_a.find(key)->as_double(), line_b.find(key)->as_double())
             << key << " at step " << line_a.find("step")->as_int();
@@ -117,7 +135,8 @@ TEST(Train, ResumeIsBitIdenticalToAnUninterruptedRun) {
 }
 
 TEST(Train, LossFallsAndTheRunDirectoryHoldsConfigMetricsAndCheckpoints) {
-  const auto config = small_config("train { steps: 150 eval_interval: 150 } checkpoint { interval: 0 }");
+  const auto config =
+      small_config("train { steps: 150 eval_interval: 150 } checkpoint { interval: 0 }");
   const std::string dir = fresh_dir("run");
   ASSERT_TRUE(run(config, dir).ok());
   std::vector<Json> m = read_metrics(dir);
@@ -150,7 +169,8 @@ TEST(Train, TrainsOnTokenShardsMadeByTheDataCommand) {
   fs::create_directories(dir);
   {
     std::ofstream text(dir + "/corpus.txt");
-    for (int i = 0; i < 3000; ++i) text << "the quick brown fox jumps over the lazy dog " << i % 10 << "\n";
+    for (int i = 0; i < 3000; ++i)
+      text << "the quick brown fox jumps over the lazy dog " << i % 10 << "\n";
   }
   const std::string cmd = std::string(SWITCHYARD_BINARY) + " data --input " + dir +
                           "/corpus.txt --output " + dir + "/shards > /dev/null 2>&1";
@@ -158,10 +178,10 @@ TEST(Train, TrainsOnTokenShardsMadeByTheDataCommand) {
   ASSERT_TRUE(fs::exists(dir + "/shards/train_000000.bin"));
   ASSERT_TRUE(fs::exists(dir + "/shards/val_000000.bin"));
 
-  auto config = small_config(absl::StrCat(
-      "model { vocab_size: 128 seq_len: 32 } train { steps: 60 eval_interval: 60 } "
-      "checkpoint { interval: 0 } data { source: DATA_SHARDS train_shards: \"", dir,
-      "/shards/train_*.bin\" val_shards: \"", dir, "/shards/val_*.bin\" }"));
+  auto config = small_config(
+      absl::StrCat("model { vocab_size: 128 seq_len: 32 } train { steps: 60 eval_interval: 60 } "
+                   "checkpoint { interval: 0 } data { source: DATA_SHARDS train_shards: \"",
+                   dir, "/shards/train_*.bin\" val_shards: \"", dir, "/shards/val_*.bin\" }"));
   const std::string run_dir = fresh_dir("run");
   ASSERT_TRUE(run(config, run_dir).ok());
   std::vector<Json> m = read_metrics(run_dir);
@@ -266,7 +286,8 @@ TEST(TrainCommand, SigtermWritesACheckpointAndExitsCleanlyThenResumeFinishes) {
 // Runs the switchyard binary with a shell command line; returns (exit code, stdout + stderr).
 std::pair<int, std::string> run_binary(const std::string& args) {
   const std::string out = fs::path(::testing::TempDir()) / "switchyard_cli_output.txt";
-  const int status = std::system((std::string(SWITCHYARD_BINARY) + " " + args + " > " + out + " 2>&1").c_str());
+  const int status =
+      std::system((std::string(SWITCHYARD_BINARY) + " " + args + " > " + out + " 2>&1").c_str());
   std::ifstream in(out);
   std::stringstream text;
   text << in.rdbuf();
@@ -276,15 +297,18 @@ std::pair<int, std::string> run_binary(const std::string& args) {
 TEST(GenerateCommand, ContinuesAPromptFromACheckpointAndRejectsBadFlags) {
   const std::string dir = fresh_dir("run");
   ASSERT_TRUE(run(small_config("train { steps: 5 } checkpoint { interval: 0 }"), dir).ok());
-  auto [code, text] = run_binary("generate --checkpoint " + dir + " --prompt '3+4=' --max_new_tokens 4");
+  auto [code, text] =
+      run_binary("generate --checkpoint " + dir + " --prompt '3+4=' --max_new_tokens 4");
   EXPECT_EQ(code, 0) << text;
   EXPECT_TRUE(absl::StartsWith(text, "3+4=")) << text;
   EXPECT_LE(text.size(), std::string("3+4=").size() + 5) << text;  // at most 4 new bytes + '\n'
   // Sampling is reproducible from the seed.
-  const std::string sample = "generate --checkpoint " + dir + " --prompt '1+' --temperature 1 --seed 5";
+  const std::string sample =
+      "generate --checkpoint " + dir + " --prompt '1+' --temperature 1 --seed 5";
   EXPECT_EQ(run_binary(sample).second, run_binary(sample).second);
 
-  std::tie(code, text) = run_binary("generate --checkpoint " + dir + " --prompt x --temperature hot");
+  std::tie(code, text) =
+      run_binary("generate --checkpoint " + dir + " --prompt x --temperature hot");
   EXPECT_EQ(code, 1);
   EXPECT_TRUE(absl::StrContains(text, "--temperature hot: give a number >= 0")) << text;
   std::tie(code, text) = run_binary("generate --checkpoint /nonexistent --prompt x");
@@ -296,7 +320,10 @@ TEST(GenerateCommand, ContinuesAPromptFromACheckpointAndRejectsBadFlags) {
 }
 
 TEST(Schedule, WarmupThenDecayToTheFloor) {
-  Schedule s{.peak_lr = 1.0, .warmup_steps = 4, .total_steps = 14, .decay = Decay::kCosine,
+  Schedule s{.peak_lr = 1.0,
+             .warmup_steps = 4,
+             .total_steps = 14,
+             .decay = Decay::kCosine,
              .min_lr_ratio = 0.1};
   EXPECT_DOUBLE_EQ(s.lr(0), 0.25);
   EXPECT_DOUBLE_EQ(s.lr(3), 1.0);
@@ -314,7 +341,8 @@ TEST(AdamWOptimizer, ClipsToTheGlobalNormAndSkipsFrozenState) {
   Param& a = store.add("a", {2}, SyncGroup::kDense, Init::kZeros, 0, false);
   Param& frozen = store.add("bias", {1}, SyncGroup::kDense, Init::kZeros, 0, false);
   frozen.trainable = false;
-  AdamW opt(store, {.beta1 = 0.9f, .beta2 = 0.99f, .eps = 0.0f, .weight_decay = 0, .grad_clip = 1.0f});
+  AdamW opt(store,
+            {.beta1 = 0.9f, .beta2 = 0.99f, .eps = 0.0f, .weight_decay = 0, .grad_clip = 1.0f});
   a.grad.data<float>()[0] = 3;
   a.grad.data<float>()[1] = 4;
   frozen.grad.data<float>()[0] = 100;
@@ -325,7 +353,8 @@ TEST(AdamWOptimizer, ClipsToTheGlobalNormAndSkipsFrozenState) {
   EXPECT_NEAR(a.grad.data<float>()[0], 0.6f, 1e-6);
   EXPECT_EQ(frozen.value.data<float>()[0], 0.0f);
   EXPECT_EQ(opt.state().size(), 2u);
-  auto bad = opt.load_state({{"adam_m.a", Tensor::zeros({3})}, {"adam_v.a", Tensor::zeros({2})}}, 1);
+  auto bad =
+      opt.load_state({{"adam_m.a", Tensor::zeros({3})}, {"adam_v.a", Tensor::zeros({2})}}, 1);
   EXPECT_TRUE(absl::StrContains(bad.message(), "adam_m.a")) << bad;
   EXPECT_TRUE(absl::StrContains(bad.message(), "[3]")) << bad;
 }

@@ -85,31 +85,30 @@ TEST_P(WholeModelGradient, EveryParameterMatchesFiniteDifferences) {
 
 INSTANTIATE_TEST_SUITE_P(
     Variants, WholeModelGradient,
-    ::testing::Values(
-        Variant{"plain", [](ModelSpec&) {}},
-        Variant{"aux_loss", [](ModelSpec& s) { s.moe.aux_loss_coef = 0.5f; }},
-        Variant{"z_loss", [](ModelSpec& s) { s.moe.z_loss_coef = 0.5f; }},
-        Variant{"seq_aux_loss", [](ModelSpec& s) { s.moe.seq_aux_loss_coef = 0.5f; }},
-        Variant{"sigmoid_groups_normalized_shared_tied",
-                [](ModelSpec& s) {
-                  s.moe.score_function = ScoreFunction::kSigmoid;
-                  s.moe.normalize_topk = true;
-                  s.moe.route_scale = 2.0f;
-                  s.moe.n_groups = 2;
-                  s.moe.topk_groups = 1;
-                  s.moe.num_shared_experts = 1;
-                  s.moe.aux_loss_coef = 0.3f;
-                  s.moe.seq_aux_loss_coef = 0.3f;
-                  s.moe.z_loss_coef = 0.3f;
-                  s.tie_embeddings = true;
-                  s.n_kv_heads = 2;
-                }},
-        Variant{"capacity_two_mtp_modules",
-                [](ModelSpec& s) {
-                  s.moe.capacity_factor = 0.75;
-                  s.mtp_modules = 2;
-                  s.first_k_dense = 0;
-                }}),
+    ::testing::Values(Variant{"plain", [](ModelSpec&) {}},
+                      Variant{"aux_loss", [](ModelSpec& s) { s.moe.aux_loss_coef = 0.5f; }},
+                      Variant{"z_loss", [](ModelSpec& s) { s.moe.z_loss_coef = 0.5f; }},
+                      Variant{"seq_aux_loss", [](ModelSpec& s) { s.moe.seq_aux_loss_coef = 0.5f; }},
+                      Variant{"sigmoid_groups_normalized_shared_tied",
+                              [](ModelSpec& s) {
+                                s.moe.score_function = ScoreFunction::kSigmoid;
+                                s.moe.normalize_topk = true;
+                                s.moe.route_scale = 2.0f;
+                                s.moe.n_groups = 2;
+                                s.moe.topk_groups = 1;
+                                s.moe.num_shared_experts = 1;
+                                s.moe.aux_loss_coef = 0.3f;
+                                s.moe.seq_aux_loss_coef = 0.3f;
+                                s.moe.z_loss_coef = 0.3f;
+                                s.tie_embeddings = true;
+                                s.n_kv_heads = 2;
+                              }},
+                      Variant{"capacity_two_mtp_modules",
+                              [](ModelSpec& s) {
+                                s.moe.capacity_factor = 0.75;
+                                s.mtp_modules = 2;
+                                s.first_k_dense = 0;
+                              }}),
     [](const auto& info) { return std::string(info.param.name); });
 
 // Reference for one MoE layer's balancing terms, in double, from the router logits.
@@ -130,7 +129,8 @@ Balance reference_balance(const std::vector<double>& logits, int64_t b, int64_t 
     for (int j = 0; j < e; ++j) mx = std::max(mx, logits[r * e + j]);
     for (int j = 0; j < e; ++j) sum += std::exp(logits[r * e + j] - mx);
     for (int j = 0; j < e; ++j) {
-      s[j] = sigmoid ? 1 / (1 + std::exp(-logits[r * e + j])) : std::exp(logits[r * e + j] - mx) / sum;
+      s[j] =
+          sigmoid ? 1 / (1 + std::exp(-logits[r * e + j])) : std::exp(logits[r * e + j] - mx) / sum;
       total += s[j];
     }
     const double lse = mx + std::log(sum);
@@ -165,11 +165,13 @@ std::vector<double> router_logits(const Tensor& x, const Tensor& w, float eps) {
   std::vector<double> out(n * e);
   for (int64_t r = 0; r < n; ++r) {
     double ms = 0;
-    for (int64_t i = 0; i < d; ++i) ms += double(x.data<float>()[r * d + i]) * x.data<float>()[r * d + i] / d;
+    for (int64_t i = 0; i < d; ++i)
+      ms += double(x.data<float>()[r * d + i]) * x.data<float>()[r * d + i] / d;
     const double rstd = 1 / std::sqrt(ms + eps);
     for (int64_t j = 0; j < e; ++j) {
       double acc = 0;
-      for (int64_t i = 0; i < d; ++i) acc += x.data<float>()[r * d + i] * rstd * w.data<float>()[j * d + i];
+      for (int64_t i = 0; i < d; ++i)
+        acc += x.data<float>()[r * d + i] * rstd * w.data<float>()[j * d + i];
       out[r * e + j] = acc;
     }
   }
@@ -276,7 +278,8 @@ TEST(Transformer, LogitsOfLastPositionMatchFullForward) {
   Tensor last = model.logits(ids, true);
   for (int r = 0; r < 3; ++r) {
     Tensor want = full.rows(r, r + 1).view({5, spec.vocab_size}).rows(4, 5);
-    EXPECT_TRUE(testing::all_close(last.rows(r, r + 1).view({1, spec.vocab_size}), want, 1e-6, 1e-6));
+    EXPECT_TRUE(
+        testing::all_close(last.rows(r, r + 1).view({1, spec.vocab_size}), want, 1e-6, 1e-6));
   }
 }
 
@@ -286,7 +289,8 @@ TEST(Transformer, TokenLogprobsAndValuesHaveExactGradients) {
   ParamStore store;
   Transformer model(spec, store, {}, /*value_head=*/true);
   store.initialize(9);
-  for (float& w : std::span(store.find("value_head.weight")->value.data<float>(), spec.d_model)) w = 0.5f;
+  for (float& w : std::span(store.find("value_head.weight")->value.data<float>(), spec.d_model))
+    w = 0.5f;
   auto rng = testing::rng_for_test();
   Batch batch = random_batch(spec, 2, spec.seq_len, rng);
   Tensor weights = testing::random_normal({2, spec.seq_len}, rng);
@@ -316,7 +320,8 @@ TEST(Transformer, TokenLogprobsAndValuesHaveExactGradients) {
   testing::GradCheckOptions options{.eps = 2e-3, .rtol = 3e-2, .atol = 2e-4, .max_elements = 4};
   for (const char* name : {"embed.weight", "layers.0.attn.wq", "layers.1.moe.experts.w13",
                            "layers.1.moe.router.weight", "final_norm.weight", "lm_head.weight"}) {
-    EXPECT_TRUE(testing::grad_check(logp_loss, store.find(name)->value, analytic[name], rng, options))
+    EXPECT_TRUE(
+        testing::grad_check(logp_loss, store.find(name)->value, analytic[name], rng, options))
         << name;
   }
 
@@ -325,8 +330,10 @@ TEST(Transformer, TokenLogprobsAndValuesHaveExactGradients) {
   model.backward_values(weights);
   for (Param* p : store.params()) analytic[p->name] = p->grad.clone();
   auto value_loss = [&] { return testing::weighted_sum(model.values(batch.inputs), weights); };
-  for (const char* name : {"value_head.weight", "layers.0.attn.wv", "layers.1.moe.experts.w2", "embed.weight"}) {
-    EXPECT_TRUE(testing::grad_check(value_loss, store.find(name)->value, analytic[name], rng, options))
+  for (const char* name :
+       {"value_head.weight", "layers.0.attn.wv", "layers.1.moe.experts.w2", "embed.weight"}) {
+    EXPECT_TRUE(
+        testing::grad_check(value_loss, store.find(name)->value, analytic[name], rng, options))
         << name;
   }
   EXPECT_EQ(analytic["lm_head.weight"].to_f32_vector(),
