@@ -1,13 +1,16 @@
-// The switchyard binary: every subcommand lives in trainer/cli.cc's table.
+// The switchyard binary: the subcommands live in trainer/cli.cc's table, plus those of
+// layers above trainer/ (rl/), registered here.
 #include <exception>
 #include <iostream>
 #include <string>
 #include <vector>
 
+#include "rl/rl_command.h"
 #include "trainer/cli.h"
 
 int main(int argc, char** argv) {
   std::vector<std::string> args(argv + 1, argv + argc);
+  sy::register_subcommand({"rl", "fine-tune a checkpoint with GRPO or PPO", sy::run_rl_command});
   // User errors come back as Status; this catch is the last line for library exceptions
   // (e.g. std::bad_alloc), so that a user still gets one line instead of an abort.
   try {

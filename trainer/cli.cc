@@ -58,10 +58,8 @@ void print_error(std::ostream& err, absl::string_view message) {
   }
 }
 
-}  // namespace
-
-const std::vector<Subcommand>& subcommands() {
-  static const std::vector<Subcommand> table = {
+std::vector<Subcommand>& subcommand_table() {
+  static std::vector<Subcommand> table = {
       {"train", "train a model (or --resume a run) from an experiment config", run_train_command},
       {"generate", "continue a prompt with a trained model (--checkpoint RUN_DIR)", run_generate_command},
       {"data", "tokenize text files into token shards", run_data_command},
@@ -69,6 +67,12 @@ const std::vector<Subcommand>& subcommands() {
   };
   return table;
 }
+
+}  // namespace
+
+const std::vector<Subcommand>& subcommands() { return subcommand_table(); }
+
+void register_subcommand(Subcommand command) { subcommand_table().push_back(std::move(command)); }
 
 void add_experiment_flags(FlagSet& flags, ExperimentFlags* target) {
   flags.add_string("config", "FILE", &target->config_path,

@@ -32,6 +32,10 @@ struct Subcommand {
 // Every subcommand, in the order the usage text lists them.
 const std::vector<Subcommand>& subcommands();
 
+// Appends a subcommand implemented above trainer/ (folders import only those to their left,
+// so `rl` lives in rl/ and the binary's main() registers it before calling run_cli).
+void register_subcommand(Subcommand command);
+
 // The whole program: `args` are argv[1..]. Returns the exit code: 0 on success (and for
 // --help), 1 on any error, after printing `switchyard: error: ` before each line of the
 // message on `err`.

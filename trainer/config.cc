@@ -593,6 +593,92 @@ void validate_data(const switchyard::DataConfig& data, Problems& problems) {
   problems.non_negative("data.arithmetic.eval_examples", task.eval_examples());
 }
 
+// The rl message's ranges (its defaults pass them); with `use` kRl, also what a fine-tuning
+// run needs.
+void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& problems) {
+  using switchyard::RlConfig;
+  if (use == ConfigUse::kRl && rl.init_checkpoint().empty()) {
+    problems.add("rl.init_checkpoint", "is empty",
+                 "set rl { init_checkpoint: \"runs/tiny\" } to the run directory of a "
+                 "pretraining run");
+  }
+  problems.positive("rl.steps", rl.steps());
+  problems.positive("rl.prompts_per_step", rl.prompts_per_step());
+  problems.positive("rl.group_size", rl.group_size());
+  if (rl.algorithm() == RlConfig::RL_GRPO && rl.group_size() == 1) {
+    problems.add({"rl.group_size", "rl.algorithm"},
+                 "must be >= 2 for RL_GRPO, got 1 (a group of one has no baseline)",
+                 "set rl { group_size: G } with G >= 2 (e.g. 8)");
+  }
+  problems.positive("rl.epochs", rl.epochs());
+  problems.positive("rl.minibatches", rl.minibatches());
+  if (rl.prompts_per_step() > 0 && rl.group_size() > 0 && rl.minibatches() > 0 &&
+      (int64_t{rl.prompts_per_step()} * rl.group_size()) % rl.minibatches() != 0) {
+    problems.add({"rl.minibatches", "rl.prompts_per_step", "rl.group_size"},
+                 absl::StrCat("rl.minibatches = ", rl.minibatches(),
+                              " does not divide rl.prompts_per_step * rl.group_size = ",
+                              int64_t{rl.prompts_per_step()} * rl.group_size()),
+                 "choose minibatches so that each gets the same number of completions");
+  }
+  const switchyard::RlArithmeticTask& arithmetic = rl.arithmetic();
+  if (arithmetic.min_digits() < 1 || arithmetic.max_digits() < arithmetic.min_digits() ||
+      arithmetic.max_digits() > 9) {
+    problems.add({"rl.arithmetic.max_digits", "rl.arithmetic.min_digits"},
+                 absl::StrCat("rl.arithmetic digits [", arithmetic.min_digits(), ", ",
+                              arithmetic.max_digits(), "] are not within [1, 9]"),
+                 "set 1 <= min_digits <= max_digits <= 9 (results must fit in 64 bits)");
+  }
+  if (arithmetic.operators().empty() ||
+      arithmetic.operators().find_first_not_of("+-*") != std::string::npos) {
+    problems.add(
+        "rl.arithmetic.operators",
+        absl::StrCat("must be a non-empty subset of \"+-*\", got \"", arithmetic.operators(), "\""),
+        "set rl { arithmetic { operators: \"+-*\" } } using only + - *");
+  }
+  problems.non_negative_real("rl.format_weight", rl.format_weight(), "0 = no format reward");
+  problems.positive("rl.reward_timeout_ms", rl.reward_timeout_ms());
+  problems.positive_real("rl.temperature", rl.temperature());
+  if (!(rl.top_p() > 0 && rl.top_p() <= 1)) {
+    problems.add("rl.top_p", absl::StrCat("must be in (0, 1], got ", rl.top_p()),
+                 "set rl { top_p: p } with 0 < p <= 1 (1 = no nucleus cut)");
+  }
+  problems.non_negative("rl.max_new_tokens", rl.max_new_tokens());
+  problems.non_negative_real("rl.kl_coef", rl.kl_coef(), "0 = no KL penalty");
+  problems.non_negative_real("rl.target_kl", rl.target_kl(), "0 = fixed kl_coef");
+  problems.positive_real("rl.kl_horizon", rl.kl_horizon());
+  if (rl.target_kl() > 0 && rl.kl_coef() == 0) {
+    problems.add({"rl.kl_coef", "rl.target_kl"},
+                 absl::StrCat("rl.kl_coef = 0, but rl.target_kl = ", rl.target_kl(),
+                              " adapts kl_coef multiplicatively from its starting value"),
+                 "set rl { kl_coef: x } with x > 0 (e.g. 0.05) as the starting coefficient");
+  }
+  // Clip bounds live in [0, 1); GAE's gamma and lambda in [0, 1].
+  auto in_unit_interval = [&](absl::string_view field, double value, bool one_allowed) {
+    if (!(value >= 0 && (value < 1 || (one_allowed && value == 1)))) {
+      const char* bound = one_allowed ? "]" : ")";
+      problems.add(field, absl::StrCat("must be in [0, 1", bound, ", got ", value),
+                   absl::StrCat("set ", setting(field, "x"), " with 0 <= x ",
+                                one_allowed ? "<=" : "<", " 1"));
+    }
+  };
+  in_unit_interval("rl.clip_low", rl.clip_low(), false);
+  in_unit_interval("rl.clip_high", rl.clip_high(), false);
+  if (!(rl.dual_clip() == 0 || rl.dual_clip() > 1)) {
+    problems.add("rl.dual_clip", absl::StrCat("must be 0 (off) or > 1, got ", rl.dual_clip()),
+                 "set rl { dual_clip: 3 } or leave it 0");
+  }
+  problems.positive_real("rl.lr", rl.lr());
+  problems.positive_real("rl.critic_lr", rl.critic_lr());
+  in_unit_interval("rl.gamma", rl.gamma(), true);
+  in_unit_interval("rl.lam", rl.lam(), true);
+  problems.positive_real("rl.value_clip", rl.value_clip());
+  problems.non_negative("rl.eval_interval", rl.eval_interval());
+  problems.non_negative("rl.eval_examples", rl.eval_examples());
+  problems.non_negative_real("rl.balance_loss_scale", rl.balance_loss_scale(),
+                             "0 = no load balancing during RL");
+  problems.positive("rl.log_interval", rl.log_interval());
+}
+
 }  // namespace
 
 // ---- ConfigSources -------------------------------------------------------------------------
@@ -649,7 +735,8 @@ int ConfigSources::last_setter(absl::string_view field_path) const {
 // ---- public API ----------------------------------------------------------------------------
 
 absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
-                                           const std::vector<std::string>& overrides) {
+                                           const std::vector<std::string>& overrides,
+                                           ConfigUse use) {
   ConfigSources sources;
   SY_ASSIGN_OR_RETURN(std::string text, read_config_file(config_path));
   SY_ASSIGN_OR_RETURN(ParsedSource file, parse_source(config_path, text));
@@ -676,21 +763,37 @@ absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
     merge_replacing(fragment.experiment, &experiment);
     sources.add(std::move(label), std::move(fragment.experiment), std::move(fragment.info));
   }
-  SY_RETURN_IF_ERROR(validate_experiment(experiment, sources));
+  SY_RETURN_IF_ERROR(validate_experiment(experiment, sources, use));
   return experiment;
 }
 
-absl::Status validate_experiment(const Experiment& experiment, const ConfigSources& sources) {
+absl::Status validate_experiment(const Experiment& experiment, const ConfigSources& sources,
+                                 ConfigUse use) {
   Problems problems(experiment, sources);
   if (experiment.run_dir().empty()) {
     problems.add("run_dir", "is empty", "set run_dir: \"runs/<name>\"");
   }
+  // A fine-tuning config takes the model from its init checkpoint's run, and may leave the
+  // training sizes to it too.
+  const bool rl = use == ConfigUse::kRl;
   const switchyard::ModelConfig& model = experiment.model();
-  validate_model(model, problems);
-  // MoE blocks exist when the dense prefix does not cover every layer.
-  if (model.n_layers() > 0 && model.first_k_dense() >= 0 &&
-      model.first_k_dense() < model.n_layers()) {
-    validate_moe(experiment, problems);
+  if (rl) {
+    for (const auto& [set, block] :
+         {std::pair{experiment.has_model(), "model"}, std::pair{experiment.has_moe(), "moe"},
+          std::pair{experiment.has_mtp(), "mtp"}}) {
+      if (set) {
+        problems.add(block,
+                     "is set, but an RL config takes the model from rl.init_checkpoint's run",
+                     absl::StrCat("remove the ", block, " block"));
+      }
+    }
+  } else {
+    validate_model(model, problems);
+    // MoE blocks exist when the dense prefix does not cover every layer.
+    if (model.n_layers() > 0 && model.first_k_dense() >= 0 &&
+        model.first_k_dense() < model.n_layers()) {
+      validate_moe(experiment, problems);
+    }
   }
   const switchyard::MoeConfig& moe = experiment.moe();
   problems.non_negative_real("moe.capacity_factor", moe.capacity_factor(), "0 = dropless");
@@ -720,8 +823,8 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   problems.non_negative_real("optimizer.grad_clip", optimizer.grad_clip(), "0 = off");
 
   const switchyard::TrainConfig& train = experiment.train();
-  problems.positive("train.steps", train.steps());
-  problems.positive("train.micro_batch", train.micro_batch());
+  if (!rl || train.has_steps()) problems.positive("train.steps", train.steps());
+  if (!rl || train.has_micro_batch()) problems.positive("train.micro_batch", train.micro_batch());
   problems.positive("train.grad_accum", train.grad_accum());
   problems.non_negative("train.eval_interval", train.eval_interval());
   problems.positive("train.log_interval", train.log_interval());
@@ -744,6 +847,7 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
 
   problems.non_negative("checkpoint.interval", experiment.checkpoint().interval());
   problems.positive("checkpoint.keep_last", experiment.checkpoint().keep_last());
+  validate_rl(experiment.rl(), use, problems);
   return problems.status();
 }
 

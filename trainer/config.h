@@ -13,6 +13,7 @@
 //
 // <where> is `file:line:col` (1-based), `--set #N 'fragment':line:col` for an override, or is
 // left out when the offending value is a default that no source set.
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -54,19 +55,26 @@ class ConfigSources {
   std::vector<Source> sources_;
 };
 
+// What a config is for. A training run needs the model and the training sizes. A fine-tuning
+// run (`switchyard rl`) needs rl.init_checkpoint and takes the model from that run's config:
+// it may not set model, moe or mtp, and may leave out train.steps and train.micro_batch.
+enum class ConfigUse : uint8_t { kTrain, kRl };
+
 // Reads `config_path`, merges the `overrides` (text-format fragments, e.g.
 // "optimizer { lr: 1e-3 }") over it in order, and validates the result. A field set by a later
 // source replaces the earlier value; a repeated field is replaced as a whole, not appended to;
 // a message field is merged field by field. A singular field given twice within one source is
 // an error. A missing, unreadable or empty (only whitespace and comments) file is an error.
 absl::StatusOr<switchyard::Experiment> load_experiment(const std::string& config_path,
-                                                       const std::vector<std::string>& overrides);
+                                                       const std::vector<std::string>& overrides,
+                                                       ConfigUse use = ConfigUse::kTrain);
 
 // Checks the cross-field rules (positive sizes, head and expert divisibility, routing groups,
 // optimizer ranges, ...). Reports every broken rule, one per line; `sources` (from the
 // loader) lets each message point to where the offending value was set.
 absl::Status validate_experiment(const switchyard::Experiment& experiment,
-                                 const ConfigSources& sources = ConfigSources());
+                                 const ConfigSources& sources = ConfigSources(),
+                                 ConfigUse use = ConfigUse::kTrain);
 
 // Text format of the fields that are set (what a user wrote), parseable by load_experiment.
 std::string experiment_to_text(const switchyard::Experiment& experiment);

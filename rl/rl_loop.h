@@ -1,0 +1,192 @@
+#pragma once
+// The RL fine-tuning loop: GRPO and PPO on the sharded model, one process or many.
+//
+// One step, on every rank together (the MoE layers exchange tokens, so every model call is
+// collective over the world):
+//   1. rollouts: rank r of R takes the global prompts [step·P·R + r·P, +P) of the task's
+//      training split and samples G completions of each with generate() (row ids are the
+//      global completion indices, so any layout samples the same tokens);
+//   2. scoring: the task's verdict for every completion; the reward is the task's, or the
+//      external reward command's (run on rank 0 for every rank's completions);
+//   3. a [B, T] batch (B = P·G rows of prompt + completion, T the longest row over all ranks
+//      minus one): inputs = tokens[:-1], targets = tokens[1:], mask = 1 where the target is a
+//      completion token; old log-probs (the policy before any update), reference log-probs
+//      and, for PPO, the critic's values, computed once, minibatch by minibatch;
+//   4. advantages: GRPO normalises each prompt's group of rewards (optionally without the
+//      std, Dr. GRPO; optionally leaving groups of equal rewards out of the loss); PPO puts
+//      the reward at the last completion token, subtracts the per-token KL penalty, runs GAE
+//      on the critic's values and whitens over the global batch. With kl_in_reward, GRPO's
+//      sequence reward is reward − β · Σ_t KL_t; otherwise β · KL is a loss term;
+//   5. epochs × minibatches updates: policy log-probs → clipped surrogate → backward →
+//      gradient sync → AdamW (and for PPO the clipped value loss on the critic, its own
+//      AdamW). A minibatch's loss is normalised over the global minibatch (every rank's
+//      share), so the update does not depend on how the batch is spread over ranks;
+//   6. the adaptive KL controller sees the batch's KL per completion.
+// The reference is a frozen copy of the initial policy, sharded like it; the critic is a copy
+// of the policy's trunk with a zero-initialised value head.
+#include <cstdint>
+#include <memory>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "configs/switchyard.pb.h"
+#include "models/param_store.h"
+#include "models/transformer.h"
+#include "parallel/communicator.h"
+#include "parallel/gradient_sync.h"
+#include "parallel/process_grid.h"
+#include "rl/kl.h"
+#include "rl/policy_loss.h"
+#include "rl/reward_command.h"
+#include "rl/tasks.h"
+#include "trainer/optimizer.h"
+
+namespace sy::rl {
+
+// The experiment an RL run executes: `rl_config` (loaded with ConfigUse::kRl) with the
+// model, moe and mtp of rl.init_checkpoint's run (its config.textproto), and that run's
+// train and data where rl_config leaves them out, validated as a whole (e.g. the checkpoint's
+// experts against this run's expert_parallel_size). An RL config that sets model, moe or mtp
+// is an error: the checkpoint fixes them.
+absl::StatusOr<switchyard::Experiment> resolve_rl_experiment(
+    const switchyard::Experiment& rl_config);
+
+// The task of config.rl (arithmetic or countdown, with the format weight).
+absl::StatusOr<std::unique_ptr<RewardTask>> make_reward_task(const switchyard::RlConfig& rl);
+
+// What one rank sampled in one step: P prompts with G completions each, prompt-major.
+struct Rollouts {
+  int64_t step = 0;
+  std::vector<Prompt> prompts;                    // P
+  std::vector<std::vector<int32_t>> completions;  // P·G token ids (the stop token included)
+  std::vector<Score> scores;                      // the task's verdicts
+  std::vector<float> rewards;                     // task or command rewards, before any KL
+};
+
+// The rollouts as per-token tensors: i32 [B, T] inputs and targets (kIgnoreIndex outside the
+// completions), f32 [B, T] for the rest.
+struct Batch {
+  Tensor inputs, targets;
+  Tensor mask;       // 1 at completion tokens
+  Tensor loss_mask;  // mask without the rows of filtered groups (GRPO filter_equal_groups)
+  Tensor old_logp, ref_logp, entropy;
+  Tensor advantages;
+  Tensor old_values, returns;           // PPO
+  std::vector<float> sequence_rewards;  // per row, what the advantages saw (KL included)
+};
+
+struct UpdateStats {
+  PolicyLossStats policy;  // over the global minibatch
+  ValueLossStats value;    // PPO
+  double grad_norm = 0;
+  double critic_grad_norm = 0;
+  bool skipped = false;  // every group of the global minibatch was filtered out
+};
+
+// Global metrics of one step (every rank returns the same).
+struct StepMetrics {
+  int64_t step = 0;            // 1-based
+  double reward_mean = 0;      // of the rewards before any KL penalty
+  double accuracy = 0;         // fraction of completions the task judges correct
+  double format_rate = 0;      // fraction well-formed
+  double kl = 0;               // token mean of the estimator, rollout policy vs reference
+  double kl_sequence = 0;      // mean over completions of their summed KL
+  double kl_coef = 0;          // β used this step
+  double entropy = 0;          // token mean over completion tokens, rollout policy
+  double response_length = 0;  // mean completion tokens
+  double clip_fraction = 0;    // mean over the step's updates
+  double policy_loss = 0;      // mean over the step's updates (the surrogate)
+  double value_loss = 0;       // PPO
+  double grad_norm = 0;        // mean over the step's updates
+  int64_t groups = 0, groups_kept = 0;
+  double generation_s = 0, scoring_s = 0, training_s = 0;
+  std::vector<UpdateStats> updates;  // epoch-major
+};
+
+// On held-out prompts: greedy decoding, and one sample each at the rollout temperature (the
+// policy RL optimises; its row ids are fixed, so every evaluation draws the same numbers).
+struct EvalMetrics {
+  double accuracy = 0;  // greedy
+  double reward_mean = 0;
+  int64_t correct = 0, total = 0;
+  double sampled_accuracy = 0;
+};
+
+class RlTrainer {
+ public:
+  // `config` is a resolved RL experiment (with the model). The policy starts from the
+  // initialisation of train.seed (load_policy_weights replaces it), the reference and critic
+  // from copies of it. `task` replaces the config's task when given (tests). Collective.
+  static absl::StatusOr<std::unique_ptr<RlTrainer>> create(
+      const switchyard::Experiment& config, Communicator& world,
+      std::unique_ptr<RewardTask> task = nullptr);
+  ~RlTrainer();
+
+  // Loads the policy from a checkpoint directory and copies it into the reference and the
+  // critic's trunk. A checkpoint written without expert parallelism loads into any layout;
+  // otherwise the expert-parallel size must match. Collective.
+  absl::Status load_policy_weights(const std::string& checkpoint_dir);
+  // Makes the reference (and the critic's trunk) equal to the current policy.
+  void reset_reference_to_policy();
+
+  // The steps of one RL step, for tests; step() runs them all. Collective.
+  absl::StatusOr<Rollouts> rollout(int64_t step);
+  absl::Status score(Rollouts& rollouts);
+  Batch make_batch(const Rollouts& rollouts, StepMetrics& metrics);
+  void update(const Batch& batch, StepMetrics& metrics);
+  absl::StatusOr<StepMetrics> step(int64_t step);
+
+  // Accuracy on rl.eval_examples held-out prompts, spread over the ranks.
+  EvalMetrics evaluate();
+
+  // The policy's weights (and optimizer state) as a checkpoint of run_dir. Collective.
+  absl::Status save(const std::string& run_dir, int64_t steps_done);
+
+  Transformer& policy() { return *policy_; }
+  ParamStore& policy_store() { return *policy_store_; }
+  Transformer& reference() { return *ref_; }
+  const RewardTask& task() const { return *task_; }
+  const ProcessGrid& grid() const { return *grid_; }
+  double kl_coef() const { return kl_.coef(); }
+  int max_new_tokens() const { return max_new_tokens_; }
+  // "16 prompts x 8 completions per rank, GRPO, ..." for the start-up log.
+  std::string describe() const;
+
+ private:
+  RlTrainer() = default;
+  // Rows [begin, end) of minibatch `index`.
+  std::pair<int64_t, int64_t> minibatch_rows(int64_t index) const;
+  void set_balance_scale(Transformer& model, double scale);
+
+  switchyard::Experiment config_;
+  switchyard::RlConfig rl_;
+  Communicator* world_ = nullptr;
+  std::unique_ptr<ProcessGrid> grid_;
+  std::unique_ptr<RewardTask> task_;
+  std::unique_ptr<RewardCommand> command_;  // rank 0 only, when rl.reward_command is set
+  std::unique_ptr<ParamStore> policy_store_, ref_store_, critic_store_;
+  std::unique_ptr<Transformer> policy_, ref_, critic_;
+  std::unique_ptr<AdamW> policy_opt_, critic_opt_;
+  std::unique_ptr<GradientSync> policy_sync_, critic_sync_;
+  KlController kl_ = KlController::fixed(0);
+  PolicyLossOptions loss_options_;
+  KlEstimator estimator_ = KlEstimator::kK3;
+  int max_new_tokens_ = 0;
+  int64_t batch_rows_ = 0;  // P·G
+};
+
+struct RlRunOptions {
+  std::string run_dir;
+};
+
+// The whole run: start-up log, evaluation before the first step, the steps with their log
+// lines and metrics.jsonl, periodic and final evaluation, and a final checkpoint of the
+// policy in run_dir (with config.textproto, so `switchyard generate --checkpoint run_dir`
+// loads it). `config` comes from resolve_rl_experiment. `world` null: this process alone.
+absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& options,
+                    std::ostream& log, Communicator* world = nullptr);
+
+}  // namespace sy::rl

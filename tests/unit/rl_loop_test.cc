@@ -1,0 +1,365 @@
+// The RL loop on a tiny randomly initialised MoE (CPU, one process): a GRPO step moves the
+// policy towards rewarded completions, old log-probs are the policy's before the first update
+// (ratio 1, no clipping), KL to a reference equal to the policy starts at exactly 0, the same
+// seed gives the same rollouts and metrics, PPO's critic learns, and bad rl configs and
+// init checkpoints give clear errors.
+#include "rl/rl_loop.h"
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/text_format.h"
+#include "gtest/gtest.h"
+#include "parallel/local_communicator.h"
+#include "tests/testing/testing.h"
+#include "trainer/config.h"
+#include "trainer/tokenizer.h"
+
+namespace sy::rl {
+namespace {
+namespace fs = std::filesystem;
+
+constexpr char kSmallRl[] = R"pb(
+  device: DEVICE_CPU
+  model {
+    vocab_size: 64
+    d_model: 32
+    n_layers: 2
+    n_heads: 4
+    n_kv_heads: 2
+    seq_len: 12
+    first_k_dense: 1
+    dense_ffn_hidden: 48
+    init_std: 0.1
+  }
+  moe { num_experts: 4 top_k: 2 expert_hidden: 16 normalize_topk: true }
+  mtp { num_modules: 1 }
+  optimizer { weight_decay: 0 grad_clip: 0 }
+  train { steps: 1 micro_batch: 1 cpu_threads: 1 seed: 7 }
+  rl {
+    init_checkpoint: "unused"
+    steps: 1
+    prompts_per_step: 4
+    group_size: 8
+    lr: 1e-2
+    max_new_tokens: 3
+    eval_examples: 8
+    arithmetic { max_digits: 1 }
+  }
+)pb";
+
+switchyard::Experiment small_config(const std::string& extra = "") {
+  switchyard::Experiment config;
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(kSmallRl, &config));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString(extra, &config)) << extra;
+  const absl::Status status = validate_experiment(config);  // resolved: the model included
+  SY_CHECK(status.ok()) << status;
+  return config;
+}
+
+// A toy task: prompts "<i>=" (digits), reward 1 when the completion starts with an even byte.
+// A random policy finds it half the time, so every group has a signal.
+class EvenFirstByteTask final : public RewardTask {
+ public:
+  std::string_view name() const override { return "even-first-byte"; }
+  Prompt sample(uint64_t index, Split split) const override {
+    return Prompt{absl::StrCat(index % 97, split == Split::kTrain ? "=" : "?")};
+  }
+  Score score(const Prompt&, std::string_view completion) const override {
+    const bool even = !completion.empty() && static_cast<unsigned char>(completion[0]) % 2 == 0;
+    return make_score(even, true, {});
+  }
+  int64_t max_prompt_tokens() const override { return 3; }
+  int64_t max_completion_tokens() const override { return 3; }
+};
+
+std::unique_ptr<RlTrainer> make_trainer(const switchyard::Experiment& config, Communicator& world,
+                                        bool toy_task = true) {
+  auto trainer =
+      RlTrainer::create(config, world, toy_task ? std::make_unique<EvenFirstByteTask>() : nullptr);
+  SY_CHECK(trainer.ok()) << trainer.status();
+  return std::move(*trainer);
+}
+
+// Mean over the step's prompts of the probability that the first new token is even.
+double even_first_token_probability(RlTrainer& trainer, int64_t step) {
+  const int p_count = 4;
+  double total = 0;
+  for (int p = 0; p < p_count; ++p) {
+    const Prompt prompt = trainer.task().sample(step * p_count + p, Split::kTrain);
+    const std::vector<int32_t> ids = ByteTokenizer::encode(prompt.text);
+    const Tensor ids_t = Tensor::from_i32(ids, {1, static_cast<int64_t>(ids.size())});
+    const std::vector<float> logits = trainer.policy().logits(ids_t, true).to_f32_vector();
+    double mx = logits[0], sum = 0, even = 0;
+    for (float l : logits) mx = std::max<double>(mx, l);
+    for (size_t v = 0; v < logits.size(); ++v) {
+      const double e = std::exp(logits[v] - mx);
+      sum += e;
+      if (v % 2 == 0) even += e;
+    }
+    total += even / sum;
+  }
+  return total / p_count;
+}
+
+TEST(RlLoop, GrpoStepRaisesTheProbabilityOfRewardedCompletions) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config(), world);
+  const double before = even_first_token_probability(*trainer, 0);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+  EXPECT_GT(metrics.reward_mean, 0.2);
+  EXPECT_LT(metrics.reward_mean, 0.8);
+  trainer->update(batch, metrics);
+
+  // Completions' log-probabilities before (old) and after the update, by reward.
+  const Tensor after_logp = trainer->policy().token_logprobs(batch.inputs, batch.targets).logp;
+  const std::vector<float> old = batch.old_logp.to_f32_vector(), now = after_logp.to_f32_vector();
+  const int64_t t_len = batch.inputs.dim(1);
+  double change[2] = {0, 0}, count[2] = {0, 0};
+  for (size_t b = 0; b < rollouts->rewards.size(); ++b) {
+    const int rewarded = rollouts->rewards[b] > 0;
+    for (int64_t t = 0; t < t_len; ++t) change[rewarded] += now[b * t_len + t] - old[b * t_len + t];
+    count[rewarded] += 1;
+  }
+  EXPECT_GT(change[1] / count[1], 0.05) << "rewarded completions became more likely";
+  EXPECT_LT(change[0] / count[0], -0.05) << "unrewarded completions became less likely";
+  const double after = even_first_token_probability(*trainer, 0);
+  EXPECT_GT(after, before) << "P(even first token) before " << before << ", after " << after;
+}
+
+TEST(RlLoop, OldLogprobsAreThePolicyBeforeTheFirstUpdate) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(
+      small_config("rl { epochs: 2 minibatches: 2 clip_low: 0.01 clip_high: 0.01 }"), world);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+  // The policy's own log-probs of the whole batch, in one call: the same numbers.
+  const Tensor logp = trainer->policy().token_logprobs(batch.inputs, batch.targets).logp;
+  EXPECT_TRUE(testing::all_close(batch.old_logp, logp, 1e-6, 1e-7));
+  const std::vector<float> old = batch.old_logp.to_f32_vector(), mask = batch.mask.to_f32_vector();
+  const std::vector<int32_t> targets = batch.targets.to_i32_vector();
+  for (size_t i = 0; i < mask.size(); ++i) {
+    EXPECT_EQ(mask[i] != 0, targets[i] != kIgnoreIndex) << i;
+    if (mask[i] != 0) EXPECT_LT(old[i], 0.0f) << i;
+  }
+
+  trainer->update(batch, metrics);
+  ASSERT_EQ(metrics.updates.size(), 4u);  // 2 epochs x 2 minibatches
+  EXPECT_EQ(metrics.updates[0].policy.clip_fraction, 0.0);
+  EXPECT_EQ(metrics.updates[0].policy.approx_kl_old, 0.0);
+  // The second minibatch comes after an update at lr 1e-2 with a 1% clip: the ratio moved.
+  EXPECT_GT(metrics.updates[3].policy.approx_kl_old, 0.0);
+  EXPECT_GT(metrics.updates[3].policy.clip_fraction, 0.0);
+}
+
+TEST(RlLoop, KlToAReferenceEqualToThePolicyStartsAtExactlyZero) {
+  for (const char* estimator : {"KL_K1", "KL_K2", "KL_K3"}) {
+    for (const char* placement : {"true", "false"}) {
+      LocalCommunicator world;
+      auto trainer =
+          make_trainer(small_config(absl::StrCat("rl { kl_coef: 0.1 kl_estimator: ", estimator,
+                                                 " kl_in_reward: ", placement, " }")),
+                       world);
+      auto first = trainer->step(0);
+      ASSERT_TRUE(first.ok());
+      EXPECT_EQ(first->kl, 0.0) << estimator << " in reward " << placement;
+      EXPECT_EQ(first->kl_sequence, 0.0);
+      EXPECT_EQ(first->updates[0].policy.kl, 0.0);
+      auto second = trainer->step(1);
+      ASSERT_TRUE(second.ok());
+      EXPECT_TRUE(std::isfinite(second->kl));
+      EXPECT_NE(second->kl, 0.0) << "the policy moved away from the reference";
+    }
+  }
+}
+
+TEST(RlLoop, TheSameSeedGivesTheSameRolloutsAndMetrics) {
+  LocalCommunicator world;
+  const switchyard::Experiment config = small_config("rl { kl_coef: 0.05 }");
+  auto a = make_trainer(config, world);
+  auto b = make_trainer(config, world);
+  for (int64_t step = 0; step < 2; ++step) {
+    auto ra = a->rollout(step), rb = b->rollout(step);
+    ASSERT_TRUE(ra.ok() && rb.ok());
+    EXPECT_EQ(ra->completions, rb->completions) << "step " << step;
+    ASSERT_TRUE(a->score(*ra).ok() && b->score(*rb).ok());
+    StepMetrics ma, mb;
+    const Batch ba = a->make_batch(*ra, ma), bb = b->make_batch(*rb, mb);
+    a->update(ba, ma);
+    b->update(bb, mb);
+    EXPECT_EQ(ma.reward_mean, mb.reward_mean);
+    EXPECT_EQ(ma.kl, mb.kl);
+    EXPECT_EQ(ma.policy_loss, mb.policy_loss);
+    EXPECT_EQ(ma.entropy, mb.entropy);
+  }
+  // A different seed samples different completions.
+  auto c = make_trainer(small_config("rl { seed: 99 }"), world);
+  auto rc = c->rollout(0), ra = a->rollout(0);
+  EXPECT_NE(rc->completions, ra->completions);
+}
+
+TEST(RlLoop, GroupsOfEqualRewardsCanBeLeftOut) {
+  LocalCommunicator world;
+  // The arithmetic task rewards nothing a random policy writes: every group is equal, so with
+  // filtering nothing carries loss and the update is skipped.
+  auto trainer = make_trainer(small_config("rl { filter_equal_groups: true }"), world, false);
+  auto metrics = trainer->step(0);
+  ASSERT_TRUE(metrics.ok());
+  EXPECT_EQ(metrics->groups, 4);
+  EXPECT_EQ(metrics->groups_kept, 0);
+  EXPECT_TRUE(metrics->updates[0].skipped);
+}
+
+TEST(RlLoop, PpoCriticLearnsTheRewardAndThePolicyImproves) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(
+      small_config("rl { algorithm: RL_PPO critic_lr: 1e-2 kl_coef: 0.01 kl_in_reward: true "
+                   "epochs: 2 }"),
+      world);
+  const double before = even_first_token_probability(*trainer, 0);
+  double first_value_loss = 0, last_value_loss = 0;
+  for (int64_t step = 0; step < 6; ++step) {
+    auto m = trainer->step(step);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_TRUE(std::isfinite(m->value_loss));
+    if (step == 0) first_value_loss = m->value_loss;
+    last_value_loss = m->value_loss;
+  }
+  EXPECT_LT(last_value_loss, first_value_loss);
+  EXPECT_GT(even_first_token_probability(*trainer, 0), before);
+}
+
+TEST(RlLoop, EvaluationScoresGreedyCompletions) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config(), world);
+  const EvalMetrics e = trainer->evaluate();
+  EXPECT_EQ(e.total, 8);
+  EXPECT_GE(e.accuracy, 0.0);
+  EXPECT_LE(e.accuracy, 1.0);
+  EXPECT_EQ(static_cast<double>(e.correct) / e.total, e.accuracy);
+}
+
+// ---- configs -------------------------------------------------------------------------------
+
+std::string write_temp(const std::string& name, const std::string& text) {
+  const fs::path path = fs::path(::testing::TempDir()) / name;
+  std::ofstream(path) << text;
+  return path.string();
+}
+
+absl::Status load_rl(const std::vector<std::string>& overrides) {
+  const std::string path = write_temp("rl_config.textproto", R"pb(
+    run_dir: "runs/rl"
+    rl { init_checkpoint: "runs/tiny" }
+  )pb");
+  return load_experiment(path, overrides, ConfigUse::kRl).status();
+}
+
+TEST(RlConfig, AnRlConfigNeedsNoModel) {
+  EXPECT_TRUE(load_rl({}).ok()) << load_rl({});
+  // The same file as a training config lacks the model.
+  const std::string path = write_temp("rl_as_train.textproto", "rl { init_checkpoint: \"x\" }");
+  EXPECT_TRUE(absl::StrContains(load_experiment(path, {}).status().message(), "model.vocab_size"));
+}
+
+TEST(RlConfig, TheShippedConfigsLoad) {
+  for (const char* name : {"grpo_arith", "ppo_arith"}) {
+    const std::string path = absl::StrCat(SWITCHYARD_SOURCE_DIR, "/configs/", name, ".textproto");
+    auto config = load_experiment(path, {}, ConfigUse::kRl);
+    ASSERT_TRUE(config.ok()) << config.status();
+    EXPECT_EQ(config->rl().init_checkpoint(), "runs/tiny") << name;
+    EXPECT_EQ(config->run_dir(), absl::StrCat("runs/", name));
+  }
+}
+
+TEST(RlConfig, BadValuesGiveClearErrors) {
+  struct Case {
+    std::string set, expected;
+  };
+  const std::vector<Case> cases = {
+      {"rl { init_checkpoint: '' }", "rl.init_checkpoint: is empty"},
+      {"rl { group_size: 1 }", "rl.group_size: must be >= 2 for RL_GRPO"},
+      {"rl { prompts_per_step: 0 }", "rl.prompts_per_step: must be > 0"},
+      {"rl { prompts_per_step: 3 group_size: 3 minibatches: 2 }",
+       "rl.minibatches = 2 does not divide rl.prompts_per_step * rl.group_size = 9"},
+      {"rl { clip_low: 1 }", "rl.clip_low: must be in [0, 1), got 1"},
+      {"rl { clip_high: -0.1 }", "rl.clip_high: must be in [0, 1)"},
+      {"rl { dual_clip: 0.5 }", "rl.dual_clip: must be 0 (off) or > 1"},
+      {"rl { target_kl: 0.1 }", "rl.kl_coef = 0, but rl.target_kl = 0.1 adapts"},
+      {"rl { temperature: 0 }", "rl.temperature: must be > 0"},
+      {"rl { top_p: 1.5 }", "rl.top_p: must be in (0, 1]"},
+      {"rl { lr: -1 }", "rl.lr: must be > 0"},
+      {"rl { gamma: 1.5 }", "rl.gamma: must be in [0, 1]"},
+      {"rl { epochs: 0 }", "rl.epochs: must be > 0"},
+      {"rl { arithmetic { operators: '/' } }", "rl.arithmetic.operators"},
+      {"rl { arithmetic { max_digits: 12 } }", "rl.arithmetic digits [1, 12]"},
+  };
+  for (const Case& c : cases) {
+    const absl::Status status = load_rl({c.set});
+    EXPECT_FALSE(status.ok()) << c.set;
+    EXPECT_TRUE(absl::StrContains(status.message(), c.expected))
+        << c.set << " gave: " << status.message();
+    // The message points at the --set that broke the rule.
+    if (c.set.find("''") == std::string::npos) {
+      EXPECT_TRUE(absl::StartsWith(status.message(), "--set #1")) << status.message();
+    }
+  }
+  // The model comes from the init checkpoint's run.
+  const absl::Status model_set = load_rl({"model { d_model: 64 }"});
+  EXPECT_TRUE(absl::StrContains(model_set.message(),
+                                "--set #1 'model { d_model: 64 }':1:1: model: is set, but an RL "
+                                "config takes the model from rl.init_checkpoint's run; remove the "
+                                "model block"))
+      << model_set;
+  // PPO has no groups: one completion per prompt is fine.
+  EXPECT_TRUE(load_rl({"rl { algorithm: RL_PPO group_size: 1 }"}).ok());
+}
+
+TEST(RlConfig, ResolvingNeedsAPretrainingRun) {
+  switchyard::Experiment config = small_config();
+  config.clear_model();
+  config.clear_moe();
+  config.clear_mtp();
+  config.mutable_rl()->set_init_checkpoint("/nonexistent/run");
+  auto resolved = resolve_rl_experiment(config);
+  EXPECT_FALSE(resolved.ok());
+  EXPECT_TRUE(absl::StrContains(resolved.status().message(),
+                                "rl.init_checkpoint: /nonexistent/run has no config.textproto"))
+      << resolved.status();
+
+  // The model comes from the checkpoint's run; the RL config may not set it.
+  const fs::path run = fs::path(::testing::TempDir()) / "rl_pretrained_run";
+  fs::create_directories(run);
+  std::ofstream(run / "config.textproto") << resolved_experiment_text(small_config());
+  config.mutable_rl()->set_init_checkpoint(run.string());
+  resolved = resolve_rl_experiment(config);
+  ASSERT_TRUE(resolved.ok()) << resolved.status();
+  EXPECT_EQ(resolved->model().d_model(), 32);
+  EXPECT_EQ(resolved->train().micro_batch(), 1);
+  config.mutable_model()->set_d_model(64);
+  resolved = resolve_rl_experiment(config);
+  EXPECT_TRUE(absl::StrContains(resolved.status().message(),
+                                "model: an RL config takes the model from rl.init_checkpoint"))
+      << resolved.status();
+}
+
+TEST(RlConfig, AMissingCheckpointIsAClearError) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config(), world);
+  const absl::Status status = trainer->load_policy_weights("/nonexistent/checkpoint");
+  EXPECT_FALSE(status.ok());
+  EXPECT_TRUE(absl::StrContains(status.message(), "manifest.json")) << status;
+}
+
+}  // namespace
+}  // namespace sy::rl
