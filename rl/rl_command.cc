@@ -1,19 +1,13 @@
 #include "rl/rl_command.h"
 
 #include <filesystem>
-#include <memory>
 
 #include "absl/strings/str_cat.h"
-#include "parallel/local_communicator.h"
-#include "parallel/mpi_communicator.h"
-#include "parallel/rank_env.h"
 #include "rl/rl_loop.h"
 #include "trainer/cli.h"
+#include "trainer/commands.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
-#ifdef SWITCHYARD_HAVE_CUDA
-#include "kernels/cuda/device.h"
-#endif
 
 namespace sy {
 
@@ -47,26 +41,7 @@ absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& 
                      "(set run_dir or pass --run_dir)"));
   }
 
-  // Started by mpirun or srun: join the job. Every rank prints its banner line.
-  SY_ASSIGN_OR_RETURN(RankEnv env, rank_env_from_environment());
-  std::unique_ptr<MpiRuntime> mpi;
-  Communicator* world = nullptr;
-  if (env.size > 1) {
-    mpi = std::make_unique<MpiRuntime>();
-    world = &mpi->world();
-    SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
-  }
-  LocalCommunicator alone;
-  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world ? *world : alone));
-  std::string device_text = device.str();
-#ifdef SWITCHYARD_HAVE_CUDA
-  if (device.is_cuda()) device_text = cuda::device_description(device.index);
-#endif
-  out << banner_line(env, host_name(), device_text) << std::endl;
-  absl::Status status = rl::run_rl(config, options, out, world);
-  // One rank's failure must end the whole job at once, not leave the others in a collective.
-  if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
-  return status;
+  return run_as_job(config, out, [&](Communicator* world) { return rl::run_rl(config, options, out, world); });
 }
 
 }  // namespace sy

@@ -22,6 +22,30 @@
 
 namespace sy {
 
+absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
+                        const std::function<absl::Status(Communicator*)>& body) {
+  // Started by mpirun or srun: join the job. Every rank prints its banner line.
+  SY_ASSIGN_OR_RETURN(RankEnv env, rank_env_from_environment());
+  std::unique_ptr<MpiRuntime> mpi;
+  Communicator* world = nullptr;
+  if (env.size > 1) {
+    mpi = std::make_unique<MpiRuntime>();
+    world = &mpi->world();
+    SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
+  }
+  LocalCommunicator alone;
+  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world ? *world : alone));
+  std::string device_text = device.str();
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (device.is_cuda()) device_text = cuda::device_description(device.index);
+#endif
+  out << banner_line(env, host_name(), device_text) << std::endl;
+  absl::Status status = body(world);
+  // One rank's failure must end the whole job at once, not leave the others in a collective.
+  if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
+  return status;
+}
+
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out) {
   FlagSet flags("switchyard train", "--config FILE [--set TEXT]... [--run_dir DIR] | --resume DIR",
                 "Trains the experiment's model. --resume DIR continues the run in DIR from its\n"
@@ -59,26 +83,7 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
   }
   install_stop_signal_handlers();
 
-  // Started by mpirun or srun: join the job. Every rank prints its banner line.
-  SY_ASSIGN_OR_RETURN(RankEnv env, rank_env_from_environment());
-  std::unique_ptr<MpiRuntime> mpi;
-  Communicator* world = nullptr;
-  if (env.size > 1) {
-    mpi = std::make_unique<MpiRuntime>();
-    world = &mpi->world();
-    SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
-  }
-  LocalCommunicator alone;
-  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world ? *world : alone));
-  std::string device_text = device.str();
-#ifdef SWITCHYARD_HAVE_CUDA
-  if (device.is_cuda()) device_text = cuda::device_description(device.index);
-#endif
-  out << banner_line(env, host_name(), device_text) << std::endl;
-  absl::Status status = train(config, options, out, world);
-  // One rank's failure must end the whole job at once, not leave the others in a collective.
-  if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
-  return status;
+  return run_as_job(config, out, [&](Communicator* world) { return train(config, options, out, world); });
 }
 
 absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out) {

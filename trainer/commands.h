@@ -1,12 +1,20 @@
 #pragma once
 // Subcommands of the switchyard binary beyond `config` (registered in trainer/cli.cc).
+#include <functional>
 #include <ostream>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "configs/switchyard.pb.h"
+#include "parallel/communicator.h"
 
 namespace sy {
+// Runs one rank's part of a job: joins it when started by mpirun or srun (world is null when
+// alone), prints this rank's banner line, runs `body`, and brings every rank down with the
+// message when this rank fails.
+absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
+                        const std::function<absl::Status(Communicator*)>& body);
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out);
 absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out);
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out);
