@@ -66,4 +66,18 @@ double sum_squares(const Tensor& x) {
   no_kernel("sum_squares", x.device());
 }
 
+void cast(const Tensor& out, const Tensor& x) {
+  for (const Tensor* t : {&out, &x}) {
+    SY_CHECK(t->dtype() == DType::kF32 || t->dtype() == DType::kBF16)
+        << "cast takes f32 or bf16 tensors, got " << dtype_name(t->dtype());
+  }
+  check_shape(out, x.shape(), "cast out");
+  check_same_device({&out, &x}, "cast");
+  if (x.device().is_cpu()) return cpu::cast(out, x);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::cast(out, x);
+#endif
+  no_kernel("cast", x.device());
+}
+
 }  // namespace sy

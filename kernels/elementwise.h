@@ -7,6 +7,8 @@
 //   concat_cols(out, a, b) out[n] = [a[n], b[n]]  a [N, A], b [N, B], out [N, A + B]
 //   split_cols(da, db, d)  the backward of concat_cols: da = d[:, :A], db = d[:, A:] (written)
 //   sum_squares(x)         sum of x^2 in double (gradient norms)
+//   cast(out, x)           out = x converted to out's dtype (f32 <-> bf16, round to nearest
+//                          even); the one op that mixes dtypes, on the CPU too
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -16,12 +18,14 @@ void scale_(const Tensor& x, float s);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
+void cast(const Tensor& out, const Tensor& x);
 namespace cpu {
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void scale_(const Tensor& x, float s);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
+void cast(const Tensor& out, const Tensor& x);
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/elementwise.cu; defined in CUDA builds only.
@@ -30,5 +34,6 @@ void scale_(const Tensor& x, float s);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
+void cast(const Tensor& out, const Tensor& x);
 }  // namespace cuda
 }  // namespace sy

@@ -1,6 +1,7 @@
 #include "models/layers.h"
 
 #include <cmath>
+#include <optional>
 
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
@@ -14,17 +15,24 @@
 namespace sy {
 namespace {
 
-// y = x W^T for a weight [out, in].
-Tensor linear(const Tensor& x, const Tensor& w) {
-  Tensor y = Tensor::empty({x.dim(0), w.dim(0)}, DType::kF32, x.device());
-  matmul(y, x, w, false, true);
+// y = x W^T for a weight [out, in], read through its compute copy. y has x's dtype unless
+// `out` says otherwise (the router's logits stay f32 under bf16 compute).
+Tensor linear(const Tensor& x, const Param& w, std::optional<DType> out = std::nullopt) {
+  Tensor y = Tensor::empty({x.dim(0), w.value.dim(0)}, out.value_or(x.dtype()), x.device());
+  matmul(y, x, w.w(), false, true);
   return y;
 }
 
-// Backward of y = x W^T: dW accumulates; dx is written (beta_x = 0) or accumulated (1).
+// Backward of y = x W^T: dW (fp32) accumulates; dx is written (beta_x = 0) or accumulated (1).
+// dy takes x's dtype first if it differs (the f32 router gradient under bf16 compute).
 void linear_backward(const Tensor& dx, Param& w, const Tensor& dy, const Tensor& x,
                      float beta_x = 0.0f) {
-  matmul_backward(dx, w.grad, dy, x, w.value, false, true, beta_x, 1.0f);
+  Tensor g = dy;
+  if (dy.dtype() != x.dtype()) {
+    g = Tensor::empty(dy.shape(), x.dtype(), dy.device());
+    cast(g, dy);
+  }
+  matmul_backward(dx, w.grad, g, x, w.w(), false, true, beta_x, 1.0f);
 }
 
 // The [rows, cols] matrix of expert e inside a stacked [E, rows, cols] tensor.
@@ -56,13 +64,13 @@ RmsNorm::RmsNorm(ParamStore& store, const std::string& name, int dim, float eps)
 Tensor RmsNorm::forward(const Tensor& x) {
   x_ = x;
   rstd_ = Tensor::empty({x.numel() / x.dim(-1)}, DType::kF32, x.device());
-  Tensor y = Tensor::empty(x.shape(), DType::kF32, x.device());
+  Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
   rmsnorm_forward(y, rstd_, x, weight_.value, eps_);
   return y;
 }
 
 Tensor RmsNorm::backward(const Tensor& dy) {
-  Tensor dx = Tensor::empty(dy.shape(), DType::kF32, dy.device());
+  Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
   rmsnorm_backward(dx, weight_.grad, dy, x_, weight_.value, rstd_);
   return dx;
 }
@@ -86,9 +94,9 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   const int64_t kv = spec_.n_kv_heads;
   layout_ = layout;
   n_ = norm_.forward(x);
-  q_ = linear(n_, wq_.value).view({b, t, spec_.n_heads, hd});
-  k_ = linear(n_, wk_.value).view({b, t, kv, hd});
-  v_ = linear(n_, wv_.value).view({b, t, kv, hd});
+  q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
+  k_ = linear(n_, wk_).view({b, t, kv, hd});
+  v_ = linear(n_, wv_).view({b, t, kv, hd});
   rope_forward(q_, q_, layout.positions, spec_.rope_theta);
   rope_forward(k_, k_, layout.positions, spec_.rope_theta);
   Tensor keys = k_, values = v_;
@@ -99,7 +107,7 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
         stored = fresh.clone();
         return;
       }
-      Tensor grown = Tensor::empty({b, cache->length + t, kv, hd}, DType::kF32, x.device());
+      Tensor grown = Tensor::empty({b, cache->length + t, kv, hd}, fresh.dtype(), x.device());
       concat_cols(grown.view({b, (cache->length + t) * kv * hd}),
                   stored.view({b, cache->length * kv * hd}), fresh.view({b, t * kv * hd}));
       stored = grown;
@@ -110,24 +118,25 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
     keys = cache->k;
     values = cache->v;
   }
-  o_ = Tensor::empty(q_.shape(), DType::kF32, x.device());
+  o_ = Tensor::empty(q_.shape(), q_.dtype(), x.device());
   lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
   attention_forward(o_, lse_, q_, keys, values);
-  return linear(o_.view({b * t, spec_.n_heads * hd}), wo_.value);
+  return linear(o_.view({b * t, spec_.n_heads * hd}), wo_);
 }
 
 Tensor Attention::backward(const Tensor& dy) {
   const int64_t n = layout_.tokens();
   Tensor o2 = o_.view({n, o_.numel() / n});
-  Tensor d_o = Tensor::empty(o2.shape(), DType::kF32, dy.device());
+  const DType dt = dy.dtype();
+  Tensor d_o = Tensor::empty(o2.shape(), dt, dy.device());
   linear_backward(d_o, wo_, dy, o2);
-  Tensor dq = Tensor::empty(q_.shape(), DType::kF32, dy.device());
-  Tensor dk = Tensor::empty(k_.shape(), DType::kF32, dy.device());
-  Tensor dv = Tensor::empty(v_.shape(), DType::kF32, dy.device());
+  Tensor dq = Tensor::empty(q_.shape(), dt, dy.device());
+  Tensor dk = Tensor::empty(k_.shape(), dt, dy.device());
+  Tensor dv = Tensor::empty(v_.shape(), dt, dy.device());
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
   rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
   rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
-  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dy.device());
+  Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);
   linear_backward(dn, wv_, dv.view({n, dv.numel() / n}), n_, 1.0f);
@@ -145,18 +154,18 @@ SwigluMlp::SwigluMlp(ParamStore& store, const std::string& prefix, int d_model, 
 
 Tensor SwigluMlp::forward(const Tensor& n) {
   n_ = n;
-  h_ = linear(n, w13_.value);
-  a_ = Tensor::empty({n.dim(0), w2_.value.dim(1)}, DType::kF32, n.device());
+  h_ = linear(n, w13_);
+  a_ = Tensor::empty({n.dim(0), w2_.value.dim(1)}, n.dtype(), n.device());
   swiglu_forward(a_, h_);
-  return linear(a_, w2_.value);
+  return linear(a_, w2_);
 }
 
 Tensor SwigluMlp::backward(const Tensor& dy) {
-  Tensor da = Tensor::empty(a_.shape(), DType::kF32, dy.device());
+  Tensor da = Tensor::empty(a_.shape(), dy.dtype(), dy.device());
   linear_backward(da, w2_, dy, a_);
-  Tensor dh = Tensor::empty(h_.shape(), DType::kF32, dy.device());
+  Tensor dh = Tensor::empty(h_.shape(), dy.dtype(), dy.device());
   swiglu_backward(dh, da, h_);
-  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dy.device());
+  Tensor dn = Tensor::empty(n_.shape(), dy.dtype(), dy.device());
   linear_backward(dn, w13_, dh, n_);
   return dn;
 }
@@ -217,7 +226,8 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   n_ = norm_.forward(x);
 
   // Route.
-  logits_ = linear(n_, router_.value);
+  const DType dt = n_.dtype();
+  logits_ = linear(n_, router_, DType::kF32);
   scores_ = Tensor::empty(logits_.shape(), DType::kF32, dev);
   router_scores_forward(scores_, logits_, m.score_function);
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
@@ -228,24 +238,24 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
 
   // Experts: rows go to the ranks owning their experts, one GEMM pair per local expert over
   // its contiguous rows, and back.
-  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, DType::kF32, dev);
+  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
   permute_forward(xp, n_, plan_);
   dispatcher_.plan(plan_.expert_counts);
   xp_local_ = dispatcher_.to_experts(xp);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t rows = dispatcher_.local_rows();
-  h_ = Tensor::empty({rows, 2 * m.expert_hidden}, DType::kF32, dev);
-  a_ = Tensor::empty({rows, m.expert_hidden}, DType::kF32, dev);
-  Tensor y_local = Tensor::empty({rows, spec_.d_model}, DType::kF32, dev);
+  h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
+  a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
+  Tensor y_local = Tensor::empty({rows, spec_.d_model}, dt, dev);
   for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
     const int64_t lo = off[e], hi = off[e + 1];
     if (lo == hi) continue;
-    matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.value, e), false, true);
+    matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
     swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
-    matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.value, e), false, true);
+    matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
   }
   y_ = dispatcher_.from_experts(y_local);
-  Tensor out = Tensor::empty({n, spec_.d_model}, DType::kF32, dev);
+  Tensor out = Tensor::empty({n, spec_.d_model}, dt, dev);
   unpermute_forward(out, y_, weights_, plan_);
   if (shared_) add_(out, shared_->forward(n_));
 
@@ -315,25 +325,26 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   const Device dev = dy.device();
 
   // Combine, experts, dispatch: mirror of the forward.
-  Tensor dyp = Tensor::empty(y_.shape(), DType::kF32, dev);
+  const DType dt = dy.dtype();
+  Tensor dyp = Tensor::empty(y_.shape(), dt, dev);
   Tensor dweights = Tensor::empty(weights_.shape(), DType::kF32, dev);
   unpermute_backward(dyp, dweights, dy, y_, weights_, plan_);
   Tensor dy_local = dispatcher_.to_experts(dyp);
-  Tensor da = Tensor::empty(a_.shape(), DType::kF32, dev);
-  Tensor dh = Tensor::empty(h_.shape(), DType::kF32, dev);
-  Tensor dxp_local = Tensor::empty(xp_local_.shape(), DType::kF32, dev);
+  Tensor da = Tensor::empty(a_.shape(), dt, dev);
+  Tensor dh = Tensor::empty(h_.shape(), dt, dev);
+  Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
     const int64_t lo = off[e], hi = off[e + 1];
     if (lo == hi) continue;
     matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
-                    a_.rows(lo, hi), expert_slice(w2_.value, e), false, true, 0.0f, 1.0f);
+                    a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
     swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
     matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                    xp_local_.rows(lo, hi), expert_slice(w13_.value, e), false, true, 0.0f, 1.0f);
+                    xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
   }
   Tensor dxp = dispatcher_.from_experts(dxp_local);
-  Tensor dn = Tensor::empty(n_.shape(), DType::kF32, dev);
+  Tensor dn = Tensor::empty(n_.shape(), dt, dev);
   permute_backward(dn, dxp, plan_);
   if (shared_) add_(dn, shared_->backward(dy));
 
@@ -415,9 +426,9 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
 }
 
 Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
-  Tensor h = Tensor::empty(x.shape(), DType::kF32, x.device());
+  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
   add(h, x, attn_.forward(x, layout, cache));
-  Tensor out = Tensor::empty(x.shape(), DType::kF32, x.device());
+  Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   add(out, h, ffn_->forward(h, layout));
   return out;
 }

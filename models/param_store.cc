@@ -2,6 +2,7 @@
 
 #include <random>
 
+#include "kernels/elementwise.h"
 #include "kernels/hash.h"
 
 namespace sy {
@@ -13,6 +14,13 @@ uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index) {
   return mix64(h);
 }
 
+ParamStore::ParamStore(Device device, DType compute) : device_(device), compute_(compute) {
+  SY_CHECK(compute == DType::kF32 || compute == DType::kBF16)
+      << "compute dtype must be f32 or bf16, got " << dtype_name(compute);
+  SY_CHECK(compute == DType::kF32 || device.is_cuda())
+      << "bf16 compute needs a CUDA device (the CPU reference is f32), got " << device.str();
+}
+
 Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init, float init_std,
                        bool decay) {
   SY_CHECK(find(name) == nullptr) << "parameter registered twice: " << name;
@@ -20,6 +28,9 @@ Param& ParamStore::add(std::string name, Shape shape, SyncGroup group, Init init
   p.name = std::move(name);
   p.value = Tensor::zeros(shape, DType::kF32, device_);
   p.grad = Tensor::zeros(shape, DType::kF32, device_);
+  if (compute_ != DType::kF32 && shape.size() >= 2)
+    p.compute = Tensor::empty(shape, compute_, device_);
+  ++version_;
   p.group = group;
   p.init = init;
   p.init_std = init_std;
@@ -74,7 +85,15 @@ void ParamStore::initialize(uint64_t seed) {
     }
     p.value.copy_from(host);
   }
+  values_changed();
   zero_grad();
+}
+
+void ParamStore::refresh_compute() {
+  if (compute_version_ == version_) return;
+  for (Param& p : params_)
+    if (p.compute.defined()) cast(p.compute, p.value);
+  compute_version_ = version_;
 }
 
 void ParamStore::zero_grad() {

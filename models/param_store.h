@@ -25,6 +25,11 @@ struct Param {
   std::string name;
   Tensor value;  // fp32 master weights
   Tensor grad;   // fp32, accumulates over micro-batches; zeroed by zero_grad()
+  // With a bf16 compute dtype: the bf16 copy of a matrix (ndim >= 2) that GEMMs read,
+  // refreshed from `value` by ParamStore::refresh_compute(). Undefined otherwise.
+  Tensor compute;
+  // The tensor GEMMs read: the compute copy when there is one, else the master weights.
+  const Tensor& w() const { return compute.defined() ? compute : value; }
   SyncGroup group = SyncGroup::kDense;
   bool decay = true;
   // False for state that travels with the weights but is not learned by gradient descent
@@ -39,7 +44,9 @@ struct Param {
 
 class ParamStore {
  public:
-  explicit ParamStore(Device device = Device::cpu()) : device_(device) {}
+  // compute: the dtype activations and GEMM operands use. bf16 (CUDA only) keeps a bf16
+  // copy of every matrix next to its fp32 master weights.
+  explicit ParamStore(Device device = Device::cpu(), DType compute = DType::kF32);
   ParamStore(const ParamStore&) = delete;
   ParamStore& operator=(const ParamStore&) = delete;
 
@@ -57,9 +64,18 @@ class ParamStore {
   void zero_grad();
   int64_t num_elements() const;
   Device device() const { return device_; }
+  DType compute_dtype() const { return compute_; }
+
+  // Whoever writes master weights (initialize, the optimizer, checkpoint loading, weight
+  // copies) calls values_changed(); refresh_compute() then re-derives the compute copies
+  // once, on the model's next forward. Both are no-ops without compute copies.
+  void values_changed() { ++version_; }
+  void refresh_compute();
 
  private:
   Device device_;
+  DType compute_;
+  uint64_t version_ = 1, compute_version_ = 0;
   std::deque<Param> params_;  // deque: references stay valid as parameters are added
 };
 

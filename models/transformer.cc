@@ -94,7 +94,8 @@ TokenLayout Transformer::layout_for(const Tensor& inputs) const {
 
 Tensor Transformer::embed(const Tensor& ids) {
   Tensor flat = ids.to(store_.device()).view({ids.numel()});
-  Tensor x = Tensor::empty({ids.numel(), spec_.d_model}, DType::kF32, store_.device());
+  // Looked up from the fp32 table, rounded once to the compute dtype.
+  Tensor x = Tensor::empty({ids.numel(), spec_.d_model}, store_.compute_dtype(), store_.device());
   embedding_forward(x, flat, embed_.value);
   return x;
 }
@@ -103,7 +104,7 @@ void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
   embedding_backward(embed_.grad, d, ids.to(store_.device()).view({ids.numel()}));
 }
 
-Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->value : embed_.value; }
+Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->w() : embed_.w(); }
 Param& Transformer::head_param() { return lm_head_ ? *lm_head_ : embed_; }
 
 Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout) {
@@ -130,12 +131,13 @@ namespace {
 
 // Output head + fused cross-entropy on normalised hidden states hn [N, D]: returns the summed
 // per-token loss and writes dhn = d(scale * summed loss)/d(hn). Head gradient accumulates.
+// The logits take hn's dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32).
 double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
                           const Tensor& dhn) {
   const int64_t n = hn.dim(0), vocab = head.value.dim(0);
   const Device dev = hn.device();
-  Tensor logits = Tensor::empty({n, vocab}, DType::kF32, dev);
-  matmul(logits, hn, head.value, false, true);
+  Tensor logits = Tensor::empty({n, vocab}, hn.dtype(), dev);
+  matmul(logits, hn, head.w(), false, true);
   Tensor losses = Tensor::empty({n}, DType::kF32, dev);
   Tensor lse = Tensor::empty({n}, DType::kF32, dev);
   Tensor tgt = targets.to(dev).view({n});
@@ -145,7 +147,7 @@ double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
   Tensor dlosses = Tensor::empty({n}, DType::kF32);
   dlosses.fill_(static_cast<float>(scale));
   cross_entropy_backward(logits, dlosses.to(dev), logits, lse, tgt, kIgnoreIndex);  // in place
-  matmul_backward(dhn, head.grad, logits, hn, head.value, false, true, 0.0f, 1.0f);
+  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, 1.0f);
   return sum;
 }
 
@@ -158,8 +160,10 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   SY_CHECK(static_cast<int>(scales.mtp.size()) == spec_.mtp_modules)
       << "loss scales for " << scales.mtp.size() << " MTP modules, model has " << spec_.mtp_modules;
   const Device dev = store_.device();
+  store_.refresh_compute();
   const TokenLayout layout = layout_for(inputs);
   const int64_t n = layout.tokens(), d = spec_.d_model;
+  const DType dt = store_.compute_dtype();
 
   std::vector<MoeFfn*> moes = moe_layers();
   double balance_before = 0;
@@ -171,7 +175,7 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   LossTerms terms;
   Tensor h0 = trunk_forward(inputs, layout);
   Tensor hn = final_norm_->forward(h0);
-  Tensor dhn = Tensor::empty({n, d}, DType::kF32, dev);
+  Tensor dhn = Tensor::empty({n, d}, dt, dev);
   terms.lm = scales.lm * head_loss_and_grad(hn, head_param(), targets, scales.lm, dhn);
 
   // MTP forward, module by module (each feeds the next), keeping the head gradients.
@@ -186,13 +190,13 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     states[k].ids = ids;
     Tensor a = m.hnorm->forward(prev);
     Tensor c = m.enorm->forward(embed(ids));
-    states[k].cat = Tensor::empty({n, 2 * d}, DType::kF32, dev);
+    states[k].cat = Tensor::empty({n, 2 * d}, dt, dev);
     concat_cols(states[k].cat, a, c);
-    Tensor z = Tensor::empty({n, d}, DType::kF32, dev);
-    matmul(z, states[k].cat, m.proj->value, false, true);
+    Tensor z = Tensor::empty({n, d}, dt, dev);
+    matmul(z, states[k].cat, m.proj->w(), false, true);
     Tensor hk = m.block->forward(z, layout);
     Tensor hkn = m.out_norm->forward(hk);
-    states[k].dout = Tensor::empty({n, d}, DType::kF32, dev);
+    states[k].dout = Tensor::empty({n, d}, dt, dev);
     terms.mtp +=
         scales.mtp[k] * head_loss_and_grad(hkn, head_param(), tgt, scales.mtp[k], states[k].dout);
     prev = hk;
@@ -205,10 +209,10 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     Tensor dhk = m.out_norm->backward(states[k].dout);
     if (carry.defined()) add_(dhk, carry);
     Tensor dz = m.block->backward(dhk);
-    Tensor dcat = Tensor::empty({n, 2 * d}, DType::kF32, dev);
-    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->value, false, true, 0.0f, 1.0f);
-    Tensor da = Tensor::empty({n, d}, DType::kF32, dev);
-    Tensor dc = Tensor::empty({n, d}, DType::kF32, dev);
+    Tensor dcat = Tensor::empty({n, 2 * d}, dt, dev);
+    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->w(), false, true, 0.0f, 1.0f);
+    Tensor da = Tensor::empty({n, d}, dt, dev);
+    Tensor dc = Tensor::empty({n, d}, dt, dev);
     split_cols(da, dc, dcat);
     embed_backward(states[k].ids, m.enorm->backward(dc));
     carry = m.hnorm->backward(da);
@@ -226,13 +230,14 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
 }
 
 Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
+  store_.refresh_compute();
   const TokenLayout layout = layout_for(inputs);
   const Device dev = store_.device();
   Tensor hn = final_norm_->forward(trunk_forward(inputs, layout));
   const int64_t b = layout.batch, t = layout.seq;
   Tensor rows = hn;
   if (last_position_only) {
-    rows = Tensor::empty({b, spec_.d_model}, DType::kF32, dev);
+    rows = Tensor::empty({b, spec_.d_model}, hn.dtype(), dev);
     for (int64_t r = 0; r < b; ++r)
       rows.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
   }
@@ -245,6 +250,7 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
   SY_CHECK(ids.ndim() == 2) << "decode takes ids [B, T], got " << shape_str(ids.shape());
   const int64_t b = ids.dim(0), t = ids.dim(1);
   const Device dev = store_.device();
+  store_.refresh_compute();
   if (state.caches.empty()) state.caches.resize(blocks_.size());
   TokenLayout layout;
   layout.batch = b;
@@ -258,7 +264,7 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
   for (size_t l = 0; l < blocks_.size(); ++l) h = blocks_[l]->forward(h, layout, &state.caches[l]);
   state.length += t;
   Tensor hn = final_norm_->forward(h);
-  Tensor last = Tensor::empty({b, spec_.d_model}, DType::kF32, dev);
+  Tensor last = Tensor::empty({b, spec_.d_model}, hn.dtype(), dev);
   for (int64_t r = 0; r < b; ++r) last.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
   Tensor out = Tensor::empty({b, spec_.vocab_size}, DType::kF32, dev);
   matmul(out, last, head_weight(), false, true);
@@ -270,6 +276,7 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
   const Device dev = store_.device();
+  store_.refresh_compute();
   const int64_t b = inputs.dim(0), t = inputs.dim(1), n = b * t, vocab = spec_.vocab_size;
   HeadState& s = head_state_;
   s.inputs = inputs;
@@ -309,19 +316,26 @@ void Transformer::backward_logprobs(const Tensor& dlogp) {
   scale_(dlosses, -1.0f);
   cross_entropy_backward(s.logits, dlosses.to(s.logits.device()), s.logits, s.lse, s.targets,
                          kIgnoreIndex);
-  Tensor dhn = Tensor::empty(s.hn.shape(), DType::kF32, s.hn.device());
-  matmul_backward(dhn, head_param().grad, s.logits, s.hn, head_weight(), false, true, 0.0f, 1.0f);
+  // The log-probs came from fp32 logits; their gradient meets the head in the compute dtype.
+  Tensor dlogits = s.logits;
+  if (s.hn.dtype() != DType::kF32) {
+    dlogits = Tensor::empty(s.logits.shape(), s.hn.dtype(), s.logits.device());
+    cast(dlogits, s.logits);
+  }
+  Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
+  matmul_backward(dhn, head_param().grad, dlogits, s.hn, head_weight(), false, true, 0.0f, 1.0f);
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
   s = HeadState{};
 }
 
 Tensor Transformer::values(const Tensor& inputs) {
   SY_CHECK(value_head_ != nullptr) << "values() on a model built without a value head";
+  store_.refresh_compute();
   HeadState& s = head_state_;
   s.inputs = inputs;
   s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
   Tensor v = Tensor::empty({inputs.numel(), 1}, DType::kF32, store_.device());
-  matmul(v, s.hn, value_head_->value, false, true);
+  matmul(v, s.hn, value_head_->w(), false, true);
   return v.to(Device::cpu()).view({inputs.dim(0), inputs.dim(1)});
 }
 
@@ -330,8 +344,13 @@ void Transformer::backward_values(const Tensor& dvalues) {
   SY_CHECK(value_head_ != nullptr && s.hn.defined()) << "backward_values without values()";
   check_shape(dvalues, s.inputs.shape(), "dvalues");
   Tensor dv = dvalues.to(s.hn.device()).view({s.inputs.numel(), 1});
-  Tensor dhn = Tensor::empty(s.hn.shape(), DType::kF32, s.hn.device());
-  matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->value, false, true, 0.0f, 1.0f);
+  if (s.hn.dtype() != DType::kF32) {
+    Tensor narrow = Tensor::empty(dv.shape(), s.hn.dtype(), dv.device());
+    cast(narrow, dv);
+    dv = narrow;
+  }
+  Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
+  matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->w(), false, true, 0.0f, 1.0f);
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
   s = HeadState{};
 }

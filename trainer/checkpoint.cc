@@ -265,6 +265,7 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
       if (it != f.tensors.end()) p->value.copy_from(it->second.to(p->value.device()));
     }
   }
+  store.values_changed();
 
   if (optimizer) {
     auto moments = load_safetensors((fs::path(dir) / optimizer_file(world_rank(layout))).string());

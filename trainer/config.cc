@@ -773,6 +773,11 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   if (experiment.run_dir().empty()) {
     problems.add("run_dir", "is empty", "set run_dir: \"runs/<name>\"");
   }
+  if (experiment.precision() == Experiment::PRECISION_BF16 &&
+      experiment.device() == Experiment::DEVICE_CPU) {
+    problems.add({"precision", "device"}, "asks for bf16 on the CPU, whose kernels are f32",
+                 "set precision: PRECISION_F32 (or PRECISION_AUTO), or device: DEVICE_CUDA");
+  }
   // A fine-tuning config takes the model from its init checkpoint's run, and may leave the
   // training sizes to it too.
   const bool rl = use == ConfigUse::kRl;

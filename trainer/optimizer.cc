@@ -66,6 +66,7 @@ double AdamW::step(float lr) {
   for (Slot& s : slots_) {
     if (s.group) s.group->broadcast(s.param->value, s.owner);
   }
+  store_.values_changed();
   return norm;
 }
 

@@ -237,6 +237,22 @@ absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Commu
   return Device::cuda(0);
 }
 
+absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Device device) {
+  switch (config.precision()) {
+    case switchyard::Experiment::PRECISION_F32:
+      return DType::kF32;
+    case switchyard::Experiment::PRECISION_BF16:
+      if (!device.is_cuda()) {
+        return absl::FailedPreconditionError(absl::StrCat(
+            "precision: PRECISION_BF16, but this run is on ", device.str(),
+            ", whose kernels are f32; set precision: PRECISION_AUTO or PRECISION_F32"));
+      }
+      return DType::kBF16;
+    default:
+      return device.is_cuda() ? DType::kBF16 : DType::kF32;
+  }
+}
+
 void install_stop_signal_handlers() {
   std::signal(SIGTERM, on_stop_signal);
   std::signal(SIGUSR1, on_stop_signal);
@@ -276,7 +292,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   }
   SY_RETURN_IF_ERROR(made);
 
-  ParamStore store(device);
+  SY_ASSIGN_OR_RETURN(const DType compute, choose_precision(config, device));
+  ParamStore store(device, compute);
   Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
   AdamW optimizer(
@@ -342,11 +359,11 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   }
   log << absl::StrFormat(
       "model: %d layers (%d dense, %d MoE), d_model %d, %d experts top-%d, MTP %d | %.2fM "
-      "params (%.2fM active) | %s | device %s | run dir %s\n",
+      "params (%.2fM active) | %s | device %s %s | run dir %s\n",
       spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
       spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(), device.str(),
-      options.run_dir);
+      dtype_name(compute), options.run_dir);
 
   const int ckpt_every = config.checkpoint().interval();
   const int eval_every = tc.eval_interval();

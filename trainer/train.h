@@ -28,6 +28,10 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
 // visible and this job can use it (one rank: several need the NCCL backend, not built yet).
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world);
 
+// The compute dtype on `device`: config.precision, where PRECISION_AUTO means bf16 on a GPU
+// and f32 on the CPU; bf16 on the CPU is an error that says what to change.
+absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Device device);
+
 // SIGTERM / SIGUSR1 ask the loop to write a checkpoint after the current step and return.
 void install_stop_signal_handlers();
 

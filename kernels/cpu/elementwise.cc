@@ -45,4 +45,19 @@ double sum_squares(const Tensor& x) {
   return s;
 }
 
+void cast(const Tensor& out, const Tensor& x) {
+  const int64_t n = x.numel();
+  if (out.dtype() == x.dtype()) {
+    if (n) std::memcpy(out.raw(), x.raw(), x.nbytes());
+  } else if (x.dtype() == DType::kF32) {
+    const float* px = x.data<float>();
+    bf16* po = out.data<bf16>();
+    for (int64_t i = 0; i < n; ++i) po[i] = f32_to_bf16(px[i]);
+  } else {
+    const bf16* px = x.data<bf16>();
+    float* po = out.data<float>();
+    for (int64_t i = 0; i < n; ++i) po[i] = bf16_to_f32(px[i]);
+  }
+}
+
 }  // namespace sy::cpu

@@ -78,6 +78,11 @@ __global__ void sum_partials_kernel(double* out, const double* partial, int64_t 
   if (threadIdx.x == 0) *out = s;
 }
 
+template <typename TOut, typename TIn>
+__global__ void cast_kernel(TOut* out, const TIn* x, int64_t n) {
+  SY_GRID_STRIDE(i, n) { out[i] = from_f32<TOut>(to_f32(x[i])); }
+}
+
 #undef SY_GRID_STRIDE
 
 }  // namespace
@@ -146,6 +151,21 @@ double sum_squares(const Tensor& x) {
   SY_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, stream()));
   SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
   return result;
+}
+
+void cast(const Tensor& out, const Tensor& x) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  use_device(x);
+  dispatch_float(out.dtype(), "cast out", [&](auto out_tag) {
+    dispatch_float(x.dtype(), "cast x", [&](auto in_tag) {
+      using TOut = decltype(out_tag);
+      using TIn = decltype(in_tag);
+      cast_kernel<TOut, TIn>
+          <<<grid_for(n), kThreads, 0, stream()>>>(ptr<TOut>(out), ptr<TIn>(x), n);
+      launch_check("cast_kernel");
+    });
+  });
 }
 
 }  // namespace sy::cuda

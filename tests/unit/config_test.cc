@@ -415,7 +415,9 @@ INSTANTIATE_TEST_SUITE_P(
         RuleCase{"CheckpointInterval", "checkpoint { interval: -1 }", "checkpoint.interval",
                  "must be >= 0"},
         RuleCase{"KeepLast", "checkpoint { keep_last: 0 }", "checkpoint.keep_last", "must be > 0"},
-        RuleCase{"RunDir", "run_dir: \"\"", "run_dir", "is empty"}),
+        RuleCase{"RunDir", "run_dir: \"\"", "run_dir", "is empty"},
+        RuleCase{"Bf16OnCpu", "precision: PRECISION_BF16 device: DEVICE_CPU", "precision",
+                 "asks for bf16 on the CPU"}),
     [](const ::testing::TestParamInfo<RuleCase>& info) { return info.param.name; });
 
 // ---- the real binary ---------------------------------------------------------------------------

@@ -45,5 +45,24 @@ TEST(Elementwise, ConcatThenSplitRoundTrips) {
   EXPECT_TRUE(all_close(b2, b, 0, 0));
 }
 
+// cast rounds f32 to bf16 to nearest, ties to even (checked on hand-picked bit patterns),
+// widens bf16 exactly, and refuses other dtypes and mismatched shapes.
+TEST(Elementwise, CastRoundsToNearestEvenAndRefusesBadInput) {
+  // 1 + 2^-8 is halfway between bf16 1 and 1 + 2^-7: ties to even -> 1.
+  // 1 + 3 * 2^-8 is halfway between 1 + 2^-7 and 1 + 2^-6: ties to even -> 1 + 2^-6.
+  // 1 + 2^-8 + 2^-20 is above halfway: up to 1 + 2^-7.
+  const std::vector<float> in = {1.0f + 0x1p-8f, 1.0f + 3 * 0x1p-8f, 1.0f + 0x1p-8f + 0x1p-20f,
+                                 -2.5f, 0.0f};
+  const std::vector<float> want = {1.0f, 1.0f + 0x1p-6f, 1.0f + 0x1p-7f, -2.5f, 0.0f};
+  Tensor x = Tensor::from_f32(in, {5});
+  Tensor down = Tensor::empty({5}, DType::kBF16);
+  cast(down, x);
+  Tensor up = Tensor::empty({5});
+  cast(up, down);
+  for (int i = 0; i < 5; ++i) EXPECT_EQ(up.data<float>()[i], want[i]) << "element " << i;
+  EXPECT_DEATH(cast(Tensor::empty({5}, DType::kI32), x), "f32 or bf16");
+  EXPECT_DEATH(cast(Tensor::empty({4}, DType::kBF16), x), "cast out");
+}
+
 }  // namespace
 }  // namespace sy
