@@ -17,11 +17,11 @@
 namespace sy {
 namespace {
 
+using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
-using testing::rounded;
 using testing::on_gpu;
-using testing::filled;
+using testing::rounded;
 
 using testing::all_close;
 using testing::random_normal;
@@ -85,6 +85,25 @@ TEST_P(ElementwiseGpuTest, SumSquaresMatchesCpu) {
   const double got = sum_squares(on_gpu(x, dt()));
   EXPECT_NEAR(got, expected, 1e-10 * expected);
   EXPECT_EQ(got, sum_squares(on_gpu(x, dt()))) << "two runs differ";
+}
+
+// cast: f32 -> bf16 must round exactly as the CPU does (nearest even), bf16 -> f32 is exact.
+TEST_P(ElementwiseGpuTest, CastMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  const Shape shape{rows(), cols()};
+  Tensor x = random_normal(shape, rng, 5.0f);
+  Tensor down = Tensor::empty(shape, DType::kBF16);
+  cast(down, x);
+  Tensor gdown = Tensor::empty(shape, DType::kBF16, kGpu);
+  cast(gdown, on_gpu(x, DType::kF32));
+  EXPECT_TRUE(all_close(gdown, down, 0, 0));
+  Tensor gup = on_gpu(filled(shape, kNaN), DType::kF32);
+  cast(gup, gdown);
+  EXPECT_TRUE(all_close(gup, x.to(DType::kBF16).to(DType::kF32), 0, 0));
+  Tensor gsame = on_gpu(filled(shape, kNaN), dt());
+  cast(gsame, on_gpu(x, dt()));
+  EXPECT_TRUE(all_close(gsame, rounded(x, dt()), 0, 0));
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
