@@ -6,6 +6,7 @@
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
+#include "kernels/profile.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
@@ -93,6 +94,7 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
   const int64_t kv = spec_.n_kv_heads;
   layout_ = layout;
+  std::optional<profile::Scope> region(std::in_place, "attn.qkv");
   n_ = norm_.forward(x);
   q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
   k_ = linear(n_, wk_).view({b, t, kv, hd});
@@ -120,7 +122,9 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   }
   o_ = Tensor::empty(q_.shape(), q_.dtype(), x.device());
   lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
+  region.emplace("attn.core");
   attention_forward(o_, lse_, q_, keys, values);
+  region.emplace("attn.out");
   return linear(o_.view({b * t, spec_.n_heads * hd}), wo_);
 }
 
@@ -128,12 +132,15 @@ Tensor Attention::backward(const Tensor& dy) {
   const int64_t n = layout_.tokens();
   Tensor o2 = o_.view({n, o_.numel() / n});
   const DType dt = dy.dtype();
+  std::optional<profile::Scope> region(std::in_place, "attn.out.bwd");
   Tensor d_o = Tensor::empty(o2.shape(), dt, dy.device());
   linear_backward(d_o, wo_, dy, o2);
+  region.emplace("attn.core.bwd");
   Tensor dq = Tensor::empty(q_.shape(), dt, dy.device());
   Tensor dk = Tensor::empty(k_.shape(), dt, dy.device());
   Tensor dv = Tensor::empty(v_.shape(), dt, dy.device());
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
+  region.emplace("attn.qkv.bwd");
   rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
   rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
   Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
@@ -176,10 +183,14 @@ DenseFfn::DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec
            output_std(spec)) {}
 
 Tensor DenseFfn::forward(const Tensor& x, const TokenLayout&) {
+  profile::Scope region("ffn");
   return mlp_.forward(norm_.forward(x));
 }
 
-Tensor DenseFfn::backward(const Tensor& dy) { return norm_.backward(mlp_.backward(dy)); }
+Tensor DenseFfn::backward(const Tensor& dy) {
+  profile::Scope region("ffn.bwd");
+  return norm_.backward(mlp_.backward(dy));
+}
 
 // --- Mixture of experts ----------------------------------------------------------------------
 
@@ -223,6 +234,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   const int64_t n = x.dim(0), e_count = m.num_experts, k = m.top_k;
   const Device dev = x.device();
   layout_ = layout;
+  std::optional<profile::Scope> region(std::in_place, "moe.route");
   n_ = norm_.forward(x);
 
   // Route.
@@ -238,10 +250,12 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
 
   // Experts: rows go to the ranks owning their experts, one GEMM pair per local expert over
   // its contiguous rows, and back.
+  region.emplace("moe.dispatch");
   Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
   permute_forward(xp, n_, plan_);
   dispatcher_.plan(plan_.expert_counts);
   xp_local_ = dispatcher_.to_experts(xp);
+  region.emplace("moe.experts");
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t rows = dispatcher_.local_rows();
   h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
@@ -254,10 +268,15 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
     swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
     matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
   }
+  region.emplace("moe.combine");
   y_ = dispatcher_.from_experts(y_local);
   Tensor out = Tensor::empty({n, spec_.d_model}, dt, dev);
   unpermute_forward(out, y_, weights_, plan_);
-  if (shared_) add_(out, shared_->forward(n_));
+  if (shared_) {
+    region.emplace("moe.shared");
+    add_(out, shared_->forward(n_));
+  }
+  region.emplace("moe.balance");
 
   // Load statistics and balancing terms, from the (small) routing tensors on the host.
   // Local sums first; then one all-reduce over the world makes f, P and the token counts
@@ -326,10 +345,12 @@ Tensor MoeFfn::backward(const Tensor& dy) {
 
   // Combine, experts, dispatch: mirror of the forward.
   const DType dt = dy.dtype();
+  std::optional<profile::Scope> region(std::in_place, "moe.combine.bwd");
   Tensor dyp = Tensor::empty(y_.shape(), dt, dev);
   Tensor dweights = Tensor::empty(weights_.shape(), DType::kF32, dev);
   unpermute_backward(dyp, dweights, dy, y_, weights_, plan_);
   Tensor dy_local = dispatcher_.to_experts(dyp);
+  region.emplace("moe.experts.bwd");
   Tensor da = Tensor::empty(a_.shape(), dt, dev);
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
@@ -343,10 +364,15 @@ Tensor MoeFfn::backward(const Tensor& dy) {
     matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
                     xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
   }
+  region.emplace("moe.dispatch.bwd");
   Tensor dxp = dispatcher_.from_experts(dxp_local);
   Tensor dn = Tensor::empty(n_.shape(), dt, dev);
   permute_backward(dn, dxp, plan_);
-  if (shared_) add_(dn, shared_->backward(dy));
+  if (shared_) {
+    region.emplace("moe.shared.bwd");
+    add_(dn, shared_->backward(dy));
+  }
+  region.emplace("moe.route.bwd");
 
   // Router: gate-weight gradient through top-k, plus the balancing terms' gradients.
   Tensor dscores = Tensor::empty(scores_.shape(), DType::kF32, dev);
@@ -427,16 +453,26 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
 
 Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
   Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
-  add(h, x, attn_.forward(x, layout, cache));
+  Tensor a = attn_.forward(x, layout, cache);
+  {
+    profile::Scope region("residual");
+    add(h, x, a);
+  }
+  Tensor f = ffn_->forward(h, layout);
+  profile::Scope region("residual");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  add(out, h, ffn_->forward(h, layout));
+  add(out, h, f);
   return out;
 }
 
 Tensor Block::backward(const Tensor& dout) {
   Tensor dh = ffn_->backward(dout);
-  add_(dh, dout);
+  {
+    profile::Scope region("residual.bwd");
+    add_(dh, dout);
+  }
   Tensor dx = attn_.backward(dh);
+  profile::Scope region("residual.bwd");
   add_(dx, dh);
   return dx;
 }

@@ -6,6 +6,7 @@
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
+#include "kernels/profile.h"
 
 namespace sy {
 namespace {
@@ -93,6 +94,7 @@ TokenLayout Transformer::layout_for(const Tensor& inputs) const {
 }
 
 Tensor Transformer::embed(const Tensor& ids) {
+  profile::Scope region("embed");
   Tensor flat = ids.to(store_.device()).view({ids.numel()});
   // Looked up from the fp32 table, rounded once to the compute dtype.
   Tensor x = Tensor::empty({ids.numel(), spec_.d_model}, store_.compute_dtype(), store_.device());
@@ -101,6 +103,7 @@ Tensor Transformer::embed(const Tensor& ids) {
 }
 
 void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
+  profile::Scope region("embed.bwd");
   embedding_backward(embed_.grad, d, ids.to(store_.device()).view({ids.numel()}));
 }
 
@@ -134,6 +137,7 @@ namespace {
 // The logits take hn's dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32).
 double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
                           const Tensor& dhn) {
+  profile::Scope region("head+loss");
   const int64_t n = hn.dim(0), vocab = head.value.dim(0);
   const Device dev = hn.device();
   Tensor logits = Tensor::empty({n, vocab}, hn.dtype(), dev);
@@ -174,7 +178,11 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
 
   LossTerms terms;
   Tensor h0 = trunk_forward(inputs, layout);
-  Tensor hn = final_norm_->forward(h0);
+  Tensor hn;
+  {
+    profile::Scope region("final_norm");
+    hn = final_norm_->forward(h0);
+  }
   Tensor dhn = Tensor::empty({n, d}, dt, dev);
   terms.lm = scales.lm * head_loss_and_grad(hn, head_param(), targets, scales.lm, dhn);
 
@@ -218,8 +226,12 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     carry = m.hnorm->backward(da);
   }
 
-  Tensor dh0 = final_norm_->backward(dhn);
-  if (carry.defined()) add_(dh0, carry);
+  Tensor dh0;
+  {
+    profile::Scope region("final_norm.bwd");
+    dh0 = final_norm_->backward(dhn);
+    if (carry.defined()) add_(dh0, carry);
+  }
   embed_backward(inputs, trunk_backward(dh0));
 
   double balance_after = 0;

@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/profile.h"
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
@@ -376,6 +377,11 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
 
   const double lambda = spec.mtp_loss_weight;
   for (int64_t step = start_step; step < steps; ++step) {
+    const bool profiled = tc.profile_step() == step + 1;
+    if (profiled) {
+      profile::sync(device);  // the timer starts with an idle GPU
+      profile::open(device);
+    }
     const auto t0 = std::chrono::steady_clock::now();
     store.zero_grad();
     for (MoeFfn* m : model.moe_layers()) m->stats().reset(spec.moe.num_experts);
@@ -404,14 +410,26 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       terms[1] += t.mtp;
       terms[2] += t.aux;
     }
-    grad_sync.sync();
+    {
+      profile::Scope region("grad_sync");
+      grad_sync.sync();
+    }
     const double lr = schedule.lr(step);
-    const double norm = optimizer.step(static_cast<float>(lr));
-    for (MoeFfn* m : model.moe_layers()) m->update_bias();
+    double norm = 0;
+    {
+      profile::Scope region("optimizer");
+      norm = optimizer.step(static_cast<float>(lr));
+      for (MoeFfn* m : model.moe_layers()) m->update_bias();
+    }
     world.all_reduce_host(terms, ReduceOp::kSum);
+    if (profiled) profile::sync(device);
     const LossTerms sum{.lm = terms[0], .mtp = terms[1], .aux = terms[2]};
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (profiled) {
+      log << absl::StrFormat("profile of step %d (%s):\n", step + 1, device.str())
+          << profile::format_table(profile::close(), seconds * 1e3);
+    }
     const double tokens_per_s =
         static_cast<double>(micro * accum * spec.seq_len * world.size()) / seconds;
     // The console shows the MTP heads' mean CE (comparable with lm); the total uses lambda.

@@ -163,6 +163,34 @@ TEST(Train, LossFallsAndTheRunDirectoryHoldsConfigMetricsAndCheckpoints) {
   EXPECT_EQ(reloaded->model().d_model(), 32);
 }
 
+// train.profile_step prints the per-region breakdown of that step, once, with the regions of
+// every layer kind, and their times add up to no more than the step.
+TEST(Train, ProfileStepPrintsTheRegionBreakdownOfThatStep) {
+  const auto config = small_config(
+      "train { steps: 3 profile_step: 2 } schedule { warmup_steps: 1 } checkpoint { interval: 0 }");
+  std::ostringstream log;
+  ASSERT_TRUE(train(config, {.run_dir = fresh_dir("run")}, log).ok());
+  const std::string text = log.str();
+  ASSERT_NE(text.find("profile of step 2 (cpu)"), std::string::npos) << text;
+  EXPECT_EQ(text.find("profile of step", text.find("profile of step 2") + 1), std::string::npos)
+      << "only the asked step is profiled";
+  double sum = 0, step = -1;
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    std::vector<std::string> words = absl::StrSplit(line, ' ', absl::SkipEmpty());
+    if (words.size() < 2) continue;
+    if (words[0] == "step" && words.size() == 2) step = std::stod(words[1]);
+    for (const char* region : {"attn.qkv", "attn.core", "attn.core.bwd", "ffn", "moe.route",
+                               "moe.experts", "moe.experts.bwd", "head+loss", "optimizer"}) {
+      if (words[0] == region && words.size() == 4) sum += std::stod(words[1]);
+    }
+  }
+  for (const char* region : {"attn.core.bwd", "moe.experts.bwd", "head+loss", "optimizer"})
+    EXPECT_NE(text.find(absl::StrCat("\n", region, " ")), std::string::npos) << region;
+  EXPECT_GT(step, 0) << text;
+  EXPECT_GT(sum, 0);
+  EXPECT_LE(sum, step * 1.001 + 0.01);
+}
+
 TEST(Train, TrainsOnTokenShardsMadeByTheDataCommand) {
   // A repetitive text the byte-level model can learn quickly, tokenized by `switchyard data`.
   const std::string dir = fresh_dir("data");

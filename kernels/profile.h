@@ -1,0 +1,47 @@
+#pragma once
+// Per-region timing of one training step, for the per-op breakdown a performance note needs.
+// While a profile is open, every Scope on that device records how long its region took: on
+// CUDA a pair of events on the compute stream (no synchronisation inside the step, so the
+// step runs as it would unprofiled), on the CPU the wall clock (CPU ops are synchronous).
+// close() waits for the GPU and returns each region's total time in first-seen order.
+// With no profile open a Scope costs one branch.
+//
+//   profile::open(device);
+//   { profile::Scope s("attn.core"); attention_forward(...); }
+//   for (const auto& r : profile::close()) ...
+//
+// Regions may nest; a nested region's time is also inside its parent's.
+#include <string>
+#include <vector>
+
+#include "kernels/tensor.h"
+
+namespace sy::profile {
+
+struct Region {
+  std::string name;
+  double ms = 0;
+  int calls = 0;
+};
+
+void open(Device device);
+// Waits until the device has finished the work queued so far (a no-op on the CPU).
+void sync(Device device);
+bool is_open();
+std::vector<Region> close();
+
+class Scope {
+ public:
+  explicit Scope(const char* name);
+  ~Scope();
+  Scope(const Scope&) = delete;
+  Scope& operator=(const Scope&) = delete;
+
+ private:
+  int slot_ = -1;
+};
+
+// A fixed-width table of the regions (ms per step, share of `total_ms`, calls).
+std::string format_table(const std::vector<Region>& regions, double total_ms);
+
+}  // namespace sy::profile
