@@ -1,9 +1,16 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build switchyard with CUDA, run every GPU test, then train the
-# default tiny config on the GPU and on the CPU there, writing logs and a summary to $OUT
-# (or ./device-out when run by hand).
+# One call on the GPU machine: build switchyard with CUDA, then run the stages asked for
+# (all by default), writing logs and a summary to $OUT (or ./device-out when run by hand).
 #
-#   bench/device_run.sh            # from the project root on the GPU machine
+#   bench/device_run.sh                      # every stage
+#   bench/device_run.sh gpu bench            # build, then only these stages
+#
+# Stages:
+#   gpu    ctest -L gpu (every CUDA op and the whole model against the CPU)
+#   cpu    ctest -L 'unit|mpi' (the CPU suites on this machine's 16 cores)
+#   tiny   the default run (configs/tiny.textproto: DEVICE_AUTO, so the GPU in bf16)
+#   bench  configs/bench_moe_1b.textproto: tokens/s, TFLOP/s, MFU and the per-region profile
+#          of one step (train.profile_step), without and with one MTP module
 #
 # The device recipe (../shared/device/README.md): the abseil packages travel in .device-deps/.
 set -uo pipefail
@@ -11,6 +18,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
+stages=${*:-gpu cpu tiny bench}
+want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
   ldconfig
@@ -24,27 +33,41 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 start=$(date +%s)
 cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/build.log" 2>&1 &&
   cmake --build build-dev -j "$(nproc)" >>"$out/build.log" 2>&1
-note "build: exit $? in $(( $(date +%s) - start )) s"
+rc=$?
+note "build: exit $rc in $(( $(date +%s) - start )) s"
+[ $rc -eq 0 ] || { tail -40 "$out/build.log"; exit 1; }
 
-ctest --test-dir build-dev -L gpu --output-on-failure >"$out/gpu_tests.log" 2>&1
-note "gpu tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/gpu_tests.log"))"
-ctest --test-dir build-dev -L 'unit|mpi' -j 8 >"$out/cpu_tests.log" 2>&1
-note "unit+mpi tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/cpu_tests.log"))"
+if want gpu; then
+  ctest --test-dir build-dev -L gpu --output-on-failure >"$out/gpu_tests.log" 2>&1
+  note "gpu tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/gpu_tests.log"))"
+  grep -E '^\s*[0-9]+/[0-9]+ Test.*(Failed|Exception|Timeout)' "$out/gpu_tests.log" | tee -a "$summary"
+fi
+if want cpu; then
+  ctest --test-dir build-dev -L 'unit|mpi' -j 8 >"$out/cpu_tests.log" 2>&1
+  note "unit+mpi tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/cpu_tests.log"))"
+fi
 
-for device in DEVICE_CUDA DEVICE_CPU; do
+if want tiny; then
   start=$(date +%s.%N)
-  build-dev/switchyard train --config configs/tiny.textproto --run_dir "/tmp/tiny-$device" \
-    --set "device: $device" >"$out/tiny_$device.log" 2>&1
+  build-dev/switchyard train --config configs/tiny.textproto --run_dir /tmp/tiny \
+    >"$out/tiny.log" 2>&1
   rc=$?
   secs=$(python3 -c "print(round($(date +%s.%N) - $start, 1))")
-  note "tiny default run on $device: exit $rc in ${secs} s; $(grep '^eval' "$out/tiny_$device.log" | tail -1)"
-  note "  $(grep -E '^step 4000' "$out/tiny_$device.log")"
-done
+  note "tiny default run: exit $rc in ${secs} s; $(grep '^eval' "$out/tiny.log" | tail -1)"
+  note "  $(grep -E '^model' "$out/tiny.log" | grep -oE 'device [^|]*')"
+  note "  $(grep -E '^step 4000' "$out/tiny.log")"
+fi
 
-# Baseline throughput of the whole training step on the benchmark model (f32 path today):
-# 6 steps, the first one warms up allocator pools and cuBLASLt's algorithm cache.
-build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir /tmp/bench \
-  --set 'train { steps: 6 log_interval: 1 } schedule { warmup_steps: 1 } data { arithmetic { eval_examples: 4 } } checkpoint { interval: 0 }' \
-  >"$out/bench_moe_1b.log" 2>&1
-note "bench_moe_1b (f32): exit $?"
-grep -E '^(model|step)' "$out/bench_moe_1b.log" | tee -a "$summary"
+if want bench; then
+  # 8 steps: the first warms allocator pools and cuBLASLt's algorithm cache; step 6 is
+  # profiled region by region.
+  for mtp in 0 1; do
+    build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench$mtp" \
+      --set "mtp { num_modules: $mtp } train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { arithmetic { eval_examples: 4 } } checkpoint { interval: 0 }" \
+      >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
+    note "bench_moe_1b MTP $mtp: exit $?"
+    grep -E '^(model|step [5-8]/)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
+    if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^step  /p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
+  done
+  nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
+fi
