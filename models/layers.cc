@@ -4,6 +4,7 @@
 #include <optional>
 
 #include "kernels/attention.h"
+#include "kernels/balance.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/profile.h"
@@ -278,35 +279,20 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   }
   region.emplace("moe.balance");
 
-  // Load statistics and balancing terms, from the (small) routing tensors on the host.
-  // Local sums first; then one all-reduce over the world makes f, P and the token counts
-  // those of the global batch.
-  const std::vector<int32_t> idx = indices_.to_i32_vector();
-  const std::vector<float> s = scores_.to_f32_vector();
-  const std::vector<float> lg = logits_.to_f32_vector();
+  // Load statistics and balancing terms: per-sequence sums on the device (routing_stats),
+  // combined here from one small [B, 2E + 1] copy. Local sums first; then one all-reduce
+  // over the world makes f, P and the token counts those of the global batch.
   const int64_t b_count = layout.batch, t_count = layout.seq;
-  std::vector<double> seq_counts(b_count * e_count, 0.0);
+  Tensor seq_stats = Tensor::empty({b_count, 2 * e_count + 1}, DType::kF32, dev);
+  routing_stats(seq_stats, indices_, scores_, logits_);
+  const std::vector<float> st = seq_stats.to_f32_vector();
+  auto stat = [&](int64_t b, int64_t col) { return double(st[b * (2 * e_count + 1) + col]); };
   // [counts (E) | score sums (E) | tokens | sequences]
   std::vector<double> global(2 * e_count + 2, 0.0);
-  std::vector<double> p(n * e_count);
   double z_sum = 0;
-  for (int64_t i = 0; i < n * k; ++i) {
-    global[idx[i]] += 1;
-    seq_counts[(i / k) / t_count * e_count + idx[i]] += 1;
-  }
-  for (int64_t r = 0; r < n; ++r) {
-    double total = 0;
-    for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
-    for (int64_t e = 0; e < e_count; ++e) {
-      p[r * e_count + e] = s[r * e_count + e] / total;
-      global[e_count + e] += p[r * e_count + e];
-    }
-    double mx = lg[r * e_count];
-    for (int64_t e = 1; e < e_count; ++e) mx = std::max(mx, double(lg[r * e_count + e]));
-    double sum = 0;
-    for (int64_t e = 0; e < e_count; ++e) sum += std::exp(lg[r * e_count + e] - mx);
-    const double lse = mx + std::log(sum);
-    z_sum += lse * lse;
+  for (int64_t b = 0; b < b_count; ++b) {
+    for (int64_t e = 0; e < 2 * e_count; ++e) global[e] += stat(b, e);
+    z_sum += stat(b, 2 * e_count);
   }
   std::vector<double> local_psum(global.begin() + e_count, global.begin() + 2 * e_count);
   global[2 * e_count] = static_cast<double>(n);
@@ -325,10 +311,8 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   }
   for (int64_t b = 0; b < b_count; ++b) {
     for (int64_t e = 0; e < e_count; ++e) {
-      double pm = 0;
-      for (int64_t t = 0; t < t_count; ++t) pm += p[(b * t_count + t) * e_count + e];
-      f_seq_[b * e_count + e] = e_count * seq_counts[b * e_count + e] / double(k * t_count);
-      seq_aux += f_seq_[b * e_count + e] * pm / t_count / sequences_global_;
+      f_seq_[b * e_count + e] = e_count * stat(b, e) / double(k * t_count);
+      seq_aux += f_seq_[b * e_count + e] * stat(b, e_count + e) / t_count / sequences_global_;
     }
   }
   stats_.dropped += plan_.num_dropped();
@@ -340,7 +324,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
 
 Tensor MoeFfn::backward(const Tensor& dy) {
   const MoeSpec& m = spec_.moe;
-  const int64_t n = n_.dim(0), e_count = m.num_experts;
+  const int64_t e_count = m.num_experts;
   const Device dev = dy.device();
 
   // Combine, experts, dispatch: mirror of the forward.
@@ -379,45 +363,26 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   topk_backward(dscores, dweights, indices_, scores_, topk_options(m));
   const bool balance = m.aux_loss_coef > 0 || m.seq_aux_loss_coef > 0;
   if (balance) {
-    Tensor ds_host = dscores.to(Device::cpu()).clone();
-    float* ds = ds_host.data<float>();
-    const std::vector<float> s = scores_.to_f32_vector();
-    const int64_t t_count = layout_.seq;
-    std::vector<double> dp(e_count);
-    for (int64_t r = 0; r < n; ++r) {
-      // d(loss)/d(p) where p = s / sum(s), then through the normalisation to s.
-      double total = 0, dot = 0;
-      for (int64_t e = 0; e < e_count; ++e) total += s[r * e_count + e];
+    // d(loss)/d(p) per sequence and expert, then through p = s / sum(s) on the device.
+    const int64_t b_count = layout_.batch, t_count = layout_.seq;
+    Tensor dp = Tensor::empty({b_count, e_count});
+    float* g = dp.data<float>();
+    for (int64_t b = 0; b < b_count; ++b) {
       for (int64_t e = 0; e < e_count; ++e) {
-        dp[e] = loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
-                               m.seq_aux_loss_coef * f_seq_[(r / t_count) * e_count + e] /
-                                   (t_count * sequences_global_));
-        dot += dp[e] * s[r * e_count + e] / total;
+        g[b * e_count + e] =
+            static_cast<float>(loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
+                                              m.seq_aux_loss_coef * f_seq_[b * e_count + e] /
+                                                  (t_count * sequences_global_)));
       }
-      for (int64_t e = 0; e < e_count; ++e)
-        ds[r * e_count + e] += static_cast<float>((dp[e] - dot) / total);
     }
-    dscores.copy_from(ds_host);
+    balance_backward(dscores, scores_, dp.to(dev));
   }
   Tensor dlogits = Tensor::empty(logits_.shape(), DType::kF32, dev);
   router_scores_backward(dlogits, dscores, scores_, m.score_function);
   if (m.z_loss_coef > 0) {
     // d/dlogit of coef * sum(lse^2) / N = coef * 2 lse / N * softmax(logits).
-    Tensor dl_host = dlogits.to(Device::cpu()).clone();
-    float* dl = dl_host.data<float>();
-    const std::vector<float> lg = logits_.to_f32_vector();
-    for (int64_t r = 0; r < n; ++r) {
-      const float* row = lg.data() + r * e_count;
-      double mx = row[0];
-      for (int64_t e = 1; e < e_count; ++e) mx = std::max(mx, double(row[e]));
-      double sum = 0;
-      for (int64_t e = 0; e < e_count; ++e) sum += std::exp(row[e] - mx);
-      const double lse = mx + std::log(sum);
-      const double c = loss_scale_ * m.z_loss_coef * 2.0 * lse / tokens_global_;
-      for (int64_t e = 0; e < e_count; ++e)
-        dl[r * e_count + e] += static_cast<float>(c * std::exp(row[e] - mx) / sum);
-    }
-    dlogits.copy_from(dl_host);
+    z_loss_backward(dlogits, logits_,
+                    static_cast<float>(loss_scale_ * m.z_loss_coef / tokens_global_));
   }
   linear_backward(dn, router_, dlogits, n_, 1.0f);
   return norm_.backward(dn);

@@ -1,8 +1,9 @@
 // Embedding lookup on the GPU: out[n, :] = table[ids[n], :] (table and out each f32 or
 // bf16), and its backward dtable[ids[n], :] += dout[n, :] into an f32 parameter gradient.
 // The backward is deterministic: a stable radix sort groups the token positions by id, and
-// one block per distinct id adds that id's rows in increasing position order, the same
-// summation order as the CPU loop (so f32 results match it exactly). An id outside
+// each id's rows are added in increasing position order, in pieces of kChunk slots (see
+// below), so results are bitwise stable run to run (and agree with the CPU loop up to f32
+// regrouping). An id outside
 // [0, V) is a programming error: the kernel prints it and traps.
 #include <bit>
 #include <cub/device/device_radix_sort.cuh>
@@ -40,12 +41,38 @@ __global__ void iota_kernel(int32_t* p, int64_t n) {
   }
 }
 
-// Block b starts at sorted slot b; it works only when the slot opens a run of equal ids,
-// and then adds all the run's rows (positions ascending) to that id's gradient row.
+// Backward in two deterministic passes over the id-sorted slots, so that one very frequent
+// id (a space, "the", or the few symbols of the arithmetic task) is not one block's serial
+// walk over thousands of rows:
+//   1. a block owns a chunk of kChunk consecutive sorted slots and sums each run of equal ids
+//      inside it (in slot order) into partial[first slot of that run piece];
+//   2. a block per id run adds its pieces (one per chunk it touches, in order) to the row.
+constexpr int64_t kChunk = 32;
+
 template <typename T>
-__global__ void embedding_backward_kernel(float* dtable, const T* dout, const int32_t* sorted_ids,
-                                          const int32_t* sorted_pos, int64_t n, int64_t d,
-                                          int64_t vocab) {
+__global__ void embedding_partial_kernel(float* partial, const T* dout, const int32_t* sorted_ids,
+                                         const int32_t* sorted_pos, int64_t n, int64_t d) {
+  for (int64_t chunk = blockIdx.x; chunk * kChunk < n; chunk += gridDim.x) {
+    const int64_t begin = chunk * kChunk, end = std::min(n, begin + kChunk);
+    for (int64_t col = threadIdx.x; col < d; col += blockDim.x) {
+      float acc = 0.0f;
+      int64_t piece = begin;
+      for (int64_t s = begin; s < end; ++s) {
+        if (s > begin && sorted_ids[s] != sorted_ids[s - 1]) {
+          partial[piece * d + col] = acc;
+          acc = 0.0f;
+          piece = s;
+        }
+        acc += to_f32(dout[static_cast<int64_t>(sorted_pos[s]) * d + col]);
+      }
+      partial[piece * d + col] = acc;
+    }
+  }
+}
+
+__global__ void embedding_backward_kernel(float* dtable, const float* partial,
+                                          const int32_t* sorted_ids, const int32_t* sorted_pos,
+                                          int64_t n, int64_t d, int64_t vocab) {
   for (int64_t slot = blockIdx.x; slot < n; slot += gridDim.x) {
     const int32_t id = sorted_ids[slot];
     if (slot > 0 && sorted_ids[slot - 1] == id) continue;
@@ -55,7 +82,8 @@ __global__ void embedding_backward_kernel(float* dtable, const T* dout, const in
     float* row = dtable + static_cast<int64_t>(id) * d;
     for (int64_t col = threadIdx.x; col < d; col += blockDim.x) {
       float acc = row[col];
-      for (int64_t s = slot; s < end; ++s) acc += to_f32(dout[sorted_pos[s] * d + col]);
+      // Pieces start at the run's first slot and at every chunk boundary inside the run.
+      for (int64_t s = slot; s < end; s = (s / kChunk + 1) * kChunk) acc += partial[s * d + col];
       row[col] = acc;
     }
   }
@@ -98,13 +126,18 @@ void embedding_backward(const Tensor& dtable, const Tensor& dout, const Tensor& 
                                                 sorted_ids.as<int32_t>(), positions.as<int32_t>(),
                                                 sorted_pos.as<int32_t>(), n, 0, end_bit, stream()));
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (d + 31) / 32 * 32));
+  Scratch partial(static_cast<size_t>(n) * d * sizeof(float));
   dispatch_float(dout.dtype(), "embedding dout", [&](auto tag) {
     using T = decltype(tag);
-    embedding_backward_kernel<T><<<row_grid(n), threads, 0, stream()>>>(
-        ptr<float>(dtable), ptr<T>(dout), sorted_ids.as<int32_t>(), sorted_pos.as<int32_t>(), n, d,
-        vocab);
-    launch_check("embedding_backward_kernel");
+    embedding_partial_kernel<T><<<row_grid((n + kChunk - 1) / kChunk), threads, 0, stream()>>>(
+        partial.as<float>(), ptr<T>(dout), sorted_ids.as<int32_t>(), sorted_pos.as<int32_t>(), n,
+        d);
+    launch_check("embedding_partial_kernel");
   });
+  embedding_backward_kernel<<<row_grid(n), threads, 0, stream()>>>(
+      ptr<float>(dtable), partial.as<float>(), sorted_ids.as<int32_t>(), sorted_pos.as<int32_t>(),
+      n, d, vocab);
+  launch_check("embedding_backward_kernel");
 }
 
 }  // namespace sy::cuda

@@ -1,8 +1,11 @@
 // embedding on CUDA against the CPU op on the same random inputs, for table/out dtypes f32
 // and bf16, odd widths, a single token, and ids that repeat many times (the backward's
-// sorted, per-id summation). Both are exact: the forward copies (and rounds to the output
-// dtype as the CPU path's result is rounded here), and the backward adds each id's rows in
-// position order, the same f32 additions as the CPU loop. Skips without a GPU.
+// sorted, per-id summation). The forward is exact: it copies (and rounds to the output
+// dtype as the CPU path's result is rounded here). The backward adds each id's rows in
+// position order but in pieces of 32 sorted slots, then the pieces in order: f32 sums
+// grouped differently from the CPU loop, so rtol 1e-5 with atol 1e-4 (sums of up to 5000
+// unit normals: rounding ~ sqrt(n) * 2^-24 * |sum| << 1e-4); and bitwise equal run to run.
+// Skips without a GPU.
 #include <limits>
 #include <tuple>
 
@@ -15,11 +18,11 @@
 namespace sy {
 namespace {
 
+using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
-using testing::rounded;
 using testing::on_gpu;
-using testing::filled;
+using testing::rounded;
 
 using testing::all_close;
 using testing::random_ints;
@@ -58,11 +61,14 @@ TEST_P(EmbeddingGpuTest, BackwardAccumulatesLikeCpu) {
   embedding_backward(expected, dout, ids);
   Tensor dtable = start.to(kGpu);
   embedding_backward(dtable, on_gpu(dout, dout_dtype), ids.to(kGpu));
-  EXPECT_TRUE(all_close(dtable, expected, 0, 0));
+  EXPECT_TRUE(all_close(dtable, expected, 1e-5, 1e-4));
+  Tensor again = start.to(kGpu);
+  embedding_backward(again, on_gpu(dout, dout_dtype), ids.to(kGpu));
+  EXPECT_TRUE(all_close(again, dtable, 0, 0)) << "two runs differ";
   // Twice: the second call adds on top of the first.
   embedding_backward(expected, dout, ids);
   embedding_backward(dtable, on_gpu(dout, dout_dtype), ids.to(kGpu));
-  EXPECT_TRUE(all_close(dtable, expected, 0, 0));
+  EXPECT_TRUE(all_close(dtable, expected, 1e-5, 1e-4));
 }
 
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
@@ -89,7 +95,7 @@ TEST(EmbeddingGpuEdgeTest, AllTokensTheSameId) {
   embedding_backward(expected, dout, ids);
   Tensor dtable = start.to(kGpu);
   embedding_backward(dtable, dout.to(kGpu), ids.to(kGpu));
-  EXPECT_TRUE(all_close(dtable, expected, 0, 0));
+  EXPECT_TRUE(all_close(dtable, expected, 1e-5, 1e-4));
 }
 
 }  // namespace

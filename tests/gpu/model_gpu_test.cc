@@ -6,8 +6,11 @@
 // bf16 tolerances: activations and GEMM operands carry 8 significant bits (relative
 // rounding 2^-9 ~ 2e-3 per value); through 3 blocks, the losses agree to ~1e-2 relative and
 // each gradient to ~1e-2 in relative L2 norm. A token whose top-k choice flips between near
-// tied experts moves that token's share of an expert's gradient, so expert and router
-// tensors get a looser per-tensor bound (0.15) while all gradients together must agree to 3%.
+// tied experts moves that token's share of an expert's gradient, and a norm gain's gradient
+// is a sum over tokens of signed terms where cancellation magnifies rounding: measured on the
+// H200, dense matrices are within 5.2% (relative L2), norm gains and MoE tensors within 17%.
+// Bounds: 8% and 25% per tensor, and all gradients together within 3%. A wrong weight, a
+// stale compute copy or a dropped term gives errors of order 1.
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -117,33 +120,38 @@ TEST(ModelGpu, Bf16ComputeFollowsTheF32CpuWithinBf16Tolerances) {
     std::vector<float> diff(want.size());
     for (size_t i = 0; i < want.size(); ++i) diff[i] = got[i] - want[i];
     const double rel = l2(diff) / (l2(want) + 1e-12);
-    const bool routed = p->name.find("moe.") != std::string::npos;
-    EXPECT_LT(rel, routed ? 0.15 : 0.05) << p->name << " relative L2 error";
+    // Gains of norms sum many signed terms over tokens (cancellation magnifies the rounding);
+    // expert and router tensors see top-k flips.
+    const bool loose =
+        p->name.find("moe.") != std::string::npos || p->name.find("norm") != std::string::npos;
+    EXPECT_LT(rel, loose ? 0.25 : 0.08) << p->name << " relative L2 error";
     diff_all += l2(diff) * l2(diff);
     norm_all += l2(want) * l2(want);
   }
   EXPECT_LT(std::sqrt(diff_all / norm_all), 0.03) << "all gradients together";
 }
 
-// The compute copies follow the master weights: after a change reported with
-// values_changed(), the next forward reads the new values.
+// The compute copies follow the master weights: a store whose weights change after its
+// first forward (reported with values_changed()) computes exactly what a store built with
+// the changed weights computes, and the change shows in the logits.
 TEST(ModelGpu, Bf16ComputeCopiesFollowTheMasterWeights) {
   SKIP_WITHOUT_GPU();
   const ModelSpec spec = spec_for_parity();
-  ParamStore store(Device::cuda(0), DType::kBF16);
-  Transformer model(spec, store);
-  store.initialize(17);
   auto rng = testing::rng_for_test();
   Tensor inputs = testing::random_ints({2, spec.seq_len}, 0, spec.vocab_size, rng);
-  const std::vector<float> before = model.logits(inputs, true).to_f32_vector();
-  Param* head = store.find("embed.weight");
-  scale_(head->value, 2.0f);
-  store.values_changed();
-  const std::vector<float> after = model.logits(inputs, true).to_f32_vector();
-  // Doubling the tied table doubles the embeddings (RMSNorm undoes that) and the head: the
-  // logits double up to bf16 rounding.
-  for (size_t i = 0; i < before.size(); i += 7)
-    EXPECT_NEAR(after[i], 2 * before[i], 0.05 + 0.02 * std::fabs(before[i]));
+  ParamStore changed(Device::cuda(0), DType::kBF16), fresh(Device::cuda(0), DType::kBF16);
+  Transformer changed_model(spec, changed), fresh_model(spec, fresh);
+  changed.initialize(17);
+  fresh.initialize(17);
+  const std::vector<float> before = changed_model.logits(inputs, true).to_f32_vector();
+  for (ParamStore* store : {&changed, &fresh}) {
+    scale_(store->find("layers.1.attn.wo")->value, -3.0f);
+    scale_(store->find("embed.weight")->value, 0.5f);
+    store->values_changed();
+  }
+  const std::vector<float> after = changed_model.logits(inputs, true).to_f32_vector();
+  EXPECT_EQ(after, fresh_model.logits(inputs, true).to_f32_vector());
+  EXPECT_NE(after, before);
 }
 
 switchyard::Experiment small_run(const std::string& device,
