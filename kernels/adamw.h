@@ -4,6 +4,9 @@
 //   m_hat = m / (1 - beta1^step);  v_hat = v / (1 - beta2^step)
 //   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
 // step counts from 1. Which parameters decay is the optimizer's choice (pass 0 to skip).
+// g is grad * grad_scale (gradient clipping folded into the update; grad is not written).
+// With `copy` (bf16, same shape) the updated parameter is also written there, rounded: the
+// compute copy a bf16 model reads, refreshed in the same pass over memory.
 #include <cstdint>
 
 #include "kernels/tensor.h"
@@ -17,17 +20,18 @@ struct AdamWParams {
   float eps = 1e-8f;
   float weight_decay = 0.0f;
   int64_t step = 1;
+  float grad_scale = 1.0f;
 };
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const AdamWParams& p);
+                const AdamWParams& p, const Tensor& copy = Tensor());
 namespace cpu {
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const AdamWParams& p);
+                const AdamWParams& p, const Tensor& copy);
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/adamw.cu (one launch per tensor); defined in CUDA builds only.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
-                const AdamWParams& p);
+                const AdamWParams& p, const Tensor& copy);
 }  // namespace cuda
 }  // namespace sy

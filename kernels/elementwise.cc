@@ -66,6 +66,21 @@ double sum_squares(const Tensor& x) {
   no_kernel("sum_squares", x.device());
 }
 
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  if (xs.empty()) return {};
+  for (const Tensor& x : xs) {
+    check_float(x, "sum_squares_each x");
+    SY_CHECK(x.device() == xs[0].device())
+        << "sum_squares_each: tensors on " << xs[0].device().str() << " and " << x.device().str();
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (xs[0].device().is_cuda()) return cuda::sum_squares_each(xs);
+#endif
+  std::vector<double> out;
+  for (const Tensor& x : xs) out.push_back(sum_squares(x));
+  return out;
+}
+
 void cast(const Tensor& out, const Tensor& x) {
   for (const Tensor* t : {&out, &x}) {
     SY_CHECK(t->dtype() == DType::kF32 || t->dtype() == DType::kBF16)

@@ -7,8 +7,11 @@
 //   concat_cols(out, a, b) out[n] = [a[n], b[n]]  a [N, A], b [N, B], out [N, A + B]
 //   split_cols(da, db, d)  the backward of concat_cols: da = d[:, :A], db = d[:, A:] (written)
 //   sum_squares(x)         sum of x^2 in double (gradient norms)
+//   sum_squares_each(xs)   sum_squares of each tensor (one device on CUDA: one wait for all)
 //   cast(out, x)           out = x converted to out's dtype (f32 <-> bf16, round to nearest
 //                          even); the one op that mixes dtypes, on the CPU too
+#include <vector>
+
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -18,6 +21,7 @@ void scale_(const Tensor& x, float s);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);
 void cast(const Tensor& out, const Tensor& x);
 namespace cpu {
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
@@ -34,6 +38,7 @@ void scale_(const Tensor& x, float s);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);
 void cast(const Tensor& out, const Tensor& x);
 }  // namespace cuda
 }  // namespace sy

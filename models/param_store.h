@@ -71,6 +71,9 @@ class ParamStore {
   // once, on the model's next forward. Both are no-ops without compute copies.
   void values_changed() { ++version_; }
   void refresh_compute();
+  // For a writer that also wrote every compute copy from the new values (the optimizer's
+  // fused update): marks the copies current.
+  void compute_copies_written() { compute_version_ = version_; }
 
  private:
   Device device_;

@@ -38,21 +38,28 @@ AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings,
 double AdamW::grad_norm() const {
   // Dense gradients are identical on every rank after the sync: count them once. Each EP rank
   // holds different experts: sum their squares over the EP group.
+  std::vector<Tensor> grads;
+  for (const Slot& s : slots_) grads.push_back(s.param->grad);
+  const std::vector<double> squares = sum_squares_each(grads);  // one wait for all
   double dense = 0, expert = 0;
-  for (const Slot& s : slots_) {
-    (s.param->group == SyncGroup::kExpert ? expert : dense) += sum_squares(s.param->grad);
-  }
+  for (size_t i = 0; i < slots_.size(); ++i)
+    (slots_[i].param->group == SyncGroup::kExpert ? expert : dense) += squares[i];
   if (parallel_.ep) parallel_.ep->all_reduce_host({&expert, 1}, ReduceOp::kSum);
   return std::sqrt(dense + expert);
 }
 
 double AdamW::step(float lr) {
   const double norm = grad_norm();
-  if (settings_.grad_clip > 0 && norm > settings_.grad_clip) {
-    const float factor = static_cast<float>(settings_.grad_clip / (norm + 1e-6));
-    for (Slot& s : slots_) scale_(s.param->grad, factor);
-  }
+  // Clipping scales the gradients inside the update (they are left as computed).
+  float factor = 1.0f;
+  if (settings_.grad_clip > 0 && norm > settings_.grad_clip)
+    factor = static_cast<float>(settings_.grad_clip / (norm + 1e-6));
   ++steps_;
+  // Owners write the bf16 compute copies in the same pass; with ZeRO-1 the other ranks get
+  // new values by broadcast, and their copies are re-derived on the next forward.
+  bool copies_written = true;
+  for (const Param* p : store_.params())
+    if (p->compute.defined() && !p->trainable) copies_written = false;
   for (Slot& s : slots_) {
     if (!s.owned) continue;
     AdamWParams p{.lr = lr,
@@ -60,13 +67,18 @@ double AdamW::step(float lr) {
                   .beta2 = settings_.beta2,
                   .eps = settings_.eps,
                   .weight_decay = s.param->decay ? settings_.weight_decay : 0.0f,
-                  .step = steps_};
-    adamw_step(s.param->value, s.param->grad, s.m, s.v, p);
+                  .step = steps_,
+                  .grad_scale = factor};
+    adamw_step(s.param->value, s.param->grad, s.m, s.v, p, s.param->compute);
   }
   for (Slot& s : slots_) {
-    if (s.group) s.group->broadcast(s.param->value, s.owner);
+    if (s.group) {
+      s.group->broadcast(s.param->value, s.owner);
+      copies_written = false;
+    }
   }
   store_.values_changed();
+  if (copies_written) store_.compute_copies_written();
   return norm;
 }
 

@@ -133,24 +133,36 @@ void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout) {
   });
 }
 
-double sum_squares(const Tensor& x) {
+namespace {
+// Queues the deterministic two-kernel sum of squares of x into *result (device memory).
+void enqueue_sum_squares(const Tensor& x, double* result) {
   const int64_t n = x.numel();
-  if (n == 0) return 0.0;
-  use_device(x);
   const unsigned blocks = std::min<unsigned>(grid_for(n), 4 * sm_count());
-  Scratch partial((blocks + 1) * sizeof(double));
-  double* total = partial.as<double>() + blocks;
+  Scratch partial(blocks * sizeof(double));
   dispatch_float(x.dtype(), "sum_squares", [&](auto tag) {
     using T = decltype(tag);
     sum_squares_kernel<T><<<blocks, kThreads, 0, stream()>>>(partial.as<double>(), ptr<T>(x), n);
     launch_check("sum_squares_kernel");
   });
-  sum_partials_kernel<<<1, kThreads, 0, stream()>>>(total, partial.as<double>(), blocks);
+  sum_partials_kernel<<<1, kThreads, 0, stream()>>>(result, partial.as<double>(), blocks);
   launch_check("sum_partials_kernel");
-  double result = 0.0;
-  SY_CUDA_CHECK(cudaMemcpyAsync(&result, total, sizeof(double), cudaMemcpyDeviceToHost, stream()));
+}
+}  // namespace
+
+double sum_squares(const Tensor& x) { return sum_squares_each({x})[0]; }
+
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  std::vector<double> out(xs.size(), 0.0);
+  if (xs.empty()) return out;
+  use_device(xs[0]);
+  Scratch results(xs.size() * sizeof(double));
+  SY_CUDA_CHECK(cudaMemsetAsync(results.as<double>(), 0, xs.size() * sizeof(double), stream()));
+  for (size_t i = 0; i < xs.size(); ++i)
+    if (xs[i].numel() > 0) enqueue_sum_squares(xs[i], results.as<double>() + i);
+  SY_CUDA_CHECK(cudaMemcpyAsync(out.data(), results.as<double>(), xs.size() * sizeof(double),
+                                cudaMemcpyDeviceToHost, stream()));
   SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  return result;
+  return out;
 }
 
 void cast(const Tensor& out, const Tensor& x) {

@@ -56,10 +56,17 @@ TEST_P(AdamWShapeTest, MatchesDoubleReplica) {
   std::vector<float> start = param.to_f32_vector();
   std::vector<double> ref_p(start.begin(), start.end()), ref_m(ref_p.size()), ref_v(ref_p.size());
   AdamWParams p{.lr = 3e-3f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f, .weight_decay = 0.05f};
+  Tensor copy = Tensor::empty(GetParam(), DType::kBF16);
   for (p.step = 1; p.step <= 5; ++p.step) {
     Tensor grad = random_normal(GetParam(), rng);
-    adamw_step(param, grad, m, v, p);
+    p.grad_scale = p.step % 2 ? 1.0f : 0.25f;  // clipping, folded into the update
+    const std::vector<float> grad_before = grad.to_f32_vector();
+    adamw_step(param, grad, m, v, p, copy);
+    EXPECT_EQ(grad.to_f32_vector(), grad_before) << "the gradient is not written";
+    // The bf16 copy is the updated parameter, rounded.
+    EXPECT_TRUE(all_close(copy.to(DType::kF32), param.to(DType::kBF16).to(DType::kF32), 0, 0));
     std::vector<float> g = grad.to_f32_vector();
+    for (float& x : g) x *= p.grad_scale;
     for (size_t i = 0; i < ref_p.size(); ++i) {
       ref_m[i] = double{p.beta1} * ref_m[i] + (1 - double{p.beta1}) * g[i];
       ref_v[i] = double{p.beta2} * ref_v[i] + (1 - double{p.beta2}) * g[i] * g[i];
