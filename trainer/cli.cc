@@ -9,6 +9,7 @@
 #include "kernels/check.h"
 #include "trainer/commands.h"
 #include "trainer/config.h"
+#include "trainer/dump_step.h"
 
 namespace sy {
 namespace {
@@ -64,6 +65,8 @@ std::vector<Subcommand>& subcommand_table() {
       {"generate", "continue a prompt with a trained model (--checkpoint RUN_DIR)", run_generate_command},
       {"data", "tokenize text files into token shards", run_data_command},
       {"config", "print the resolved experiment config (defaults included)", run_config_command},
+      {"dump-step", "write one step's logits, losses and gradients for bench/oracle.py",
+       run_dump_step_command},
   };
   return table;
 }

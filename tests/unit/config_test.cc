@@ -521,7 +521,7 @@ TEST(CliTest, UsageErrorsExitOne) {
            {{"config", "--config"}, "needs a value"},
            {{"config", "--config", "configs/tiny.textproto", "--set", "model {"},
             "--set #1 'model {':1:8: "},
-           {{"trian"}, "unknown subcommand 'trian'; available subcommands: train, generate, data, config"},
+           {{"trian"}, "unknown subcommand 'trian'; available subcommands: train, generate, data, config, dump-step, rl"},
        }) {
     RunResult run = run_switchyard(c.args);
     EXPECT_EQ(run.signal, 0) << "crashed: " << run.err;
