@@ -21,9 +21,13 @@
 // Head dims 32, 64, 128 and 256 run at their size; any other hd up to 256 runs in the next
 // larger one with zero padding (zeros add nothing to dot products and padded output
 // columns are never stored).
+//
+// bf16 with head dim 64 or 128 (16-byte aligned) goes to the tensor-core kernels of
+// kernels/cuda/attention_tc.cu instead, unless SWITCHYARD_ATTENTION=simt is set.
 #include <cmath>
 
 #include "kernels/attention.h"
+#include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/common.cuh"
 
 namespace sy::cuda {
@@ -476,6 +480,9 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   const Dims dm = dims_of(q, k);
   if (out.numel() == 0) return;
   use_device(q);
+  if (tensor_core_attention_takes({&q, &k, &v, &out})) {
+    return tensor_core_attention_forward(out, lse, q, k, v);
+  }
   dispatch_float(q.dtype(), "attention q", [&](auto tag) {
     using T = decltype(tag);
     with_head_dim(dm.hd, [&]<int HDP>() { forward_with<T, HDP>(out, lse, q, k, v, dm); });
@@ -488,6 +495,9 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   const Dims dm = dims_of(q, k);
   if (dk.numel() == 0) return;  // no keys: no queries either (Tq <= Tk)
   use_device(q);
+  if (tensor_core_attention_takes({&q, &k, &v, &out, &dout, &dq, &dk, &dv})) {
+    return tensor_core_attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+  }
   dispatch_float(q.dtype(), "attention q", [&](auto tag) {
     using T = decltype(tag);
     with_head_dim(

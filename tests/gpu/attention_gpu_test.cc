@@ -1,7 +1,10 @@
 // GPU parity of causal grouped-query attention: the CUDA kernels against the CPU reference on
 // the same random inputs, forward (out, lse) and backward (dq, dk, dv), f32 and bf16, MHA and
 // GQA, training (Tq == Tk) and decode (Tq < Tk) shapes, head dims on and off the fast sizes;
-// and two GPU runs against each other, bit for bit.
+// and two GPU runs against each other, bit for bit. bf16 with head dim 64 or 128 runs on the
+// tensor-core kernels (kernels/cuda/attention_tc.cu) unless SWITCHYARD_ATTENTION=simt; their own
+// shapes below cover the tile tails (T = 1, 17, 129, 300), decode, GQA 4:1 and 1:1 and B > 1,
+// and the two GPU paths are held to each other as well.
 //
 // Tolerances, elementwise, with peak = max(1, the largest |cpu| of the tensor) (inputs are unit
 // normals, so 1 is the scale of a gradient that cancels to exactly zero on the CPU, as dq
@@ -10,24 +13,33 @@
 //   bf16: |gpu - cpu| <= 2e-2 |cpu| + 1e-3 peak   (inputs rounded to bf16 for both sides, the
 //         CPU computing on them in fp32; the GPU's outputs are rounded to bf16, lse stays f32
 //         and is held to the f32 bound)
+//   bf16 on tensor cores: |gpu - cpu| <= 2e-2 |cpu| + 1e-2 peak   (P and dS are rounded to bf16
+//         as mma operands, as in FlashAttention-2: up to 2^-9 of each term of out, dv, dq and
+//         dk, a few of which can be of order peak; 2.5-4e-3 peak was the worst seen in an
+//         emulation of these kernels on small shapes, a wrong mask or tile costs far more)
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <iterator>
 #include <ostream>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#ifdef SWITCHYARD_HAVE_CUDA
+#include "kernels/cuda/attention_tc.h"
+#endif
 #include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
-using testing::rounded;
 using testing::on_gpu;
+using testing::rounded;
 
 using testing::all_close;
 using testing::random_normal;
@@ -43,13 +55,15 @@ void PrintTo(const Case& c, std::ostream* os) {
       << "_hd" << c.hd << "_" << dtype_name(c.dtype);
 }
 
-::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, DType dtype) {
+::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, DType dtype,
+                                    bool tensor_cores = false) {
   const std::vector<float> ref = cpu.to_f32_vector();
   double peak = 1;
   for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
   const bool f32 = dtype == DType::kF32;
+  const double atol = f32 ? 1e-5 : (tensor_cores ? 1e-2 : 1e-3);
   return all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()),
-                   f32 ? 1e-4 : 2e-2, (f32 ? 1e-5 : 1e-3) * peak);
+                   f32 ? 1e-4 : 2e-2, atol * peak);
 }
 
 // x (CPU f32) rounded to `dtype` and back: the values both sides compute on.
@@ -63,6 +77,16 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
           rounded(random_normal({c.batch, c.tk, c.kv_heads, c.hd}, rng), c.dtype),
           rounded(random_normal({c.batch, c.tk, c.kv_heads, c.hd}, rng), c.dtype),
           rounded(random_normal({c.batch, c.tq, c.heads, c.hd}, rng), c.dtype)};
+}
+
+// True when the case runs on the tensor-core kernels (kernels/cuda/attention_tc.h).
+bool on_tensor_cores(const Case& c) {
+#ifdef SWITCHYARD_HAVE_CUDA
+  return c.dtype == DType::kBF16 && (c.hd == 64 || c.hd == 128) &&
+         cuda::attention_kernels() == cuda::AttentionKernels::kTensorCore;
+#else
+  return false;
+#endif
 }
 
 class AttentionGpuTest : public ::testing::TestWithParam<Case> {};
@@ -81,7 +105,7 @@ TEST_P(AttentionGpuTest, ForwardMatchesCpu) {
   Tensor lse_gpu = Tensor::empty(lse.shape(), DType::kF32, gpu);
   attention_forward(out_gpu, lse_gpu, on_gpu(in.q, c.dtype), on_gpu(in.k, c.dtype),
                     on_gpu(in.v, c.dtype));
-  EXPECT_TRUE(close_to(out_gpu, out, c.dtype)) << "out";
+  EXPECT_TRUE(close_to(out_gpu, out, c.dtype, on_tensor_cores(c))) << "out";
   EXPECT_TRUE(close_to(lse_gpu, lse, DType::kF32)) << "lse";
 }
 
@@ -107,9 +131,9 @@ TEST_P(AttentionGpuTest, BackwardMatchesCpu) {
   attention_backward(dq_gpu, dk_gpu, dv_gpu, on_gpu(in.dout, c.dtype), on_gpu(in.q, c.dtype),
                      on_gpu(in.k, c.dtype), on_gpu(in.v, c.dtype), on_gpu(out, c.dtype),
                      lse.to(Device::cuda(0)));
-  EXPECT_TRUE(close_to(dq_gpu, dq, c.dtype)) << "dq";
-  EXPECT_TRUE(close_to(dk_gpu, dk, c.dtype)) << "dk";
-  EXPECT_TRUE(close_to(dv_gpu, dv, c.dtype)) << "dv";
+  EXPECT_TRUE(close_to(dq_gpu, dq, c.dtype, on_tensor_cores(c))) << "dq";
+  EXPECT_TRUE(close_to(dk_gpu, dk, c.dtype, on_tensor_cores(c))) << "dk";
+  EXPECT_TRUE(close_to(dv_gpu, dv, c.dtype, on_tensor_cores(c))) << "dv";
 }
 
 // {batch, Tq, Tk, H, Hkv, hd}
@@ -130,6 +154,21 @@ const Case kShapes[] = {
     {1, 50, 50, 2, 2, 200, DType::kF32},      // hd 200 in the 256 path
 };
 
+// bf16 only, head dims 64 and 128: the tensor-core kernels. Their tiles are 128 queries x 64
+// keys (forward), 64 x 64 or 32 (dQ), 64 keys x 64 or 32 queries (dK/dV).
+const Case kTensorCoreShapes[] = {
+    {2, 1, 1, 4, 1, 64, DType::kBF16},       // a single token, GQA 4:1
+    {3, 17, 17, 4, 4, 64, DType::kBF16},     // odd T inside one tile
+    {2, 129, 129, 8, 2, 128, DType::kBF16},  // one past the forward tile, GQA 4:1
+    {2, 300, 300, 4, 1, 64, DType::kBF16},   // odd T over several tiles, MQA
+    {1, 300, 300, 2, 2, 128, DType::kBF16},  // odd T, hd 128, MHA
+    {1, 256, 256, 4, 1, 128, DType::kBF16},  // whole tiles only
+    {2, 17, 300, 8, 2, 64, DType::kBF16},    // decode, a query tile inside a key tile
+    {2, 1, 129, 4, 1, 128, DType::kBF16},    // decode, one query
+    {1, 129, 300, 4, 4, 128, DType::kBF16},  // decode, queries across tiles
+    {2, 200, 333, 8, 2, 64, DType::kBF16},   // decode, offset not a multiple of a tile
+};
+
 std::vector<Case> all_cases() {
   std::vector<Case> cases;
   for (DType dtype : {DType::kF32, DType::kBF16}) {
@@ -138,6 +177,7 @@ std::vector<Case> all_cases() {
       cases.push_back(c);
     }
   }
+  cases.insert(cases.end(), std::begin(kTensorCoreShapes), std::end(kTensorCoreShapes));
   return cases;
 }
 
@@ -148,35 +188,110 @@ INSTANTIATE_TEST_SUITE_P(Shapes, AttentionGpuTest, ::testing::ValuesIn(all_cases
 
 // Forward and backward twice on the same inputs: every output identical, bit for bit (no
 // atomics in any sum).
-TEST(AttentionGpu, RepeatsBitForBit) {
-  SKIP_WITHOUT_GPU();
-  for (DType dtype : {DType::kF32, DType::kBF16}) {
-    const Case c{2, 300, 300, 8, 2, 64, dtype};
-    auto rng = rng_for_test();
-    const Inputs in = make_inputs(c, rng);
-    const Device gpu = Device::cuda(0);
-    const Tensor q = on_gpu(in.q, dtype), k = on_gpu(in.k, dtype), v = on_gpu(in.v, dtype);
-    const Tensor dout = on_gpu(in.dout, dtype);
-    std::vector<std::vector<float>> runs[2];
-    for (auto& run : runs) {
-      Tensor out = Tensor::empty(q.shape(), dtype, gpu);
-      Tensor lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
-      Tensor dq = Tensor::empty(q.shape(), dtype, gpu);
-      Tensor dk = Tensor::empty(k.shape(), dtype, gpu);
-      Tensor dv = Tensor::empty(v.shape(), dtype, gpu);
-      attention_forward(out, lse, q, k, v);
-      attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
-      for (const Tensor* t : {&out, &lse, &dq, &dk, &dv}) run.push_back(t->to_f32_vector());
-    }
-    const char* names[] = {"out", "lse", "dq", "dk", "dv"};
-    for (size_t i = 0; i < runs[0].size(); ++i) {
-      const std::vector<float>&a = runs[0][i], &b = runs[1][i];
-      EXPECT_TRUE(a.size() == b.size() &&
-                  std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0)
-          << names[i] << " differs between runs, " << dtype_name(dtype);
-    }
+void expect_repeats_bit_for_bit(const Case& c) {
+  const DType dtype = c.dtype;
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  const Device gpu = Device::cuda(0);
+  const Tensor q = on_gpu(in.q, dtype), k = on_gpu(in.k, dtype), v = on_gpu(in.v, dtype);
+  const Tensor dout = on_gpu(in.dout, dtype);
+  std::vector<std::vector<float>> runs[2];
+  for (auto& run : runs) {
+    Tensor out = Tensor::empty(q.shape(), dtype, gpu);
+    Tensor lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
+    Tensor dq = Tensor::empty(q.shape(), dtype, gpu);
+    Tensor dk = Tensor::empty(k.shape(), dtype, gpu);
+    Tensor dv = Tensor::empty(v.shape(), dtype, gpu);
+    attention_forward(out, lse, q, k, v);
+    attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
+    for (const Tensor* t : {&out, &lse, &dq, &dk, &dv}) run.push_back(t->to_f32_vector());
+  }
+  const char* names[] = {"out", "lse", "dq", "dk", "dv"};
+  for (size_t i = 0; i < runs[0].size(); ++i) {
+    const std::vector<float>&a = runs[0][i], &b = runs[1][i];
+    EXPECT_TRUE(a.size() == b.size() &&
+                std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0)
+        << names[i] << " differs between runs, " << ::testing::PrintToString(c);
   }
 }
+
+// The bf16 shapes run on whichever kernels are chosen (the tensor-core ones by default);
+// AttentionGpu.BothBf16KernelsRepeatBitForBit forces each in turn.
+TEST(AttentionGpu, RepeatsBitForBit) {
+  SKIP_WITHOUT_GPU();
+  for (const Case& c :
+       {Case{2, 300, 300, 8, 2, 64, DType::kF32}, Case{2, 300, 300, 8, 2, 64, DType::kBF16},
+        Case{2, 129, 300, 8, 2, 128, DType::kBF16}}) {
+    expect_repeats_bit_for_bit(c);
+  }
+}
+
+#ifdef SWITCHYARD_HAVE_CUDA
+// Chooses the attention kernels for one scope, then puts back the previous choice.
+class KernelsChosen {
+ public:
+  explicit KernelsChosen(cuda::AttentionKernels kernels) : saved_(cuda::attention_kernels()) {
+    cuda::set_attention_kernels(kernels);
+  }
+  ~KernelsChosen() { cuda::set_attention_kernels(saved_); }
+  KernelsChosen(const KernelsChosen&) = delete;
+  KernelsChosen& operator=(const KernelsChosen&) = delete;
+
+ private:
+  cuda::AttentionKernels saved_;
+};
+
+// Bit-for-bit repeats of both bf16 paths, forced, whatever SWITCHYARD_ATTENTION says.
+TEST(AttentionGpu, BothBf16KernelsRepeatBitForBit) {
+  SKIP_WITHOUT_GPU();
+  for (cuda::AttentionKernels kernels :
+       {cuda::AttentionKernels::kTensorCore, cuda::AttentionKernels::kSimt}) {
+    KernelsChosen chosen(kernels);
+    expect_repeats_bit_for_bit({2, 300, 300, 8, 2, 64, DType::kBF16});
+    expect_repeats_bit_for_bit({2, 129, 300, 8, 2, 128, DType::kBF16});
+  }
+}
+
+// The tensor-core kernels against the CUDA-core ones on the same GPU inputs, held to the
+// tensor-core bf16 bound with the CUDA-core results as the reference. The backward of both takes
+// the same forward results (the CUDA-core kernels'), so only the backward differs.
+class AttentionKernelsAgree : public ::testing::TestWithParam<Case> {};
+
+TEST_P(AttentionKernelsAgree, TensorCoreMatchesSimt) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  const Device gpu = Device::cuda(0);
+  const Tensor q = on_gpu(in.q, c.dtype), k = on_gpu(in.k, c.dtype), v = on_gpu(in.v, c.dtype);
+  const Tensor dout = on_gpu(in.dout, c.dtype);
+  struct Results {
+    Tensor out, lse, dq, dk, dv;
+  };
+  Results simt, tc;
+  for (auto [kernels, r] : {std::pair{cuda::AttentionKernels::kSimt, &simt},
+                            std::pair{cuda::AttentionKernels::kTensorCore, &tc}}) {
+    KernelsChosen chosen(kernels);
+    r->out = Tensor::empty(q.shape(), c.dtype, gpu);
+    r->lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
+    r->dq = Tensor::empty(q.shape(), c.dtype, gpu);
+    r->dk = Tensor::empty(k.shape(), c.dtype, gpu);
+    r->dv = Tensor::empty(v.shape(), c.dtype, gpu);
+    attention_forward(r->out, r->lse, q, k, v);
+    attention_backward(r->dq, r->dk, r->dv, dout, q, k, v, simt.out, simt.lse);
+  }
+  EXPECT_TRUE(close_to(tc.out, simt.out, c.dtype, true)) << "out";
+  EXPECT_TRUE(close_to(tc.lse, simt.lse, DType::kF32)) << "lse";
+  EXPECT_TRUE(close_to(tc.dq, simt.dq, c.dtype, true)) << "dq";
+  EXPECT_TRUE(close_to(tc.dk, simt.dk, c.dtype, true)) << "dk";
+  EXPECT_TRUE(close_to(tc.dv, simt.dv, c.dtype, true)) << "dv";
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelsAgree, ::testing::ValuesIn(kTensorCoreShapes),
+                         [](const ::testing::TestParamInfo<Case>& info) {
+                           return ::testing::PrintToString(info.param);
+                         });
+#endif  // SWITCHYARD_HAVE_CUDA
 
 // Not a check: prints the kernels' speed on the benchmark model's attention shape (bf16,
 // B 8, T 2048, 16 heads of 64), so a regression shows in the log. FLOPs count the causal

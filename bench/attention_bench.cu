@@ -1,0 +1,136 @@
+// Causal attention speed, bf16, on the benchmark model's shapes: the CUDA-core kernels
+// ("simt") against the tensor-core ones ("tc"), forward and backward, through the public ops of
+// kernels/attention.h. One line per (shape, kernels, pass):
+//   max rel err (tc against simt: max |tc - simt| / max |simt| over the outputs) | median ms
+//   of N timed runs after warmup (CUDA events on the ops' stream) | causal TFLOP/s.
+// FLOPs count the causal half: forward 4 B H T^2/2 hd (two products), backward 2.5x that.
+// Usage: attention_bench [repeats, default 20]
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <random>
+#include <vector>
+
+#include "kernels/attention.h"
+#include "kernels/cuda/attention_tc.h"
+#include "kernels/cuda/common.cuh"
+
+namespace sy {
+namespace {
+
+constexpr int kWarmup = 3;
+
+struct Shape4 {
+  int64_t batch, t, heads, kv_heads, hd;
+};
+
+Tensor random_bf16(const Shape& shape, std::mt19937_64& rng) {
+  std::normal_distribution<float> normal;
+  std::vector<float> values(static_cast<size_t>(shape[0] * shape[1] * shape[2] * shape[3]));
+  for (float& x : values) x = normal(rng);
+  return Tensor::from_f32(values, shape).to(DType::kBF16).to(Device::cuda(0));
+}
+
+// Median milliseconds of `repeats` runs of fn, each between two events on the ops' stream.
+double median_ms(const std::function<void()>& fn, int repeats) {
+  cudaEvent_t start, stop;
+  SY_CUDA_CHECK(cudaEventCreate(&start));
+  SY_CUDA_CHECK(cudaEventCreate(&stop));
+  for (int i = 0; i < kWarmup; ++i) fn();
+  std::vector<double> ms;
+  for (int i = 0; i < repeats; ++i) {
+    SY_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
+    fn();
+    SY_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
+    SY_CUDA_CHECK(cudaEventSynchronize(stop));
+    float elapsed = 0;
+    SY_CUDA_CHECK(cudaEventElapsedTime(&elapsed, start, stop));
+    ms.push_back(elapsed);
+  }
+  SY_CUDA_CHECK(cudaEventDestroy(start));
+  SY_CUDA_CHECK(cudaEventDestroy(stop));
+  std::sort(ms.begin(), ms.end());
+  return ms[ms.size() / 2];
+}
+
+// max |a - b| / max |b| over the pairs of tensors.
+double max_rel_err(const std::vector<const Tensor*>& a, const std::vector<const Tensor*>& b) {
+  double diff = 0, peak = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    const std::vector<float> x = a[i]->to_f32_vector(), y = b[i]->to_f32_vector();
+    for (size_t j = 0; j < x.size(); ++j) {
+      diff = std::max(diff, std::fabs(static_cast<double>(x[j]) - y[j]));
+      peak = std::max(peak, std::fabs(static_cast<double>(y[j])));
+    }
+  }
+  return peak > 0 ? diff / peak : diff;
+}
+
+void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
+  const Device gpu = Device::cuda(0);
+  const Tensor q = random_bf16({s.batch, s.t, s.heads, s.hd}, rng);
+  const Tensor k = random_bf16({s.batch, s.t, s.kv_heads, s.hd}, rng);
+  const Tensor v = random_bf16({s.batch, s.t, s.kv_heads, s.hd}, rng);
+  const Tensor dout = random_bf16({s.batch, s.t, s.heads, s.hd}, rng);
+  struct Outputs {
+    Tensor out, lse, dq, dk, dv;
+  };
+  auto make = [&] {
+    return Outputs{Tensor::empty(q.shape(), DType::kBF16, gpu),
+                   Tensor::empty({s.batch, s.heads, s.t}, DType::kF32, gpu),
+                   Tensor::empty(q.shape(), DType::kBF16, gpu),
+                   Tensor::empty(k.shape(), DType::kBF16, gpu),
+                   Tensor::empty(v.shape(), DType::kBF16, gpu)};
+  };
+  Outputs simt = make(), tc = make();
+  const double fwd_flops = 4.0 * s.batch * s.heads * (static_cast<double>(s.t) * s.t / 2) * s.hd;
+  const double bwd_flops = 2.5 * fwd_flops;
+  char name[96];
+  std::snprintf(name, sizeof(name), "B%lld T%lld H%lld Hkv%lld hd%lld",
+                static_cast<long long>(s.batch), static_cast<long long>(s.t),
+                static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
+                static_cast<long long>(s.hd));
+  for (auto kernels : {cuda::AttentionKernels::kSimt, cuda::AttentionKernels::kTensorCore}) {
+    cuda::set_attention_kernels(kernels);
+    const bool is_tc = kernels == cuda::AttentionKernels::kTensorCore;
+    Outputs& o = is_tc ? tc : simt;
+    const double fwd_ms = median_ms([&] { attention_forward(o.out, o.lse, q, k, v); }, repeats);
+    // Both backward passes take the same forward results, so their gradients compare.
+    const double bwd_ms = median_ms(
+        [&] { attention_backward(o.dq, o.dk, o.dv, dout, q, k, v, simt.out, simt.lse); }, repeats);
+    SY_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    const char* label = is_tc ? "tc  " : "simt";
+    const double fwd_err = is_tc ? max_rel_err({&tc.out, &tc.lse}, {&simt.out, &simt.lse}) : 0;
+    const double bwd_err =
+        is_tc ? max_rel_err({&tc.dq, &tc.dk, &tc.dv}, {&simt.dq, &simt.dk, &simt.dv}) : 0;
+    std::printf("%-28s %s forward  | max rel err %.1e | %8.3f ms | %6.1f TFLOP/s\n", name, label,
+                fwd_err, fwd_ms, fwd_flops / fwd_ms * 1e-9);
+    std::printf("%-28s %s backward | max rel err %.1e | %8.3f ms | %6.1f TFLOP/s\n", name, label,
+                bwd_err, bwd_ms, bwd_flops / bwd_ms * 1e-9);
+  }
+}
+
+}  // namespace
+}  // namespace sy
+
+int main(int argc, char** argv) {
+  const int repeats = argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
+  if (!sy::cuda_available()) {
+    std::fprintf(stderr, "attention_bench: no GPU visible\n");
+    return 1;
+  }
+  cudaDeviceProp prop;
+  SY_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  std::printf("attention_bench: %s, bf16 causal, median of %d runs after %d warmup\n", prop.name,
+              repeats, sy::kWarmup);
+  std::mt19937_64 rng(1234);
+  for (const sy::Shape4& s : {sy::Shape4{8, 2048, 16, 16, 64}, sy::Shape4{4, 2048, 16, 16, 128},
+                              sy::Shape4{8, 2048, 16, 4, 64}}) {
+    sy::run_shape(s, repeats, rng);
+  }
+  return 0;
+}
