@@ -246,6 +246,9 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
   weights_ = Tensor::empty({n, k}, DType::kF32, dev);
   topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
+  // Queued now, read after the experts are queued: the GPU works while the host waits.
+  Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
+  routing_stats(seq_stats, indices_, scores_, logits_);
   plan_ = make_dispatch_plan(indices_, m.num_experts,
                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
 
@@ -279,12 +282,10 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   }
   region.emplace("moe.balance");
 
-  // Load statistics and balancing terms: per-sequence sums on the device (routing_stats),
-  // combined here from one small [B, 2E + 1] copy. Local sums first; then one all-reduce
+  // Load statistics and balancing terms: per-sequence sums from the device (routing_stats,
+  // queued above), combined here from one small [B, 2E + 1] copy. Local sums first; then one all-reduce
   // over the world makes f, P and the token counts those of the global batch.
   const int64_t b_count = layout.batch, t_count = layout.seq;
-  Tensor seq_stats = Tensor::empty({b_count, 2 * e_count + 1}, DType::kF32, dev);
-  routing_stats(seq_stats, indices_, scores_, logits_);
   const std::vector<float> st = seq_stats.to_f32_vector();
   auto stat = [&](int64_t b, int64_t col) { return double(st[b * (2 * e_count + 1) + col]); };
   // [counts (E) | score sums (E) | tokens | sequences]

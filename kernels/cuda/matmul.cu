@@ -10,6 +10,7 @@
 #include <cublasLt.h>
 
 #include <array>
+#include <bit>
 #include <compare>
 #include <cstdint>
 #include <map>
@@ -69,6 +70,10 @@ uint32_t alignment(const void* p) {
 }
 
 // Everything the algorithm choice depends on; the heuristic runs once per distinct key.
+// m, n and k enter as power-of-two buckets: a dropless MoE layer's per-expert row counts
+// change every step, and a heuristic query per new size costs more host time than the GEMM
+// takes on the GPU. An algorithm chosen for one size of a bucket serves the others (within
+// 2x of it); if cuBLASLt refuses it for a size, that call asks the heuristic afresh.
 struct AlgoKey {
   int device;
   int64_t m, n, k;
@@ -133,8 +138,9 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
 
   const uint32_t align_a = alignment(a.raw()), align_b = alignment(b.raw()),
                  align_c = alignment(c.raw());
-  const AlgoKey key{device,  m,        n,       k,       trans_a, trans_b,
-                    in_type, out_type, align_a, align_b, align_c, beta == 0.0f};
+  auto bucket = [](int64_t x) { return static_cast<int64_t>(std::bit_ceil(uint64_t(x))); };
+  const AlgoKey key{device,  bucket(m), bucket(n), bucket(k), trans_a, trans_b,
+                    in_type, out_type,  align_a,   align_b,   align_c, beta == 0.0f};
   static std::mutex cache_mutex;
   static std::map<AlgoKey, cublasLtMatmulAlgo_t> cache;
   cublasLtMatmulAlgo_t algo;
@@ -147,7 +153,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
       cached = true;
     }
   }
-  if (!cached) {
+  auto heuristic = [&]() {
     Preference pref;
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
     const size_t workspace = kWorkspaceBytes;
@@ -167,13 +173,24 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
                         << dtype_name(c.dtype()) << ") = A " << shape_str(a.shape())
                         << (trans_a ? "^T" : "") << " @ B " << shape_str(b.shape())
                         << (trans_b ? "^T" : "") << " (" << dtype_name(a.dtype()) << ")";
-    algo = result.algo;
+    return result.algo;
+  };
+  if (!cached) {
+    algo = heuristic();
     std::lock_guard<std::mutex> lock(cache_mutex);
     cache.emplace(key, algo);
   }
-  SY_CUBLAS_CHECK(cublasLtMatmul(ctx.handle, op.h, &alpha, b.raw(), first.h, a.raw(), second.h,
-                                 &beta, c.raw(), out.h, c.raw(), out.h, &algo, ctx.workspace,
-                                 kWorkspaceBytes, stream()));
+  auto run = [&] {
+    return cublasLtMatmul(ctx.handle, op.h, &alpha, b.raw(), first.h, a.raw(), second.h, &beta,
+                          c.raw(), out.h, c.raw(), out.h, &algo, ctx.workspace, kWorkspaceBytes,
+                          stream());
+  };
+  cublasStatus_t status = run();
+  if (cached && status != CUBLAS_STATUS_SUCCESS) {
+    algo = heuristic();  // the bucket's algorithm does not fit this size: ask for this one
+    status = run();
+  }
+  SY_CUBLAS_CHECK(status);
 }
 
 }  // namespace sy::cuda
