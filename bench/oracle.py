@@ -36,11 +36,14 @@ except ImportError:
 
 # Relative L2 error bounds by the precision of the numbers compared: the dump's compute
 # dtype, or the oracle's own dtype when that is coarser. f32: rounding of ~1e-7 grows by
-# sums over a few hundred terms and a dozen layers; bf16 (8-bit mantissa) rounds each GEMM
-# operand at ~4e-3.
+# sums over a few hundred terms and a dozen layers (measured: <= 1e-6 everywhere). bf16
+# (8-bit mantissa) rounds each GEMM operand at ~4e-3; single gradients whose entries are
+# sums with cancellation (norm gains) or that follow routing decisions (router, experts: a
+# near tie may go the other way) move most, so each tensor gets a loose bound and all
+# gradients together ("grad (all)") a tight one.
 TOLERANCES = {
-    "f32": {"loss": 1e-6, "logits": 1e-5, "grad": 1e-4},
-    "bf16": {"loss": 2e-2, "logits": 5e-2, "grad": 1e-1},
+    "f32": {"loss": 1e-6, "logits": 1e-5, "grad": 1e-4, "grads": 1e-5},
+    "bf16": {"loss": 2e-2, "logits": 5e-2, "grad": 2.5e-1, "grads": 5e-2},
 }
 # Routing choices closer than this (score units) may legitimately go the other way between
 # float32 and float64; the oracle says so when it finds one.
@@ -356,13 +359,19 @@ def compare(dump, meta, args):
     want = logits.detach()[:n_rows]
     rows.append(("logits", list(dump["logits"].shape), want.abs().max().item(),
                  *rel_error(dump["logits"], want), tol["logits"]))
+    all_got, all_want = [], []
     for name, param in weights.items():
         if not param.requires_grad:
             continue
         want = param.grad if param.grad is not None else torch.zeros_like(param)
         got = dump["grad." + name]
+        all_got.append(got.double().flatten())
+        all_want.append(want.double().cpu().flatten())
         rows.append(("grad." + name, list(got.shape), want.abs().max().item(),
                      *rel_error(got, want), tol["grad"]))
+    want = torch.cat(all_want)
+    rows.append(("grad (all)", [want.numel()], want.abs().max().item(),
+                 *rel_error(torch.cat(all_got), want), tol["grads"]))
 
     print(f"oracle: {args.path} | switchyard compute {compute} on {meta.get('device', '?')} | "
           f"oracle {args.dtype} on {args.device} | error = ||switchyard - oracle|| / ||oracle||")
