@@ -288,18 +288,23 @@ __global__ void __launch_bounds__(32 * W, kMinBlocks)
           mma_bf16(s[2 * np + 1], qf[kk], kf[2], kf[3]);
         }
       }
-      const bool masked = k0 + BC - 1 > offset + row_w || k0 + BC > dm.tk;
+      // A warp-uniform branch: tiles inside the causal triangle skip the per-element tests.
+      if (k0 + BC - 1 > offset + row_w || k0 + BC > dm.tk) {
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = k0 + 8 * j + 2 * qd + (e & 1);
+            const int t = row_w + g + 8 * (e >> 1);
+            if (key > offset + t || key >= dm.tk) s[j][e] = -INFINITY;
+          }
+        }
+      }
       float mx[2] = {-INFINITY, -INFINITY};
 #pragma unroll
       for (int j = 0; j < BC / 8; ++j) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const int key = k0 + 8 * j + 2 * qd + (e & 1);
-          const int t = row_w + g + 8 * (e >> 1);
-          const bool hidden = masked && (key > offset + t || key >= dm.tk);
-          if (hidden) s[j][e] = -INFINITY;
-          mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
-        }
+        for (int e = 0; e < 4; ++e) mx[e >> 1] = fmaxf(mx[e >> 1], s[j][e]);
       }
       float alpha[2], m_use[2];
 #pragma unroll
@@ -477,17 +482,28 @@ __global__ void __launch_bounds__(32 * W)
           mma_bf16(dp[2 * np + 1], of, vf[2], vf[3]);
         }
       }
-      const bool masked = k0 + BC - 1 > offset + row_w || k0 + BC > dm.tk;
 #pragma unroll
       for (int j = 0; j < BC / 8; ++j) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int key = k0 + 8 * j + 2 * qd + (e & 1);
-          const int t = row_w + g + 8 * (e >> 1);
-          const bool hidden = masked && (key > offset + t || key >= dm.tk);
-          const float p = hidden ? 0.0f : exp2_approx(fmaf(s[j][e], scale_log2, -row_lse[e >> 1]));
-          dp[j][e] = p * (dp[j][e] - row_delta[e >> 1]);  // dS
+          s[j][e] = exp2_approx(fmaf(s[j][e], scale_log2, -row_lse[e >> 1]));  // P
         }
+      }
+      if (k0 + BC - 1 > offset + row_w || k0 + BC > dm.tk) {  // warp-uniform, as in the forward
+#pragma unroll
+        for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = k0 + 8 * j + 2 * qd + (e & 1);
+            const int t = row_w + g + 8 * (e >> 1);
+            if (key > offset + t || key >= dm.tk) s[j][e] = 0.0f;  // replaces any inf
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < BC / 8; ++j) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[j][e] = s[j][e] * (dp[j][e] - row_delta[e >> 1]);  // dS
       }
 #pragma unroll
       for (int kk = 0; kk < BC / 16; ++kk) {
@@ -595,23 +611,33 @@ __global__ void __launch_bounds__(32 * W)
           mma_bf16(dp[2 * np + 1], vf, of[2], of[3]);
         }
       }
-      const bool masked = key_w + 15 > offset + q0 || q0 + BR > dm.tq || key_w + 16 > dm.tk;
 #pragma unroll
       for (int j = 0; j < BR / 8; ++j) {
-        const int col = 8 * j + 2 * qd;
-        const float2 lse2 = *reinterpret_cast<const float2*>(slse + col);
-        const float2 delta2 = *reinterpret_cast<const float2*>(sdelta + col);
+        const float2 lse2 = *reinterpret_cast<const float2*>(slse + 8 * j + 2 * qd);
+        const float lse_log2[2] = {lse2.x * kLog2e, lse2.y * kLog2e};
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
-          const int key = key_w + g + 8 * (e >> 1);
-          const int t = q0 + col + (e & 1);
-          const bool hidden = masked && (t >= dm.tq || key >= dm.tk || key > offset + t);
-          const float row_lse = (e & 1) ? lse2.y : lse2.x;
-          const float row_delta = (e & 1) ? delta2.y : delta2.x;
-          const float p = hidden ? 0.0f : exp2_approx(fmaf(s[j][e], scale_log2, -row_lse * kLog2e));
-          s[j][e] = p;                            // P^T
-          dp[j][e] = p * (dp[j][e] - row_delta);  // dS^T
+          s[j][e] = exp2_approx(fmaf(s[j][e], scale_log2, -lse_log2[e & 1]));  // P^T
         }
+      }
+      // Warp-uniform, as in the forward; also clears the columns of queries past Tq.
+      if (key_w + 15 > offset + q0 || q0 + BR > dm.tq || key_w + 16 > dm.tk) {
+#pragma unroll
+        for (int j = 0; j < BR / 8; ++j) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int key = key_w + g + 8 * (e >> 1);
+            const int t = q0 + 8 * j + 2 * qd + (e & 1);
+            if (t >= dm.tq || key >= dm.tk || key > offset + t) s[j][e] = 0.0f;
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < BR / 8; ++j) {
+        const float2 delta2 = *reinterpret_cast<const float2*>(sdelta + 8 * j + 2 * qd);
+        const float row_delta[2] = {delta2.x, delta2.y};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dp[j][e] = s[j][e] * (dp[j][e] - row_delta[e & 1]);  // dS^T
       }
 #pragma unroll
       for (int kk = 0; kk < BR / 16; ++kk) {
