@@ -69,11 +69,9 @@ switchyard::Experiment test_config() {
   return config;
 }
 
+// Each call site passes a name of its own, so no two tests share a directory.
 std::string fresh_dir(const std::string& name) {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir =
-      fs::path(::testing::TempDir()) /
-      absl::StrCat("switchyard_dump_", info->test_suite_name(), "_", info->name(), "_", name);
+  const fs::path dir = fs::path(::testing::TempDir()) / ("switchyard_dump_step_" + name);
   fs::remove_all(dir);
   fs::create_directories(dir);
   return dir.string();
