@@ -674,8 +674,9 @@ __global__ void __launch_bounds__(32 * W)
 
 // Warps and tile sizes per head dim. Forward: 16 W queries per block, kFwdKeys per K/V tile,
 // registers capped so that kFwdMinBlocks blocks fit an SM. dQ: 16 W queries, kQKeys per
-// tile. dK/dV: 16 W keys, kKvRows queries per step. (sm_90, ptxas of CUDA 13: forward 128
-// and 211 registers, dQ 168 and 182, dK/dV 243 and 244, for hd 64 and 128.)
+// tile. dK/dV: 16 W keys, kKvRows queries per step. (sm_90, ptxas of CUDA 13, hd 64 / 128:
+// forward 128 / 212 registers, dQ 168 / 166, dK/dV 224 / 254, no spills but 4 bytes in the
+// hd 64 forward.)
 template <int HD>
 struct Tiles;
 template <>
