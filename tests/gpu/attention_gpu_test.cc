@@ -80,7 +80,7 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
 }
 
 // True when the case runs on the tensor-core kernels (kernels/cuda/attention_tc.h).
-bool on_tensor_cores(const Case& c) {
+bool on_tensor_cores([[maybe_unused]] const Case& c) {
 #ifdef SWITCHYARD_HAVE_CUDA
   return c.dtype == DType::kBF16 && (c.hd == 64 || c.hd == 128) &&
          cuda::attention_kernels() == cuda::AttentionKernels::kTensorCore;
