@@ -9,8 +9,12 @@
 #   gpu    ctest -L gpu (every CUDA op and the whole model against the CPU)
 #   cpu    ctest -L 'unit|mpi' (the CPU suites on this machine's 16 cores)
 #   tiny   the default run (configs/tiny.textproto: DEVICE_AUTO, so the GPU in bf16)
+#   attn   attention: the SIMT kernels' parity test too, and bench/attention_bench (TFLOP/s of
+#          the tensor-core and SIMT paths)
 #   bench  configs/bench_moe_1b.textproto: tokens/s, TFLOP/s, MFU and the per-region profile
 #          of one step (train.profile_step), without and with one MTP module
+#   oracle bench/oracle.py against dump-step on the GPU (bf16 and f32; two configs)
+#   torch  bench/torch_bench.py (PyTorch, same model and shape) and bench/compare.py's table
 #
 # The device recipe (../shared/device/README.md): the abseil packages travel in .device-deps/.
 set -uo pipefail
@@ -18,7 +22,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu tiny bench}
+stages=${*:-gpu cpu tiny attn bench oracle torch}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -47,6 +51,14 @@ if want cpu; then
   note "unit+mpi tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/cpu_tests.log"))"
 fi
 
+if want attn; then
+  SWITCHYARD_ATTENTION=simt build-dev/attention_gpu_test >"$out/attention_simt.log" 2>&1
+  note "attention test on the SIMT path: exit $? ($(grep -E '^\[  (PASSED|FAILED)' "$out/attention_simt.log" | head -2 | tr '\n' ' '))"
+  build-dev/attention_bench >"$out/attention_bench.log" 2>&1
+  note "attention_bench: exit $?"
+  tee -a "$summary" <"$out/attention_bench.log"
+fi
+
 if want tiny; then
   start=$(date +%s.%N)
   build-dev/switchyard train --config configs/tiny.textproto --run_dir /tmp/tiny \
@@ -70,4 +82,26 @@ if want bench; then
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^step  /p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
+fi
+
+if want oracle; then
+  for cfg in configs/tiny.textproto bench/oracle_moe.textproto; do
+    for prec in PRECISION_BF16 PRECISION_F32; do
+      name=$(basename "$cfg" .textproto)_$prec
+      python3 bench/oracle.py --switchyard build-dev/switchyard --config "$cfg" \
+        --set "device: DEVICE_CUDA precision: $prec" >"$out/oracle_$name.log" 2>&1
+      note "oracle $name: exit $? ($(grep -cE 'FAIL' "$out/oracle_$name.log") FAIL lines)"
+    done
+  done
+fi
+
+if want torch; then
+  for mtp in 0 1; do
+    python3 bench/torch_bench.py --config configs/bench_moe_1b.textproto --mtp $mtp \
+      >"$out/torch_mtp$mtp.log" 2>&1
+    note "torch_bench MTP $mtp: exit $?"
+    tail -2 "$out/torch_mtp$mtp.log" | tee -a "$summary"
+  done
+  python3 bench/compare.py --switchyard "$out"/bench_moe_1b_mtp0.log "$out"/bench_moe_1b_mtp1.log \
+    --torch "$out"/torch_mtp0.log "$out"/torch_mtp1.log 2>&1 | tee -a "$summary"
 fi
