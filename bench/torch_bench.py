@@ -336,6 +336,12 @@ def main():
 
     c = load_config(args.config, args.tiny, args.mtp)
     m, tc, opt = c["model"], c["train"], c["optimizer"]
+    unsupported = [f"moe.{key}" for key, off in (("n_groups", 1), ("capacity_factor", 0),
+                                                 ("bias_update_rate", 0))
+                   if c["moe"].get(key, off) != off]
+    if unsupported:
+        print(f"warning: {', '.join(unsupported)} not modelled here: the PyTorch model routes "
+              "plain dropless top-k", file=sys.stderr)
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     if device.type == "cuda":
