@@ -316,6 +316,22 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
       seq_aux += f_seq_[b * e_count + e] * stat(b, e_count + e) / t_count / sequences_global_;
     }
   }
+  // The balancing terms' gradient with respect to p (per sequence and expert) is known now:
+  // send it to the device while it is idle after the read above, not in the backward.
+  dbalance_ = Tensor();
+  if (m.aux_loss_coef > 0 || m.seq_aux_loss_coef > 0) {
+    Tensor dp = Tensor::empty({b_count, e_count});
+    float* g = dp.data<float>();
+    for (int64_t b = 0; b < b_count; ++b) {
+      for (int64_t e = 0; e < e_count; ++e) {
+        g[b * e_count + e] = static_cast<float>(
+            loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
+                           m.seq_aux_loss_coef * f_seq_[b * e_count + e] /
+                               (t_count * sequences_global_)));
+      }
+    }
+    dbalance_ = dp.to(dev);
+  }
   stats_.dropped += plan_.num_dropped();
   stats_.aux_loss += loss_scale_ * m.aux_loss_coef * aux;
   stats_.seq_aux_loss += loss_scale_ * m.seq_aux_loss_coef * seq_aux;
@@ -325,7 +341,6 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
 
 Tensor MoeFfn::backward(const Tensor& dy) {
   const MoeSpec& m = spec_.moe;
-  const int64_t e_count = m.num_experts;
   const Device dev = dy.device();
 
   // Combine, experts, dispatch: mirror of the forward.
@@ -362,22 +377,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   // Router: gate-weight gradient through top-k, plus the balancing terms' gradients.
   Tensor dscores = Tensor::empty(scores_.shape(), DType::kF32, dev);
   topk_backward(dscores, dweights, indices_, scores_, topk_options(m));
-  const bool balance = m.aux_loss_coef > 0 || m.seq_aux_loss_coef > 0;
-  if (balance) {
-    // d(loss)/d(p) per sequence and expert, then through p = s / sum(s) on the device.
-    const int64_t b_count = layout_.batch, t_count = layout_.seq;
-    Tensor dp = Tensor::empty({b_count, e_count});
-    float* g = dp.data<float>();
-    for (int64_t b = 0; b < b_count; ++b) {
-      for (int64_t e = 0; e < e_count; ++e) {
-        g[b * e_count + e] =
-            static_cast<float>(loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
-                                              m.seq_aux_loss_coef * f_seq_[b * e_count + e] /
-                                                  (t_count * sequences_global_)));
-      }
-    }
-    balance_backward(dscores, scores_, dp.to(dev));
-  }
+  if (dbalance_.defined()) balance_backward(dscores, scores_, dbalance_);
   Tensor dlogits = Tensor::empty(logits_.shape(), DType::kF32, dev);
   router_scores_backward(dlogits, dscores, scores_, m.score_function);
   if (m.z_loss_coef > 0) {

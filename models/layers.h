@@ -161,6 +161,7 @@ class MoeFfn : public FeedForward {
   DispatchPlan plan_;
   std::vector<double> f_global_;  // [E] f_e over the (global) micro-batch
   std::vector<double> f_seq_;     // [B, E] f_e per local sequence
+  Tensor dbalance_;               // [B, E] d(aux + seq aux)/d(p), on the device
   double tokens_global_ = 0;      // N and B summed over the world group
   double sequences_global_ = 0;
 };
