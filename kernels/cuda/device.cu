@@ -19,9 +19,18 @@ __global__ void f32_to_bf16_kernel(__nv_bfloat16* out, const float* in, int64_t 
 
 std::string device_description(int index) {
   cudaDeviceProp prop;
-  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess) return "cuda:" + std::to_string(index) + " (unavailable)";
+  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess)
+    return "cuda:" + std::to_string(index) + " (unavailable)";
   return "cuda:" + std::to_string(index) + " " + prop.name + " sm_" + std::to_string(prop.major) +
          std::to_string(prop.minor) + " " + std::to_string(prop.totalGlobalMem >> 30) + " GiB";
+}
+
+int64_t peak_pool_bytes(int index) {
+  cudaMemPool_t pool;
+  if (cudaDeviceGetDefaultMemPool(&pool, index) != cudaSuccess) return -1;
+  uint64_t high = 0;  // the attribute is a 64-bit unsigned (cuuint64_t)
+  if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess) return -1;
+  return static_cast<int64_t>(high);
 }
 
 void cast_f32_to_bf16(const Tensor& out, const Tensor& in) {
