@@ -461,7 +461,11 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     }
 
     const bool last = step + 1 == steps;
-    if ((eval_every > 0 && (step + 1) % eval_every == 0) || last) {
+    const bool has_eval_data = feed.task() != nullptr || feed.val() != nullptr;
+    if (last && !has_eval_data) {
+      log << "eval: no validation data (data.val_shards is empty), skipped\n";
+    }
+    if (((eval_every > 0 && (step + 1) % eval_every == 0) || last) && has_eval_data) {
       // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
       SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world));
       std::string acc, acc_json;
