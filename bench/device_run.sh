@@ -119,5 +119,5 @@ if want torch; then
 fi
 
 # Everything but the summary in one archive (the device tool brings back a few files only).
-(cd "$out" && tar -czf logs.tar.gz --exclude=summary.txt --exclude=logs.tar.gz . &&
-  find . -type f ! -name summary.txt ! -name logs.tar.gz -delete)
+tar -czf /tmp/device_logs.tar.gz -C "$out" --exclude=summary.txt . &&
+  find "$out" -type f ! -name summary.txt -delete && mv /tmp/device_logs.tar.gz "$out/logs.tar.gz"
