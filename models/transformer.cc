@@ -284,7 +284,8 @@ Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
 }
 
 Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, const Tensor& targets,
-                                                       bool with_entropy) {
+                                                       bool with_entropy, float temperature) {
+  SY_CHECK(temperature > 0) << "temperature " << temperature << " must be > 0";
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
   const Device dev = store_.device();
@@ -295,6 +296,8 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
   s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
   s.logits = Tensor::empty({n, vocab}, DType::kF32, dev);
   matmul(s.logits, s.hn, head_weight(), false, true);
+  s.inv_temperature = 1.0f / temperature;
+  if (temperature != 1.0f) scale_(s.logits, s.inv_temperature);
   s.targets = targets.to(dev).view({n});
   s.lse = Tensor::empty({n}, DType::kF32, dev);
   Tensor losses = Tensor::empty({n}, DType::kF32, dev);
@@ -328,6 +331,7 @@ void Transformer::backward_logprobs(const Tensor& dlogp) {
   scale_(dlosses, -1.0f);
   cross_entropy_backward(s.logits, dlosses.to(s.logits.device()), s.logits, s.lse, s.targets,
                          kIgnoreIndex);
+  if (s.inv_temperature != 1.0f) scale_(s.logits, s.inv_temperature);  // d(logits / T)
   // The log-probs came from fp32 logits; their gradient meets the head in the compute dtype.
   Tensor dlogits = s.logits;
   if (s.hn.dtype() != DType::kF32) {

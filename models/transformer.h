@@ -72,14 +72,14 @@ class Transformer {
   Tensor decode(const Tensor& ids, DecodeState& state);
 
   // Per-token log-probabilities of `targets` under the main head (no MTP), for RL:
-  // logp[b, t] = log softmax(logits[b, t])[targets[b, t]], 0 where targets == kIgnoreIndex;
-  // entropy[b, t] of the whole distribution when asked (else undefined). f32 [B, T], CPU.
-  // Keeps what backward_logprobs needs.
+  // logp[b, t] = log softmax(logits[b, t] / temperature)[targets[b, t]], 0 where targets ==
+  // kIgnoreIndex; entropy[b, t] of that distribution when asked (else undefined).
+  // f32 [B, T], CPU. Keeps what backward_logprobs needs.
   struct TokenLogprobs {
     Tensor logp, entropy;
   };
   TokenLogprobs token_logprobs(const Tensor& inputs, const Tensor& targets,
-                               bool with_entropy = false);
+                               bool with_entropy = false, float temperature = 1.0f);
   // Backward of the last token_logprobs: dlogp f32 [B, T] = d(loss)/d(logp). Parameter
   // gradients accumulate (MoE balancing terms included, scaled by their loss scale).
   void backward_logprobs(const Tensor& dlogp);
@@ -119,6 +119,7 @@ class Transformer {
   // Saved by token_logprobs / values for their backward.
   struct HeadState {
     Tensor inputs, hn, logits, lse, targets;
+    float inv_temperature = 1.0f;
   } head_state_;
 };
 

@@ -13,26 +13,42 @@ namespace sy {
 
 absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& out) {
   FlagSet flags(
-      "switchyard rl", "--config FILE [--set TEXT]... [--run_dir DIR]",
+      "switchyard rl", "--config FILE [--set TEXT]... [--run_dir DIR] | --resume DIR",
       "Fine-tunes the latest checkpoint of rl.init_checkpoint (a pretraining run) with\n"
       "GRPO or PPO on the config's task. The model comes from that run's config; the\n"
       "run directory gets the resolved config, metrics.jsonl and the final policy, which\n"
-      "`switchyard generate --checkpoint DIR` loads.");
+      "`switchyard generate --checkpoint DIR` loads. SIGTERM or SIGUSR1 writes a checkpoint\n"
+      "and stops; --resume DIR continues from it with the config saved there (--set may\n"
+      "still override it, e.g. rl { steps: N }).");
   ExperimentFlags experiment_flags;
   add_experiment_flags(flags, &experiment_flags);
-  std::string run_dir;
+  std::string run_dir, resume;
   flags.add_string("run_dir", "DIR", &run_dir, "run directory (overrides the config's run_dir)");
+  flags.add_string("resume", "DIR", &resume,
+                   "continue the RL run in DIR from its latest checkpoint");
   SY_RETURN_IF_ERROR(flags.parse(args));
   if (flags.help_requested()) {
     out << flags.help();
     return absl::OkStatus();
   }
-  SY_RETURN_IF_ERROR(flags.require("config"));
-  SY_ASSIGN_OR_RETURN(
-      switchyard::Experiment rl_config,
-      load_experiment(experiment_flags.config_path, experiment_flags.overrides, ConfigUse::kRl));
-  SY_ASSIGN_OR_RETURN(switchyard::Experiment config, rl::resolve_rl_experiment(rl_config));
-  rl::RlRunOptions options{.run_dir = run_dir.empty() ? config.run_dir() : run_dir};
+  switchyard::Experiment config;
+  rl::RlRunOptions options;
+  if (!resume.empty()) {
+    // The saved config is resolved already: it holds the checkpoint's model.
+    SY_ASSIGN_OR_RETURN(config, load_resume_config(flags, resume, experiment_flags.overrides));
+    if (config.rl().init_checkpoint().empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--resume ", resume, ": its config has no rl.init_checkpoint; is it an RL run?"));
+    }
+    options = {.run_dir = resume, .resume = true};
+  } else {
+    SY_RETURN_IF_ERROR(flags.require("config"));
+    SY_ASSIGN_OR_RETURN(
+        switchyard::Experiment rl_config,
+        load_experiment(experiment_flags.config_path, experiment_flags.overrides, ConfigUse::kRl));
+    SY_ASSIGN_OR_RETURN(config, rl::resolve_rl_experiment(rl_config));
+    options.run_dir = run_dir.empty() ? config.run_dir() : run_dir;
+  }
   if (std::filesystem::path(options.run_dir).lexically_normal() ==
       std::filesystem::path(config.rl().init_checkpoint()).lexically_normal()) {
     return absl::InvalidArgumentError(
@@ -40,8 +56,10 @@ absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& 
                      " is rl.init_checkpoint; write the RL run elsewhere "
                      "(set run_dir or pass --run_dir)"));
   }
+  install_stop_signal_handlers();
 
-  return run_as_job(config, out, [&](Communicator* world) { return rl::run_rl(config, options, out, world); });
+  return run_as_job(config, out,
+                    [&](Communicator* world) { return rl::run_rl(config, options, out, world); });
 }
 
 }  // namespace sy

@@ -5,6 +5,8 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <span>
 #include <sstream>
 
 #include "absl/strings/numbers.h"
@@ -14,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/elementwise.h"
+#include "kernels/hash.h"
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "parallel/local_communicator.h"
@@ -22,6 +25,7 @@
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/json.h"
+#include "trainer/safetensors.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train.h"
 
@@ -175,7 +179,28 @@ int checkpoint_expert_parallel(const std::string& dir) {
   return ep && ep->is_int() ? static_cast<int>(ep->as_int()) : 0;
 }
 
+// Rows `picked` of t (a view of rows [lo, lo + n) when they are exactly those, in order).
+Tensor take_rows(const Tensor& t, int64_t lo, std::span<const int64_t> picked) {
+  const int64_t n = static_cast<int64_t>(picked.size());
+  bool in_order = true;
+  for (int64_t i = 0; i < n && in_order; ++i) in_order = picked[i] == lo + i;
+  if (in_order) return t.rows(lo, lo + n);
+  Shape shape = t.shape();
+  shape[0] = n;
+  Tensor out = Tensor::empty(shape, t.dtype(), t.device());
+  for (int64_t i = 0; i < n; ++i) out.rows(i, i + 1).copy_from(t.rows(picked[i], picked[i] + 1));
+  return out;
+}
+
 const char* algorithm_name(RlConfig::Algorithm a) { return a == RlConfig::RL_PPO ? "PPO" : "GRPO"; }
+
+std::string critic_run_dir(const std::string& run_dir) {
+  return (fs::path(run_dir) / "critic").string();
+}
+
+std::string rl_state_path(const std::string& run_dir, int64_t step) {
+  return (fs::path(run_dir) / "rl_state" / absl::StrFormat("step_%08d.json", step)).string();
+}
 
 }  // namespace
 
@@ -367,8 +392,6 @@ void RlTrainer::reset_reference_to_policy() {
 
 absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
   const int ep = grid_->layout().expert_parallel;
-  const CheckpointLayout layout{
-      .world = world_, .expert_parallel = ep, .zero_stage = config_.parallel().zero_stage()};
   absl::Status loaded;
   if (ep > 1 && checkpoint_expert_parallel(checkpoint_dir) == 1) {
     // Every expert is in model.safetensors: load the whole model, keep this rank's experts.
@@ -388,7 +411,7 @@ absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
       }
     }
   } else {
-    loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, layout).status();
+    loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, checkpoint_layout()).status();
   }
   SY_RETURN_IF_ERROR(agree_on_status(*world_, loaded));
   reset_reference_to_policy();
@@ -398,6 +421,23 @@ absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
 std::pair<int64_t, int64_t> RlTrainer::minibatch_rows(int64_t index) const {
   const int64_t size = batch_rows_ / rl_.minibatches();
   return {index * size, (index + 1) * size};
+}
+
+std::vector<int64_t> RlTrainer::minibatch_order(int64_t step, int epoch) const {
+  std::vector<int64_t> order(batch_rows_);
+  std::iota(order.begin(), order.end(), 0);
+  if (!rl_.shuffle_minibatches() || rl_.minibatches() == 1) return order;
+  // Sort by a hash of each row's global completion index: a pure function of the
+  // coordinates, like every other draw of the run.
+  constexpr uint64_t kSalt = 0x6d696e6962617463ull;  // "minibatc"
+  const uint64_t key = mix64(mix64(mix64(rl_.seed() ^ kSalt) ^ static_cast<uint64_t>(step)) ^
+                             static_cast<uint64_t>(epoch));
+  const uint64_t first =
+      static_cast<uint64_t>((step * world_->size() + world_->rank()) * batch_rows_);
+  std::vector<uint64_t> rank(batch_rows_);
+  for (int64_t i = 0; i < batch_rows_; ++i) rank[i] = mix64(key ^ (first + i));
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return rank[a] < rank[b]; });
+  return order;
 }
 
 absl::StatusOr<Rollouts> RlTrainer::rollout(int64_t step) {
@@ -489,6 +529,7 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   const int64_t t_len = static_cast<int64_t>(longest[0]) - 1;
 
   Batch batch;
+  batch.step = rollouts.step;
   batch.inputs = Tensor::zeros({rows, t_len}, DType::kI32);
   batch.targets = Tensor::empty({rows, t_len}, DType::kI32);
   batch.mask = Tensor::zeros({rows, t_len});
@@ -505,8 +546,10 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     }
   }
 
-  // Old and reference log-probs (and values), once, in the minibatches of the updates.
+  // Old and reference log-probs (and values), once, in the minibatches of the updates, of the
+  // distribution the rollouts were sampled from.
   const bool ppo = rl_.algorithm() == RlConfig::RL_PPO;
+  const float temperature = static_cast<float>(rl_.temperature());
   batch.old_logp = Tensor::zeros({rows, t_len});
   batch.ref_logp = Tensor::zeros({rows, t_len});
   batch.entropy = Tensor::zeros({rows, t_len});
@@ -515,10 +558,11 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   for (int64_t mb = 0; mb < rl_.minibatches(); ++mb) {
     const auto [lo, hi] = minibatch_rows(mb);
     const Tensor inputs = batch.inputs.rows(lo, hi), targets = batch.targets.rows(lo, hi);
-    Transformer::TokenLogprobs old = policy_->token_logprobs(inputs, targets, true);
+    Transformer::TokenLogprobs old = policy_->token_logprobs(inputs, targets, true, temperature);
     batch.old_logp.rows(lo, hi).copy_from(old.logp);
     batch.entropy.rows(lo, hi).copy_from(old.entropy);
-    batch.ref_logp.rows(lo, hi).copy_from(ref_->token_logprobs(inputs, targets).logp);
+    batch.ref_logp.rows(lo, hi).copy_from(
+        ref_->token_logprobs(inputs, targets, false, temperature).logp);
     if (ppo) batch.old_values.rows(lo, hi).copy_from(critic_->values(inputs));
   }
 
@@ -607,23 +651,28 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
   const AggregationMode mode = options.aggregation.mode;
   const double bias_rate = policy_->spec().moe.bias_update_rate;
 
+  const float temperature = static_cast<float>(rl_.temperature());
   for (int epoch = 0; epoch < rl_.epochs(); ++epoch) {
+    const std::vector<int64_t> order = minibatch_order(batch.step, epoch);
     for (int64_t mb = 0; mb < rl_.minibatches(); ++mb) {
       const auto [lo, hi] = minibatch_rows(mb);
-      const Tensor inputs = batch.inputs.rows(lo, hi), targets = batch.targets.rows(lo, hi);
-      const Tensor loss_mask = batch.loss_mask.rows(lo, hi);
+      const std::span<const int64_t> picked(order.data() + lo, order.data() + hi);
+      auto take = [&](const Tensor& t) { return take_rows(t, lo, picked); };
+      const Tensor inputs = take(batch.inputs), targets = take(batch.targets);
+      const Tensor loss_mask = take(batch.loss_mask);
       UpdateStats u;
       const auto [scale, units] = global_loss_scale(loss_mask, mode, *world_);
       u.skipped = units == 0;
       if (!u.skipped) {
         policy_store_->zero_grad();
-        Transformer::TokenLogprobs lp = policy_->token_logprobs(inputs, targets);
+        Transformer::TokenLogprobs lp =
+            policy_->token_logprobs(inputs, targets, false, temperature);
         Tensor dlogp = Tensor::empty({hi - lo, t_len});
         PolicyLossInputs in{.logp = lp.logp,
-                            .old_logp = batch.old_logp.rows(lo, hi),
-                            .advantages = batch.advantages.rows(lo, hi),
+                            .old_logp = take(batch.old_logp),
+                            .advantages = take(batch.advantages),
                             .mask = loss_mask,
-                            .ref_logp = kl_in_loss ? batch.ref_logp.rows(lo, hi) : Tensor()};
+                            .ref_logp = kl_in_loss ? take(batch.ref_logp) : Tensor()};
         const PolicyLossStats st = policy_loss(dlogp, in, options);
         scale_(dlogp, static_cast<float>(scale));
         policy_->backward_logprobs(dlogp);
@@ -651,14 +700,14 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
                     .approx_kl_old = s[5] / s[6]};
       }
       if (ppo) {
-        const Tensor mask = batch.mask.rows(lo, hi);
+        const Tensor mask = take(batch.mask);
         const double vscale = global_loss_scale(mask, mode, *world_).first;
         critic_store_->zero_grad();
         const Tensor values = critic_->values(inputs);
         Tensor dvalues = Tensor::empty({hi - lo, t_len});
         const ValueLossStats vs =
-            value_loss(dvalues, values, batch.old_values.rows(lo, hi), batch.returns.rows(lo, hi),
-                       mask, {.clip = rl_.value_clip(), .aggregation = options.aggregation});
+            value_loss(dvalues, values, take(batch.old_values), take(batch.returns), mask,
+                       {.clip = rl_.value_clip(), .aggregation = options.aggregation});
         scale_(dvalues, static_cast<float>(vscale));
         critic_->backward_values(dvalues);
         critic_sync_->sync();
@@ -743,16 +792,71 @@ EvalMetrics RlTrainer::evaluate() {
   return e;
 }
 
+CheckpointLayout RlTrainer::checkpoint_layout() const {
+  return {.world = world_,
+          .expert_parallel = grid_->layout().expert_parallel,
+          .zero_stage = config_.parallel().zero_stage()};
+}
+
 absl::Status RlTrainer::save(const std::string& run_dir, int64_t steps_done) {
   const CheckpointState state{
       .step = steps_done,
       .seed = rl_.seed(),
       .data = {.next_index = steps_done * world_->size() * rl_.prompts_per_step()}};
-  return save_checkpoint(run_dir, state, *policy_store_, *policy_opt_,
-                         config_.checkpoint().keep_last(),
-                         {.world = world_,
-                          .expert_parallel = grid_->layout().expert_parallel,
-                          .zero_stage = config_.parallel().zero_stage()});
+  const int keep = config_.checkpoint().keep_last();
+  // The critic and the state first: the policy's `latest` is what a resumed run goes by.
+  if (critic_) {
+    SY_RETURN_IF_ERROR(save_checkpoint(critic_run_dir(run_dir), state, *critic_store_, *critic_opt_,
+                                       keep, checkpoint_layout()));
+  }
+  absl::Status wrote;
+  if (world_->rank() == 0) {
+    std::error_code ec;
+    fs::create_directories(fs::path(run_dir) / "rl_state", ec);
+    const std::string text =
+        absl::StrFormat(R"({"step": %d, "kl_coef": %.17g})", steps_done, kl_.coef());
+    const std::string_view piece = text;
+    wrote = write_file_atomically(rl_state_path(run_dir, steps_done), {&piece, 1});
+  }
+  SY_RETURN_IF_ERROR(agree_on_status(*world_, wrote));
+  return save_checkpoint(run_dir, state, *policy_store_, *policy_opt_, keep, checkpoint_layout());
+}
+
+absl::StatusOr<int64_t> RlTrainer::restore(const std::string& run_dir) {
+  auto dir = latest_checkpoint(run_dir);
+  SY_RETURN_IF_ERROR(agree_on_status(*world_, dir.status()));
+  auto state = load_checkpoint(*dir, *policy_store_, policy_opt_.get(), checkpoint_layout());
+  SY_RETURN_IF_ERROR(agree_on_status(*world_, state.status()));
+  const int64_t step = state->step;
+  if (critic_) {
+    const std::string critic_dir =
+        (fs::path(critic_run_dir(run_dir)) / "checkpoints" / fs::path(*dir).filename()).string();
+    auto critic =
+        load_checkpoint(critic_dir, *critic_store_, critic_opt_.get(), checkpoint_layout());
+    absl::Status loaded = critic.status();
+    if (!loaded.ok()) {
+      loaded = absl::NotFoundError(absl::StrCat("the critic of ", *dir, ": ", loaded.message(),
+                                                " (a PPO run writes it beside the policy)"));
+    }
+    SY_RETURN_IF_ERROR(agree_on_status(*world_, loaded));
+  }
+  const std::string path = rl_state_path(run_dir, step);
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  auto parsed = parse_json(text.str());
+  const Json* coef = parsed.ok() && parsed->is_object() ? parsed->find("kl_coef") : nullptr;
+  absl::Status read = absl::OkStatus();
+  if (coef == nullptr || !coef->is_number() || !(coef->as_double() >= 0)) {
+    read = absl::DataLossError(
+        absl::StrCat(path, ": missing or unreadable (it holds the KL coefficient of step ", step,
+                     " and is written before the checkpoint)"));
+  }
+  SY_RETURN_IF_ERROR(agree_on_status(*world_, read));
+  if (kl_.is_adaptive()) {
+    kl_ = KlController::adaptive(coef->as_double(), rl_.target_kl(), rl_.kl_horizon());
+  }
+  return step;
 }
 
 std::string RlTrainer::describe() const {
@@ -808,6 +912,15 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
   auto init_dir = latest_checkpoint(rl.init_checkpoint());
   SY_RETURN_IF_ERROR(agree_on_status(world, init_dir.status()));
   SY_RETURN_IF_ERROR(trainer->load_policy_weights(*init_dir));
+  int64_t start_step = 0;
+  if (options.resume) {
+    SY_ASSIGN_OR_RETURN(start_step, trainer->restore(options.run_dir));
+    if (start_step >= rl.steps()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          options.run_dir, " already holds step ", start_step, " of rl.steps = ", rl.steps(),
+          "; raise it with --set 'rl { steps: N }' to continue"));
+    }
+  }
 
   std::ofstream jsonl;
   if (lead && config.logging().jsonl()) {
@@ -826,6 +939,8 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
       spec.moe.top_k, *init_dir, trainer->grid().describe(), options.run_dir);
   log << trainer->describe() << "\n";
+  if (options.resume)
+    log << "resumed from " << options.run_dir << " at step " << start_step << "\n";
 
   auto run_eval = [&](int64_t step) {
     const EvalMetrics e = trainer->evaluate();
@@ -837,11 +952,12 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
         R"({"step": %d, "eval_accuracy": %.9g, "eval_reward": %.9g, "eval_sampled_accuracy": %.9g})",
         step, e.accuracy, e.reward_mean, e.sampled_accuracy));
   };
-  run_eval(0);
+  if (!options.resume) run_eval(0);
 
   const int64_t steps = rl.steps();
+  const int ckpt_every = config.checkpoint().interval();
   const bool ppo = rl.algorithm() == RlConfig::RL_PPO;
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int64_t step = start_step; step < steps; ++step) {
     auto result = trainer->step(step);
     SY_RETURN_IF_ERROR(agree_on_status(world, result.status()));
     const StepMetrics& m = *result;
@@ -873,8 +989,19 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
     if ((rl.eval_interval() > 0 && (step + 1) % rl.eval_interval() == 0) || last) {
       run_eval(step + 1);
     }
+    // A signal may reach the ranks at different steps: stop when any rank has seen one.
+    double stop_flag = stop_requested() ? 1.0 : 0.0;
+    world.all_reduce_host({&stop_flag, 1}, ReduceOp::kMax);
+    const bool stop = stop_flag > 0;
+    if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
+      SY_RETURN_IF_ERROR(trainer->save(options.run_dir, step + 1));
+    }
+    if (stop && !last) {
+      log << "stop requested by signal: checkpoint written at step " << step + 1
+          << "; continue with switchyard rl --resume " << options.run_dir << "\n";
+      return absl::OkStatus();
+    }
   }
-  SY_RETURN_IF_ERROR(trainer->save(options.run_dir, steps));
   log << "saved the policy in " << options.run_dir << "; try: switchyard generate --checkpoint "
       << options.run_dir << " --prompt '" << trainer->task().sample(0, Split::kHeldOut).text
       << "'\n";

@@ -17,13 +17,22 @@
 //      the reward at the last completion token, subtracts the per-token KL penalty, runs GAE
 //      on the critic's values and whitens over the global batch. With kl_in_reward, GRPO's
 //      sequence reward is reward − β · Σ_t KL_t; otherwise β · KL is a loss term;
-//   5. epochs × minibatches updates: policy log-probs → clipped surrogate → backward →
+//   5. epochs × minibatches updates (each epoch deals every rank's rows into its minibatches
+//      in a fresh seeded order when rl.shuffle_minibatches): policy log-probs (all of them
+//      at the rollout temperature) → clipped surrogate → backward →
 //      gradient sync → AdamW (and for PPO the clipped value loss on the critic, its own
 //      AdamW). A minibatch's loss is normalised over the global minibatch (every rank's
 //      share), so the update does not depend on how the batch is spread over ranks;
 //   6. the adaptive KL controller sees the batch's KL per completion.
 // The reference is a frozen copy of the initial policy, sharded like it; the critic is a copy
 // of the policy's trunk with a zero-initialised value head.
+//
+// Checkpoints (every checkpoint.interval steps, at the end, and on SIGTERM / SIGUSR1) hold
+// everything a resumed run needs to continue bit for bit: RUN_DIR/checkpoints/ the policy
+// and its AdamW state, RUN_DIR/critic/checkpoints/ the critic and its AdamW state (PPO) and
+// RUN_DIR/rl_state/step_N.json the KL coefficient. The policy's `latest` is written last,
+// so it never names a step whose critic or state is missing. The reference is reloaded from
+// rl.init_checkpoint; rollouts and evaluation are functions of (seed, step).
 #include <cstdint>
 #include <memory>
 #include <ostream>
@@ -42,6 +51,7 @@
 #include "rl/policy_loss.h"
 #include "rl/reward_command.h"
 #include "rl/tasks.h"
+#include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 
 namespace sy::rl {
@@ -69,6 +79,7 @@ struct Rollouts {
 // The rollouts as per-token tensors: i32 [B, T] inputs and targets (kIgnoreIndex outside the
 // completions), f32 [B, T] for the rest.
 struct Batch {
+  int64_t step = 0;  // of the rollouts
   Tensor inputs, targets;
   Tensor mask;       // 1 at completion tokens
   Tensor loss_mask;  // mask without the rows of filtered groups (GRPO filter_equal_groups)
@@ -139,11 +150,19 @@ class RlTrainer {
   void update(const Batch& batch, StepMetrics& metrics);
   absl::StatusOr<StepMetrics> step(int64_t step);
 
+  // The order in which epoch `epoch` of step `step` deals this rank's rows into its
+  // minibatches (rows [0, P·G) in order when shuffling is off or there is one minibatch).
+  std::vector<int64_t> minibatch_order(int64_t step, int epoch) const;
+
   // Accuracy on rl.eval_examples held-out prompts, spread over the ranks.
   EvalMetrics evaluate();
 
-  // The policy's weights (and optimizer state) as a checkpoint of run_dir. Collective.
+  // The policy, the critic, their optimizer states and the KL coefficient as a checkpoint of
+  // run_dir after `steps_done` steps (see the file comment). Collective.
   absl::Status save(const std::string& run_dir, int64_t steps_done);
+  // Continues from run_dir's latest checkpoint (after load_policy_weights has set the
+  // reference); returns the steps it had done. Collective.
+  absl::StatusOr<int64_t> restore(const std::string& run_dir);
 
   Transformer& policy() { return *policy_; }
   ParamStore& policy_store() { return *policy_store_; }
@@ -159,6 +178,7 @@ class RlTrainer {
   RlTrainer() = default;
   // Rows [begin, end) of minibatch `index`.
   std::pair<int64_t, int64_t> minibatch_rows(int64_t index) const;
+  CheckpointLayout checkpoint_layout() const;
   void set_balance_scale(Transformer& model, double scale);
 
   switchyard::Experiment config_;
@@ -180,12 +200,15 @@ class RlTrainer {
 
 struct RlRunOptions {
   std::string run_dir;
+  bool resume = false;  // continue from run_dir's latest checkpoint
 };
 
 // The whole run: start-up log, evaluation before the first step, the steps with their log
-// lines and metrics.jsonl, periodic and final evaluation, and a final checkpoint of the
-// policy in run_dir (with config.textproto, so `switchyard generate --checkpoint run_dir`
-// loads it). `config` comes from resolve_rl_experiment. `world` null: this process alone.
+// lines and metrics.jsonl, periodic and final evaluation, periodic checkpoints and a final
+// one in run_dir (with config.textproto, so `switchyard generate --checkpoint run_dir` loads
+// the policy). SIGTERM / SIGUSR1 (install_stop_signal_handlers) end it after the current
+// step with a checkpoint. `config` comes from resolve_rl_experiment. `world` null: this
+// process alone.
 absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& options,
                     std::ostream& log, Communicator* world = nullptr);
 

@@ -46,6 +46,21 @@ absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
   return status;
 }
 
+absl::StatusOr<switchyard::Experiment> load_resume_config(
+    const FlagSet& flags, const std::string& resume, const std::vector<std::string>& overrides) {
+  if (flags.was_given("config") || flags.was_given("run_dir")) {
+    return absl::InvalidArgumentError(
+        "--resume DIR takes its config and run directory from DIR; drop --config and --run_dir "
+        "(use --set to change a field)");
+  }
+  const std::string saved = (std::filesystem::path(resume) / "config.textproto").string();
+  if (!std::filesystem::exists(saved)) {
+    return absl::NotFoundError(
+        absl::StrCat("--resume ", resume, ": no config.textproto there; is it a run directory?"));
+  }
+  return load_experiment(saved, overrides);
+}
+
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out) {
   FlagSet flags("switchyard train", "--config FILE [--set TEXT]... [--run_dir DIR] | --resume DIR",
                 "Trains the experiment's model. --resume DIR continues the run in DIR from its\n"
@@ -64,17 +79,7 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
   TrainOptions options;
   switchyard::Experiment config;
   if (!resume.empty()) {
-    if (flags.was_given("config") || flags.was_given("run_dir")) {
-      return absl::InvalidArgumentError(
-          "--resume DIR takes its config and run directory from DIR; drop --config and --run_dir "
-          "(use --set to change a field)");
-    }
-    const std::string saved = (std::filesystem::path(resume) / "config.textproto").string();
-    if (!std::filesystem::exists(saved)) {
-      return absl::NotFoundError(
-          absl::StrCat("--resume ", resume, ": no config.textproto there; is it a run directory?"));
-    }
-    SY_ASSIGN_OR_RETURN(config, load_experiment(saved, experiment_flags.overrides));
+    SY_ASSIGN_OR_RETURN(config, load_resume_config(flags, resume, experiment_flags.overrides));
     options.run_dir = resume;
     options.resume = true;
   } else {

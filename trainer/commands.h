@@ -6,8 +6,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "configs/switchyard.pb.h"
 #include "parallel/communicator.h"
+#include "trainer/flags.h"
 
 namespace sy {
 // Runs one rank's part of a job: joins it when started by mpirun or srun (world is null when
@@ -15,6 +17,10 @@ namespace sy {
 // message when this rank fails.
 absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
                         const std::function<absl::Status(Communicator*)>& body);
+// The config a `--resume DIR` continues with: DIR/config.textproto with the --set
+// `overrides`. Refused when --config or --run_dir was given too (DIR fixes both).
+absl::StatusOr<switchyard::Experiment> load_resume_config(
+    const FlagSet& flags, const std::string& resume, const std::vector<std::string>& overrides);
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out);
 absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out);
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out);

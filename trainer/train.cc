@@ -262,6 +262,8 @@ void install_stop_signal_handlers() {
   std::signal(SIGUSR1, on_stop_signal);
 }
 
+bool stop_requested() { return g_stop_requested.load(); }
+
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& console, Communicator* world_comm) {
   LocalCommunicator local;

@@ -34,5 +34,7 @@ absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Dev
 
 // SIGTERM / SIGUSR1 ask the loop to write a checkpoint after the current step and return.
 void install_stop_signal_handlers();
+// Whether one of those signals has arrived (for other loops, e.g. `switchyard rl`, to honour).
+bool stop_requested();
 
 }  // namespace sy

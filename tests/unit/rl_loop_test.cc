@@ -5,9 +5,12 @@
 // init checkpoints give clear errors.
 #include "rl/rl_loop.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <numeric>
+#include <random>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
@@ -15,6 +18,7 @@
 #include "gtest/gtest.h"
 #include "parallel/local_communicator.h"
 #include "tests/testing/testing.h"
+#include "tests/unit/rl_testing.h"
 #include "trainer/config.h"
 #include "trainer/tokenizer.h"
 
@@ -23,20 +27,6 @@ namespace {
 namespace fs = std::filesystem;
 
 constexpr char kSmallRl[] = R"pb(
-  device: DEVICE_CPU
-  model {
-    vocab_size: 64
-    d_model: 32
-    n_layers: 2
-    n_heads: 4
-    n_kv_heads: 2
-    seq_len: 12
-    first_k_dense: 1
-    dense_ffn_hidden: 48
-    init_std: 0.1
-  }
-  moe { num_experts: 4 top_k: 2 expert_hidden: 16 normalize_topk: true }
-  mtp { num_modules: 1 }
   optimizer { weight_decay: 0 grad_clip: 0 }
   train { steps: 1 micro_batch: 1 cpu_threads: 1 seed: 7 }
   rl {
@@ -53,7 +43,8 @@ constexpr char kSmallRl[] = R"pb(
 
 switchyard::Experiment small_config(const std::string& extra = "") {
   switchyard::Experiment config;
-  SY_CHECK(google::protobuf::TextFormat::ParseFromString(kSmallRl, &config));
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(testing::kSmallModel, &config));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString(kSmallRl, &config));
   SY_CHECK(google::protobuf::TextFormat::MergeFromString(extra, &config)) << extra;
   const absl::Status status = validate_experiment(config);  // resolved: the model included
   SY_CHECK(status.ok()) << status;
@@ -136,8 +127,11 @@ TEST(RlLoop, GrpoStepRaisesTheProbabilityOfRewardedCompletions) {
 
 TEST(RlLoop, OldLogprobsAreThePolicyBeforeTheFirstUpdate) {
   LocalCommunicator world;
-  auto trainer = make_trainer(
-      small_config("rl { epochs: 2 minibatches: 2 clip_low: 0.01 clip_high: 0.01 }"), world);
+  // In rollout order, the first minibatch is the rows whose old log-probs were computed
+  // together: the ratio is exactly 1 (shuffled, it is 1 up to rounding).
+  auto trainer = make_trainer(small_config("rl { epochs: 2 minibatches: 2 clip_low: 0.01 "
+                                           "clip_high: 0.01 shuffle_minibatches: false }"),
+                              world);
   auto rollouts = trainer->rollout(0);
   ASSERT_TRUE(rollouts.ok());
   ASSERT_TRUE(trainer->score(*rollouts).ok());
@@ -160,6 +154,111 @@ TEST(RlLoop, OldLogprobsAreThePolicyBeforeTheFirstUpdate) {
   // The second minibatch comes after an update at lr 1e-2 with a 1% clip: the ratio moved.
   EXPECT_GT(metrics.updates[3].policy.approx_kl_old, 0.0);
   EXPECT_GT(metrics.updates[3].policy.clip_fraction, 0.0);
+}
+
+TEST(RlLoop, LogprobsAreThoseOfTheRolloutTemperature) {
+  constexpr double kTemperature = 0.5;
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config("rl { temperature: 0.5 }"), world);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+
+  // Old and reference log-probs and the entropy: log softmax(logits / T), from the logits.
+  const int64_t rows = batch.inputs.dim(0), t_len = batch.inputs.dim(1);
+  const std::vector<float> logits = trainer->policy().logits(batch.inputs, false).to_f32_vector();
+  const std::vector<int32_t> targets = batch.targets.to_i32_vector();
+  const int64_t vocab = static_cast<int64_t>(logits.size()) / (rows * t_len);
+  Tensor expected_logp = Tensor::zeros({rows, t_len}),
+         expected_entropy = Tensor::zeros({rows, t_len});
+  double untempered_gap = 0;
+  for (int64_t i = 0; i < rows * t_len; ++i) {
+    const float* z = logits.data() + i * vocab;
+    double mx = z[0], sum = 0, sum1 = 0, weighted = 0;
+    for (int64_t v = 0; v < vocab; ++v) mx = std::max<double>(mx, z[v]);
+    for (int64_t v = 0; v < vocab; ++v) {
+      const double e = std::exp((z[v] - mx) / kTemperature);
+      sum += e;
+      weighted += e * (z[v] - mx) / kTemperature;
+      sum1 += std::exp(z[v] - mx);
+    }
+    expected_entropy.data<float>()[i] = static_cast<float>(std::log(sum) - weighted / sum);
+    if (targets[i] == kIgnoreIndex) continue;
+    expected_logp.data<float>()[i] =
+        static_cast<float>((z[targets[i]] - mx) / kTemperature - std::log(sum));
+    untempered_gap +=
+        std::abs(expected_logp.data<float>()[i] - (z[targets[i]] - mx - std::log(sum1)));
+  }
+  EXPECT_GT(untempered_gap, 1.0) << "T = 0.5 must make a difference on this batch";
+  EXPECT_TRUE(testing::all_close(batch.old_logp, expected_logp, 1e-5, 1e-5));
+  EXPECT_TRUE(testing::all_close(batch.ref_logp, expected_logp, 1e-5, 1e-5));
+  EXPECT_TRUE(testing::all_close(batch.entropy, expected_entropy, 1e-4, 1e-5));
+
+  // The update's gradient is that of the tempered log-probs (finite differences on the head).
+  Transformer& policy = trainer->policy();
+  std::mt19937_64 rng(5);
+  const Tensor weights = testing::random_normal({rows, t_len}, rng);
+  const float* m = batch.mask.data<float>();
+  for (int64_t i = 0; i < rows * t_len; ++i)
+    if (m[i] == 0) weights.data<float>()[i] = 0;
+  trainer->policy_store().zero_grad();
+  policy.token_logprobs(batch.inputs, batch.targets, false, kTemperature);
+  policy.backward_logprobs(weights);
+  Param* head = trainer->policy_store().find("lm_head.weight");
+  ASSERT_NE(head, nullptr);
+  EXPECT_TRUE(testing::grad_check(
+      [&] {
+        return testing::weighted_sum(
+            policy.token_logprobs(batch.inputs, batch.targets, false, kTemperature).logp, weights);
+      },
+      head->value, head->grad, rng, {.eps = 1e-2, .rtol = 2e-2, .atol = 2e-3}));
+}
+
+TEST(RlLoop, ShuffledMinibatchesDealEveryRowOncePerEpochInASeededOrder) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config("rl { epochs: 2 minibatches: 4 }"), world);
+  const int64_t rows = 4 * 8;
+  const std::vector<int64_t> first = trainer->minibatch_order(0, 0);
+  std::vector<int64_t> sorted = first;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<int64_t> identity(rows);
+  std::iota(identity.begin(), identity.end(), 0);
+  EXPECT_EQ(sorted, identity) << "a permutation of the step's rows";
+  EXPECT_NE(first, identity);
+  EXPECT_NE(trainer->minibatch_order(0, 1), first) << "a fresh order each epoch";
+  EXPECT_NE(trainer->minibatch_order(1, 0), first) << "and each step";
+  EXPECT_EQ(
+      make_trainer(small_config("rl { epochs: 2 minibatches: 4 }"), world)->minibatch_order(0, 0),
+      first)
+      << "a function of the seed";
+  EXPECT_NE(make_trainer(small_config("rl { epochs: 2 minibatches: 4 seed: 5 }"), world)
+                ->minibatch_order(0, 0),
+            first);
+  // Off, or with one minibatch, rows go in rollout order.
+  EXPECT_EQ(make_trainer(small_config("rl { minibatches: 4 shuffle_minibatches: false }"), world)
+                ->minibatch_order(0, 0),
+            identity);
+  EXPECT_EQ(make_trainer(small_config("rl { epochs: 2 }"), world)->minibatch_order(0, 1), identity);
+
+  // The update follows the order: shuffled and in-order runs of the same rollouts differ
+  // after the first minibatch, and two shuffled runs agree bit for bit.
+  auto run = [&](const std::string& extra) {
+    auto t = make_trainer(small_config("rl { epochs: 2 minibatches: 4 " + extra + " }"), world);
+    auto m = t->step(0);
+    SY_CHECK(m.ok()) << m.status();
+    return std::make_pair(m->updates,
+                          t->policy_store().find("lm_head.weight")->value.to_f32_vector());
+  };
+  const auto [shuffled, w_shuffled] = run("");
+  const auto [again, w_again] = run("");
+  const auto [in_order, w_in_order] = run("shuffle_minibatches: false");
+  EXPECT_EQ(w_shuffled, w_again);
+  EXPECT_NE(w_shuffled, w_in_order);
+  ASSERT_EQ(shuffled.size(), 8u);
+  EXPECT_NE(shuffled[0].policy.policy_loss, in_order[0].policy.policy_loss)
+      << "the first minibatch holds other rows";
 }
 
 TEST(RlLoop, KlToAReferenceEqualToThePolicyStartsAtExactlyZero) {
