@@ -209,9 +209,13 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
   if (seed && seed->is_string()) state.seed = std::stoull(seed->as_string());
 
   // The layout must be the one that wrote the checkpoint: the expert shards for the weights,
-  // and for the optimizer state also the ranks and ZeRO stage that sharded it.
-  std::vector<std::pair<const char*, int64_t>> must_match = {
-      {"expert_parallel", layout.expert_parallel}};
+  // and for the optimizer state also the ranks and ZeRO stage that sharded it. Weights alone
+  // also load into a model that holds every expert (expert_parallel 1): the shards, joined.
+  auto written_ep = get_int(*manifest, "expert_parallel");
+  if (!written_ep.ok()) return written_ep.status();
+  const bool join_experts = !optimizer && layout.expert_parallel == 1 && *written_ep > 1;
+  std::vector<std::pair<const char*, int64_t>> must_match;
+  if (!join_experts) must_match.push_back({"expert_parallel", layout.expert_parallel});
   if (optimizer) {
     must_match.push_back({"world_size", world_size(layout)});
     must_match.push_back({"zero_stage", layout.zero_stage});
@@ -235,6 +239,36 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
     SY_ASSIGN_OR_RETURN(SafetensorsFile experts,
                         load_safetensors((fs::path(dir) / experts_file(ep_rank)).string()));
     files.push_back(std::move(experts));
+  }
+  if (join_experts) {
+    std::vector<SafetensorsFile> shards;
+    for (int i = 0; i < *written_ep; ++i) {
+      SY_ASSIGN_OR_RETURN(SafetensorsFile shard,
+                          load_safetensors((fs::path(dir) / experts_file(i)).string()));
+      shards.push_back(std::move(shard));
+    }
+    SafetensorsFile joined{.path = (fs::path(dir) / experts_file(0)).string()};
+    for (const auto& [name, first] : shards[0].tensors) {
+      Shape shape = first.shape();
+      for (size_t i = 1; i < shards.size(); ++i) {
+        auto it = shards[i].tensors.find(name);
+        if (it == shards[i].tensors.end() || it->second.ndim() != first.ndim() ||
+            it->second.dtype() != first.dtype()) {
+          return checkpoint_error(shards[i].path,
+                                  absl::StrCat("has no tensor '", name, "' like ", shards[0].path));
+        }
+        shape[0] += it->second.dim(0);
+      }
+      Tensor all = Tensor::empty(shape, first.dtype());
+      int64_t row = 0;
+      for (const SafetensorsFile& shard : shards) {
+        const Tensor& part = shard.tensors.at(name);
+        all.rows(row, row + part.dim(0)).copy_from(part);
+        row += part.dim(0);
+      }
+      joined.tensors.emplace(name, std::move(all));
+    }
+    files.push_back(std::move(joined));
   }
   size_t held = 0;
   for (const SafetensorsFile& f : files) held += f.tensors.size();

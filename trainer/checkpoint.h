@@ -52,7 +52,9 @@ absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
 
 // Loads a checkpoint directory into the store and optimizer (shapes must match the
 // config's) and returns its state. Every problem names the file and what to fix. Weights
-// alone (optimizer null) load into any number of ranks with the same expert parallelism.
+// alone (optimizer null) load into any number of ranks with the same expert parallelism, or
+// into one model holding every expert (layout.expert_parallel 1), which joins the
+// experts-ep<i> shards in EP-rank order.
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
                                                 AdamW* optimizer,
                                                 const CheckpointLayout& layout = {});

@@ -152,11 +152,8 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   ParamStore store(device);
   Transformer model(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  SY_ASSIGN_OR_RETURN(
-      CheckpointState state,
-      load_checkpoint(dir, store, nullptr,
-                      {.expert_parallel = config.parallel().expert_parallel_size()}));
-  (void)state;
+  // This process holds every expert: an expert-parallel checkpoint's shards are joined.
+  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}).status());
   const std::vector<int32_t> completion =
       generate(model, {ByteTokenizer::encode(prompt)}, options)[0];
   std::string text;

@@ -2,15 +2,23 @@
 // give the same completions and the same updated weights on any (data, expert) parallel
 // layout as in one process. Rank r of R takes the r-th slice of the global prompts; the
 // reference is a single-process trainer that every rank makes by itself.
+#include <filesystem>
+#include <fstream>
 #include <map>
+#include <sstream>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
+#include "models/generate.h"
+#include "models/model_spec.h"
 #include "parallel/local_communicator.h"
 #include "rl/rl_loop.h"
 #include "tests/mpi/mpi_testing.h"
 #include "tests/testing/testing.h"
+#include "trainer/checkpoint.h"
+#include "trainer/commands.h"
 #include "trainer/config.h"
 
 namespace sy::rl {
@@ -155,6 +163,65 @@ TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
     }
     world.barrier();
   }
+}
+
+// An expert-parallel run's checkpoint (every EP rank writes its experts) loads into one
+// process holding every expert, and `switchyard generate` continues a prompt from it exactly
+// as the single-process policy after the same update does.
+TEST(RlEquivalence, AnExpertParallelCheckpointLoadsIntoOneProcessAndGenerates) {
+  Communicator& world = mpi_world();
+  if (world.size() < 2) GTEST_SKIP() << "needs two ranks or more";
+  const int ep = world.size();
+  const std::string dir =
+      (std::filesystem::path(::testing::TempDir()) / absl::StrCat("switchyard_rl_ep_np", ep))
+          .string();
+  if (world.rank() == 0) std::filesystem::remove_all(dir);
+  world.barrier();
+  const switchyard::Experiment config = config_for(ep, ep);
+  auto trainer = RlTrainer::create(config, world, std::make_unique<EvenBytesTask>());
+  ASSERT_TRUE(trainer.ok()) << trainer.status();
+  auto rollouts = (*trainer)->rollout(0);
+  ASSERT_TRUE(rollouts.ok() && (*trainer)->score(*rollouts).ok());
+  StepMetrics metrics;
+  (*trainer)->update((*trainer)->make_batch(*rollouts, metrics), metrics);
+  ASSERT_TRUE((*trainer)->save(dir, 1).ok());
+  if (world.rank() == 0) {
+    EXPECT_TRUE(
+        std::filesystem::exists(std::filesystem::path(dir) / "checkpoints" / "step_00000001" /
+                                absl::StrCat("experts-ep", ep - 1, ".safetensors")));
+    std::ofstream(std::filesystem::path(dir) / "config.textproto")
+        << resolved_experiment_text(config);
+    LocalCommunicator alone;
+    const Result reference = run_one_step(config_for(1, 1), alone);
+    auto latest = latest_checkpoint(dir);
+    ASSERT_TRUE(latest.ok()) << latest.status();
+    ParamStore store(Device::cpu());
+    Transformer model(model_spec_from_config(config), store);
+    ASSERT_TRUE(load_checkpoint(*latest, store, nullptr, {.expert_parallel = 1}).ok());
+    for (Param* p : store.params()) {
+      EXPECT_TRUE(testing::all_close(p->value, reference.weights.at(p->name), 1e-5, 1e-6))
+          << p->name;
+    }
+    // With the optimizer (a resume), the layout must still be the one that wrote it.
+    AdamW optimizer(store, {});
+    EXPECT_TRUE(absl::StrContains(
+        load_checkpoint(*latest, store, &optimizer, {.expert_parallel = 1}).status().message(),
+        "was written with"));
+
+    const std::vector<int32_t> prompt = {'1', '2', '='};
+    const std::vector<int32_t> want =
+        generate(model, {prompt}, {.temperature = 0, .max_new_tokens = 4})[0];
+    std::ostringstream out;
+    const absl::Status s =
+        run_generate_command({"--checkpoint", dir, "--prompt", "12=", "--max_new_tokens", "4",
+                              "--stop_at_newline=false"},
+                             out);
+    ASSERT_TRUE(s.ok()) << s;
+    std::string text = "12=";
+    for (int32_t t : want) text.push_back(static_cast<char>(t));
+    EXPECT_EQ(out.str(), text + "\n");
+  }
+  world.barrier();
 }
 
 }  // namespace
