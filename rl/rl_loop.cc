@@ -85,6 +85,7 @@ void copy_weights_by_name(ParamStore& from, ParamStore& to) {
   for (Param* p : to.params()) {
     if (const Param* q = from.find(p->name)) p->value.copy_from(q->value);
   }
+  to.values_changed();
 }
 
 KlEstimator estimator_of(RlConfig::KlEstimator e) {
@@ -409,6 +410,7 @@ absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
           p->value.copy_from(q->value.rows(p->expert_offset, p->expert_offset + p->value.dim(0)));
         }
       }
+      policy_store_->values_changed();
     }
   } else {
     loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, checkpoint_layout()).status();
