@@ -37,7 +37,8 @@ inline double run_switchyard(const std::string& args, const std::filesystem::pat
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-// The default run for kPretrainSteps steps into DIR/pretrain, then `switchyard rl --config
+// The default run for kPretrainSteps steps into DIR/pretrain (on the CPU, like the RL configs:
+// on a GPU the default config trains in bf16 to another policy), then `switchyard rl --config
 // configs/<rl_config>` from it into DIR/rl; returns what the RL run's metrics say.
 inline constexpr int kPretrainSteps = 3000;
 inline RlLearning pretrain_then_rl(const std::string& name, const std::string& rl_config) {
@@ -49,7 +50,8 @@ inline RlLearning pretrain_then_rl(const std::string& name, const std::string& r
   RlLearning r;
   r.pretrain_s = run_switchyard(
       absl::StrCat("train --config ", source, "/configs/tiny.textproto --run_dir ",
-                   (dir / "pretrain").string(), " --set 'train { steps: ", kPretrainSteps, " }'"),
+                   (dir / "pretrain").string(),
+                   " --set 'device: DEVICE_CPU train { steps: ", kPretrainSteps, " }'"),
       dir / "pretrain.log");
   r.rl_s =
       run_switchyard(absl::StrCat("rl --config ", source, "/configs/", rl_config, " --run_dir ",
