@@ -11,6 +11,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
+#include "kernels/streams.h"
 #include "kernels/swiglu.h"
 #include "parallel/local_communicator.h"
 
@@ -49,6 +50,9 @@ TopKOptions topk_options(const MoeSpec& m) {
           .normalize = m.normalize_topk,
           .scale = m.route_scale};
 }
+
+// Streams a MoE layer spreads its experts' GEMMs over on a GPU.
+constexpr int kExpertStreams = 4;
 
 float output_std(const ModelSpec& spec) {
   // Residual-branch outputs start smaller so the residual stream's variance does not grow
@@ -265,12 +269,17 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
   a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
   Tensor y_local = Tensor::empty({rows, spec_.d_model}, dt, dev);
-  for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
-    const int64_t lo = off[e], hi = off[e + 1];
-    if (lo == hi) continue;
-    matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
-    swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
-    matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
+  // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU).
+  {
+    StreamFanout fanout(dev, kExpertStreams);
+    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+      const int64_t lo = off[e], hi = off[e + 1];
+      if (lo == hi) continue;
+      fanout.select(e);
+      matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
+      swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
+      matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
+    }
   }
   region.emplace("moe.combine");
   y_ = dispatcher_.from_experts(y_local);
@@ -283,8 +292,8 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   region.emplace("moe.balance");
 
   // Load statistics and balancing terms: per-sequence sums from the device (routing_stats,
-  // queued above), combined here from one small [B, 2E + 1] copy. Local sums first; then one all-reduce
-  // over the world makes f, P and the token counts those of the global batch.
+  // queued above), combined here from one small [B, 2E + 1] copy. Local sums first; then one
+  // all-reduce over the world makes f, P and the token counts those of the global batch.
   const int64_t b_count = layout.batch, t_count = layout.seq;
   const std::vector<float> st = seq_stats.to_f32_vector();
   auto stat = [&](int64_t b, int64_t col) { return double(st[b * (2 * e_count + 1) + col]); };
@@ -324,10 +333,10 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
     float* g = dp.data<float>();
     for (int64_t b = 0; b < b_count; ++b) {
       for (int64_t e = 0; e < e_count; ++e) {
-        g[b * e_count + e] = static_cast<float>(
-            loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
-                           m.seq_aux_loss_coef * f_seq_[b * e_count + e] /
-                               (t_count * sequences_global_)));
+        g[b * e_count + e] =
+            static_cast<float>(loss_scale_ * (m.aux_loss_coef * f_global_[e] / tokens_global_ +
+                                              m.seq_aux_loss_coef * f_seq_[b * e_count + e] /
+                                                  (t_count * sequences_global_)));
       }
     }
     dbalance_ = dp.to(dev);
@@ -355,14 +364,18 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
-  for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
-    const int64_t lo = off[e], hi = off[e + 1];
-    if (lo == hi) continue;
-    matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
-                    a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
-    swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
-    matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                    xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
+  {
+    StreamFanout fanout(dev, kExpertStreams);
+    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+      const int64_t lo = off[e], hi = off[e + 1];
+      if (lo == hi) continue;
+      fanout.select(e);
+      matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
+                      a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
+      swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
+      matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
+    }
   }
   region.emplace("moe.dispatch.bwd");
   Tensor dxp = dispatcher_.from_experts(dxp_local);

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/check.h"
+#include "kernels/cuda/stream_state.h"
 #include "kernels/tensor.h"
 
 // Aborts with file:line, the failed call and CUDA's message when a runtime call fails.
@@ -30,8 +31,9 @@ inline void launch_check(const char* kernel) {
                                << cudaGetErrorString(err) << ")";
 }
 
-// The stream every op runs on; CUDA tensors are allocated on it too (kernels/tensor.cc).
-inline cudaStream_t stream() { return cudaStreamPerThread; }
+// stream(): the stream every op runs on (kernels/cuda/stream_state.h). CUDA tensors are
+// allocated and freed on the per-thread default stream (kernels/tensor.cc); a side stream
+// only ever runs work between a fork from it and a join back into it.
 
 // Makes the tensor's GPU current (a no-op when it already is) and returns its index, so an
 // op runs where its tensors live whichever device the thread used last.

@@ -5,8 +5,9 @@
 // leading dimension c, so we ask for C^T = op(B)^T op(A)^T, i.e. swap A and B and keep each
 // one's transpose flag. beta == 0 leaves C unread (cuBLASLt's contract; NaN in C is
 // ignored), and k == 0 or alpha == 0 reduce to C = beta C without a GEMM, as on the CPU.
-// One cuBLASLt handle and one workspace per device, made on first use and kept for the
-// process; ops on one device are issued from one host thread (they share the workspace).
+// One cuBLASLt handle per device and one workspace per (device, stream), made on first use
+// and kept for the process: GEMMs on different streams (StreamFanout) may run at once, so
+// they must not share scratch; ops on one device are issued from one host thread.
 #include <cublasLt.h>
 
 #include <array>
@@ -44,7 +45,8 @@ constexpr int kMaxDevices = 64;
 
 struct DeviceContext {
   cublasLtHandle_t handle = nullptr;
-  void* workspace = nullptr;
+  std::map<cudaStream_t, void*> workspaces;
+  void* workspace = nullptr;  // of the stream the current call runs on
 };
 
 // The context of the current device (the one the op's tensors live on).
@@ -54,10 +56,10 @@ DeviceContext& device_context(int device) {
   SY_CHECK(device < kMaxDevices) << "device " << device << " beyond " << kMaxDevices;
   std::lock_guard<std::mutex> lock(mutex);
   DeviceContext& ctx = contexts[device];
-  if (ctx.handle == nullptr) {
-    SY_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
-    SY_CUDA_CHECK(cudaMalloc(&ctx.workspace, kWorkspaceBytes));
-  }
+  if (ctx.handle == nullptr) SY_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
+  void*& workspace = ctx.workspaces[stream()];
+  if (workspace == nullptr) SY_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
+  ctx.workspace = workspace;
   return ctx;
 }
 
