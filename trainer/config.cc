@@ -781,6 +781,12 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   // A fine-tuning config takes the model from its init checkpoint's run, and may leave the
   // training sizes to it too.
   const bool rl = use == ConfigUse::kRl;
+  if (rl && experiment.precision() == Experiment::PRECISION_BF16) {
+    problems.add(
+        "precision",
+        "is PRECISION_BF16, but switchyard rl runs its policy, reference and critic in f32",
+        "set precision: PRECISION_AUTO (f32 for rl) or PRECISION_F32");
+  }
   const switchyard::ModelConfig& model = experiment.model();
   if (rl) {
     for (const auto& [set, block] :

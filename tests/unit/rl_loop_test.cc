@@ -402,6 +402,7 @@ TEST(RlConfig, BadValuesGiveClearErrors) {
       {"rl { epochs: 0 }", "rl.epochs: must be > 0"},
       {"rl { arithmetic { operators: '/' } }", "rl.arithmetic.operators"},
       {"rl { arithmetic { max_digits: 12 } }", "rl.arithmetic digits [1, 12]"},
+      {"precision: PRECISION_BF16", "precision: is PRECISION_BF16, but switchyard rl runs"},
   };
   for (const Case& c : cases) {
     const absl::Status status = load_rl({c.set});
