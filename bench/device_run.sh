@@ -9,8 +9,8 @@
 #   gpu    ctest -L gpu (every CUDA op and the whole model against the CPU)
 #   cpu    ctest -L 'unit|mpi' (the CPU suites on this machine's 16 cores)
 #   tiny   the default run (configs/tiny.textproto: DEVICE_AUTO, so the GPU in bf16)
-#   attn   attention: the SIMT kernels' parity test too, and bench/attention_bench (TFLOP/s of
-#          the tensor-core and SIMT paths)
+#   attn   attention: the SIMT kernels' parity test too, bench/attention_bench (TFLOP/s of
+#          the tensor-core and SIMT paths) and bench/sdpa_bench.py (PyTorch SDPA, same shapes)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module
@@ -58,6 +58,9 @@ if want attn; then
   build-dev/attention_bench >"$out/attention_bench.log" 2>&1
   note "attention_bench: exit $?"
   tee -a "$summary" <"$out/attention_bench.log"
+  python3 bench/sdpa_bench.py >"$out/sdpa_bench.log" 2>&1  # PyTorch SDPA, same shapes
+  note "sdpa_bench: exit $?"
+  tee -a "$summary" <"$out/sdpa_bench.log"
 fi
 
 if want tiny; then
