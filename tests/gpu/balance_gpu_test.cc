@@ -16,6 +16,7 @@
 namespace sy {
 namespace {
 
+using testing::close_to;
 using testing::kGpu;
 
 struct Case {
@@ -24,15 +25,6 @@ struct Case {
 };
 
 class BalanceGpuTest : public ::testing::TestWithParam<Case> {};
-
-::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, double rtol,
-                                    double peak_tol) {
-  const std::vector<float> ref = cpu.to_f32_vector();
-  double peak = 0;
-  for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
-  return testing::all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()), rtol,
-                            peak_tol * peak + 1e-30);
-}
 
 TEST_P(BalanceGpuTest, MatchesCpu) {
   SKIP_WITHOUT_GPU();

@@ -21,9 +21,10 @@
 namespace sy {
 namespace {
 
+using testing::close_to;
 using testing::kGpu;
-using testing::rounded;
 using testing::on_gpu;
+using testing::rounded;
 
 using testing::all_close;
 using testing::random_ints;
@@ -39,15 +40,6 @@ struct Case {
 void PrintTo(const Case& c, std::ostream* os) {
   *os << "N" << c.n << "_k" << c.k << "_E" << c.experts << "_cap"
       << (c.capacity < 0 ? std::string("none") : std::to_string(c.capacity)) << "_D" << c.d;
-}
-
-::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, double rtol,
-                                    double peak_tol) {
-  const std::vector<float> ref = cpu.to_f32_vector();
-  double peak = 0;
-  for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
-  return all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()), rtol,
-                   peak_tol * peak);
 }
 
 ::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {

@@ -25,20 +25,12 @@
 namespace sy {
 namespace {
 
+using testing::close_to;
 using testing::kGpu;
 
 using testing::all_close;
 using testing::random_normal;
 using testing::rng_for_test;
-
-::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, double rtol,
-                                    double peak_tol) {
-  const std::vector<float> ref = cpu.to_f32_vector();
-  double peak = 0;
-  for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
-  return all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()), rtol,
-                   peak_tol * peak);
-}
 
 ::testing::AssertionResult same_bits(const Tensor& a, const Tensor& b) {
   if (a.shape() != b.shape() || a.dtype() != b.dtype()) {

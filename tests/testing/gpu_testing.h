@@ -2,10 +2,14 @@
 // Helpers shared by the GPU parity tests (tests/gpu/): skip cleanly where no GPU is visible,
 // put a CPU reference input on the GPU in a dtype, and round it the same way on the CPU so
 // the reference sees exactly the values the kernel sees.
+#include <algorithm>
+#include <cmath>
 #include <limits>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/tensor.h"
+#include "tests/testing/testing.h"
 
 #define SKIP_WITHOUT_GPU() \
   if (!::sy::cuda_available()) GTEST_SKIP() << "no GPU visible: GPU tests skipped"
@@ -26,6 +30,17 @@ inline Tensor filled(const Shape& shape, float value) {
   Tensor t = Tensor::empty(shape);
   t.fill_(value);
   return t;
+}
+
+// all_close of a GPU result against its CPU reference with an absolute floor relative to the
+// reference's largest magnitude: |gpu - cpu| <= rtol |cpu| + peak_tol * max|cpu|.
+inline ::testing::AssertionResult close_to(const Tensor& gpu, const Tensor& cpu, double rtol,
+                                           double peak_tol) {
+  const std::vector<float> ref = cpu.to_f32_vector();
+  double peak = 0;
+  for (float x : ref) peak = std::max(peak, std::fabs(static_cast<double>(x)));
+  return all_close(gpu.to_f32_vector(), std::vector<double>(ref.begin(), ref.end()), rtol,
+                   peak_tol * peak);
 }
 
 }  // namespace sy::testing

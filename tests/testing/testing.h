@@ -43,6 +43,12 @@ struct GradCheckOptions {
                                       const Tensor& analytic, std::mt19937_64& rng,
                                       const GradCheckOptions& options = {});
 
+// A fresh, empty directory for the running test: TempDir/<group>/<suite>.<test>.
+std::string fresh_test_dir(const std::string& group);
+// A whole file as bytes, and bytes as a whole file.
+void write_bytes(const std::string& path, const std::string& bytes);
+std::string read_bytes(const std::string& path);
+
 // sum(out * weights) in double: turns any output into a scalar loss whose gradient with
 // respect to `out` is `weights`.
 double weighted_sum(const Tensor& out, const Tensor& weights);

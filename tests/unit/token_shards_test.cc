@@ -10,31 +10,16 @@
 #include <string>
 
 #include "gtest/gtest.h"
+#include "tests/testing/testing.h"
 
 namespace sy {
 namespace {
 
 namespace fs = std::filesystem;
 
-// A fresh directory per test under the gtest temp dir.
-std::string test_dir() {
-  const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-  fs::path dir = fs::path(::testing::TempDir()) / "token_shards_test" /
-                 (std::string(info->test_suite_name()) + "." + info->name());
-  fs::remove_all(dir);
-  fs::create_directories(dir);
-  return dir.string();
-}
-
-void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::string read_bytes(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  return std::string(std::istreambuf_iterator<char>(in), {});
-}
+std::string test_dir() { return testing::fresh_test_dir("token_shards_test"); }
+using testing::read_bytes;
+using testing::write_bytes;
 
 // A raw shard with any header values, to build broken ones.
 std::string raw_shard(int32_t magic, int32_t version, int32_t count,
