@@ -26,6 +26,7 @@
 #include "trainer/config.h"
 #include "trainer/json.h"
 #include "trainer/safetensors.h"
+#include "trainer/tensorboard.h"
 #include "trainer/tokenizer.h"
 #include "trainer/train.h"
 
@@ -928,7 +929,12 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
   if (lead && config.logging().jsonl()) {
     jsonl.open(fs::path(options.run_dir) / "metrics.jsonl", std::ios::app);
   }
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (lead && config.logging().tensorboard()) {
+    SY_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::open(options.run_dir));
+  }
   auto write_jsonl = [&](const std::string& line) {
+    if (tensorboard) tensorboard->metrics_line(line);
     if (!jsonl.is_open()) return;
     jsonl << line << "\n";
     jsonl.flush();

@@ -28,6 +28,7 @@
 #include "trainer/config.h"
 #include "trainer/optimizer.h"
 #include "trainer/schedule.h"
+#include "trainer/tensorboard.h"
 #include "trainer/token_shards.h"
 
 namespace sy {
@@ -347,8 +348,13 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
           absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
     jsonl.emplace((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
   }
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (lead && config.logging().tensorboard()) {
+    SY_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::open(options.run_dir));
+  }
   auto write_jsonl = [&](const std::string& line) {
     if (jsonl) jsonl->write(line);
+    if (tensorboard) tensorboard->metrics_line(line);
   };
 
   // Parameters of the whole model (experts of every EP rank), and those active per token.
