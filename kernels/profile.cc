@@ -6,14 +6,7 @@
 #include "absl/strings/str_format.h"
 
 #ifdef SWITCHYARD_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
-// The ops' stream (kernels/cuda/common.cuh's stream(); that header is for .cu files).
-#define SY_PROFILE_CUDA(expr)                                                   \
-  do {                                                                          \
-    cudaError_t err_ = (expr);                                                  \
-    SY_CHECK(err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
-  } while (0)
+#include "kernels/cuda/stream_state.h"
 #endif
 
 namespace sy::profile {
@@ -52,7 +45,7 @@ bool is_open() { return state().open; }
 
 void sync(Device device) {
 #ifdef SWITCHYARD_HAVE_CUDA
-  if (device.is_cuda()) SY_PROFILE_CUDA(cudaStreamSynchronize(cudaStreamPerThread));
+  if (device.is_cuda()) SY_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
 #endif
   (void)device;
 }
@@ -61,12 +54,13 @@ Scope::Scope(const char* name) {
   State& s = state();
   if (!s.open) return;
   slot_ = static_cast<int>(s.marks.size());
-  Mark m{.name = name};
+  Mark m;
+  m.name = name;
 #ifdef SWITCHYARD_HAVE_CUDA
   if (s.device.is_cuda()) {
-    SY_PROFILE_CUDA(cudaEventCreate(&m.ev_begin));
-    SY_PROFILE_CUDA(cudaEventCreate(&m.ev_end));
-    SY_PROFILE_CUDA(cudaEventRecord(m.ev_begin, cudaStreamPerThread));
+    SY_CUDA_CHECK(cudaEventCreate(&m.ev_begin));
+    SY_CUDA_CHECK(cudaEventCreate(&m.ev_end));
+    SY_CUDA_CHECK(cudaEventRecord(m.ev_begin, cudaStreamPerThread));
   }
 #endif
   m.begin = std::chrono::steady_clock::now();
@@ -79,7 +73,7 @@ Scope::~Scope() {
   Mark& m = s.marks[slot_];
   m.end = std::chrono::steady_clock::now();
 #ifdef SWITCHYARD_HAVE_CUDA
-  if (s.device.is_cuda()) SY_PROFILE_CUDA(cudaEventRecord(m.ev_end, cudaStreamPerThread));
+  if (s.device.is_cuda()) SY_CUDA_CHECK(cudaEventRecord(m.ev_end, cudaStreamPerThread));
 #endif
 }
 
@@ -88,7 +82,7 @@ std::vector<Region> close() {
   SY_CHECK(s.open) << "profile::close without profile::open";
   s.open = false;
 #ifdef SWITCHYARD_HAVE_CUDA
-  if (s.device.is_cuda()) SY_PROFILE_CUDA(cudaStreamSynchronize(cudaStreamPerThread));
+  if (s.device.is_cuda()) SY_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
 #endif
   std::vector<Region> out;
   std::map<std::string, size_t> index;
@@ -97,10 +91,10 @@ std::vector<Region> close() {
 #ifdef SWITCHYARD_HAVE_CUDA
     if (s.device.is_cuda()) {
       float elapsed = 0;
-      SY_PROFILE_CUDA(cudaEventElapsedTime(&elapsed, m.ev_begin, m.ev_end));
+      SY_CUDA_CHECK(cudaEventElapsedTime(&elapsed, m.ev_begin, m.ev_end));
       ms = elapsed;
-      SY_PROFILE_CUDA(cudaEventDestroy(m.ev_begin));
-      SY_PROFILE_CUDA(cudaEventDestroy(m.ev_end));
+      SY_CUDA_CHECK(cudaEventDestroy(m.ev_begin));
+      SY_CUDA_CHECK(cudaEventDestroy(m.ev_end));
     }
 #endif
     auto [it, fresh] = index.emplace(m.name, out.size());

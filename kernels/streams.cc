@@ -8,12 +8,6 @@
 #include <vector>
 
 #include "kernels/cuda/stream_state.h"
-
-#define SY_STREAMS_CUDA(expr)                                                   \
-  do {                                                                          \
-    cudaError_t err_ = (expr);                                                  \
-    SY_CHECK(err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(err_); \
-  } while (0)
 #endif
 
 namespace sy {
@@ -29,17 +23,17 @@ cudaStream_t side_stream(int device, int i) {
   static std::array<std::array<cudaStream_t, kMaxWays>, kMaxDevices> streams{};
   std::lock_guard<std::mutex> lock(mutex);
   cudaStream_t& s = streams[device][i];
-  if (!s) SY_STREAMS_CUDA(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  if (!s) SY_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   return s;
 }
 
 // Records an event on `from` and makes `to` wait for it.
 void order(cudaStream_t from, cudaStream_t to) {
   cudaEvent_t event;
-  SY_STREAMS_CUDA(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  SY_STREAMS_CUDA(cudaEventRecord(event, from));
-  SY_STREAMS_CUDA(cudaStreamWaitEvent(to, event, 0));
-  SY_STREAMS_CUDA(cudaEventDestroy(event));  // released once the wait has consumed it
+  SY_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
+  SY_CUDA_CHECK(cudaEventRecord(event, from));
+  SY_CUDA_CHECK(cudaStreamWaitEvent(to, event, 0));
+  SY_CUDA_CHECK(cudaEventDestroy(event));  // released once the wait has consumed it
 }
 }  // namespace
 
@@ -49,7 +43,7 @@ StreamFanout::StreamFanout(Device device, int ways) {
   SY_CHECK(cuda::t_side_stream == nullptr) << "StreamFanout inside another StreamFanout";
   device_ = device.index;
   ways_ = std::min(ways, kMaxWays);
-  SY_STREAMS_CUDA(cudaSetDevice(device_));
+  SY_CUDA_CHECK(cudaSetDevice(device_));
   for (int i = 0; i < ways_; ++i) order(cudaStreamPerThread, side_stream(device_, i));
 }
 

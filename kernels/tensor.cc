@@ -5,12 +5,7 @@
 #include <sstream>
 
 #ifdef SWITCHYARD_HAVE_CUDA
-#include <cuda_runtime_api.h>
-#define SY_CUDA_CHECK(expr)                                                           \
-  do {                                                                                \
-    cudaError_t sy_err_ = (expr);                                                     \
-    SY_CHECK(sy_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorString(sy_err_); \
-  } while (0)
+#include "kernels/cuda/stream_state.h"
 #endif
 
 namespace sy {

@@ -13,14 +13,6 @@
 #include "kernels/cuda/stream_state.h"
 #include "kernels/tensor.h"
 
-// Aborts with file:line, the failed call and CUDA's message when a runtime call fails.
-#define SY_CUDA_CHECK(expr)                                                                   \
-  do {                                                                                        \
-    cudaError_t sy_cuda_err_ = (expr);                                                        \
-    SY_CHECK(sy_cuda_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorName(sy_cuda_err_)  \
-                                          << " (" << cudaGetErrorString(sy_cuda_err_) << ")"; \
-  } while (0)
-
 namespace sy::cuda {
 
 // Call right after a <<<...>>> launch: a bad configuration (too many threads, too much

@@ -1,9 +1,19 @@
 #pragma once
-// The stream this thread's ops are issued to (CUDA builds only): the per-thread default
-// stream, or a side stream while a StreamFanout (kernels/streams.h) spreads independent work
-// over several. Plain C++: included by the .cu files (through common.cuh) and by
-// kernels/streams.cc alike.
+// The CUDA runtime helpers that plain C++ files can use too (CUDA builds only; the .cu files
+// get them through common.cuh): SY_CUDA_CHECK, and the stream this thread's ops are issued
+// to, the per-thread default stream or a side stream while a StreamFanout
+// (kernels/streams.h) spreads independent work over several.
 #include <cuda_runtime_api.h>
+
+#include "kernels/check.h"
+
+// Aborts with file:line, the failed call and CUDA's message when a runtime call fails.
+#define SY_CUDA_CHECK(expr)                                                                   \
+  do {                                                                                        \
+    cudaError_t sy_cuda_err_ = (expr);                                                        \
+    SY_CHECK(sy_cuda_err_ == cudaSuccess) << #expr << ": " << cudaGetErrorName(sy_cuda_err_)  \
+                                          << " (" << cudaGetErrorString(sy_cuda_err_) << ")"; \
+  } while (0)
 
 namespace sy::cuda {
 inline thread_local cudaStream_t t_side_stream = nullptr;
