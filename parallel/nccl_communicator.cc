@@ -1,0 +1,201 @@
+#include "parallel/nccl_communicator.h"
+
+#ifdef SWITCHYARD_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#include <nccl.h>
+
+#include <cstring>
+
+#include "kernels/cuda/stream_state.h"
+#include "kernels/elementwise.h"
+
+#define SY_NCCL_CHECK(expr)                                                                   \
+  do {                                                                                        \
+    ncclResult_t sy_nccl_rc_ = (expr);                                                        \
+    SY_CHECK(sy_nccl_rc_ == ncclSuccess) << #expr << ": " << ncclGetErrorString(sy_nccl_rc_); \
+  } while (0)
+
+namespace sy {
+
+struct NcclCommunicator::Impl {
+  ncclComm_t comm = nullptr;
+};
+
+namespace {
+
+ncclDataType_t nccl_type(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return ncclFloat32;
+    case DType::kBF16:
+      return ncclBfloat16;
+    case DType::kI32:
+      return ncclInt32;
+    case DType::kI64:
+      return ncclInt64;
+  }
+  return ncclFloat32;
+}
+
+ncclRedOp_t nccl_op(ReduceOp op, DType dtype) {
+  SY_CHECK(op != ReduceOp::kAvg || dtype == DType::kF32 || dtype == DType::kBF16)
+      << "ReduceOp avg is for floating-point data, got " << dtype_name(dtype);
+  switch (op) {
+    case ReduceOp::kSum:
+      return ncclSum;
+    case ReduceOp::kAvg:
+      return ncclAvg;
+    case ReduceOp::kMax:
+      return ncclMax;
+  }
+  return ncclSum;
+}
+
+// bf16 reduces in f32 and rounds once (the Communicator contract), through f32 copies.
+Tensor widened(const Tensor& t) {
+  Tensor wide = Tensor::empty(t.shape(), DType::kF32, t.device());
+  cast(wide, t);
+  return wide;
+}
+
+}  // namespace
+
+std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<Communicator> host,
+                                                           Device device) {
+  SY_CHECK(device.is_cuda()) << "NcclCommunicator needs a CUDA device, got " << device.str();
+  SY_CUDA_CHECK(cudaSetDevice(device.index));
+  ncclUniqueId id;
+  static_assert(sizeof(id) % sizeof(int32_t) == 0);
+  Tensor bytes = Tensor::zeros({static_cast<int64_t>(sizeof(id) / sizeof(int32_t))}, DType::kI32);
+  if (host->rank() == 0) {
+    SY_NCCL_CHECK(ncclGetUniqueId(&id));
+    std::memcpy(bytes.raw(), &id, sizeof(id));
+  }
+  host->broadcast(bytes, 0);
+  std::memcpy(&id, bytes.raw(), sizeof(id));
+  auto impl = std::make_unique<Impl>();
+  SY_NCCL_CHECK(ncclCommInitRank(&impl->comm, host->size(), id, host->rank()));
+  return std::unique_ptr<NcclCommunicator>(
+      new NcclCommunicator(std::move(host), device, std::move(impl)));
+}
+
+NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, Device device,
+                                   std::unique_ptr<Impl> impl)
+    : host_(std::move(host)), device_(device), impl_(std::move(impl)) {}
+
+NcclCommunicator::~NcclCommunicator() {
+  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+}
+
+void NcclCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
+  if (!tensor.device().is_cuda()) return host_->all_reduce(tensor, op);
+  SY_CHECK(tensor.device() == device_)
+      << "all_reduce: tensor on " << tensor.device().str() << ", communicator on " << device_.str();
+  if (tensor.numel() == 0) return;
+  if (tensor.dtype() == DType::kBF16) {
+    Tensor wide = widened(tensor);
+    all_reduce(wide, op);
+    cast(tensor, wide);
+    return;
+  }
+  SY_NCCL_CHECK(ncclAllReduce(tensor.raw(), tensor.raw(), tensor.numel(), nccl_type(tensor.dtype()),
+                              nccl_op(op, tensor.dtype()), impl_->comm, cuda::stream()));
+}
+
+void NcclCommunicator::reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp op) {
+  if (!in.device().is_cuda()) return host_->reduce_scatter(out, in, op);
+  SY_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size())
+      << "reduce_scatter: in " << shape_str(in.shape()) << " " << dtype_name(in.dtype())
+      << " must hold " << size() << " blocks of out " << shape_str(out.shape()) << " "
+      << dtype_name(out.dtype());
+  if (out.numel() == 0) return;
+  if (in.dtype() == DType::kBF16) {
+    Tensor wide_out = Tensor::empty(out.shape(), DType::kF32, out.device());
+    reduce_scatter(wide_out, widened(in), op);
+    cast(out, wide_out);
+    return;
+  }
+  SY_NCCL_CHECK(ncclReduceScatter(in.raw(), out.raw(), out.numel(), nccl_type(in.dtype()),
+                                  nccl_op(op, in.dtype()), impl_->comm, cuda::stream()));
+}
+
+void NcclCommunicator::all_gather(const Tensor& out, const Tensor& in) {
+  if (!in.device().is_cuda()) return host_->all_gather(out, in);
+  SY_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() * size())
+      << "all_gather: out " << shape_str(out.shape()) << " must hold " << size() << " blocks of in "
+      << shape_str(in.shape());
+  if (in.numel() == 0) return;
+  SY_NCCL_CHECK(ncclAllGather(in.raw(), out.raw(), in.numel(), nccl_type(in.dtype()), impl_->comm,
+                              cuda::stream()));
+}
+
+void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
+                                    const Tensor& recv, const std::vector<int64_t>& recv_counts) {
+  if (!send.device().is_cuda()) return host_->all_to_all_v(send, send_counts, recv, recv_counts);
+  const int peers = size();
+  SY_CHECK(static_cast<int>(send_counts.size()) == peers &&
+           static_cast<int>(recv_counts.size()) == peers)
+      << "all_to_all_v: " << send_counts.size() << " send and " << recv_counts.size()
+      << " recv counts for a group of " << peers;
+  SY_CHECK(send.dtype() == recv.dtype()) << "all_to_all_v: send and recv dtypes differ";
+  // Bytes per row, from whichever tensor has rows.
+  const int64_t send_rows = send.ndim() ? send.dim(0) : 0,
+                recv_rows = recv.ndim() ? recv.dim(0) : 0;
+  const int64_t row_bytes = send_rows   ? static_cast<int64_t>(send.nbytes()) / send_rows
+                            : recv_rows ? static_cast<int64_t>(recv.nbytes()) / recv_rows
+                                        : 0;
+  int64_t sent = 0, received = 0;
+  for (int p = 0; p < peers; ++p) sent += send_counts[p], received += recv_counts[p];
+  SY_CHECK(sent == send_rows && received == recv_rows)
+      << "all_to_all_v: counts add up to " << sent << " sent / " << received
+      << " received rows, tensors have " << send_rows << " / " << recv_rows;
+  const char* s = static_cast<const char*>(send.raw());
+  char* r = static_cast<char*>(recv.raw());
+  SY_NCCL_CHECK(ncclGroupStart());
+  int64_t s_off = 0, r_off = 0;
+  for (int p = 0; p < peers; ++p) {
+    if (send_counts[p] > 0) {
+      SY_NCCL_CHECK(ncclSend(s + s_off, send_counts[p] * row_bytes, ncclInt8, p, impl_->comm,
+                             cuda::stream()));
+    }
+    if (recv_counts[p] > 0) {
+      SY_NCCL_CHECK(ncclRecv(r + r_off, recv_counts[p] * row_bytes, ncclInt8, p, impl_->comm,
+                             cuda::stream()));
+    }
+    s_off += send_counts[p] * row_bytes;
+    r_off += recv_counts[p] * row_bytes;
+  }
+  SY_NCCL_CHECK(ncclGroupEnd());
+}
+
+std::vector<int64_t> NcclCommunicator::exchange_counts(const std::vector<int64_t>& send_counts) {
+  return host_->exchange_counts(send_counts);
+}
+
+void NcclCommunicator::broadcast(const Tensor& tensor, int root) {
+  if (!tensor.device().is_cuda()) return host_->broadcast(tensor, root);
+  SY_CHECK(root >= 0 && root < size()) << "broadcast: root " << root << " in a group of " << size();
+  if (tensor.numel() == 0) return;
+  SY_NCCL_CHECK(ncclBroadcast(tensor.raw(), tensor.raw(), tensor.numel(), nccl_type(tensor.dtype()),
+                              root, impl_->comm, cuda::stream()));
+}
+
+void NcclCommunicator::barrier() {
+  SY_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+  host_->barrier();
+}
+
+std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) {
+  return create(host_->split(color, key), device_);
+}
+
+void NcclCommunicator::all_reduce_host(std::span<double> values, ReduceOp op) {
+  host_->all_reduce_host(values, op);
+}
+
+std::vector<std::string> NcclCommunicator::all_gather_host(const std::string& value) {
+  return host_->all_gather_host(value);
+}
+
+}  // namespace sy
+#endif  // SWITCHYARD_HAVE_CUDA
