@@ -14,6 +14,8 @@
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module
+#   nccl   the NCCL backend against MPI (tests/mpi/nccl_collectives_test; skips without a
+#          GPU per rank: run on the 2-GPU machine)
 #   oracle bench/oracle.py against dump-step on the GPU (bf16 and f32; two configs)
 #   torch  bench/torch_bench.py (PyTorch, same model and shape) and bench/compare.py's table
 #
@@ -23,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu tiny attn bench oracle torch}
+stages=${*:-gpu cpu nccl tiny attn bench oracle torch}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -50,6 +52,11 @@ fi
 if want cpu; then
   ctest --test-dir build-dev -L 'unit|mpi' -j 8 >"$out/cpu_tests.log" 2>&1
   note "unit+mpi tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/cpu_tests.log"))"
+fi
+
+if want nccl; then
+  ctest --test-dir build-dev -R nccl --output-on-failure >"$out/nccl.log" 2>&1
+  note "nccl tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/nccl.log"); $(grep -c SKIPPED "$out/nccl.log") skip lines)"
 fi
 
 if want attn; then
