@@ -95,4 +95,11 @@ void cast(const Tensor& out, const Tensor& x) {
   no_kernel("cast", x.device());
 }
 
+Tensor as_dtype(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
+  cast(out, x);
+  return out;
+}
+
 }  // namespace sy

@@ -10,6 +10,7 @@
 //   sum_squares_each(xs)   sum_squares of each tensor (one device on CUDA: one wait for all)
 //   cast(out, x)           out = x converted to out's dtype (f32 <-> bf16, round to nearest
 //                          even); the one op that mixes dtypes, on the CPU too
+//   as_dtype(x, dtype)     x itself when it has that dtype, else a new cast copy
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -23,6 +24,7 @@ void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
 std::vector<double> sum_squares_each(const std::vector<Tensor>& xs);
 void cast(const Tensor& out, const Tensor& x);
+Tensor as_dtype(const Tensor& x, DType dtype);
 namespace cpu {
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void scale_(const Tensor& x, float s);

@@ -30,12 +30,7 @@ Tensor linear(const Tensor& x, const Param& w, std::optional<DType> out = std::n
 // dy takes x's dtype first if it differs (the f32 router gradient under bf16 compute).
 void linear_backward(const Tensor& dx, Param& w, const Tensor& dy, const Tensor& x,
                      float beta_x = 0.0f) {
-  Tensor g = dy;
-  if (dy.dtype() != x.dtype()) {
-    g = Tensor::empty(dy.shape(), x.dtype(), dy.device());
-    cast(g, dy);
-  }
-  matmul_backward(dx, w.grad, g, x, w.w(), false, true, beta_x, 1.0f);
+  matmul_backward(dx, w.grad, as_dtype(dy, x.dtype()), x, w.w(), false, true, beta_x, 1.0f);
 }
 
 // The [rows, cols] matrix of expert e inside a stacked [E, rows, cols] tensor.

@@ -333,11 +333,7 @@ void Transformer::backward_logprobs(const Tensor& dlogp) {
                          kIgnoreIndex);
   if (s.inv_temperature != 1.0f) scale_(s.logits, s.inv_temperature);  // d(logits / T)
   // The log-probs came from fp32 logits; their gradient meets the head in the compute dtype.
-  Tensor dlogits = s.logits;
-  if (s.hn.dtype() != DType::kF32) {
-    dlogits = Tensor::empty(s.logits.shape(), s.hn.dtype(), s.logits.device());
-    cast(dlogits, s.logits);
-  }
+  const Tensor dlogits = as_dtype(s.logits, s.hn.dtype());
   Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
   matmul_backward(dhn, head_param().grad, dlogits, s.hn, head_weight(), false, true, 0.0f, 1.0f);
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
@@ -359,12 +355,7 @@ void Transformer::backward_values(const Tensor& dvalues) {
   HeadState& s = head_state_;
   SY_CHECK(value_head_ != nullptr && s.hn.defined()) << "backward_values without values()";
   check_shape(dvalues, s.inputs.shape(), "dvalues");
-  Tensor dv = dvalues.to(s.hn.device()).view({s.inputs.numel(), 1});
-  if (s.hn.dtype() != DType::kF32) {
-    Tensor narrow = Tensor::empty(dv.shape(), s.hn.dtype(), dv.device());
-    cast(narrow, dv);
-    dv = narrow;
-  }
+  const Tensor dv = as_dtype(dvalues.to(s.hn.device()).view({s.inputs.numel(), 1}), s.hn.dtype());
   Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
   matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->w(), false, true, 0.0f, 1.0f);
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));

@@ -60,6 +60,9 @@ TEST(Elementwise, CastRoundsToNearestEvenAndRefusesBadInput) {
   Tensor up = Tensor::empty({5});
   cast(up, down);
   for (int i = 0; i < 5; ++i) EXPECT_EQ(up.data<float>()[i], want[i]) << "element " << i;
+  // as_dtype: the same tensor when nothing is to change, a rounded copy otherwise.
+  EXPECT_EQ(as_dtype(x, DType::kF32).raw(), x.raw());
+  EXPECT_TRUE(testing::all_close(as_dtype(down, DType::kF32), up, 0, 0));
   EXPECT_DEATH(cast(Tensor::empty({5}, DType::kI32), x), "f32 or bf16");
   EXPECT_DEATH(cast(Tensor::empty({4}, DType::kBF16), x), "cast out");
 }
