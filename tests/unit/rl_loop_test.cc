@@ -17,8 +17,8 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "parallel/local_communicator.h"
+#include "tests/testing/small_model.h"
 #include "tests/testing/testing.h"
-#include "tests/unit/rl_testing.h"
 #include "trainer/config.h"
 #include "trainer/tokenizer.h"
 

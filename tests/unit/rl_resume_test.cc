@@ -21,7 +21,7 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "rl/rl_loop.h"
-#include "tests/unit/rl_testing.h"
+#include "tests/testing/small_model.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
 #include "trainer/json.h"

@@ -11,6 +11,7 @@
 #include "google/protobuf/text_format.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "gtest/gtest.h"
+#include "tests/testing/small_model.h"
 #include "tests/testing/testing.h"
 #include "trainer/config.h"
 #include "trainer/train.h"
@@ -98,19 +99,7 @@ std::vector<Event> read_events(const std::string& path) {
 TEST(TensorBoard, TrainingWritesEveryMetricAsAScalarPerStep) {
   switchyard::Experiment config;
   ASSERT_TRUE(google::protobuf::TextFormat::ParseFromString(
-      R"pb(
-        device: DEVICE_CPU
-        model {
-          vocab_size: 64
-          d_model: 32
-          n_layers: 2
-          n_heads: 4
-          n_kv_heads: 2
-          seq_len: 12
-          first_k_dense: 1
-          dense_ffn_hidden: 64
-        }
-        moe { num_experts: 4 top_k: 2 expert_hidden: 32 }
+      std::string(testing::kSmallModel) + R"pb(
         data { arithmetic { min_digits: 1 max_digits: 1 operators: "+" eval_examples: 8 } }
         schedule { warmup_steps: 1 }
         train { steps: 4 micro_batch: 4 eval_interval: 2 }

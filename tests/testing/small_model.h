@@ -1,7 +1,7 @@
 #pragma once
-// The small MoE the RL unit tests run on (CPU, one process): two layers (one dense, one MoE
-// with 4 experts, top-2), one MTP module, a 64-byte vocabulary. Tests add the rest of the
-// experiment (optimizer, train, rl) in text format.
+// A small MoE for tests that need a whole experiment (CPU, one process): two layers (one
+// dense, one MoE with 4 experts, top-2), one MTP module, a 64-byte vocabulary. Tests add the
+// rest of the experiment (data, optimizer, train, rl, logging) in text format.
 namespace sy::testing {
 
 inline constexpr char kSmallModel[] = R"pb(
