@@ -43,24 +43,28 @@ __global__ void scale_kernel(T* c, int64_t n, float beta) {
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
 constexpr int kMaxDevices = 64;
 
-struct DeviceContext {
+struct DeviceState {
   cublasLtHandle_t handle = nullptr;
   std::map<cudaStream_t, void*> workspaces;
-  void* workspace = nullptr;  // of the stream the current call runs on
 };
 
-// The context of the current device (the one the op's tensors live on).
-DeviceContext& device_context(int device) {
+// What one GEMM call uses: its device's handle and its stream's workspace.
+struct CallContext {
+  cublasLtHandle_t handle;
+  void* workspace;
+};
+
+// The context for a call on `device` (the one the op's tensors live on) and the current stream.
+CallContext call_context(int device) {
   static std::mutex mutex;
-  static std::array<DeviceContext, kMaxDevices> contexts;
+  static std::array<DeviceState, kMaxDevices> states;
   SY_CHECK(device < kMaxDevices) << "device " << device << " beyond " << kMaxDevices;
   std::lock_guard<std::mutex> lock(mutex);
-  DeviceContext& ctx = contexts[device];
-  if (ctx.handle == nullptr) SY_CUBLAS_CHECK(cublasLtCreate(&ctx.handle));
-  void*& workspace = ctx.workspaces[stream()];
+  DeviceState& state = states[device];
+  if (state.handle == nullptr) SY_CUBLAS_CHECK(cublasLtCreate(&state.handle));
+  void*& workspace = state.workspaces[stream()];
   if (workspace == nullptr) SY_CUDA_CHECK(cudaMalloc(&workspace, kWorkspaceBytes));
-  ctx.workspace = workspace;
-  return ctx;
+  return {state.handle, workspace};
 }
 
 // The largest power of two (up to 256) dividing the address: cuBLASLt's heuristic assumes
@@ -119,7 +123,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     return;
   }
   const int device = c.device().index;
-  DeviceContext& ctx = device_context(device);
+  const CallContext ctx = call_context(device);
 
   // Column-major view: D' [n, m] = op(B') [n, k] @ op(A') [k, m], B' = B^T, A' = A^T.
   const cudaDataType_t in_type = cuda_type(a.dtype()), out_type = cuda_type(c.dtype());
