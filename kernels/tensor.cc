@@ -5,6 +5,11 @@
 #include <sstream>
 
 #ifdef SWITCHYARD_HAVE_CUDA
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <mutex>
+
 #include "kernels/cuda/stream_state.h"
 #endif
 
@@ -63,6 +68,29 @@ std::string shape_str(const Shape& shape) {
   return s.str();
 }
 
+#ifdef SWITCHYARD_HAVE_CUDA
+namespace {
+// The stream-ordered pool's release threshold defaults to 0: every synchronisation hands
+// the pool's free memory back to the driver, and the next allocations map it again (a MoE
+// layer synchronises twice per step, so a step paid that many times over). Keep what the
+// pool has grown to for the process, as a caching allocator does.
+void keep_pool_memory(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::array<std::atomic<bool>, kMaxDevices> done{};
+  SY_CHECK(device >= 0 && device < kMaxDevices) << "device " << device;
+  if (done[device].load(std::memory_order_acquire)) return;
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (done[device].load(std::memory_order_relaxed)) return;
+  cudaMemPool_t pool;
+  SY_CUDA_CHECK(cudaDeviceGetDefaultMemPool(&pool, device));
+  uint64_t keep = UINT64_MAX;
+  SY_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+  done[device].store(true, std::memory_order_release);
+}
+}  // namespace
+#endif
+
 class Storage {
  public:
   Storage(size_t bytes, Device device) : bytes_(bytes), device_(device) {
@@ -74,6 +102,7 @@ class Storage {
     } else {
 #ifdef SWITCHYARD_HAVE_CUDA
       SY_CUDA_CHECK(cudaSetDevice(device.index));
+      keep_pool_memory(device.index);
       if (bytes) SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
 #else
       SY_CHECK(false) << "this build has no CUDA; cannot allocate on " << device.str();
