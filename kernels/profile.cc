@@ -87,7 +87,8 @@ std::vector<Region> close() {
   std::vector<Region> out;
   std::map<std::string, size_t> index;
   for (Mark& m : s.marks) {
-    double ms = std::chrono::duration<double, std::milli>(m.end - m.begin).count();
+    const double host_ms = std::chrono::duration<double, std::milli>(m.end - m.begin).count();
+    double ms = host_ms;
 #ifdef SWITCHYARD_HAVE_CUDA
     if (s.device.is_cuda()) {
       float elapsed = 0;
@@ -100,6 +101,7 @@ std::vector<Region> close() {
     auto [it, fresh] = index.emplace(m.name, out.size());
     if (fresh) out.push_back({.name = m.name});
     out[it->second].ms += ms;
+    out[it->second].host_ms += host_ms;
     out[it->second].calls += 1;
   }
   s.marks.clear();
@@ -107,12 +109,13 @@ std::vector<Region> close() {
 }
 
 std::string format_table(const std::vector<Region>& regions, double total_ms) {
-  std::string t = absl::StrFormat("%-22s %10s %7s %6s\n", "region", "ms", "share", "calls");
+  std::string t = absl::StrFormat("%-22s %10s %7s %10s %6s\n", "region", "ms", "share",
+                                  "host ms", "calls");
   double sum = 0;
   for (const Region& r : regions) {
     sum += r.ms;
-    t += absl::StrFormat("%-22s %10.3f %6.1f%% %6d\n", r.name, r.ms,
-                         total_ms > 0 ? 100 * r.ms / total_ms : 0.0, r.calls);
+    t += absl::StrFormat("%-22s %10.3f %6.1f%% %10.3f %6d\n", r.name, r.ms,
+                         total_ms > 0 ? 100 * r.ms / total_ms : 0.0, r.host_ms, r.calls);
   }
   t += absl::StrFormat("%-22s %10.3f %6.1f%%\n", "(outside regions)", total_ms - sum,
                        total_ms > 0 ? 100 * (total_ms - sum) / total_ms : 0.0);

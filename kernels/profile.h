@@ -3,7 +3,9 @@
 // While a profile is open, every Scope on that device records how long its region took: on
 // CUDA a pair of events on the compute stream (no synchronisation inside the step, so the
 // step runs as it would unprofiled), on the CPU the wall clock (CPU ops are synchronous).
-// close() waits for the GPU and returns each region's total time in first-seen order.
+// close() waits for the GPU and returns each region's total time in first-seen order, with
+// the host's time inside the region beside it: on a GPU, a region whose host time is close
+// to its GPU time is bound by issuing work (or by a wait), not by the kernels.
 // With no profile open a Scope costs one branch.
 //
 //   profile::open(device);
@@ -20,7 +22,8 @@ namespace sy::profile {
 
 struct Region {
   std::string name;
-  double ms = 0;
+  double ms = 0;       // device time (CUDA events), or wall clock on the CPU
+  double host_ms = 0;  // the host's wall clock between the region's start and end
   int calls = 0;
 };
 
@@ -41,7 +44,7 @@ class Scope {
   int slot_ = -1;
 };
 
-// A fixed-width table of the regions (ms per step, share of `total_ms`, calls).
+// A fixed-width table of the regions (ms per step, share of `total_ms`, host ms, calls).
 std::string format_table(const std::vector<Region>& regions, double total_ms);
 
 }  // namespace sy::profile
