@@ -11,6 +11,8 @@
 #   tiny   the default run (configs/tiny.textproto: DEVICE_AUTO, so the GPU in bf16)
 #   attn   attention: the SIMT kernels' parity test too, bench/attention_bench (TFLOP/s of
 #          the tensor-core and SIMT paths) and bench/sdpa_bench.py (PyTorch SDPA, same shapes)
+#   gemm   bench/expert_gemm_bench: the MoE expert GEMMs per expert on one stream, on four
+#          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module
@@ -25,7 +27,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu nccl tiny attn bench oracle torch}
+stages=${*:-gpu cpu nccl tiny attn gemm bench oracle torch}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -68,6 +70,12 @@ if want attn; then
   python3 bench/sdpa_bench.py >"$out/sdpa_bench.log" 2>&1  # PyTorch SDPA, same shapes
   note "sdpa_bench: exit $?"
   tee -a "$summary" <"$out/sdpa_bench.log"
+fi
+
+if want gemm; then
+  build-dev/expert_gemm_bench >"$out/expert_gemm_bench.log" 2>&1
+  note "expert_gemm_bench: exit $?"
+  tee -a "$summary" <"$out/expert_gemm_bench.log"
 fi
 
 if want tiny; then
