@@ -1,6 +1,8 @@
 // SwiGLU on CUDA against the CPU op on the same random inputs: a single row, odd widths,
-// f32 and bf16, forward and backward (dh written over a NaN-filled buffer). Skips without
-// a GPU.
+// f32 and bf16, forward and backward (dh written over a NaN-filled buffer). Widths that are
+// a multiple of 8 take the 16-byte vector kernels, the others the scalar ones; a view that
+// starts one row in (rows(1, N)) takes the scalar ones when that leaves it misaligned.
+// Skips without a GPU.
 //
 // Tolerances. f32: same formula, fp32 on both sides (expf vs std::exp, fused multiply-adds
 // on the GPU): rtol 1e-5, atol 1e-5 on O(1) values. bf16: outputs are rounded to bf16
@@ -51,6 +53,28 @@ TEST_P(SwigluGpuTest, ForwardAndBackwardMatchCpu) {
   EXPECT_TRUE(all_close(gdh, rounded(dh, dt), rtol, atol));
 }
 
+// rows(1, N) of [N, 2F] with 2F * size not a multiple of 16: a misaligned start, so the
+// scalar path, which must agree with the CPU too; with F = 8 the view stays aligned.
+TEST(SwigluGpuViews, OffsetViewsMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  for (int f : {9, 8}) {
+    const int n = 33;
+    Tensor h = rounded(random_normal({n, 2 * f}, rng, 2.0f), DType::kBF16);
+    Tensor dout = rounded(random_normal({n, f}, rng), DType::kBF16);
+    Tensor out = Tensor::empty({n - 1, f}), dh = Tensor::empty({n - 1, 2 * f});
+    swiglu_forward(out, h.rows(1, n));
+    swiglu_backward(dh, dout.rows(1, n), h.rows(1, n));
+    Tensor gh = on_gpu(h, DType::kBF16), gdout = on_gpu(dout, DType::kBF16);
+    Tensor gout = on_gpu(filled({n, f}, kNaN), DType::kBF16);
+    Tensor gdh = on_gpu(filled({n, 2 * f}, kNaN), DType::kBF16);
+    swiglu_forward(gout.rows(1, n), gh.rows(1, n));
+    swiglu_backward(gdh.rows(1, n), gdout.rows(1, n), gh.rows(1, n));
+    EXPECT_TRUE(all_close(gout.rows(1, n), rounded(out, DType::kBF16), 1e-2, 1e-2)) << "F " << f;
+    EXPECT_TRUE(all_close(gdh.rows(1, n), rounded(dh, DType::kBF16), 1e-2, 1e-2)) << "F " << f;
+  }
+}
+
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
   auto [size, dt] = info.param;
   return absl::StrCat("N", size.first, "_F", size.second, "_", dtype_name(dt));
@@ -59,7 +83,8 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, SwigluGpuTest,
     ::testing::Combine(::testing::Values(std::pair{1, 1}, std::pair{1, 5}, std::pair{7, 128},
-                                         std::pair{300, 1001}, std::pair{64, 2816}),
+                                         std::pair{300, 1001}, std::pair{64, 2816},
+                                         std::pair{1000, 24}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     param_name);
 
