@@ -24,6 +24,7 @@ struct State {
   bool open = false;
   Device device;
   std::vector<Mark> marks;
+  std::vector<Counter> counters;  // first-seen order
 };
 
 State& state() {
@@ -39,7 +40,23 @@ void open(Device device) {
   s.open = true;
   s.device = device;
   s.marks.clear();
+  s.counters.clear();
 }
+
+void count(const char* name, double host_ms) {
+  State& s = state();
+  if (!s.open) return;
+  for (Counter& c : s.counters) {
+    if (c.name == name) {
+      ++c.times;
+      c.host_ms += host_ms;
+      return;
+    }
+  }
+  s.counters.push_back({.name = name, .times = 1, .host_ms = host_ms});
+}
+
+std::vector<Counter> counters() { return state().counters; }
 
 bool is_open() { return state().open; }
 
@@ -120,6 +137,8 @@ std::string format_table(const std::vector<Region>& regions, double total_ms) {
   t += absl::StrFormat("%-22s %10.3f %6.1f%%\n", "(outside regions)", total_ms - sum,
                        total_ms > 0 ? 100 * (total_ms - sum) / total_ms : 0.0);
   t += absl::StrFormat("%-22s %10.3f\n", "step", total_ms);
+  for (const Counter& c : counters())
+    t += absl::StrFormat("host: %s %d times, %.3f ms\n", c.name, c.times, c.host_ms);
   return t;
 }
 

@@ -44,7 +44,19 @@ class Scope {
   int slot_ = -1;
 };
 
-// A fixed-width table of the regions (ms per step, share of `total_ms`, host ms, calls).
+// Host-side counters while a profile is open (no-ops otherwise): how often something
+// happened and how long the host spent in it, e.g. the cuBLASLt calls and their heuristic
+// queries. close() returns them after the regions, format_table prints them last.
+void count(const char* name, double host_ms = 0);
+struct Counter {
+  std::string name;
+  int64_t times = 0;
+  double host_ms = 0;
+};
+std::vector<Counter> counters();  // of the profile close() just closed
+
+// A fixed-width table of the regions (ms per step, share of `total_ms`, host ms, calls),
+// then the counters.
 std::string format_table(const std::vector<Region>& regions, double total_ms);
 
 }  // namespace sy::profile

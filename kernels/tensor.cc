@@ -1,8 +1,11 @@
 #include "kernels/tensor.h"
 
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+
+#include "kernels/profile.h"
 
 #ifdef SWITCHYARD_HAVE_CUDA
 #include <array>
@@ -103,7 +106,17 @@ class Storage {
 #ifdef SWITCHYARD_HAVE_CUDA
       SY_CUDA_CHECK(cudaSetDevice(device.index));
       keep_pool_memory(device.index);
-      if (bytes) SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
+      if (bytes) {
+        const bool profiled = profile::is_open();
+        const auto start = profiled ? std::chrono::steady_clock::now()
+                                    : std::chrono::steady_clock::time_point();
+        SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
+        if (profiled) {
+          profile::count("cudaMallocAsync", std::chrono::duration<double, std::milli>(
+                                                std::chrono::steady_clock::now() - start)
+                                                .count());
+        }
+      }
 #else
       SY_CHECK(false) << "this build has no CUDA; cannot allocate on " << device.str();
 #endif
@@ -148,8 +161,19 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     return;
   }
 #ifdef SWITCHYARD_HAVE_CUDA
+  const bool profiled = profile::is_open();
+  const auto start = profiled ? std::chrono::steady_clock::now()
+                              : std::chrono::steady_clock::time_point();
   SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread));
   SY_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+  if (profiled) {
+    // Each of these waits for all the work queued before it: the step's host waits.
+    profile::count(dst_dev.is_cpu() ? "copy to host (waits for the GPU)"
+                                    : "copy to the GPU (waits for the GPU)",
+                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
+                                                             start)
+                       .count());
+  }
 #else
   SY_CHECK(false) << "this build has no CUDA";
 #endif

@@ -12,6 +12,7 @@
 
 #include <array>
 #include <bit>
+#include <chrono>
 #include <compare>
 #include <cstdint>
 #include <map>
@@ -19,6 +20,7 @@
 
 #include "kernels/cuda/common.cuh"
 #include "kernels/matmul.h"
+#include "kernels/profile.h"
 
 #define SY_CUBLAS_CHECK(expr)                                                \
   do {                                                                       \
@@ -123,6 +125,13 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     return;
   }
   const int device = c.device().index;
+  // While a step is profiled: the host's time per GEMM call and per heuristic query.
+  const bool profiled = profile::is_open();
+  const auto call_start = profiled ? std::chrono::steady_clock::now()
+                                   : std::chrono::steady_clock::time_point();
+  auto host_ms_since = [](std::chrono::steady_clock::time_point t) {
+    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
+  };
   const CallContext ctx = call_context(device);
 
   // Column-major view: D' [n, m] = op(B') [n, k] @ op(A') [k, m], B' = B^T, A' = A^T.
@@ -160,6 +169,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     }
   }
   auto heuristic = [&]() {
+    const auto start = std::chrono::steady_clock::now();
     Preference pref;
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
     const size_t workspace = kWorkspaceBytes;
@@ -179,6 +189,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
                         << dtype_name(c.dtype()) << ") = A " << shape_str(a.shape())
                         << (trans_a ? "^T" : "") << " @ B " << shape_str(b.shape())
                         << (trans_b ? "^T" : "") << " (" << dtype_name(a.dtype()) << ")";
+    if (profiled) profile::count("cublasLt heuristic query", host_ms_since(start));
     return result.algo;
   };
   if (!cached) {
@@ -197,6 +208,7 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     status = run();
   }
   SY_CUBLAS_CHECK(status);
+  if (profiled) profile::count("cublasLt matmul call", host_ms_since(call_start));
 }
 
 }  // namespace sy::cuda
