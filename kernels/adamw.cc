@@ -1,31 +1,78 @@
 // One AdamW step: argument checks and device dispatch.
 #include "kernels/adamw.h"
 
+#include <ostream>
 #include <utility>
 
 #include "kernels/dispatch.h"
 
 namespace sy {
+namespace {
+
+// An argument's name in check messages: "adamw grad" for adamw_step, "adamw_step_many
+// tensors[3].grad" for an entry of the list. Formatted only when a check fails.
+struct ArgName {
+  const char* name;
+  int64_t entry;  // -1: adamw_step's own argument
+};
+std::ostream& operator<<(std::ostream& os, const ArgName& a) {
+  if (a.entry < 0) return os << "adamw " << a.name;
+  return os << "adamw_step_many tensors[" << a.entry << "]." << a.name;
+}
+
+// f32 param, grad, m, v of one shape, an optional bf16 copy of that shape, all on one device.
+void check_arguments(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
+                     const Tensor& copy, int64_t entry) {
+  SY_CHECK(param.defined()) << ArgName{"param", entry} << " is undefined";
+  SY_CHECK(param.dtype() == DType::kF32)
+      << ArgName{"param", entry} << " is " << dtype_name(param.dtype()) << ", expected f32";
+  auto check = [&](const Tensor& t, DType dtype, const char* name) {
+    const ArgName arg{name, entry};
+    SY_CHECK(t.defined()) << arg << " is undefined";
+    SY_CHECK(t.shape() == param.shape()) << arg << " has shape " << shape_str(t.shape())
+                                         << ", expected " << shape_str(param.shape());
+    SY_CHECK(t.dtype() == dtype) << arg << " is " << dtype_name(t.dtype()) << ", expected "
+                                 << dtype_name(dtype);
+    SY_CHECK(t.device() == param.device())
+        << arg << " is on " << t.device().str() << ", the parameter on " << param.device().str();
+  };
+  check(grad, DType::kF32, "grad");
+  check(m, DType::kF32, "m");
+  check(v, DType::kF32, "v");
+  if (copy.defined()) check(copy, DType::kBF16, "copy");
+}
+
+}  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy) {
-  SY_CHECK(param.defined()) << "adamw param is undefined";
-  check_dtype(param, DType::kF32, "adamw param");
-  for (auto [t, what] : {std::pair{&grad, "adamw grad"}, {&m, "adamw m"}, {&v, "adamw v"}}) {
-    check_shape(*t, param.shape(), what);
-    check_dtype(*t, DType::kF32, what);
-  }
+  check_arguments(param, grad, m, v, copy, -1);
   SY_CHECK(p.step >= 1) << "adamw step " << p.step << " (steps count from 1)";
-  if (copy.defined()) {
-    check_shape(copy, param.shape(), "adamw copy");
-    check_dtype(copy, DType::kBF16, "adamw copy");
-  }
-  check_same_device({&param, &grad, &m, &v, &copy}, "adamw_step");
   if (param.device().is_cpu()) return cpu::adamw_step(param, grad, m, v, p, copy);
 #ifdef SWITCHYARD_HAVE_CUDA
   if (param.device().is_cuda()) return cuda::adamw_step(param, grad, m, v, p, copy);
 #endif
   no_kernel("adamw_step", param.device());
+}
+
+void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) {
+  SY_CHECK(p.step >= 1) << "adamw_step_many step " << p.step << " (steps count from 1)";
+  SY_CHECK(p.weight_decay == 0.0f)
+      << "adamw_step_many takes the weight decay per entry (AdamWTensors::weight_decay); "
+         "AdamWParams::weight_decay is "
+      << p.weight_decay << ", expected 0";
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const AdamWTensors& t = tensors[i];
+    const auto entry = static_cast<int64_t>(i);
+    check_arguments(t.param, t.grad, t.m, t.v, t.copy, entry);
+    SY_CHECK(t.param.device() == tensors[0].param.device())
+        << ArgName{"param", entry} << " is on " << t.param.device().str() << ", tensors[0] on "
+        << tensors[0].param.device().str();
+  }
+  if (tensors.empty()) return;
+  const Device device = tensors[0].param.device();
+  if (device.is_cpu()) return cpu::adamw_step_many(tensors, p);
+  no_kernel("adamw_step_many", device);
 }
 
 }  // namespace sy

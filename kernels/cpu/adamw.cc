@@ -27,4 +27,13 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   }
 }
 
+// The reference for the many-tensor step: each entry on its own, with its own decay.
+void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) {
+  for (const AdamWTensors& t : tensors) {
+    AdamWParams own = p;
+    own.weight_decay = t.weight_decay;
+    cpu::adamw_step(t.param, t.grad, t.m, t.v, own, t.copy);
+  }
+}
+
 }  // namespace sy::cpu

@@ -1,9 +1,11 @@
 // adamw_step: three steps of a 3-element parameter against numbers worked out by hand (and
 // confirmed in double outside this code), random tensors against a double replica of the
-// update, and a zero gradient without decay leaving the parameter untouched.
+// update, and a zero gradient without decay leaving the parameter untouched. adamw_step_many:
+// the same updates as adamw_step one tensor at a time, and its argument checks naming the entry.
 #include "kernels/adamw.h"
 
 #include <cmath>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "tests/testing/testing.h"
@@ -89,6 +91,89 @@ TEST(AdamWTest, ZeroGradientWithoutDecayLeavesParameterUnchanged) {
   Tensor m = Tensor::zeros({4, 9}), v = Tensor::zeros({4, 9});
   adamw_step(param, Tensor::zeros({4, 9}), m, v, AdamWParams{.weight_decay = 0.0f, .step = 1});
   EXPECT_TRUE(all_close(param, before, 0, 0));
+}
+
+// One entry of a many-tensor step and its copy for the one-at-a-time reference.
+struct Replica {
+  AdamWTensors many, one;
+};
+
+Replica random_replica(const Shape& shape, bool with_copy, float weight_decay,
+                       std::mt19937_64& rng) {
+  Tensor param = random_normal(shape, rng), m = random_normal(shape, rng, 0.1f);
+  Tensor v = random_normal(shape, rng, 0.1f);
+  for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] *= v.data<float>()[i];
+  auto copy = [&] { return with_copy ? Tensor::empty(shape, DType::kBF16) : Tensor(); };
+  Tensor grad = random_normal(shape, rng);
+  return {{param.clone(), grad.clone(), m.clone(), v.clone(), copy(), weight_decay},
+          {param, grad, m, v, copy(), weight_decay}};
+}
+
+// Odd sizes, an empty tensor, entries with and without the bf16 copy and weight decay, over
+// steps with clipping folded in: bit for bit what adamw_step does to each tensor alone.
+TEST(AdamWManyTest, MatchesOneTensorAtATime) {
+  auto rng = rng_for_test();
+  const std::vector<Shape> shapes = {{1}, {3}, {0}, {33, 5}, {1000}, {2, 3, 17}, {4099}};
+  std::vector<Replica> replicas;
+  for (size_t i = 0; i < shapes.size(); ++i)
+    replicas.push_back(random_replica(shapes[i], i % 2 == 0, i % 3 ? 0.1f : 0.0f, rng));
+  std::vector<AdamWTensors> many;
+  for (const Replica& r : replicas) many.push_back(r.many);
+  for (int64_t step = 1; step <= 3; ++step) {
+    const AdamWParams p{
+        .lr = 3e-3f, .beta2 = 0.999f, .step = step, .grad_scale = step == 2 ? 0.5f : 1.0f};
+    for (Replica& r : replicas) {
+      // A fresh gradient each step, the same for both.
+      Tensor grad = random_normal(r.one.param.shape(), rng);
+      r.many.grad.copy_from(grad);
+      r.one.grad.copy_from(grad);
+    }
+    adamw_step_many(many, p);
+    for (const Replica& r : replicas) {
+      AdamWParams own = p;
+      own.weight_decay = r.one.weight_decay;
+      adamw_step(r.one.param, r.one.grad, r.one.m, r.one.v, own, r.one.copy);
+    }
+    for (size_t i = 0; i < replicas.size(); ++i) {
+      const Replica& r = replicas[i];
+      EXPECT_TRUE(all_close(r.many.param, r.one.param, 0, 0)) << "param " << i << " step " << step;
+      EXPECT_TRUE(all_close(r.many.m, r.one.m, 0, 0)) << "m " << i << " step " << step;
+      EXPECT_TRUE(all_close(r.many.v, r.one.v, 0, 0)) << "v " << i << " step " << step;
+      if (r.one.copy.defined())
+        EXPECT_TRUE(all_close(r.many.copy.to(DType::kF32), r.one.copy.to(DType::kF32), 0, 0))
+            << "copy " << i << " step " << step;
+    }
+  }
+}
+
+TEST(AdamWManyTest, NoTensorsIsANoOp) { adamw_step_many({}, AdamWParams{}); }
+
+TEST(AdamWManyDeathTest, ChecksNameTheEntry) {
+  auto rng = rng_for_test();
+  auto entries = [&] {
+    std::vector<AdamWTensors> t;
+    for (const Shape& shape : {Shape{4}, Shape{3}})
+      t.push_back(random_replica(shape, true, 0.1f, rng).many);
+    return t;
+  };
+  std::vector<AdamWTensors> t = entries();
+  t[1].grad = Tensor::zeros({4});
+  EXPECT_DEATH(adamw_step_many(t, {}), "tensors\\[1\\]\\.grad has shape \\[4\\], expected \\[3\\]");
+  t = entries();
+  t[0].v = Tensor::zeros({4}, DType::kBF16);
+  EXPECT_DEATH(adamw_step_many(t, {}), "tensors\\[0\\]\\.v is bf16, expected f32");
+  t = entries();
+  t[1].param = Tensor::zeros({3}, DType::kBF16);
+  EXPECT_DEATH(adamw_step_many(t, {}), "tensors\\[1\\]\\.param is bf16, expected f32");
+  t = entries();
+  t[1].copy = Tensor::zeros({3});
+  EXPECT_DEATH(adamw_step_many(t, {}), "tensors\\[1\\]\\.copy is f32, expected bf16");
+  t = entries();
+  t[0].m = Tensor();
+  EXPECT_DEATH(adamw_step_many(t, {}), "tensors\\[0\\]\\.m is undefined");
+  t = entries();
+  EXPECT_DEATH(adamw_step_many(t, {.weight_decay = 0.1f}), "weight decay per entry");
+  EXPECT_DEATH(adamw_step_many(t, {.step = 0}), "step 0 \\(steps count from 1\\)");
 }
 
 }  // namespace
