@@ -72,6 +72,9 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
   if (tensors.empty()) return;
   const Device device = tensors[0].param.device();
   if (device.is_cpu()) return cpu::adamw_step_many(tensors, p);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (device.is_cuda()) return cuda::adamw_step_many(tensors, p);
+#endif
   no_kernel("adamw_step_many", device);
 }
 

@@ -27,12 +27,13 @@ struct AdamWParams {
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy = Tensor());
 
-// The same step over many parameters at once (a whole model), each entry exactly as adamw_step
-// would update it alone. Entries share p's lr, betas, eps, step and grad_scale; the weight decay is
-// per entry (the optimizer decays matrices, not norms or biases), so p.weight_decay must be 0: a
-// value there would be ambiguous. Every entry is checked as adamw_step checks its arguments
-// (messages name the entry: "adamw_step_many tensors[3].grad ..."), all entries on one device.
-// Entries must not overlap in memory (on the GPU they are updated concurrently).
+// The same step over many parameters at once (a whole model: one kernel launch on the GPU
+// instead of one per tensor), each entry exactly as adamw_step would update it alone.
+// Entries share p's lr, betas, eps, step and grad_scale; the weight decay is per entry (the
+// optimizer decays matrices, not norms or biases), so p.weight_decay must be 0: a value there
+// would be ambiguous. Every entry is checked as adamw_step checks its arguments (messages name
+// the entry: "adamw_step_many tensors[3].grad ..."), all entries on one device. Entries must
+// not overlap in memory (on the GPU they are updated concurrently).
 struct AdamWTensors {
   Tensor param, grad, m, v;
   Tensor copy;  // optional bf16 compute copy
@@ -46,8 +47,10 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p);
 }  // namespace cpu
 namespace cuda {
-// kernels/cuda/adamw.cu (one launch per tensor); defined in CUDA builds only.
+// kernels/cuda/adamw.cu; defined in CUDA builds only. adamw_step: one launch for the tensor;
+// adamw_step_many: one upload of a descriptor table and one launch for all of them.
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy);
+void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p);
 }  // namespace cuda
 }  // namespace sy
