@@ -60,17 +60,24 @@ double AdamW::step(float lr) {
   bool copies_written = true;
   for (const Param* p : store_.params())
     if (p->compute.defined() && !p->trainable) copies_written = false;
-  for (Slot& s : slots_) {
+  // Every owned parameter in one call (one launch on the GPU), each with its own decay.
+  std::vector<AdamWTensors> owned;
+  owned.reserve(slots_.size());
+  for (const Slot& s : slots_) {
     if (!s.owned) continue;
-    AdamWParams p{.lr = lr,
-                  .beta1 = settings_.beta1,
-                  .beta2 = settings_.beta2,
-                  .eps = settings_.eps,
-                  .weight_decay = s.param->decay ? settings_.weight_decay : 0.0f,
-                  .step = steps_,
-                  .grad_scale = factor};
-    adamw_step(s.param->value, s.param->grad, s.m, s.v, p, s.param->compute);
+    owned.push_back({.param = s.param->value,
+                     .grad = s.param->grad,
+                     .m = s.m,
+                     .v = s.v,
+                     .copy = s.param->compute,
+                     .weight_decay = s.param->decay ? settings_.weight_decay : 0.0f});
   }
+  adamw_step_many(owned, {.lr = lr,
+                          .beta1 = settings_.beta1,
+                          .beta2 = settings_.beta2,
+                          .eps = settings_.eps,
+                          .step = steps_,
+                          .grad_scale = factor});
   for (Slot& s : slots_) {
     if (s.group) {
       s.group->broadcast(s.param->value, s.owner);
