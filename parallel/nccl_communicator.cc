@@ -72,6 +72,9 @@ std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<Commu
     std::memcpy(bytes.raw(), &id, sizeof(id));
   }
   host->broadcast(bytes, 0);
+  // Some MPIs finish a broadcast only at the next MPI call; ncclCommInitRank makes none, so
+  // without this barrier the root could wait in it for ranks that never got the id.
+  host->barrier();
   std::memcpy(&id, bytes.raw(), sizeof(id));
   auto impl = std::make_unique<Impl>();
   SY_NCCL_CHECK(ncclCommInitRank(&impl->comm, host->size(), id, host->rank()));
@@ -84,8 +87,23 @@ NcclCommunicator::NcclCommunicator(std::unique_ptr<Communicator> host, Device de
     : host_(std::move(host)), device_(device), impl_(std::move(impl)) {}
 
 NcclCommunicator::~NcclCommunicator() {
-  if (impl_ && impl_->comm) ncclCommDestroy(impl_->comm);
+  if (!impl_ || !impl_->comm) return;
+  // Collectives still running on the ops' stream use the communicator's buffers: let them
+  // finish first (errors are ignored: a destructor has no one to tell).
+  if (cudaSetDevice(device_.index) == cudaSuccess) cudaStreamSynchronize(cuda::stream());
+  ncclCommDestroy(impl_->comm);
 }
+
+namespace {
+
+// CUDA tensors handed to a collective must live on the communicator's GPU.
+void check_on(Device device, const char* op, const Tensor& a, const Tensor& b) {
+  SY_CHECK(a.device() == device && b.device() == device)
+      << op << ": tensors on " << a.device().str() << " and " << b.device().str()
+      << ", communicator on " << device.str();
+}
+
+}  // namespace
 
 void NcclCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
   if (!tensor.device().is_cuda()) return host_->all_reduce(tensor, op);
@@ -104,6 +122,7 @@ void NcclCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
 
 void NcclCommunicator::reduce_scatter(const Tensor& out, const Tensor& in, ReduceOp op) {
   if (!in.device().is_cuda()) return host_->reduce_scatter(out, in, op);
+  check_on(device_, "reduce_scatter", out, in);
   SY_CHECK(out.dtype() == in.dtype() && in.numel() == out.numel() * size())
       << "reduce_scatter: in " << shape_str(in.shape()) << " " << dtype_name(in.dtype())
       << " must hold " << size() << " blocks of out " << shape_str(out.shape()) << " "
@@ -121,6 +140,7 @@ void NcclCommunicator::reduce_scatter(const Tensor& out, const Tensor& in, Reduc
 
 void NcclCommunicator::all_gather(const Tensor& out, const Tensor& in) {
   if (!in.device().is_cuda()) return host_->all_gather(out, in);
+  check_on(device_, "all_gather", out, in);
   SY_CHECK(out.dtype() == in.dtype() && out.numel() == in.numel() * size())
       << "all_gather: out " << shape_str(out.shape()) << " must hold " << size() << " blocks of in "
       << shape_str(in.shape());
@@ -132,6 +152,7 @@ void NcclCommunicator::all_gather(const Tensor& out, const Tensor& in) {
 void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts,
                                     const Tensor& recv, const std::vector<int64_t>& recv_counts) {
   if (!send.device().is_cuda()) return host_->all_to_all_v(send, send_counts, recv, recv_counts);
+  check_on(device_, "all_to_all_v", send, recv);
   const int peers = size();
   SY_CHECK(static_cast<int>(send_counts.size()) == peers &&
            static_cast<int>(recv_counts.size()) == peers)
@@ -174,6 +195,7 @@ std::vector<int64_t> NcclCommunicator::exchange_counts(const std::vector<int64_t
 
 void NcclCommunicator::broadcast(const Tensor& tensor, int root) {
   if (!tensor.device().is_cuda()) return host_->broadcast(tensor, root);
+  check_on(device_, "broadcast", tensor, tensor);
   SY_CHECK(root >= 0 && root < size()) << "broadcast: root " << root << " in a group of " << size();
   if (tensor.numel() == 0) return;
   SY_NCCL_CHECK(ncclBroadcast(tensor.raw(), tensor.raw(), tensor.numel(), nccl_type(tensor.dtype()),
