@@ -1,6 +1,7 @@
 #include "parallel/process_grid.h"
 
 #include "absl/strings/str_cat.h"
+#include "parallel/device_choice.h"
 
 namespace sy {
 
@@ -59,14 +60,19 @@ std::vector<int> GridLayout::edp_group(int rank) const {
 }
 
 absl::StatusOr<ProcessGrid> ProcessGrid::create(Communicator& world, int expert_parallel_size,
-                                                int num_experts) {
+                                                int num_experts, Device device) {
   ProcessGrid grid;
   SY_ASSIGN_OR_RETURN(grid.layout_,
                       GridLayout::create(world.size(), expert_parallel_size, num_experts));
-  grid.world_ = &world;
-  const int rank = world.rank();
-  grid.ep_ = world.split(/*color=*/grid.layout_.dp_rank(rank), /*key=*/grid.layout_.ep_rank(rank));
-  grid.edp_ = world.split(/*color=*/grid.layout_.ep_rank(rank), /*key=*/grid.layout_.dp_rank(rank));
+  // The layout is checked first: its errors come back before any NCCL set-up.
+  grid.owned_world_ = make_world_for(device, world);
+  grid.world_ = grid.owned_world_ ? grid.owned_world_.get() : &world;
+  Communicator& carrier = *grid.world_;
+  const int rank = carrier.rank();
+  grid.ep_ =
+      carrier.split(/*color=*/grid.layout_.dp_rank(rank), /*key=*/grid.layout_.ep_rank(rank));
+  grid.edp_ =
+      carrier.split(/*color=*/grid.layout_.ep_rank(rank), /*key=*/grid.layout_.dp_rank(rank));
   SY_CHECK(grid.ep_->size() == grid.layout_.expert_parallel && grid.ep_->rank() == grid.ep_rank())
       << "EP group of rank " << rank << " came out as rank " << grid.ep_->rank() << " of "
       << grid.ep_->size();

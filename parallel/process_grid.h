@@ -45,10 +45,13 @@ struct GridLayout {
 
 class ProcessGrid {
  public:
-  // Splits `world` into the EP and EDP groups. Collective over `world`; the grid keeps a
-  // reference to it, so `world` must outlive the grid.
+  // Splits `world` into the EP and EDP groups, communicators that carry `device` tensors
+  // (parallel/device_choice.h): for a CUDA device on several ranks the grid's world is an
+  // NcclCommunicator over a copy of `world`, owned by the grid, and the groups are NCCL
+  // groups split from it; otherwise the grid's world is `world`. Collective over `world`;
+  // the grid may keep a reference to it, so `world` must outlive the grid.
   static absl::StatusOr<ProcessGrid> create(Communicator& world, int expert_parallel_size,
-                                            int num_experts);
+                                            int num_experts, Device device = Device::cpu());
 
   const GridLayout& layout() const { return layout_; }
   int rank() const { return world_->rank(); }
@@ -58,6 +61,8 @@ class ProcessGrid {
   int end_expert() const { return layout_.end_expert(rank()); }
   int num_local_experts() const { return layout_.experts_per_rank(); }
 
+  // Every rank of the job, over the transport of the grid's device: the world to hand
+  // collectives on that device's tensors (gradients, ZeRO-1 broadcasts).
   Communicator& world() const { return *world_; }
   Communicator& ep() const { return *ep_; }
   Communicator& edp() const { return *edp_; }
@@ -68,6 +73,7 @@ class ProcessGrid {
  private:
   ProcessGrid() = default;
   GridLayout layout_;
+  std::unique_ptr<Communicator> owned_world_;  // before the groups: destroyed after them
   Communicator* world_ = nullptr;
   std::unique_ptr<Communicator> ep_;
   std::unique_ptr<Communicator> edp_;

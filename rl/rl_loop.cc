@@ -290,10 +290,14 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
   cpu::set_cpu_threads(config.train().cpu_threads());
   const ModelSpec spec = model_spec_from_config(config);
   const int ep = config.parallel().expert_parallel_size();
-  SY_ASSIGN_OR_RETURN(ProcessGrid grid,
-                      ProcessGrid::create(world, ep, spec.has_moe() ? spec.moe.num_experts : ep));
-  t->grid_ = std::make_unique<ProcessGrid>(std::move(grid));
   SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world));
+  SY_ASSIGN_OR_RETURN(
+      ProcessGrid grid,
+      ProcessGrid::create(world, ep, spec.has_moe() ? spec.moe.num_experts : ep, device));
+  t->grid_ = std::make_unique<ProcessGrid>(std::move(grid));
+  // The grid's world carries this device's tensors (NCCL between GPUs): the models, the
+  // optimizers and the gradient syncs use it; `world` keeps the host-side bookkeeping.
+  Communicator& device_world = t->grid_->world();
 
   if (task) {
     t->task_ = std::move(task);
@@ -315,7 +319,7 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
                            : static_cast<int>(t->task_->max_completion_tokens());
   t->batch_rows_ = int64_t{rl.prompts_per_step()} * rl.group_size();
 
-  const ModelParallel parallel{.world = &world, .ep = &t->grid_->ep()};
+  const ModelParallel parallel{.world = &device_world, .ep = &t->grid_->ep()};
   t->policy_store_ = std::make_unique<ParamStore>(device);
   t->policy_ = std::make_unique<Transformer>(spec, *t->policy_store_, parallel);
   t->policy_store_->initialize(config.train().seed());
@@ -335,7 +339,7 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
                                    .eps = static_cast<float>(o.eps()),
                                    .weight_decay = static_cast<float>(o.weight_decay()),
                                    .grad_clip = static_cast<float>(o.grad_clip())};
-  const OptimizerParallel opt_parallel{.world = &world,
+  const OptimizerParallel opt_parallel{.world = &device_world,
                                        .ep = &t->grid_->ep(),
                                        .edp = &t->grid_->edp(),
                                        .zero1 = config.parallel().zero_stage() == 1};
@@ -344,7 +348,7 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
     for (Param* p : store.params()) {
       if (p->trainable) (p->group == SyncGroup::kExpert ? expert : dense).push_back(p->grad);
     }
-    return std::make_unique<GradientSync>(dense, expert, world, t->grid_->edp());
+    return std::make_unique<GradientSync>(dense, expert, device_world, t->grid_->edp());
   };
   t->policy_opt_ = std::make_unique<AdamW>(*t->policy_store_, settings, opt_parallel);
   t->policy_sync_ = make_sync(*t->policy_store_);

@@ -20,6 +20,7 @@
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
+#include "parallel/device_choice.h"
 #include "parallel/gradient_sync.h"
 #include "parallel/local_communicator.h"
 #include "parallel/process_grid.h"
@@ -221,25 +222,14 @@ class JsonlWriter {
 }  // namespace
 
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world) {
-  const bool gpu = cuda_available();
-  const auto wanted = config.device();
-  if (wanted == switchyard::Experiment::DEVICE_CPU ||
-      (wanted == switchyard::Experiment::DEVICE_AUTO && !gpu)) {
-    return Device::cpu();
+  switch (config.device()) {
+    case switchyard::Experiment::DEVICE_CPU:
+      return choose_job_device(DeviceWish::kCpu, world);
+    case switchyard::Experiment::DEVICE_CUDA:
+      return choose_job_device(DeviceWish::kCuda, world);
+    default:
+      return choose_job_device(DeviceWish::kAuto, world);
   }
-  if (!gpu) {
-    return absl::FailedPreconditionError(
-        "device: DEVICE_CUDA, but no GPU is visible (or this build has no CUDA); use "
-        "DEVICE_AUTO to fall back to the CPU");
-  }
-  if (world.size() > 1) {
-    // MPI carries CPU tensors; GPU tensors between ranks need the NCCL backend.
-    if (wanted == switchyard::Experiment::DEVICE_AUTO) return Device::cpu();
-    return absl::UnimplementedError(
-        "device: DEVICE_CUDA with several ranks needs the NCCL communicator, which this build "
-        "does not have yet; run one rank per job on the GPU, or set device: DEVICE_CPU");
-  }
-  return Device::cuda(0);
 }
 
 absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Device device) {
@@ -268,15 +258,16 @@ bool stop_requested() { return g_stop_requested.load(); }
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& console, Communicator* world_comm) {
   LocalCommunicator local;
-  Communicator& world = world_comm ? *world_comm : local;
-  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, world));
-  const bool lead = world.rank() == 0;
+  Communicator& host_world = world_comm ? *world_comm : local;
+  const bool lead = host_world.rank() == 0;
   std::ostringstream discard;
   std::ostream& log = lead ? console : discard;  // rank 0 speaks for the job
 
-  // Ranks started with different configs would compute different things: refuse.
-  SY_RETURN_IF_ERROR(
-      check_same_on_all_ranks(world, "the resolved config", resolved_experiment_text(config)));
+  // Ranks started with different configs would compute different things: refuse, before
+  // the device choice that every rank must make alike.
+  SY_RETURN_IF_ERROR(check_same_on_all_ranks(host_world, "the resolved config",
+                                             resolved_experiment_text(config)));
+  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, host_world));
   const ModelSpec spec = model_spec_from_config(config);
   const auto& tc = config.train();
   cpu::set_cpu_threads(tc.cpu_threads());
@@ -284,8 +275,12 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   SY_ASSIGN_OR_RETURN(
       ProcessGrid grid,
       ProcessGrid::create(
-          world, config.parallel().expert_parallel_size(),
-          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size()));
+          host_world, config.parallel().expert_parallel_size(),
+          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size(),
+          device));
+  // Every collective from here on goes through the grid's world, which carries this
+  // device's tensors (NCCL between GPUs).
+  Communicator& world = grid.world();
   const int zero_stage = config.parallel().zero_stage();
 
   absl::Status made;

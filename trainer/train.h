@@ -1,7 +1,7 @@
 #pragma once
 // The training loop: data -> forward/backward over micro-batches -> gradient sync -> clip ->
 // AdamW -> schedule -> metrics -> eval -> checkpoints, on one rank or many (expert and data
-// parallel over a Communicator), CPU for now (the CUDA backend plugs in beneath it).
+// parallel over a Communicator), on CPUs or on one GPU per rank.
 #include <ostream>
 #include <string>
 
@@ -20,12 +20,17 @@ struct TrainOptions {
 // anything a user can fix (bad data, a checkpoint that does not match the config, an
 // unwritable run dir). `world` is every rank of the job (null: this process alone); every
 // rank must call train with the same config. Each rank trains on its own micro_batch
-// sequences, so the global batch is micro_batch x world size x grad_accum.
+// sequences, so the global batch is micro_batch x world size x grad_accum. On GPUs, GPU
+// tensors travel over an NCCL communicator that train builds over `world` (an MPI world, say)
+// unless `world` already carries them.
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& log, Communicator* world = nullptr);
 
-// The device this rank trains on: config.device, where DEVICE_AUTO means the GPU when one is
-// visible and this job can use it (one rank: several need the NCCL backend, not built yet).
+// The device this rank trains on: config.device, where DEVICE_AUTO means the GPU when every
+// rank of `world` sees one, else the CPU on every rank. On GPUs each rank takes GPU
+// local_rank % (GPUs it sees); two ranks of a host on one GPU, or DEVICE_CUDA with a rank
+// that sees none, is an error naming the ranks (parallel/device_choice.h has the rule).
+// Collective over `world`: the same decision on every rank.
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world);
 
 // The compute dtype on `device`: config.precision, where PRECISION_AUTO means bf16 on a GPU
