@@ -16,8 +16,10 @@
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module
-#   nccl   the NCCL backend against MPI (tests/mpi/nccl_collectives_test; skips without a
-#          GPU per rank: run on the 2-GPU machine)
+#   nccl   the NCCL backend against MPI (tests/mpi/nccl_collectives_test), training on 2 GPUs
+#          against one (tests/mpi/nccl_train_equivalence_test: DP=2 and EP=2 in f32, EP=2 in
+#          bf16, ZeRO-1, resume), both skipped without a GPU per rank, and the default run on
+#          2 GPUs with mpirun (EP=2): run on the 2-GPU machine
 #   oracle bench/oracle.py against dump-step on the GPU (bf16 and f32; two configs)
 #   torch  bench/torch_bench.py (PyTorch, same model and shape) and bench/compare.py's table
 #
@@ -57,8 +59,19 @@ if want cpu; then
 fi
 
 if want nccl; then
-  ctest --test-dir build-dev -R nccl --output-on-failure >"$out/nccl.log" 2>&1
-  note "nccl tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/nccl.log"); $(grep -c SKIPPED "$out/nccl.log") skip lines)"
+  # -V: gtest's own lines in the log, so that a skipped GPU test shows as skipped.
+  ctest --test-dir build-dev -R nccl -V >"$out/nccl.log" 2>&1
+  note "nccl tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/nccl.log"); gtest: $(grep -cE '\[       OK \]' "$out/nccl.log") OK, $(grep -cE '\[  SKIPPED \] .*ms\)$' "$out/nccl.log") skipped)"
+  grep -E '\[  (SKIPPED|FAILED) *\] .*ms\)$|Test +#[0-9]+: .*(Failed|Exception|Timeout)' "$out/nccl.log" |
+    tee -a "$summary"
+  # The binary as a user starts it: one rank per GPU, the experts split over the two, the
+  # default run's 64 sequences per step split over the ranks (compare with the tiny stage).
+  start=$(date +%s)
+  mpirun -np 2 --bind-to none build-dev/switchyard train --config configs/tiny.textproto \
+    --run_dir /tmp/tiny-2gpu --set 'device: DEVICE_CUDA parallel { expert_parallel_size: 2 } train { micro_batch: 32 }' \
+    >"$out/nccl_tiny.log" 2>&1
+  note "tiny on 2 GPUs (EP=2): exit $? in $(( $(date +%s) - start )) s; $(grep -E '^eval' "$out/nccl_tiny.log" | tail -1)"
+  grep -E '^rank [0-9]/|^model|^step 4000/|error' "$out/nccl_tiny.log" | tee -a "$summary"
 fi
 
 if want attn; then

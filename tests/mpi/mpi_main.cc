@@ -10,6 +10,10 @@
 #include "gtest/gtest.h"
 #include "tests/mpi/mpi_testing.h"
 
+#ifdef SWITCHYARD_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
+
 namespace sy::testing {
 namespace {
 
@@ -41,6 +45,27 @@ class RankFailurePrinter : public ::testing::EmptyTestEventListener {
 MpiCommunicator& mpi_world() {
   SY_CHECK(g_world != nullptr) << "mpi_world() outside tests/mpi/mpi_main.cc's main";
   return *g_world;
+}
+
+int fewest_gpus_on_any_rank() {
+  int count = 0;
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    cudaGetLastError();
+    count = 0;
+  }
+#endif
+  double neg = -count;  // the fewest GPUs any rank sees, as a max of negatives
+  mpi_world().all_reduce_host({&neg, 1}, ReduceOp::kMax);
+  return static_cast<int>(-neg);
+}
+
+bool gpu_per_rank(std::string* why) {
+  const int fewest = fewest_gpus_on_any_rank();
+  if (fewest >= mpi_world().size()) return true;
+  *why = "needs a GPU per rank: " + std::to_string(fewest) + " GPUs for " +
+         std::to_string(mpi_world().size()) + " ranks";
+  return false;
 }
 
 std::mt19937_64 rng_for_rank(int rank, uint64_t stream) {

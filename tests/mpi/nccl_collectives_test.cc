@@ -12,34 +12,17 @@
 #include "tests/testing/testing.h"
 
 #ifdef SWITCHYARD_HAVE_CUDA
-#include <cuda_runtime_api.h>
-
 #include "parallel/nccl_communicator.h"
 #endif
 
 namespace sy {
 namespace {
 
+using testing::gpu_per_rank;
 using testing::mpi_world;
 using testing::rng_for_rank;
 
 #ifdef SWITCHYARD_HAVE_CUDA
-// One GPU per rank of the job, or the reason there is not.
-bool gpu_per_rank(std::string* why) {
-  int count = 0;
-  if (cudaGetDeviceCount(&count) != cudaSuccess) count = 0;
-  // The same answer on every rank, so all ranks skip together.
-  double neg = -count;  // the fewest GPUs any rank sees, as a max of negatives
-  mpi_world().all_reduce_host({&neg, 1}, ReduceOp::kMax);
-  const int fewest = static_cast<int>(-neg);
-  if (fewest < mpi_world().size()) {
-    *why = "needs a GPU per rank: " + std::to_string(fewest) + " GPUs for " +
-           std::to_string(mpi_world().size()) + " ranks";
-    return false;
-  }
-  return true;
-}
-
 Tensor random_of(DType dtype, const Shape& shape, int rank, uint64_t stream) {
   auto rng = rng_for_rank(rank, stream);
   Tensor f = testing::random_normal(shape, rng);

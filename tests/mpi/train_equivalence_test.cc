@@ -5,7 +5,6 @@
 // that every rank makes by itself.
 #include <filesystem>
 #include <fstream>
-#include <map>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -13,16 +12,17 @@
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "tests/mpi/mpi_testing.h"
-#include "tests/testing/testing.h"
+#include "tests/mpi/train_runs.h"
 #include "trainer/config.h"
-#include "trainer/json.h"
-#include "trainer/safetensors.h"
 #include "trainer/train.h"
 
 namespace sy {
 namespace {
 namespace fs = std::filesystem;
+using testing::expect_same;
 using testing::mpi_world;
+using testing::run_dir;
+using testing::RunResult;
 
 constexpr int kGlobalBatch = 4;  // sequences per micro-batch over all ranks
 
@@ -69,79 +69,12 @@ switchyard::Experiment config_for(int world, int ep, int zero_stage) {
   return c;
 }
 
-struct RunResult {
-  std::vector<double> losses;             // per step
-  std::map<std::string, Tensor> weights;  // experts stacked over all EP ranks
-};
-
-RunResult read_run(const std::string& dir, int ep) {
-  RunResult r;
-  std::ifstream in(fs::path(dir) / "metrics.jsonl");
-  for (std::string line; std::getline(in, line);) {
-    auto j = parse_json(line);
-    SY_CHECK(j.ok());
-    if (const Json* loss = j->find("loss")) r.losses.push_back(loss->as_double());
-  }
-  const fs::path ckpt = fs::path(dir) / "checkpoints" / "step_00000004";
-  auto model = load_safetensors((ckpt / "model.safetensors").string());
-  SY_CHECK(model.ok()) << model.status();
-  r.weights = model->tensors;
-  if (ep > 1) {
-    std::vector<SafetensorsFile> shards;
-    for (int i = 0; i < ep; ++i) {
-      auto f = load_safetensors((ckpt / absl::StrCat("experts-ep", i, ".safetensors")).string());
-      SY_CHECK(f.ok()) << f.status();
-      shards.push_back(std::move(*f));
-    }
-    for (const auto& [name, t0] : shards[0].tensors) {
-      Shape shape = t0.shape();
-      shape[0] *= ep;
-      Tensor all = Tensor::empty(shape);
-      for (int i = 0; i < ep; ++i)
-        all.rows(i * t0.dim(0), (i + 1) * t0.dim(0)).copy_from(shards[i].tensors.at(name));
-      r.weights[name] = all;
-    }
-  }
-  return r;
-}
-
-// Per job size: ctest may run the 2- and 4-rank jobs of this test at the same time.
-std::string run_dir(const std::string& name) {
-  return (fs::path(::testing::TempDir()) /
-          absl::StrCat("switchyard_equivalence_np", mpi_world().size(), "_", name))
-      .string();
-}
-
-// Trains `config` on the first `world_size` ranks of the job (the others wait); returns the
-// run directory.
+// Trains the test config for this layout on the first `world_size` ranks of the job.
 std::string train_on(int world_size, int ep, int zero, const std::string& name) {
-  Communicator& world = mpi_world();
-  const bool member = world.rank() < world_size;
-  auto group = world.split(member ? 0 : 1, world.rank());
-  const std::string dir = run_dir(name);
-  if (world.rank() == 0) fs::remove_all(dir);
-  world.barrier();
-  if (member) {
-    std::ostringstream log;
-    absl::Status s = train(config_for(world_size, ep, zero), {.run_dir = dir}, log, group.get());
-    EXPECT_TRUE(s.ok()) << s;
-  }
-  world.barrier();
-  return dir;
+  return testing::train_on(world_size, config_for(world_size, ep, zero), name);
 }
 
-void expect_same(const RunResult& a, const RunResult& b, double rtol, double atol,
-                 const std::string& what) {
-  ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
-  for (size_t i = 0; i < a.losses.size(); ++i)
-    EXPECT_NEAR(a.losses[i], b.losses[i], atol + rtol * std::fabs(b.losses[i]))
-        << what << ": loss of step " << i + 1;
-  ASSERT_EQ(a.weights.size(), b.weights.size()) << what;
-  for (const auto& [name, t] : b.weights) {
-    ASSERT_TRUE(a.weights.count(name)) << what << ": " << name;
-    EXPECT_TRUE(testing::all_close(a.weights.at(name), t, rtol, atol)) << what << ": " << name;
-  }
-}
+RunResult read_run(const std::string& dir, int ep) { return testing::read_run(dir, ep, 4); }
 
 TEST(TrainEquivalence, EveryLayoutMatchesOneProcess) {
   Communicator& world = mpi_world();
