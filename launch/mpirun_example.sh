@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Trains the tiny default MoE on N processes of this machine with Open MPI (CPU, no GPU needed),
+# Trains the tiny default MoE on N processes of this machine with Open MPI (no GPU needed),
 # its experts spread over expert-parallel groups of EP ranks:
 #
 #   launch/mpirun_example.sh [N=4] [EP=2] [extra train flags...]
@@ -14,6 +14,11 @@
 # Each rank trains on its own micro_batch sequences, so the global batch is N x micro_batch:
 # the default divides the tiny config's 64 sequences over the ranks, which keeps the training
 # the same as one process's (the same losses up to float summation order).
+#
+# The tiny config says DEVICE_AUTO: on a machine where every rank sees a GPU each rank takes
+# one of its own (N at most the GPUs: launch/mpirun_example.sh 2 2 on a 2-GPU machine);
+# more ranks than GPUs is an error, so there add --set 'device: DEVICE_CPU' to stay on the
+# CPU (later --set fragments win).
 # On a cluster use launch/slurm.sbatch instead (one rank per GPU).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
