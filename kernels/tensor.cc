@@ -161,11 +161,20 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     return;
   }
 #ifdef SWITCHYARD_HAVE_CUDA
+  // On the ops' stream (a StreamFanout piece's copy is ordered with that piece's work).
+  const cudaStream_t stream = cuda::stream();
+  if (dst_dev.is_cuda() && dst_dev == src_dev) {
+    // Within one GPU: stream-ordered like any op; nothing on the host waits for it.
+    SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+    return;
+  }
   const bool profiled = profile::is_open();
   const auto start = profiled ? std::chrono::steady_clock::now()
                               : std::chrono::steady_clock::time_point();
-  SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, cudaStreamPerThread));
-  SY_CUDA_CHECK(cudaStreamSynchronize(cudaStreamPerThread));
+  // A host side (the host reads the result, or may free or reuse its buffer, on return) or
+  // two GPUs (ordered by the wait, not by one stream).
+  SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (profiled) {
     // Each of these waits for all the work queued before it: the step's host waits.
     profile::count(dst_dev.is_cpu() ? "copy to host (waits for the GPU)"

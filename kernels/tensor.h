@@ -67,7 +67,9 @@ class Tensor {
 
   void zero_() const;
   void fill_(float value) const;            // f32 only
-  void copy_from(const Tensor& src) const;  // same shape and dtype, any devices
+  // Same shape and dtype, any devices. Within one GPU the copy is queued on the ops' stream
+  // like any op; with a host side (or two GPUs) it has completed when this returns.
+  void copy_from(const Tensor& src) const;
 
   std::vector<float> to_f32_vector() const;  // any float dtype, any device
   std::vector<int32_t> to_i32_vector() const;
