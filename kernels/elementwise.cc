@@ -29,6 +29,15 @@ void scale_(const Tensor& x, float s) {
   no_kernel("scale_", x.device());
 }
 
+void fill_(const Tensor& x, float v) {
+  check_float(x, "fill_ x");
+  if (x.device().is_cpu()) return cpu::fill_(x, v);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::fill_(x, v);
+#endif
+  no_kernel("fill_", x.device());
+}
+
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b) {
   check_float(a, "concat_cols a");
   check_dtype(b, a.dtype(), "concat_cols b");

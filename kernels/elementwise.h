@@ -4,6 +4,7 @@
 //   add(out, a, b):        out = a + b            (out may alias a or b)
 //   add_(y, x):            y += x                 (accumulating: residual gradients)
 //   scale_(x, s):          x *= s
+//   fill_(x, v):           x = v                  (on the GPU without a host copy)
 //   concat_cols(out, a, b) out[n] = [a[n], b[n]]  a [N, A], b [N, B], out [N, A + B]
 //   split_cols(da, db, d)  the backward of concat_cols: da = d[:, :A], db = d[:, A:] (written)
 //   sum_squares(x)         sum of x^2 in double (gradient norms)
@@ -19,6 +20,7 @@ namespace sy {
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void add_(const Tensor& y, const Tensor& x);
 void scale_(const Tensor& x, float s);
+void fill_(const Tensor& x, float v);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
@@ -28,6 +30,7 @@ Tensor as_dtype(const Tensor& x, DType dtype);
 namespace cpu {
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void scale_(const Tensor& x, float s);
+void fill_(const Tensor& x, float v);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);
@@ -37,6 +40,7 @@ namespace cuda {
 // kernels/cuda/elementwise.cu; defined in CUDA builds only.
 void add(const Tensor& out, const Tensor& a, const Tensor& b);
 void scale_(const Tensor& x, float s);
+void fill_(const Tensor& x, float v);
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b);
 void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout);
 double sum_squares(const Tensor& x);

@@ -132,10 +132,12 @@ TargetCounts Transformer::count_targets(const Tensor& targets) const {
 
 namespace {
 
-// Output head + fused cross-entropy on normalised hidden states hn [N, D]: returns the summed
-// per-token loss and writes dhn = d(scale * summed loss)/d(hn). Head gradient accumulates.
-// The logits take hn's dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32).
-double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
+// Output head + fused cross-entropy on normalised hidden states hn [N, D]: returns the
+// per-token losses (on hn's device, not read here: the host does not wait for them) and
+// writes dhn = d(scale * summed loss)/d(hn). Head gradient accumulates. The logits take hn's
+// dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32). `targets` may be
+// on the host or already on hn's device.
+Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
                           const Tensor& dhn) {
   profile::Scope region("head+loss");
   const int64_t n = hn.dim(0), vocab = head.value.dim(0);
@@ -146,12 +148,17 @@ double head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
   Tensor lse = Tensor::empty({n}, DType::kF32, dev);
   Tensor tgt = targets.to(dev).view({n});
   cross_entropy_forward(losses, lse, logits, tgt, kIgnoreIndex);
+  Tensor dlosses = Tensor::empty({n}, DType::kF32, dev);
+  fill_(dlosses, static_cast<float>(scale));
+  cross_entropy_backward(logits, dlosses, logits, lse, tgt, kIgnoreIndex);  // in place
+  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, 1.0f);
+  return losses;
+}
+
+// The sum of per-token losses, in double, in token order (one wait for the device).
+double loss_sum(const Tensor& losses) {
   double sum = 0;
   for (float v : losses.to_f32_vector()) sum += v;
-  Tensor dlosses = Tensor::empty({n}, DType::kF32);
-  dlosses.fill_(static_cast<float>(scale));
-  cross_entropy_backward(logits, dlosses.to(dev), logits, lse, tgt, kIgnoreIndex);  // in place
-  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, 1.0f);
   return sum;
 }
 
@@ -177,27 +184,36 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   }
 
   LossTerms terms;
-  Tensor h0 = trunk_forward(inputs, layout);
+  // Ids and targets (the MTP modules' shifted ones too) go to the device before any work of
+  // this step is queued, once: a host-to-device copy waits for the GPU, so copies later in
+  // the step would drain the queue. The embedding's backward reuses the ids.
+  struct MtpState {
+    Tensor ids, targets, cat, dout;
+  };
+  std::vector<MtpState> states(mtp_.size());
+  for (size_t k = 0; k < mtp_.size(); ++k) {
+    auto [ids, tgt] = shift_for_mtp(inputs, targets, static_cast<int>(k) + 1);
+    states[k].ids = ids.to(dev);
+    states[k].targets = tgt.to(dev);
+  }
+  const Tensor inputs_dev = inputs.to(dev), targets_dev = targets.to(dev);
+  Tensor h0 = trunk_forward(inputs_dev, layout);
   Tensor hn;
   {
     profile::Scope region("final_norm");
     hn = final_norm_->forward(h0);
   }
   Tensor dhn = Tensor::empty({n, d}, dt, dev);
-  terms.lm = scales.lm * head_loss_and_grad(hn, head_param(), targets, scales.lm, dhn);
+  // Losses stay on the device until the whole backward is queued.
+  const Tensor lm_losses = head_loss_and_grad(hn, head_param(), targets_dev, scales.lm, dhn);
+  std::vector<Tensor> mtp_losses;
 
   // MTP forward, module by module (each feeds the next), keeping the head gradients.
-  struct MtpState {
-    Tensor ids, cat, dout;
-  };
-  std::vector<MtpState> states(mtp_.size());
   Tensor prev = h0;
   for (size_t k = 0; k < mtp_.size(); ++k) {
     MtpModule& m = mtp_[k];
-    auto [ids, tgt] = shift_for_mtp(inputs, targets, static_cast<int>(k) + 1);
-    states[k].ids = ids;
     Tensor a = m.hnorm->forward(prev);
-    Tensor c = m.enorm->forward(embed(ids));
+    Tensor c = m.enorm->forward(embed(states[k].ids));
     states[k].cat = Tensor::empty({n, 2 * d}, dt, dev);
     concat_cols(states[k].cat, a, c);
     Tensor z = Tensor::empty({n, d}, dt, dev);
@@ -205,8 +221,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     Tensor hk = m.block->forward(z, layout);
     Tensor hkn = m.out_norm->forward(hk);
     states[k].dout = Tensor::empty({n, d}, dt, dev);
-    terms.mtp +=
-        scales.mtp[k] * head_loss_and_grad(hkn, head_param(), tgt, scales.mtp[k], states[k].dout);
+    mtp_losses.push_back(
+        head_loss_and_grad(hkn, head_param(), states[k].targets, scales.mtp[k], states[k].dout));
     prev = hk;
   }
 
@@ -232,7 +248,9 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     dh0 = final_norm_->backward(dhn);
     if (carry.defined()) add_(dh0, carry);
   }
-  embed_backward(inputs, trunk_backward(dh0));
+  embed_backward(inputs_dev, trunk_backward(dh0));
+  terms.lm = scales.lm * loss_sum(lm_losses);
+  for (size_t k = 0; k < mtp_losses.size(); ++k) terms.mtp += scales.mtp[k] * loss_sum(mtp_losses[k]);
 
   double balance_after = 0;
   for (MoeFfn* m : moes)

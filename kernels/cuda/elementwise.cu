@@ -23,6 +23,12 @@ __global__ void scale_kernel(T* x, float s, int64_t n) {
   SY_GRID_STRIDE(i, n) { x[i] = from_f32<T>(to_f32(x[i]) * s); }
 }
 
+template <typename T>
+__global__ void fill_kernel(T* x, float v, int64_t n) {
+  const T value = from_f32<T>(v);
+  SY_GRID_STRIDE(i, n) { x[i] = value; }
+}
+
 // out [rows, ca + cb] = [a | b]; one thread per element of out.
 template <typename T>
 __global__ void concat_cols_kernel(T* out, const T* a, const T* b, int64_t rows, int64_t ca,
@@ -106,6 +112,17 @@ void scale_(const Tensor& x, float s) {
     using T = decltype(tag);
     scale_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(ptr<T>(x), s, n);
     launch_check("scale_kernel");
+  });
+}
+
+void fill_(const Tensor& x, float v) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  use_device(x);
+  dispatch_float(x.dtype(), "fill_", [&](auto tag) {
+    using T = decltype(tag);
+    fill_kernel<T><<<grid_for(n), kThreads, 0, stream()>>>(ptr<T>(x), v, n);
+    launch_check("fill_kernel");
   });
 }
 

@@ -1,5 +1,5 @@
 // Elementwise glue on CUDA against the CPU ops on the same random inputs, f32 and bf16:
-// add (also in place, as add_), scale_, concat_cols / split_cols with odd widths, and
+// add (also in place, as add_), scale_, fill_, concat_cols / split_cols with odd widths, and
 // sum_squares (double on both sides), plus one tensor of more than 2^31 elements to prove
 // the grid-stride launches cover it. Skips without a GPU.
 //
@@ -54,6 +54,12 @@ TEST_P(ElementwiseGpuTest, AddAndScaleMatchCpu) {
   scale_(scaled, -0.37f);
   scale_(ga, -0.37f);
   EXPECT_TRUE(all_close(ga, rounded(scaled, dt()), 0, 0));
+
+  Tensor filled_cpu = scaled.clone();
+  fill_(filled_cpu, 0.3f);
+  fill_(ga, 0.3f);
+  EXPECT_TRUE(all_close(ga, rounded(filled_cpu, dt()), 0, 0));
+  EXPECT_EQ(filled_cpu.to_f32_vector().back(), 0.3f);
 }
 
 TEST_P(ElementwiseGpuTest, ConcatAndSplitMatchCpu) {
