@@ -121,7 +121,7 @@ PY
       >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
     note "bench_moe_1b MTP $mtp (random tokens): exit $?"
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
-    if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^step  /p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
+    if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
 fi

@@ -168,7 +168,9 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
       cached = true;
     }
   }
-  auto heuristic = [&]() {
+  // `why` names the counter of a profiled step: a bucket seen for the first time, or one
+  // whose algorithm refused this size.
+  auto heuristic = [&](const char* why) {
     const auto start = std::chrono::steady_clock::now();
     Preference pref;
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
@@ -189,11 +191,11 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
                         << dtype_name(c.dtype()) << ") = A " << shape_str(a.shape())
                         << (trans_a ? "^T" : "") << " @ B " << shape_str(b.shape())
                         << (trans_b ? "^T" : "") << " (" << dtype_name(a.dtype()) << ")";
-    if (profiled) profile::count("cublasLt heuristic query", host_ms_since(start));
+    if (profiled) profile::count(why, host_ms_since(start));
     return result.algo;
   };
   if (!cached) {
-    algo = heuristic();
+    algo = heuristic("cublasLt heuristic query (new size bucket)");
     std::lock_guard<std::mutex> lock(cache_mutex);
     cache.emplace(key, algo);
   }
@@ -204,8 +206,14 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
   };
   cublasStatus_t status = run();
   if (cached && status != CUBLAS_STATUS_SUCCESS) {
-    algo = heuristic();  // the bucket's algorithm does not fit this size: ask for this one
+    // The bucket's algorithm does not fit this size: ask for this one, and let it serve the
+    // bucket from now on (a profiled step counts how often this happens).
+    algo = heuristic("cublasLt heuristic query (bucket's algorithm refused the size)");
     status = run();
+    if (status == CUBLAS_STATUS_SUCCESS) {
+      std::lock_guard<std::mutex> lock(cache_mutex);
+      cache[key] = algo;
+    }
   }
   SY_CUBLAS_CHECK(status);
   if (profiled) profile::count("cublasLt matmul call", host_ms_since(call_start));
