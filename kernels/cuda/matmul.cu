@@ -15,6 +15,7 @@
 #include <chrono>
 #include <compare>
 #include <cstdint>
+#include <cstdio>
 #include <map>
 #include <mutex>
 
@@ -195,7 +196,18 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     return result.algo;
   };
   if (!cached) {
-    algo = heuristic("cublasLt heuristic query (new size bucket)");
+    // A profiled step names the bucket: a step of a steady run should have none of these.
+    char why[160] = "";
+    if (profiled) {
+      std::snprintf(why, sizeof(why),
+                    "cublasLt heuristic query, new bucket m%lld n%lld k%lld %s%s %s align "
+                    "%u/%u/%u beta%d",
+                    static_cast<long long>(key.m), static_cast<long long>(key.n),
+                    static_cast<long long>(key.k), trans_a ? "T" : "N", trans_b ? "T" : "N",
+                    in_type == CUDA_R_16BF ? "bf16" : "f32", align_a, align_b, align_c,
+                    beta == 0.0f ? 0 : 1);
+    }
+    algo = heuristic(why);
     std::lock_guard<std::mutex> lock(cache_mutex);
     cache.emplace(key, algo);
   }
