@@ -17,23 +17,29 @@ namespace {
 constexpr int kMaxWays = 8;
 constexpr int kMaxDevices = 64;
 
-// Side streams per device, made on first use and kept for the process.
-cudaStream_t side_stream(int device, int i) {
-  static std::mutex mutex;
-  static std::array<std::array<cudaStream_t, kMaxWays>, kMaxDevices> streams{};
-  std::lock_guard<std::mutex> lock(mutex);
-  cudaStream_t& s = streams[device][i];
-  if (!s) SY_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  return s;
-}
+// Per device, made on first use and kept for the process: the side streams, one event for
+// the fork and one per side stream for the join. Reusing an event is safe: a stream wait
+// takes the event's most recent record at the time of the wait call, so recording it again
+// for the next fork or join does not disturb the waits already queued.
+struct DeviceStreams {
+  std::array<cudaStream_t, kMaxWays> side{};
+  cudaEvent_t fork = nullptr;
+  std::array<cudaEvent_t, kMaxWays> join{};
+};
 
-// Records an event on `from` and makes `to` wait for it.
-void order(cudaStream_t from, cudaStream_t to) {
-  cudaEvent_t event;
-  SY_CUDA_CHECK(cudaEventCreateWithFlags(&event, cudaEventDisableTiming));
-  SY_CUDA_CHECK(cudaEventRecord(event, from));
-  SY_CUDA_CHECK(cudaStreamWaitEvent(to, event, 0));
-  SY_CUDA_CHECK(cudaEventDestroy(event));  // released once the wait has consumed it
+DeviceStreams& device_streams(int device) {
+  static std::mutex mutex;
+  static std::array<DeviceStreams, kMaxDevices> all{};
+  std::lock_guard<std::mutex> lock(mutex);
+  DeviceStreams& d = all[device];
+  if (!d.fork) {
+    for (int i = 0; i < kMaxWays; ++i) {
+      SY_CUDA_CHECK(cudaStreamCreateWithFlags(&d.side[i], cudaStreamNonBlocking));
+      SY_CUDA_CHECK(cudaEventCreateWithFlags(&d.join[i], cudaEventDisableTiming));
+    }
+    SY_CUDA_CHECK(cudaEventCreateWithFlags(&d.fork, cudaEventDisableTiming));
+  }
+  return d;
 }
 }  // namespace
 
@@ -44,18 +50,26 @@ StreamFanout::StreamFanout(Device device, int ways) {
   device_ = device.index;
   ways_ = std::min(ways, kMaxWays);
   SY_CUDA_CHECK(cudaSetDevice(device_));
-  for (int i = 0; i < ways_; ++i) order(cudaStreamPerThread, side_stream(device_, i));
+  DeviceStreams& d = device_streams(device_);
+  // Fork: every side stream waits for the work queued so far on the thread's stream.
+  SY_CUDA_CHECK(cudaEventRecord(d.fork, cudaStreamPerThread));
+  for (int i = 0; i < ways_; ++i) SY_CUDA_CHECK(cudaStreamWaitEvent(d.side[i], d.fork, 0));
 }
 
 void StreamFanout::select(int piece) {
   if (device_ < 0) return;
-  cuda::t_side_stream = side_stream(device_, piece % ways_);
+  cuda::t_side_stream = device_streams(device_).side[piece % ways_];
 }
 
 StreamFanout::~StreamFanout() {
   if (device_ < 0) return;
   cuda::t_side_stream = nullptr;
-  for (int i = 0; i < ways_; ++i) order(side_stream(device_, i), cudaStreamPerThread);
+  // Join: the thread's stream waits for everything queued on each side stream.
+  DeviceStreams& d = device_streams(device_);
+  for (int i = 0; i < ways_; ++i) {
+    SY_CUDA_CHECK(cudaEventRecord(d.join[i], d.side[i]));
+    SY_CUDA_CHECK(cudaStreamWaitEvent(cudaStreamPerThread, d.join[i], 0));
+  }
 }
 #else
 StreamFanout::StreamFanout(Device, int) {}
