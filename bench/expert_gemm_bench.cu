@@ -7,9 +7,9 @@
 // For the layer's GEMM kinds with a per-expert weight (forward w13 and w2, backward dX of w13) it
 // prints the median GPU time, TFLOP/s, the host time to issue one call set, and the max
 // relative difference of each way from the loop's result.
-// Then the whole expert block as models/layers.cc runs it (forward: w13, SwiGLU, w2 per
-// expert; backward: dX and dW of w2, SwiGLU backward, dX and dW of w13), on one stream and on
-// four, with each op's share from a one-stream run timed op by op.
+// Then the whole expert block as models/layers.cc runs it (forward: w13 per expert, SwiGLU
+// over all rows, w2 per expert; backward: dX and dW of w2 per expert, SwiGLU backward over
+// all rows, dX and dW of w13 per expert), on one stream and on four, each phase also alone.
 // Two row distributions: balanced (uniform random routing) and skewed (Zipf-like).
 // Usage: expert_gemm_bench [repeats, default 20]
 #include <cublas_v2.h>
@@ -274,27 +274,37 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
     return stacked.rows(e, e + 1).view({stacked.dim(1), stacked.dim(2)});
   };
   auto r = [&](const Tensor& t, int e) { return t.rows(off[e], off[e + 1]); };
-  // Forward / backward pieces of expert e; `only` picks one op (-1: all).
-  auto forward = [&](int e, int only) {
-    if (only < 0 || only == 0) matmul(r(h, e), r(x, e), slice(w13, e), false, true);
-    if (only < 0 || only == 1) swiglu_forward(r(a, e), r(h, e));
-    if (only < 0 || only == 2) matmul(r(y, e), r(a, e), slice(w2, e), false, true);
+  // Each pass in three phases, as the layer issues them: a GEMM per expert (fanned out over
+  // `ways` streams), the SwiGLU over every expert's rows at once, a GEMM per expert.
+  // Phase p of expert e (p = 0 or 2), or the whole-rows phase (p = 1, e = -1).
+  auto forward = [&](int e, int p) {
+    if (p == 0) matmul(r(h, e), r(x, e), slice(w13, e), false, true);
+    if (p == 1) swiglu_forward(a, h);
+    if (p == 2) matmul(r(y, e), r(a, e), slice(w2, e), false, true);
   };
-  auto backward = [&](int e, int only) {
-    if (only < 0 || only == 0)
+  auto backward = [&](int e, int p) {
+    if (p == 0)
       matmul_backward(r(da, e), slice(dw2, e), r(dy, e), r(a, e), slice(w2, e), false, true,
                       0.0f, 1.0f);
-    if (only < 0 || only == 1) swiglu_backward(r(dh, e), r(da, e), r(h, e));
-    if (only < 0 || only == 2)
+    if (p == 1) swiglu_backward(dh, da, h);
+    if (p == 2)
       matmul_backward(r(dx, e), slice(dw13, e), r(dh, e), r(x, e), slice(w13, e), false, true,
                       0.0f, 1.0f);
   };
+  // All three phases (only = -1) or one.
   auto run = [&](const std::function<void(int, int)>& piece, int ways, int only) {
-    StreamFanout fanout(gpu, ways);
-    for (int e = 0; e < kExperts; ++e) {
-      if (!rows[e]) continue;
-      fanout.select(e);
-      piece(e, only);
+    for (int p = 0; p < 3; ++p) {
+      if (only >= 0 && p != only) continue;
+      if (p == 1) {
+        piece(-1, 1);
+        continue;
+      }
+      StreamFanout fanout(gpu, ways);
+      for (int e = 0; e < kExperts; ++e) {
+        if (!rows[e]) continue;
+        fanout.select(e);
+        piece(e, p);
+      }
     }
   };
   const double fwd_flops = 2.0 * total * d * 3 * f, bwd_flops = 2 * fwd_flops;

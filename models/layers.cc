@@ -264,7 +264,9 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
   a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
   Tensor y_local = Tensor::empty({rows, spec_.d_model}, dt, dev);
-  // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU).
+  // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU). The
+  // SwiGLU between the two GEMMs is row-wise, so it runs once over every expert's rows
+  // (one launch instead of one per expert: issuing the calls, not the GPU, limits here).
   {
     StreamFanout fanout(dev, kExpertStreams);
     for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
@@ -272,7 +274,15 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
       if (lo == hi) continue;
       fanout.select(e);
       matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
-      swiglu_forward(a_.rows(lo, hi), h_.rows(lo, hi));
+    }
+  }
+  swiglu_forward(a_, h_);
+  {
+    StreamFanout fanout(dev, kExpertStreams);
+    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+      const int64_t lo = off[e], hi = off[e + 1];
+      if (lo == hi) continue;
+      fanout.select(e);
       matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
     }
   }
@@ -367,7 +377,15 @@ Tensor MoeFfn::backward(const Tensor& dy) {
       fanout.select(e);
       matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
                       a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
-      swiglu_backward(dh.rows(lo, hi), da.rows(lo, hi), h_.rows(lo, hi));
+    }
+  }
+  swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
+  {
+    StreamFanout fanout(dev, kExpertStreams);
+    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+      const int64_t lo = off[e], hi = off[e + 1];
+      if (lo == hi) continue;
+      fanout.select(e);
       matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
                       xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
     }
