@@ -10,6 +10,10 @@
 //   dA = beta_a * dA + (gradient), dB = beta_b * dB + (gradient);
 // an undefined dA or dB is skipped. By the gradient convention, callers pass beta 0 for
 // activation gradients (written) and beta 1 for parameter gradients (accumulated).
+//
+// Batched: c [B, m, n], a and b [B, ...]: the same product for each of the B matrices of a,
+// b and c (the mixture-of-experts layer's equal-sized expert blocks), one call; on CUDA one
+// cuBLASLt strided-batch launch.
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -18,6 +22,11 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
 void matmul_backward(const Tensor& da, const Tensor& db, const Tensor& dc, const Tensor& a,
                      const Tensor& b, bool trans_a, bool trans_b, float beta_a = 0.0f,
                      float beta_b = 0.0f);
+void matmul_batched(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                    float alpha = 1.0f, float beta = 0.0f);
+void matmul_backward_batched(const Tensor& da, const Tensor& db, const Tensor& dc, const Tensor& a,
+                             const Tensor& b, bool trans_a, bool trans_b, float beta_a = 0.0f,
+                             float beta_b = 0.0f);
 namespace cpu {
 void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
             float alpha, float beta);
@@ -30,5 +39,7 @@ namespace cuda {
 // cuBLASLt (kernels/cuda/matmul.cu); defined in CUDA builds only.
 void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
             float alpha, float beta);
+void matmul_batched(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+                    float alpha, float beta);
 }  // namespace cuda
 }  // namespace sy

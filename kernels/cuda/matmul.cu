@@ -10,6 +10,7 @@
 // they must not share scratch; ops on one device are issued from one host thread.
 #include <cublasLt.h>
 
+#include <algorithm>
 #include <array>
 #include <bit>
 #include <chrono>
@@ -85,6 +86,7 @@ uint32_t alignment(const void* p) {
 // 2x of it); if cuBLASLt refuses it for a size, that call asks the heuristic afresh.
 struct AlgoKey {
   int device;
+  int64_t batch;  // 1, or the batch count of a strided-batched call
   int64_t m, n, k;
   bool trans_a, trans_b;
   cudaDataType_t in_type, out_type;
@@ -112,15 +114,21 @@ cudaDataType_t cuda_type(DType dtype) { return dtype == DType::kBF16 ? CUDA_R_16
 
 }  // namespace
 
-void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
-            float alpha, float beta) {
-  const int64_t m = c.dim(0), n = c.dim(1), k = trans_a ? a.dim(0) : a.dim(1);
-  if (m == 0 || n == 0) return;
+namespace {
+
+// `batch` products of the row-major matrices [rows, cols] stored back to back in a, b and c
+// (batch 1: the 2-D op; more: cuBLASLt's strided batch, one call for all of them).
+void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+          float alpha, float beta, int64_t batch, int64_t a_rows, int64_t a_cols, int64_t b_rows,
+          int64_t b_cols, int64_t m, int64_t n) {
+  const int64_t k = trans_a ? a_rows : a_cols;
+  if (batch == 0 || m == 0 || n == 0) return;
   use_device(c);
   if (k == 0 || alpha == 0.0f) {
+    const int64_t count = batch * m * n;
     dispatch_float(c.dtype(), "matmul C", [&](auto tag) {
       using T = decltype(tag);
-      scale_kernel<T><<<grid_for(m * n), kThreads, 0, stream()>>>(ptr<T>(c), m * n, beta);
+      scale_kernel<T><<<grid_for(count), kThreads, 0, stream()>>>(ptr<T>(c), count, beta);
       launch_check("matmul scale_kernel");
     });
     return;
@@ -148,15 +156,35 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
 
   Layout first, second, out;
   // A row-major [r, c] tensor is a column-major matrix of c rows, r columns, ld c.
-  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&first.h, in_type, b.dim(1), b.dim(0), b.dim(1)));
-  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&second.h, in_type, a.dim(1), a.dim(0), a.dim(1)));
+  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&first.h, in_type, b_cols, b_rows, b_cols));
+  SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&second.h, in_type, a_cols, a_rows, a_cols));
   SY_CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&out.h, out_type, n, m, n));
+  if (batch > 1) {
+    const int32_t count = static_cast<int32_t>(batch);
+    const int64_t strides[3] = {b_rows * b_cols, a_rows * a_cols, m * n};
+    const cublasLtMatrixLayout_t layouts[3] = {first.h, second.h, out.h};
+    for (int i = 0; i < 3; ++i) {
+      SY_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          layouts[i], CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count, sizeof(count)));
+      SY_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
+          layouts[i], CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &strides[i],
+          sizeof(strides[i])));
+    }
+  }
 
-  const uint32_t align_a = alignment(a.raw()), align_b = alignment(b.raw()),
-                 align_c = alignment(c.raw());
+  // Every matrix of a batch starts one stride after the last: the stride's bytes bound the
+  // alignment as much as the first address does.
+  auto align_of = [&](const Tensor& t, int64_t elements) {
+    const uint32_t base = alignment(t.raw());
+    if (batch == 1) return base;
+    const uintptr_t stride_bytes = static_cast<uintptr_t>(elements) * dtype_size(t.dtype());
+    return std::min(base, alignment(reinterpret_cast<const void*>(stride_bytes)));
+  };
+  const uint32_t align_a = align_of(a, a_rows * a_cols), align_b = align_of(b, b_rows * b_cols),
+                 align_c = align_of(c, m * n);
   auto bucket = [](int64_t x) { return static_cast<int64_t>(std::bit_ceil(uint64_t(x))); };
-  const AlgoKey key{device,  bucket(m), bucket(n), bucket(k), trans_a, trans_b,
-                    in_type, out_type,  align_a,   align_b,   align_c, beta == 0.0f};
+  const AlgoKey key{device,   batch,    bucket(m), bucket(n), bucket(k), trans_a, trans_b,
+                    in_type,  out_type, align_a,   align_b,   align_c,   beta == 0.0f};
   static std::mutex cache_mutex;
   static std::map<AlgoKey, cublasLtMatmulAlgo_t> cache;
   cublasLtMatmulAlgo_t algo;
@@ -200,9 +228,10 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
     char why[160] = "";
     if (profiled) {
       std::snprintf(why, sizeof(why),
-                    "cublasLt heuristic query, new bucket m%lld n%lld k%lld %s%s %s align "
-                    "%u/%u/%u beta%d",
-                    static_cast<long long>(key.m), static_cast<long long>(key.n),
+                    "cublasLt heuristic query, new bucket b%lld m%lld n%lld k%lld %s%s %s "
+                    "align %u/%u/%u beta%d",
+                    static_cast<long long>(batch), static_cast<long long>(key.m),
+                    static_cast<long long>(key.n),
                     static_cast<long long>(key.k), trans_a ? "T" : "N", trans_b ? "T" : "N",
                     in_type == CUDA_R_16BF ? "bf16" : "f32", align_a, align_b, align_c,
                     beta == 0.0f ? 0 : 1);
@@ -229,6 +258,20 @@ void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, boo
   }
   SY_CUBLAS_CHECK(status);
   if (profiled) profile::count("cublasLt matmul call", host_ms_since(call_start));
+}
+
+}  // namespace
+
+void matmul(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool trans_b,
+            float alpha, float beta) {
+  gemm(c, a, b, trans_a, trans_b, alpha, beta, 1, a.dim(0), a.dim(1), b.dim(0), b.dim(1),
+       c.dim(0), c.dim(1));
+}
+
+void matmul_batched(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a,
+                    bool trans_b, float alpha, float beta) {
+  gemm(c, a, b, trans_a, trans_b, alpha, beta, c.dim(0), a.dim(1), a.dim(2), b.dim(1), b.dim(2),
+       c.dim(1), c.dim(2));
 }
 
 }  // namespace sy::cuda

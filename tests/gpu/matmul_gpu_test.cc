@@ -91,6 +91,46 @@ INSTANTIATE_TEST_SUITE_P(Shapes, MatmulGpuTest,
                                                               Dtypes{DType::kBF16, DType::kBF16})),
                          param_name);
 
+// matmul_batched (one cuBLASLt strided-batch call) against the CPU's per-matrix products:
+// every transpose combination, bf16 in with bf16 and f32 out and f32, shapes whose matrix
+// strides are odd numbers of elements (so the stride, not the base, bounds the alignment)
+// and the expert blocks' shape; beta 0 over NaN, and beta 1 accumulating.
+class MatmulBatchedGpuTest : public ::testing::TestWithParam<Param> {};
+
+TEST_P(MatmulBatchedGpuTest, EachMatrixMatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  const Case cs = make_case(GetParam());
+  const auto [in_dtype, out_dtype] = std::get<3>(GetParam());
+  const double rtol = out_dtype == DType::kBF16 ? 1e-2 : 1e-5;
+  const double atol =
+      out_dtype == DType::kBF16 ? 1e-2 : 1e-5 * std::sqrt(static_cast<double>(cs.k));
+  const int64_t batch = 5;
+  auto batched = [&](const Shape& s) { return Shape{batch, s[0], s[1]}; };
+  auto rng = rng_for_test();
+  Tensor a = rounded(random_normal(batched(cs.a_shape()), rng), in_dtype);
+  Tensor b = rounded(random_normal(batched(cs.b_shape()), rng), in_dtype);
+  Tensor c0 = rounded(random_normal({batch, cs.m, cs.n}, rng), out_dtype);
+  for (auto [alpha, beta] : {std::pair{1.0f, 0.0f}, {0.7f, 1.0f}}) {
+    Tensor expected = c0.clone();
+    matmul_batched(expected, a, b, cs.trans_a, cs.trans_b, alpha, beta);
+    Tensor out = on_gpu(beta == 0.0f ? filled(c0.shape(), kNaN) : c0, out_dtype);
+    matmul_batched(out, on_gpu(a, in_dtype), on_gpu(b, in_dtype), cs.trans_a, cs.trans_b, alpha,
+                   beta);
+    EXPECT_TRUE(all_close(out, rounded(expected, out_dtype), rtol, atol))
+        << "alpha " << alpha << " beta " << beta;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, MatmulBatchedGpuTest,
+    ::testing::Combine(::testing::Values(Shape3{1, 1, 1}, Shape3{7, 13, 9}, Shape3{129, 67, 255},
+                                         Shape3{192, 256, 352}),
+                       ::testing::Bool(), ::testing::Bool(),
+                       ::testing::Values(Dtypes{DType::kF32, DType::kF32},
+                                         Dtypes{DType::kBF16, DType::kF32},
+                                         Dtypes{DType::kBF16, DType::kBF16})),
+    param_name);
+
 // matmul_backward is two matmul calls on the same dispatch; run it on the GPU with dA an
 // activation gradient (the activation dtype, written over NaN, beta 0) and dB a parameter
 // gradient (f32, accumulated onto a non-zero start, beta 1).

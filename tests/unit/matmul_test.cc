@@ -163,3 +163,55 @@ TEST(MatmulEdgeTest, EmptyInnerDimensionScalesC) {
 
 }  // namespace
 }  // namespace sy
+
+namespace sy {
+namespace {
+
+// matmul_batched is the 2-D op on each matrix of the batch: bit for bit on the CPU, for every
+// transpose combination, written and accumulated; its backward likewise.
+TEST(MatmulBatchedTest, EachMatrixIsTheTwoDimensionalProduct) {
+  auto rng = testing::rng_for_test();
+  const int64_t batch = 3, m = 5, k = 7, n = 4;
+  auto matrix = [](const Tensor& t, int64_t i) {
+    return t.rows(i, i + 1).view({t.dim(1), t.dim(2)});
+  };
+  for (bool ta : {false, true}) {
+    for (bool tb : {false, true}) {
+      const Tensor a = testing::random_normal(ta ? Shape{batch, k, m} : Shape{batch, m, k}, rng);
+      const Tensor b = testing::random_normal(tb ? Shape{batch, n, k} : Shape{batch, k, n}, rng);
+      const Tensor c0 = testing::random_normal({batch, m, n}, rng);
+      const Tensor c = c0.clone();
+      matmul_batched(c, a, b, ta, tb, 0.5f, 1.0f);
+      const Tensor dc = testing::random_normal({batch, m, n}, rng);
+      const Tensor da = Tensor::zeros(a.shape()), db = testing::random_normal(b.shape(), rng);
+      const Tensor db0 = db.clone();
+      matmul_backward_batched(da, db, dc, a, b, ta, tb, 0.0f, 1.0f);
+      for (int64_t i = 0; i < batch; ++i) {
+        const Tensor want = matrix(c0, i).clone();
+        matmul(want, matrix(a, i), matrix(b, i), ta, tb, 0.5f, 1.0f);
+        EXPECT_TRUE(testing::all_close(matrix(c, i), want, 0, 0)) << ta << tb << " matrix " << i;
+        const Tensor want_da = Tensor::empty({a.dim(1), a.dim(2)});
+        const Tensor want_db = matrix(db0, i).clone();
+        matmul_backward(want_da, want_db, matrix(dc, i), matrix(a, i), matrix(b, i), ta, tb, 0.0f,
+                        1.0f);
+        EXPECT_TRUE(testing::all_close(matrix(da, i), want_da, 0, 0)) << ta << tb << " dA " << i;
+        EXPECT_TRUE(testing::all_close(matrix(db, i), want_db, 0, 0)) << ta << tb << " dB " << i;
+      }
+    }
+  }
+}
+
+TEST(MatmulBatchedTest, ShapeMistakesAreNamed) {
+  const Tensor a = Tensor::zeros({2, 3, 4}), b = Tensor::zeros({2, 4, 5});
+  EXPECT_DEATH(matmul_batched(Tensor::zeros({3, 5}), a, b, false, false),
+               "matmul_batched C must be \\[batch, m, n\\]");
+  EXPECT_DEATH(matmul_batched(Tensor::zeros({3, 3, 5}), a, b, false, false),
+               "matmul_batched A holds 2 matrices, expected 3");
+  EXPECT_DEATH(matmul_batched(Tensor::zeros({2, 3, 5}), a, Tensor::zeros({2, 5, 5}), false, false),
+               "op\\(A\\) is 3 x 4");
+  EXPECT_DEATH(matmul_batched(Tensor::zeros({2, 3, 6}), a, b, false, false),
+               "matmul_batched C\\[i\\]");
+}
+
+}  // namespace
+}  // namespace sy
