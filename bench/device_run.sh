@@ -15,7 +15,8 @@
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
-#          (train.profile_step), without and with one MTP module
+#          (train.profile_step), without and with one MTP module, and MTP off once more with
+#          SWITCHYARD_EXPERT_GEMMS=batched (the expert GEMMs as one batched call per product)
 #   nccl   the NCCL backend against MPI (tests/mpi/nccl_collectives_test), training on 2 GPUs
 #          against one (tests/mpi/nccl_train_equivalence_test: DP=2 and EP=2 in f32, EP=2 in
 #          bf16, ZeRO-1, resume), both skipped without a GPU per rank, and the default run on
@@ -123,6 +124,13 @@ PY
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
+  # The same with the batched expert GEMMs (zero-padded blocks; models/layers.h), to compare.
+  SWITCHYARD_EXPERT_GEMMS=batched build-dev/switchyard train --config configs/bench_moe_1b.textproto \
+    --run_dir /tmp/bench_batched \
+    --set "train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }" \
+    >"$out/bench_moe_1b_batched.log" 2>&1
+  note "bench_moe_1b MTP 0, SWITCHYARD_EXPERT_GEMMS=batched: exit $?"
+  grep -E '^step [5-8]/|^moe\.experts|^peak' "$out/bench_moe_1b_batched.log" | tee -a "$summary"
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
 fi
 

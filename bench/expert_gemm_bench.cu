@@ -9,7 +9,9 @@
 // relative difference of each way from the loop's result.
 // Then the whole expert block as models/layers.cc runs it (forward: w13 per expert, SwiGLU
 // over all rows, w2 per expert; backward: dX and dW of w2 per expert, SwiGLU backward over
-// all rows, dX and dW of w13 per expert), on one stream and on four, each phase also alone.
+// all rows, dX and dW of w13 per expert), on one stream and on four, each phase also alone;
+// and the layer's batched way (SWITCHYARD_EXPERT_GEMMS=batched: zero-padded blocks, one
+// strided-batched GEMM per product, the copies and the zero fill included).
 // Two row distributions: balanced (uniform random routing) and skewed (Zipf-like).
 // Usage: expert_gemm_bench [repeats, default 20]
 #include <cublas_v2.h>
@@ -23,9 +25,11 @@
 #include <functional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/streams.h"
 #include "kernels/swiglu.h"
@@ -328,6 +332,60 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
       const Timing t = time_it([&] { run(pass.piece, 1, op); }, repeats, spin_cycles_30ms());
       std::printf("    %-11s %8.3f ms (one stream)\n", pass.ops[op], t.gpu_ms);
     }
+  }
+
+  // The layer's batched way (SWITCHYARD_EXPERT_GEMMS=batched): rows copied into zero-padded
+  // blocks of one length (a multiple of 64), one strided-batched GEMM per product, real rows
+  // copied back; the copies and the zero fill are timed with it.
+  int64_t most = 0;
+  for (int64_t r : rows) most = std::max(most, r);
+  const int64_t block = (most + 63) / 64 * 64;
+  const int64_t padded_rows = block * kExperts;
+  const Tensor xpad = Tensor::empty({kExperts, block, d}, DType::kBF16, gpu);
+  const Tensor hpad = Tensor::empty({kExperts, block, 2 * f}, DType::kBF16, gpu);
+  const Tensor apad = Tensor::empty({kExperts, block, f}, DType::kBF16, gpu);
+  const Tensor ypad = Tensor::empty({kExperts, block, d}, DType::kBF16, gpu);
+  const Tensor dypad = Tensor::empty({kExperts, block, d}, DType::kBF16, gpu);
+  const Tensor dapad = Tensor::empty({kExperts, block, f}, DType::kBF16, gpu);
+  const Tensor dhpad = Tensor::empty({kExperts, block, 2 * f}, DType::kBF16, gpu);
+  const Tensor dxpad = Tensor::empty({kExperts, block, d}, DType::kBF16, gpu);
+  auto blocks = [&](const Tensor& padded, const Tensor& compact, bool into) {
+    const Tensor flat = padded.view({padded_rows, padded.dim(2)});
+    for (int e = 0; e < kExperts; ++e) {
+      if (!rows[e]) continue;
+      const Tensor p = flat.rows(e * block, e * block + rows[e]);
+      if (into) {
+        p.copy_from(r(compact, e));
+      } else {
+        r(compact, e).copy_from(p);
+      }
+    }
+  };
+  auto batched_forward = [&] {
+    fill_(xpad, 0.0f);
+    blocks(xpad, x, true);
+    matmul_batched(hpad, xpad, w13, false, true);
+    swiglu_forward(apad.view({padded_rows, f}), hpad.view({padded_rows, 2 * f}));
+    matmul_batched(ypad, apad, w2, false, true);
+    blocks(ypad, y, false);
+  };
+  auto batched_backward = [&] {
+    fill_(dypad, 0.0f);
+    blocks(dypad, dy, true);
+    matmul_backward_batched(dapad, dw2, dypad, apad, w2, false, true, 0.0f, 1.0f);
+    swiglu_backward(dhpad.view({padded_rows, 2 * f}), dapad.view({padded_rows, f}),
+                    hpad.view({padded_rows, 2 * f}));
+    matmul_backward_batched(dxpad, dw13, dhpad, xpad, w13, false, true, 0.0f, 1.0f);
+    blocks(dxpad, dx, false);
+  };
+  std::printf("batched blocks of %lld rows (padding %.1f%%)\n", static_cast<long long>(block),
+              100.0 * (padded_rows - total) / total);
+  for (auto [name, fn, flops] :
+       {std::tuple{"forward ", std::function<void()>(batched_forward), fwd_flops},
+        std::tuple{"backward", std::function<void()>(batched_backward), bwd_flops}}) {
+    const Timing t = time_it(fn, repeats, spin_cycles_30ms());
+    std::printf("  %s %8.3f ms %6.1f TFLOP/s (real rows) | host issue %7.1f us\n", name,
+                t.gpu_ms, flops / t.gpu_ms * 1e-9, t.host_us);
   }
 }
 

@@ -1,7 +1,10 @@
 #include "models/layers.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <optional>
+#include <string_view>
 
 #include "kernels/attention.h"
 #include "kernels/balance.h"
@@ -48,6 +51,39 @@ TopKOptions topk_options(const MoeSpec& m) {
 
 // Streams a MoE layer spreads its experts' GEMMs over on a GPU.
 constexpr int kExpertStreams = 4;
+
+// Batched expert GEMMs (see layers.h): rows per expert block rounded up to this, and the
+// most padding auto accepts, as a fraction of the real rows.
+constexpr int64_t kBlockRowMultiple = 64;
+constexpr double kMaxPadding = 0.25;
+
+enum class ExpertGemms { kAuto, kLoop, kBatched };
+
+ExpertGemms expert_gemms_from_env() {
+  const char* v = std::getenv("SWITCHYARD_EXPERT_GEMMS");
+  if (v == nullptr || *v == '\0' || std::string_view(v) == "loop") return ExpertGemms::kLoop;
+  if (std::string_view(v) == "auto") return ExpertGemms::kAuto;
+  if (std::string_view(v) == "batched") return ExpertGemms::kBatched;
+  SY_CHECK(false) << "SWITCHYARD_EXPERT_GEMMS=" << v << ": use loop, batched or auto";
+  return ExpertGemms::kAuto;
+}
+
+// Copies the rows of each expert between the compact layout (expert e at rows
+// [off[e], off[e + 1])) and the padded one (expert e at rows [e * block, e * block + count)).
+void to_blocks(const Tensor& padded, const Tensor& compact, const std::vector<int64_t>& off,
+               int64_t block) {
+  for (int64_t e = 0; e + 1 < static_cast<int64_t>(off.size()); ++e) {
+    const int64_t count = off[e + 1] - off[e];
+    if (count) padded.rows(e * block, e * block + count).copy_from(compact.rows(off[e], off[e + 1]));
+  }
+}
+void from_blocks(const Tensor& compact, const Tensor& padded, const std::vector<int64_t>& off,
+                 int64_t block) {
+  for (int64_t e = 0; e + 1 < static_cast<int64_t>(off.size()); ++e) {
+    const int64_t count = off[e + 1] - off[e];
+    if (count) compact.rows(off[e], off[e + 1]).copy_from(padded.rows(e * block, e * block + count));
+  }
+}
 
 float output_std(const ModelSpec& spec) {
   // Residual-branch outputs start smaller so the residual stream's variance does not grow
@@ -261,25 +297,46 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   region.emplace("moe.experts");
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t rows = dispatcher_.local_rows();
-  h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
-  a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
-  Tensor y_local = Tensor::empty({rows, spec_.d_model}, dt, dev);
-  // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU). The
-  // SwiGLU between the two GEMMs is row-wise, so it runs once over every expert's rows
-  // (one launch instead of one per expert: issuing the calls, not the GPU, limits here).
-  {
-    StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
-      const int64_t lo = off[e], hi = off[e + 1];
-      if (lo == hi) continue;
-      fanout.select(e);
-      matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
+  const int64_t experts = dispatcher_.num_local_experts(), d = spec_.d_model;
+  Tensor y_local = Tensor::empty({rows, d}, dt, dev);
+  int64_t most = 0;
+  for (int64_t e = 0; e < experts; ++e) most = std::max(most, off[e + 1] - off[e]);
+  const int64_t block = (most + kBlockRowMultiple - 1) / kBlockRowMultiple * kBlockRowMultiple;
+  const ExpertGemms mode = expert_gemms_from_env();
+  batched_ = rows > 0 && (mode == ExpertGemms::kBatched ||
+                          (mode == ExpertGemms::kAuto && dev.is_cuda() && experts > 1 &&
+                           double(block * experts) <= (1 + kMaxPadding) * double(rows)));
+  if (batched_) {
+    // Zero rows pad each expert's block: their products are zero and add nothing to dW.
+    xpad_ = Tensor::zeros({experts, block, d}, dt, dev);
+    to_blocks(xpad_.view({experts * block, d}), xp_local_, off, block);
+    h_ = Tensor::empty({experts, block, 2 * m.expert_hidden}, dt, dev);
+    a_ = Tensor::empty({experts, block, m.expert_hidden}, dt, dev);
+    matmul_batched(h_, xpad_, w13_.w(), false, true);
+    swiglu_forward(a_.view({experts * block, m.expert_hidden}),
+                   h_.view({experts * block, 2 * m.expert_hidden}));
+    Tensor ypad = Tensor::empty({experts, block, d}, dt, dev);
+    matmul_batched(ypad, a_, w2_.w(), false, true);
+    from_blocks(y_local, ypad.view({experts * block, d}), off, block);
+  } else {
+    // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU). The
+    // SwiGLU between the two GEMMs is row-wise, so it runs once over every expert's rows
+    // (one launch instead of one per expert: issuing the calls, not the GPU, limits here).
+    xpad_ = Tensor();
+    h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
+    a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
+    {
+      StreamFanout fanout(dev, kExpertStreams);
+      for (int e = 0; e < experts; ++e) {
+        const int64_t lo = off[e], hi = off[e + 1];
+        if (lo == hi) continue;
+        fanout.select(e);
+        matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
+      }
     }
-  }
-  swiglu_forward(a_, h_);
-  {
+    swiglu_forward(a_, h_);
     StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+    for (int e = 0; e < experts; ++e) {
       const int64_t lo = off[e], hi = off[e + 1];
       if (lo == hi) continue;
       fanout.select(e);
@@ -369,25 +426,39 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   Tensor dh = Tensor::empty(h_.shape(), dt, dev);
   Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
-  {
-    StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
-      const int64_t lo = off[e], hi = off[e + 1];
-      if (lo == hi) continue;
-      fanout.select(e);
-      matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
-                      a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
+  const int64_t experts = dispatcher_.num_local_experts();
+  if (batched_) {
+    // The forward's blocks: dy's padding rows are zero, so every padding row's gradient is
+    // zero and adds nothing to dW.
+    const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);
+    Tensor dypad = Tensor::zeros(xpad_.shape(), dt, dev);
+    to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
+    matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, 1.0f);
+    swiglu_backward(dh.view({experts * block, 2 * f}), da.view({experts * block, f}),
+                    h_.view({experts * block, 2 * f}));
+    Tensor dxpad = Tensor::empty(xpad_.shape(), dt, dev);
+    matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, 1.0f);
+    from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
+  } else {
+    {
+      StreamFanout fanout(dev, kExpertStreams);
+      for (int e = 0; e < experts; ++e) {
+        const int64_t lo = off[e], hi = off[e + 1];
+        if (lo == hi) continue;
+        fanout.select(e);
+        matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
+                        a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
+      }
     }
-  }
-  swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
-  {
+    swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
     StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < dispatcher_.num_local_experts(); ++e) {
+    for (int e = 0; e < experts; ++e) {
       const int64_t lo = off[e], hi = off[e + 1];
       if (lo == hi) continue;
       fanout.select(e);
       matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
+                      1.0f);
     }
   }
   region.emplace("moe.dispatch.bwd");

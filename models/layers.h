@@ -130,6 +130,15 @@ struct RoutingStats {
 // With a world group the balancing statistics are global: every rank adds its share of the
 // global terms, so summed over ranks they equal the single-process terms of the whole batch.
 // Capacity dropping is decided per rank, on that rank's tokens.
+//
+// The expert GEMMs run one of two ways, the same products either way: a GEMM per expert on
+// its rows (spread over a few streams on a GPU), or "batched": every local expert's rows
+// copied into blocks of one padded length (zero rows after each expert's own), one strided
+// batched GEMM for all experts, and the real rows copied back. Batched issues two GEMM calls
+// per pass instead of two per expert, at the price of the padding's FLOPs and the copies. The
+// environment chooses: SWITCHYARD_EXPERT_GEMMS=loop (also when unset) or batched, or auto:
+// batched on a GPU when the padding adds at most 25% to the rows, the loop otherwise and on
+// the CPU. (The loop stays the default until the batched way is measured on the GPU.)
 class MoeFfn : public FeedForward {
  public:
   MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec,
@@ -158,6 +167,9 @@ class MoeFfn : public FeedForward {
   // saved for backward
   TokenLayout layout_;
   Tensor n_, logits_, scores_, indices_, weights_, xp_local_, h_, a_, y_;
+  // Batched expert GEMMs: [local experts, padded rows, *] blocks (h_, a_ are then padded too).
+  bool batched_ = false;
+  Tensor xpad_;
   DispatchPlan plan_;
   std::vector<double> f_global_;  // [E] f_e over the (global) micro-batch
   std::vector<double> f_seq_;     // [B, E] f_e per local sequence

@@ -5,6 +5,7 @@
 #include "models/transformer.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <map>
 #include <span>
 
@@ -251,6 +252,59 @@ TEST(MoeLayer, LossFreeBiasMovesTowardBalanceAndChangesSelectionOnly) {
   EXPECT_EQ(moe.stats().load[2], 6);
   moe.bias()->value.zero_();
   EXPECT_TRUE(testing::all_close(moe.forward(x, layout), base, 0, 0));
+}
+
+// SWITCHYARD_EXPERT_GEMMS=batched (expert rows in zero-padded blocks, one batched GEMM per
+// product) computes what the per-expert loop computes: the layer's output, its input
+// gradient and every weight gradient, with and without capacity dropping.
+TEST(MoeLayer, BatchedExpertGemmsMatchTheLoop) {
+  for (double capacity_factor : {0.0, 0.75}) {
+    ModelSpec spec = tiny_spec();
+    spec.moe.num_experts = 5;
+    spec.moe.capacity_factor = capacity_factor;
+    auto rng = testing::rng_for_test();
+    const int64_t b = 3, t = 7, n = b * t;
+    const Tensor x = testing::random_normal({n, spec.d_model}, rng);
+    const Tensor dy = testing::random_normal({n, spec.d_model}, rng);
+    const TokenLayout layout{b, t, Tensor::zeros({b, t}, DType::kI32)};
+    struct Result {
+      Tensor out, dx;
+      std::map<std::string, Tensor> grads;
+    };
+    auto run = [&](const char* mode) {
+      setenv("SWITCHYARD_EXPERT_GEMMS", mode, 1);
+      ParamStore store;
+      MoeFfn moe(store, "m.", spec);
+      store.initialize(7);
+      Result r;
+      r.out = moe.forward(x, layout).clone();
+      r.dx = moe.backward(dy).clone();
+      for (Param* p : store.params()) r.grads[p->name] = p->grad.clone();
+      unsetenv("SWITCHYARD_EXPERT_GEMMS");
+      return r;
+    };
+    const Result loop = run("loop"), batched = run("batched");
+    EXPECT_TRUE(testing::all_close(batched.out, loop.out, 1e-6, 1e-6)) << capacity_factor;
+    EXPECT_TRUE(testing::all_close(batched.dx, loop.dx, 1e-6, 1e-6)) << capacity_factor;
+    ASSERT_EQ(batched.grads.size(), loop.grads.size());
+    for (const auto& [name, g] : loop.grads) {
+      EXPECT_TRUE(testing::all_close(batched.grads.at(name), g, 1e-6, 1e-6))
+          << name << " capacity factor " << capacity_factor;
+    }
+  }
+}
+
+TEST(MoeLayer, UnknownExpertGemmsModeIsAnError) {
+  ModelSpec spec = tiny_spec();
+  ParamStore store;
+  MoeFfn moe(store, "m.", spec);
+  store.initialize(3);
+  auto rng = testing::rng_for_test();
+  const Tensor x = testing::random_normal({4, spec.d_model}, rng);
+  setenv("SWITCHYARD_EXPERT_GEMMS", "grouped", 1);
+  EXPECT_DEATH(moe.forward(x, TokenLayout{1, 4, Tensor::zeros({1, 4}, DType::kI32)}),
+               "SWITCHYARD_EXPERT_GEMMS=grouped: use loop, batched or auto");
+  unsetenv("SWITCHYARD_EXPERT_GEMMS");
 }
 
 TEST(Transformer, InitIsDeterministicAndNamesAreStable) {
