@@ -68,6 +68,18 @@ ExpertGemms expert_gemms_from_env() {
   return ExpertGemms::kAuto;
 }
 
+// Runs fn(e, lo, hi) for every local expert e with rows [lo, hi) (off: [experts + 1] row
+// offsets), the experts spread over kExpertStreams streams; they must write disjoint memory.
+template <typename Fn>
+void fan_out_experts(Device dev, const std::vector<int64_t>& off, Fn fn) {
+  StreamFanout fanout(dev, kExpertStreams);
+  for (int e = 0; e + 1 < static_cast<int>(off.size()); ++e) {
+    if (off[e] == off[e + 1]) continue;
+    fanout.select(e);
+    fn(e, off[e], off[e + 1]);
+  }
+}
+
 // Copies the rows of each expert between the compact layout (expert e at rows
 // [off[e], off[e + 1])) and the padded one (expert e at rows [e * block, e * block + count)).
 void to_blocks(const Tensor& padded, const Tensor& compact, const std::vector<int64_t>& off,
@@ -265,36 +277,12 @@ MoeFfn::MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& sp
   stats_.reset(spec.moe.num_experts);
 }
 
-Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
+// The local experts on their rows of xp_local_: y = w2 (swiglu (w13 x)) per expert. Keeps
+// h_, a_ (and xpad_) for the backward; returns y in xp_local_'s row order.
+Tensor MoeFfn::experts_forward() {
   const MoeSpec& m = spec_.moe;
-  const int64_t n = x.dim(0), e_count = m.num_experts, k = m.top_k;
-  const Device dev = x.device();
-  layout_ = layout;
-  std::optional<profile::Scope> region(std::in_place, "moe.route");
-  n_ = norm_.forward(x);
-
-  // Route.
-  const DType dt = n_.dtype();
-  logits_ = linear(n_, router_, DType::kF32);
-  scores_ = Tensor::empty(logits_.shape(), DType::kF32, dev);
-  router_scores_forward(scores_, logits_, m.score_function);
-  indices_ = Tensor::empty({n, k}, DType::kI32, dev);
-  weights_ = Tensor::empty({n, k}, DType::kF32, dev);
-  topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
-  // Queued now, read after the experts are queued: the GPU works while the host waits.
-  Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
-  routing_stats(seq_stats, indices_, scores_, logits_);
-  plan_ = make_dispatch_plan(indices_, m.num_experts,
-                             expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
-
-  // Experts: rows go to the ranks owning their experts, one GEMM pair per local expert over
-  // its contiguous rows, and back.
-  region.emplace("moe.dispatch");
-  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
-  permute_forward(xp, n_, plan_);
-  dispatcher_.plan(plan_.expert_counts);
-  xp_local_ = dispatcher_.to_experts(xp);
-  region.emplace("moe.experts");
+  const Device dev = xp_local_.device();
+  const DType dt = xp_local_.dtype();
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t rows = dispatcher_.local_rows();
   const int64_t experts = dispatcher_.num_local_experts(), d = spec_.d_model;
@@ -325,24 +313,85 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
     xpad_ = Tensor();
     h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
     a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
-    {
-      StreamFanout fanout(dev, kExpertStreams);
-      for (int e = 0; e < experts; ++e) {
-        const int64_t lo = off[e], hi = off[e + 1];
-        if (lo == hi) continue;
-        fanout.select(e);
-        matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
-      }
-    }
+    fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
+      matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);
+    });
     swiglu_forward(a_, h_);
-    StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < experts; ++e) {
-      const int64_t lo = off[e], hi = off[e + 1];
-      if (lo == hi) continue;
-      fanout.select(e);
+    fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul(y_local.rows(lo, hi), a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true);
-    }
+    });
   }
+  return y_local;
+}
+
+// Backward of experts_forward: accumulates the experts' weight gradients and returns the
+// gradient of xp_local_.
+Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
+  const Device dev = dy_local.device();
+  const DType dt = dy_local.dtype();
+  Tensor da = Tensor::empty(a_.shape(), dt, dev);
+  Tensor dh = Tensor::empty(h_.shape(), dt, dev);
+  Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
+  const std::vector<int64_t>& off = dispatcher_.local_offsets();
+  const int64_t experts = dispatcher_.num_local_experts();
+  if (batched_) {
+    // The forward's blocks: dy's padding rows are zero, so every padding row's gradient is
+    // zero and adds nothing to dW.
+    const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);
+    Tensor dypad = Tensor::zeros(xpad_.shape(), dt, dev);
+    to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
+    matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, 1.0f);
+    swiglu_backward(dh.view({experts * block, 2 * f}), da.view({experts * block, f}),
+                    h_.view({experts * block, 2 * f}));
+    Tensor dxpad = Tensor::empty(xpad_.shape(), dt, dev);
+    matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, 1.0f);
+    from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
+  } else {
+    fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
+      matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
+                      a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
+    });
+    swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
+    fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
+      matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
+                      1.0f);
+    });
+  }
+  return dxp_local;
+}
+
+Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
+  const MoeSpec& m = spec_.moe;
+  const int64_t n = x.dim(0), e_count = m.num_experts, k = m.top_k;
+  const Device dev = x.device();
+  layout_ = layout;
+  std::optional<profile::Scope> region(std::in_place, "moe.route");
+  n_ = norm_.forward(x);
+
+  // Route.
+  const DType dt = n_.dtype();
+  logits_ = linear(n_, router_, DType::kF32);
+  scores_ = Tensor::empty(logits_.shape(), DType::kF32, dev);
+  router_scores_forward(scores_, logits_, m.score_function);
+  indices_ = Tensor::empty({n, k}, DType::kI32, dev);
+  weights_ = Tensor::empty({n, k}, DType::kF32, dev);
+  topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
+  // Queued now, read after the experts are queued: the GPU works while the host waits.
+  Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
+  routing_stats(seq_stats, indices_, scores_, logits_);
+  plan_ = make_dispatch_plan(indices_, m.num_experts,
+                             expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
+
+  // Experts: rows go to the ranks owning their experts, through the experts (experts_forward)
+  // and back.
+  region.emplace("moe.dispatch");
+  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
+  permute_forward(xp, n_, plan_);
+  dispatcher_.plan(plan_.expert_counts);
+  xp_local_ = dispatcher_.to_experts(xp);
+  region.emplace("moe.experts");
+  Tensor y_local = experts_forward();
   region.emplace("moe.combine");
   y_ = dispatcher_.from_experts(y_local);
   Tensor out = Tensor::empty({n, spec_.d_model}, dt, dev);
@@ -422,45 +471,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
   unpermute_backward(dyp, dweights, dy, y_, weights_, plan_);
   Tensor dy_local = dispatcher_.to_experts(dyp);
   region.emplace("moe.experts.bwd");
-  Tensor da = Tensor::empty(a_.shape(), dt, dev);
-  Tensor dh = Tensor::empty(h_.shape(), dt, dev);
-  Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
-  const std::vector<int64_t>& off = dispatcher_.local_offsets();
-  const int64_t experts = dispatcher_.num_local_experts();
-  if (batched_) {
-    // The forward's blocks: dy's padding rows are zero, so every padding row's gradient is
-    // zero and adds nothing to dW.
-    const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);
-    Tensor dypad = Tensor::zeros(xpad_.shape(), dt, dev);
-    to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
-    matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, 1.0f);
-    swiglu_backward(dh.view({experts * block, 2 * f}), da.view({experts * block, f}),
-                    h_.view({experts * block, 2 * f}));
-    Tensor dxpad = Tensor::empty(xpad_.shape(), dt, dev);
-    matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, 1.0f);
-    from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
-  } else {
-    {
-      StreamFanout fanout(dev, kExpertStreams);
-      for (int e = 0; e < experts; ++e) {
-        const int64_t lo = off[e], hi = off[e + 1];
-        if (lo == hi) continue;
-        fanout.select(e);
-        matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
-                        a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
-      }
-    }
-    swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
-    StreamFanout fanout(dev, kExpertStreams);
-    for (int e = 0; e < experts; ++e) {
-      const int64_t lo = off[e], hi = off[e + 1];
-      if (lo == hi) continue;
-      fanout.select(e);
-      matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
-                      1.0f);
-    }
-  }
+  Tensor dxp_local = experts_backward(dy_local);
   region.emplace("moe.dispatch.bwd");
   Tensor dxp = dispatcher_.from_experts(dxp_local);
   Tensor dn = Tensor::empty(n_.shape(), dt, dev);

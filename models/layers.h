@@ -153,6 +153,9 @@ class MoeFfn : public FeedForward {
   const Param* bias() const { return bias_; }
 
  private:
+  Tensor experts_forward();
+  Tensor experts_backward(const Tensor& dy_local);
+
   const ModelSpec& spec_;
   ModelParallel parallel_;
   std::unique_ptr<Communicator> local_;  // the group of one, when no ep group is given
