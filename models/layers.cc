@@ -380,6 +380,14 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   // Queued now, read after the experts are queued: the GPU works while the host waits.
   Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
   routing_stats(seq_stats, indices_, scores_, logits_);
+  // The shared experts need no routing: queue them before the plan's wait for the expert
+  // counts, so the GPU has their GEMMs to run while the host waits and then issues.
+  Tensor shared_out;
+  if (shared_) {
+    region.emplace("moe.shared");
+    shared_out = shared_->forward(n_);
+    region.emplace("moe.route");
+  }
   plan_ = make_dispatch_plan(indices_, m.num_experts,
                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
 
@@ -398,7 +406,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   unpermute_forward(out, y_, weights_, plan_);
   if (shared_) {
     region.emplace("moe.shared");
-    add_(out, shared_->forward(n_));
+    add_(out, shared_out);
   }
   region.emplace("moe.balance");
 
