@@ -93,6 +93,16 @@ void count(const char* name, double host_ms) {
 
 std::vector<Counter> counters() { return state().counters; }
 
+HostTimer::HostTimer(const char* name) : name_(name), active_(is_open()) {
+  if (active_) start_ = std::chrono::steady_clock::now();
+}
+
+HostTimer::~HostTimer() {
+  if (!active_) return;
+  count(name_, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_)
+                   .count());
+}
+
 bool is_open() { return state().open; }
 
 void sync(Device device) {

@@ -13,6 +13,7 @@
 //   for (const auto& r : profile::close()) ...
 //
 // Regions may nest; a nested region's time is also inside its parent's.
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -54,6 +55,21 @@ struct Counter {
   double host_ms = 0;
 };
 std::vector<Counter> counters();  // of the profile close() just closed
+
+// count(name, host ms from construction to destruction), when a profile is open at
+// construction; otherwise reads no clock. `name` must outlive the timer.
+class HostTimer {
+ public:
+  explicit HostTimer(const char* name);
+  ~HostTimer();
+  HostTimer(const HostTimer&) = delete;
+  HostTimer& operator=(const HostTimer&) = delete;
+
+ private:
+  const char* name_;
+  bool active_;
+  std::chrono::steady_clock::time_point start_;
+};
 
 // A fixed-width table of the regions (ms per step, share of `total_ms`, host ms, calls),
 // then the counters.

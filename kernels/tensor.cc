@@ -1,6 +1,5 @@
 #include "kernels/tensor.h"
 
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -107,15 +106,8 @@ class Storage {
       SY_CUDA_CHECK(cudaSetDevice(device.index));
       keep_pool_memory(device.index);
       if (bytes) {
-        const bool profiled = profile::is_open();
-        const auto start = profiled ? std::chrono::steady_clock::now()
-                                    : std::chrono::steady_clock::time_point();
+        profile::HostTimer timer("cudaMallocAsync");
         SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
-        if (profiled) {
-          profile::count("cudaMallocAsync", std::chrono::duration<double, std::milli>(
-                                                std::chrono::steady_clock::now() - start)
-                                                .count());
-        }
       }
 #else
       SY_CHECK(false) << "this build has no CUDA; cannot allocate on " << device.str();
@@ -168,21 +160,13 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
     return;
   }
-  const bool profiled = profile::is_open();
-  const auto start = profiled ? std::chrono::steady_clock::now()
-                              : std::chrono::steady_clock::time_point();
   // A host side (the host reads the result, or may free or reuse its buffer, on return) or
-  // two GPUs (ordered by the wait, not by one stream).
+  // two GPUs (ordered by the wait, not by one stream). Each of these waits for all the work
+  // queued before it: a profiled step counts them as its host waits.
+  profile::HostTimer timer(dst_dev.is_cpu() ? "copy to host (waits for the GPU)"
+                                            : "copy to the GPU (waits for the GPU)");
   SY_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDefault, stream));
   SY_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (profiled) {
-    // Each of these waits for all the work queued before it: the step's host waits.
-    profile::count(dst_dev.is_cpu() ? "copy to host (waits for the GPU)"
-                                    : "copy to the GPU (waits for the GPU)",
-                   std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() -
-                                                             start)
-                       .count());
-  }
 #else
   SY_CHECK(false) << "this build has no CUDA";
 #endif

@@ -13,7 +13,6 @@
 #include <algorithm>
 #include <array>
 #include <bit>
-#include <chrono>
 #include <compare>
 #include <cstdint>
 #include <cstdio>
@@ -135,12 +134,7 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
   }
   const int device = c.device().index;
   // While a step is profiled: the host's time per GEMM call and per heuristic query.
-  const bool profiled = profile::is_open();
-  const auto call_start = profiled ? std::chrono::steady_clock::now()
-                                   : std::chrono::steady_clock::time_point();
-  auto host_ms_since = [](std::chrono::steady_clock::time_point t) {
-    return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count();
-  };
+  profile::HostTimer call_timer("cublasLt matmul call");
   const CallContext ctx = call_context(device);
 
   // Column-major view: D' [n, m] = op(B') [n, k] @ op(A') [k, m], B' = B^T, A' = A^T.
@@ -200,7 +194,7 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
   // `why` names the counter of a profiled step: a bucket seen for the first time, or one
   // whose algorithm refused this size.
   auto heuristic = [&](const char* why) {
-    const auto start = std::chrono::steady_clock::now();
+    profile::HostTimer timer(why);
     Preference pref;
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
     const size_t workspace = kWorkspaceBytes;
@@ -220,13 +214,12 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
                         << dtype_name(c.dtype()) << ") = A " << shape_str(a.shape())
                         << (trans_a ? "^T" : "") << " @ B " << shape_str(b.shape())
                         << (trans_b ? "^T" : "") << " (" << dtype_name(a.dtype()) << ")";
-    if (profiled) profile::count(why, host_ms_since(start));
     return result.algo;
   };
   if (!cached) {
     // A profiled step names the bucket: a step of a steady run should have none of these.
     char why[160] = "";
-    if (profiled) {
+    if (profile::is_open()) {
       std::snprintf(why, sizeof(why),
                     "cublasLt heuristic query, new bucket b%lld m%lld n%lld k%lld %s%s %s "
                     "align %u/%u/%u beta%d",
@@ -257,7 +250,6 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
     }
   }
   SY_CUBLAS_CHECK(status);
-  if (profiled) profile::count("cublasLt matmul call", host_ms_since(call_start));
 }
 
 }  // namespace

@@ -33,6 +33,21 @@ TEST(Profile, CountersAddUpWhileOpenAndAreIgnoredOtherwise) {
   EXPECT_TRUE(profile::counters().empty()) << "a new profile starts with no counters";
 }
 
+TEST(Profile, HostTimerCountsItsScopeOnlyWhileAProfileIsOpen) {
+  { profile::HostTimer t("closed"); }
+  profile::open(Device::cpu());
+  for (int i = 0; i < 2; ++i) {
+    profile::HostTimer t("sleep");
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  profile::close();
+  const std::vector<profile::Counter> counters = profile::counters();
+  ASSERT_EQ(counters.size(), 1u) << "a timer made with no profile open counts nothing";
+  EXPECT_EQ(counters[0].name, "sleep");
+  EXPECT_EQ(counters[0].times, 2);
+  EXPECT_GE(counters[0].host_ms, 4.0);
+}
+
 TEST(Profile, RegionsAccumulateByNameWithHostTime) {
   profile::open(Device::cpu());
   for (int i = 0; i < 2; ++i) {
