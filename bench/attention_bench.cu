@@ -13,8 +13,10 @@
 #include <cstdlib>
 #include <functional>
 #include <random>
+#include <string>
 #include <vector>
 
+#include "bench/bench_util.cuh"
 #include "kernels/attention.h"
 #include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/common.cuh"
@@ -22,53 +24,14 @@
 namespace sy {
 namespace {
 
-constexpr int kWarmup = 3;
-
 struct Shape4 {
   int64_t batch, t, heads, kv_heads, hd;
 };
 
-Tensor random_bf16(const Shape& shape, std::mt19937_64& rng) {
-  std::normal_distribution<float> normal;
-  std::vector<float> values(static_cast<size_t>(shape[0] * shape[1] * shape[2] * shape[3]));
-  for (float& x : values) x = normal(rng);
-  return Tensor::from_f32(values, shape).to(DType::kBF16).to(Device::cuda(0));
-}
-
-// Median milliseconds of `repeats` runs of fn, each between two events on the ops' stream.
-double median_ms(const std::function<void()>& fn, int repeats) {
-  cudaEvent_t start, stop;
-  SY_CUDA_CHECK(cudaEventCreate(&start));
-  SY_CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < kWarmup; ++i) fn();
-  std::vector<double> ms;
-  for (int i = 0; i < repeats; ++i) {
-    SY_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
-    fn();
-    SY_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
-    SY_CUDA_CHECK(cudaEventSynchronize(stop));
-    float elapsed = 0;
-    SY_CUDA_CHECK(cudaEventElapsedTime(&elapsed, start, stop));
-    ms.push_back(elapsed);
-  }
-  SY_CUDA_CHECK(cudaEventDestroy(start));
-  SY_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
-  return ms[ms.size() / 2];
-}
-
-// max |a - b| / max |b| over the pairs of tensors.
-double max_rel_err(const std::vector<const Tensor*>& a, const std::vector<const Tensor*>& b) {
-  double diff = 0, peak = 0;
-  for (size_t i = 0; i < a.size(); ++i) {
-    const std::vector<float> x = a[i]->to_f32_vector(), y = b[i]->to_f32_vector();
-    for (size_t j = 0; j < x.size(); ++j) {
-      diff = std::max(diff, std::fabs(static_cast<double>(x[j]) - y[j]));
-      peak = std::max(peak, std::fabs(static_cast<double>(y[j])));
-    }
-  }
-  return peak > 0 ? diff / peak : diff;
-}
+using bench::kWarmup;
+using bench::max_rel_err;
+using bench::median_ms;
+using bench::random_bf16;
 
 void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
   const Device gpu = Device::cuda(0);
@@ -119,13 +82,8 @@ void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
 
 int main(int argc, char** argv) {
   const int repeats = argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
-  if (!sy::cuda_available()) {
-    std::fprintf(stderr, "attention_bench: no GPU visible\n");
-    return 1;
-  }
-  cudaDeviceProp prop;
-  SY_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-  std::printf("attention_bench: %s, bf16 causal, median of %d runs after %d warmup\n", prop.name,
+  const std::string gpu = sy::bench::gpu_name_or_exit("attention_bench");
+  std::printf("attention_bench: %s, bf16 causal, median of %d runs after %d warmup\n", gpu.c_str(),
               repeats, sy::kWarmup);
   std::mt19937_64 rng(1234);
   for (const sy::Shape4& s : {sy::Shape4{8, 2048, 16, 16, 64}, sy::Shape4{4, 2048, 16, 16, 128},
