@@ -28,22 +28,23 @@
 #include <tuple>
 #include <vector>
 
+#include "bench/bench_util.cuh"
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
+#include "kernels/permute.h"
 #include "kernels/streams.h"
 #include "kernels/swiglu.h"
 
-#define BENCH_CUBLAS_CHECK(expr)                                                          \
-  do {                                                                                    \
-    cublasStatus_t st_ = (expr);                                                          \
+#define BENCH_CUBLAS_CHECK(expr)                                                         \
+  do {                                                                                   \
+    cublasStatus_t st_ = (expr);                                                         \
     SY_CHECK(st_ == CUBLAS_STATUS_SUCCESS) << #expr << ": " << cublasGetStatusName(st_); \
   } while (0)
 
 namespace sy {
 namespace {
 
-constexpr int kWarmup = 3;
 constexpr int kExperts = 16;
 constexpr int64_t kModel = 1024, kHidden = 2816, kTokens = 16384, kTopK = 2;
 
@@ -55,14 +56,8 @@ __global__ void spin_kernel(int64_t cycles) {
   }
 }
 
-Tensor random_bf16(const Shape& shape, std::mt19937_64& rng, float scale) {
-  std::normal_distribution<float> normal(0.0f, scale);
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  std::vector<float> values(static_cast<size_t>(n));
-  for (float& x : values) x = normal(rng);
-  return Tensor::from_f32(values, shape).to(DType::kBF16).to(Device::cuda(0));
-}
+using bench::kWarmup;
+using bench::random_bf16;
 
 // Clock cycles of ~30 ms on device 0.
 int64_t spin_cycles_30ms() {
@@ -75,22 +70,12 @@ struct Timing {
   double gpu_ms, host_us;
 };
 
-// Median GPU milliseconds of `repeats` runs (events on the ops' stream), and the median host
+// Median GPU milliseconds of `repeats` runs (bench::median_ms), and the median host
 // microseconds to issue one run while the GPU is still busy with a spin kernel.
 Timing time_it(const std::function<void()>& fn, int repeats, int64_t spin_cycles) {
-  cudaEvent_t start, stop;
-  SY_CUDA_CHECK(cudaEventCreate(&start));
-  SY_CUDA_CHECK(cudaEventCreate(&stop));
-  for (int i = 0; i < kWarmup; ++i) fn();
-  std::vector<double> ms, us;
+  const double gpu_ms = bench::median_ms(fn, repeats);
+  std::vector<double> us;
   for (int i = 0; i < repeats; ++i) {
-    SY_CUDA_CHECK(cudaEventRecord(start, cuda::stream()));
-    fn();
-    SY_CUDA_CHECK(cudaEventRecord(stop, cuda::stream()));
-    SY_CUDA_CHECK(cudaEventSynchronize(stop));
-    float elapsed = 0;
-    SY_CUDA_CHECK(cudaEventElapsedTime(&elapsed, start, stop));
-    ms.push_back(elapsed);
     spin_kernel<<<1, 1, 0, cuda::stream()>>>(spin_cycles);
     const auto t0 = std::chrono::steady_clock::now();
     fn();
@@ -98,22 +83,11 @@ Timing time_it(const std::function<void()>& fn, int repeats, int64_t spin_cycles
         std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
     SY_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
   }
-  SY_CUDA_CHECK(cudaEventDestroy(start));
-  SY_CUDA_CHECK(cudaEventDestroy(stop));
-  std::sort(ms.begin(), ms.end());
   std::sort(us.begin(), us.end());
-  return {ms[ms.size() / 2], us[us.size() / 2]};
+  return {gpu_ms, us[us.size() / 2]};
 }
 
-double max_rel_err(const Tensor& a, const Tensor& b) {
-  const std::vector<float> x = a.to_f32_vector(), y = b.to_f32_vector();
-  double diff = 0, peak = 0;
-  for (size_t j = 0; j < x.size(); ++j) {
-    diff = std::max(diff, std::fabs(static_cast<double>(x[j]) - y[j]));
-    peak = std::max(peak, std::fabs(static_cast<double>(y[j])));
-  }
-  return peak > 0 ? diff / peak : diff;
-}
+double max_rel_err(const Tensor& a, const Tensor& b) { return bench::max_rel_err({&a}, {&b}); }
 
 // Rows per expert summing to tokens * top-k: uniform routing, or weights ~ 1 / (e + 1).
 std::vector<int64_t> expert_rows(bool skewed, std::mt19937_64& rng) {
@@ -217,9 +191,9 @@ class Bench {
       BENCH_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
           handle_, ta.data(), tb.data(), gm.data(), gn.data(), gk.data(), alpha.data(),
           const_cast<const void* const*>(dev_ptrs), CUDA_R_16BF, lda.data(),
-          const_cast<const void* const*>(dev_ptrs + kExperts), CUDA_R_16BF, ldb.data(),
-          beta.data(), dev_ptrs + 2 * kExperts, CUDA_R_16BF, ldc.data(), groups,
-          group_size.data(), CUBLAS_COMPUTE_32F));
+          const_cast<const void* const*>(dev_ptrs + kExperts), CUDA_R_16BF, ldb.data(), beta.data(),
+          dev_ptrs + 2 * kExperts, CUDA_R_16BF, ldc.data(), groups, group_size.data(),
+          CUBLAS_COMPUTE_32F));
     };
 
     // Ceiling: the same FLOPs as one GEMM (all rows against expert 0's weight).
@@ -227,13 +201,12 @@ class Bench {
     auto single = [&] { matmul(c_single, a, b_e(0), false, kind.trans_b); };
 
     auto report = [&](const char* way, const Timing& t, double f, double err) {
-      std::printf("  %-7s %8.3f ms %6.1f TFLOP/s | host issue %7.1f us | max rel diff %.1e\n",
-                  way, t.gpu_ms, f / t.gpu_ms * 1e-9, t.host_us, err);
+      std::printf("  %-7s %8.3f ms %6.1f TFLOP/s | host issue %7.1f us | max rel diff %.1e\n", way,
+                  t.gpu_ms, f / t.gpu_ms * 1e-9, t.host_us, err);
     };
     std::printf("%s (rows per expert %lld..%lld, %.1f GFLOP)\n", kind.name,
                 static_cast<long long>(*std::min_element(rows.begin(), rows.end())),
-                static_cast<long long>(*std::max_element(rows.begin(), rows.end())),
-                flops * 1e-9);
+                static_cast<long long>(*std::max_element(rows.begin(), rows.end())), flops * 1e-9);
     const Timing t_loop = time_it(loop, repeats_, spin_cycles_);
     const Timing t_fan = time_it(fan, repeats_, spin_cycles_);
     const Timing t_grp = time_it(grouped, repeats_, spin_cycles_);
@@ -253,7 +226,6 @@ class Bench {
   void* workspace_ = nullptr;
   int64_t spin_cycles_ = 0;
 };
-
 
 // The expert block of one MoE layer, forward and backward, as models/layers.cc issues it.
 void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& rng) {
@@ -288,12 +260,12 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
   };
   auto backward = [&](int e, int p) {
     if (p == 0)
-      matmul_backward(r(da, e), slice(dw2, e), r(dy, e), r(a, e), slice(w2, e), false, true,
-                      0.0f, 1.0f);
+      matmul_backward(r(da, e), slice(dw2, e), r(dy, e), r(a, e), slice(w2, e), false, true, 0.0f,
+                      1.0f);
     if (p == 1) swiglu_backward(dh, da, h);
     if (p == 2)
-      matmul_backward(r(dx, e), slice(dw13, e), r(dh, e), r(x, e), slice(w13, e), false, true,
-                      0.0f, 1.0f);
+      matmul_backward(r(dx, e), slice(dw13, e), r(dh, e), r(x, e), slice(w13, e), false, true, 0.0f,
+                      1.0f);
   };
   // All three phases (only = -1) or one.
   auto run = [&](const std::function<void(int, int)>& piece, int ways, int only) {
@@ -349,34 +321,23 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
   const Tensor dapad = Tensor::empty({kExperts, block, f}, DType::kBF16, gpu);
   const Tensor dhpad = Tensor::empty({kExperts, block, 2 * f}, DType::kBF16, gpu);
   const Tensor dxpad = Tensor::empty({kExperts, block, d}, DType::kBF16, gpu);
-  auto blocks = [&](const Tensor& padded, const Tensor& compact, bool into) {
-    const Tensor flat = padded.view({padded_rows, padded.dim(2)});
-    for (int e = 0; e < kExperts; ++e) {
-      if (!rows[e]) continue;
-      const Tensor p = flat.rows(e * block, e * block + rows[e]);
-      if (into) {
-        p.copy_from(r(compact, e));
-      } else {
-        r(compact, e).copy_from(p);
-      }
-    }
-  };
+  const auto flat = [&](const Tensor& padded) { return padded.view({padded_rows, padded.dim(2)}); };
   auto batched_forward = [&] {
     fill_(xpad, 0.0f);
-    blocks(xpad, x, true);
+    rows_to_blocks(flat(xpad), x, off, block);
     matmul_batched(hpad, xpad, w13, false, true);
     swiglu_forward(apad.view({padded_rows, f}), hpad.view({padded_rows, 2 * f}));
     matmul_batched(ypad, apad, w2, false, true);
-    blocks(ypad, y, false);
+    rows_from_blocks(y, flat(ypad), off, block);
   };
   auto batched_backward = [&] {
     fill_(dypad, 0.0f);
-    blocks(dypad, dy, true);
+    rows_to_blocks(flat(dypad), dy, off, block);
     matmul_backward_batched(dapad, dw2, dypad, apad, w2, false, true, 0.0f, 1.0f);
     swiglu_backward(dhpad.view({padded_rows, 2 * f}), dapad.view({padded_rows, f}),
                     hpad.view({padded_rows, 2 * f}));
     matmul_backward_batched(dxpad, dw13, dhpad, xpad, w13, false, true, 0.0f, 1.0f);
-    blocks(dxpad, dx, false);
+    rows_from_blocks(dx, flat(dxpad), off, block);
   };
   // The batched products alone, as if the permute wrote the padded blocks itself: what the
   // copies cost, and the most that moving the padding into the permute could gain.
@@ -401,8 +362,8 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
         std::tuple{"backward, GEMMs and SwiGLU only", std::function<void()>(gemms_backward),
                    bwd_flops}}) {
     const Timing t = time_it(fn, repeats, spin_cycles_30ms());
-    std::printf("  %s %8.3f ms %6.1f TFLOP/s (real rows) | host issue %7.1f us\n", name,
-                t.gpu_ms, flops / t.gpu_ms * 1e-9, t.host_us);
+    std::printf("  %s %8.3f ms %6.1f TFLOP/s (real rows) | host issue %7.1f us\n", name, t.gpu_ms,
+                flops / t.gpu_ms * 1e-9, t.host_us);
   }
 }
 
@@ -411,14 +372,9 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
 
 int main(int argc, char** argv) {
   const int repeats = argc > 1 ? std::max(1, std::atoi(argv[1])) : 20;
-  if (!sy::cuda_available()) {
-    std::fprintf(stderr, "expert_gemm_bench: no GPU visible\n");
-    return 1;
-  }
-  cudaDeviceProp prop;
-  SY_CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+  const std::string gpu = sy::bench::gpu_name_or_exit("expert_gemm_bench");
   std::printf("expert_gemm_bench: %s, bf16, %d experts, median of %d runs after %d warmup\n",
-              prop.name, sy::kExperts, repeats, sy::kWarmup);
+              gpu.c_str(), sy::kExperts, repeats, sy::kWarmup);
   using sy::kHidden, sy::kModel;
   // Row-major sy::matmul terms, per expert with r rows:
   //   w13 fwd: h [r, 2H] = x [r, D] @ W13^T        (W13 [2H, D])

@@ -64,6 +64,41 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
   return cpu::make_dispatch_plan(indices, num_experts, capacity);
 }
 
+namespace {
+
+// Calls copy(block_rows, compact_rows) for every non-empty group.
+template <typename Copy>
+void for_each_group_block(const Tensor& padded, const Tensor& compact,
+                          const std::vector<int64_t>& offsets, int64_t block, Copy copy) {
+  const int64_t groups = static_cast<int64_t>(offsets.size()) - 1;
+  SY_CHECK(groups >= 0 && padded.ndim() == 2 && compact.ndim() == 2 &&
+           padded.dim(0) == groups * block && padded.dim(1) == compact.dim(1) &&
+           compact.dim(0) == offsets.back())
+      << "row blocks: " << groups << " groups of " << block << " rows in "
+      << shape_str(padded.shape()) << ", compact rows " << shape_str(compact.shape());
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t count = offsets[g + 1] - offsets[g];
+    SY_CHECK(0 <= count && count <= block)
+        << "group " << g << " has " << count << " rows, more than a block of " << block;
+    if (count)
+      copy(padded.rows(g * block, g * block + count), compact.rows(offsets[g], offsets[g + 1]));
+  }
+}
+
+}  // namespace
+
+void rows_to_blocks(const Tensor& padded, const Tensor& compact,
+                    const std::vector<int64_t>& offsets, int64_t block) {
+  for_each_group_block(padded, compact, offsets, block,
+                       [](const Tensor& p, const Tensor& c) { p.copy_from(c); });
+}
+
+void rows_from_blocks(const Tensor& compact, const Tensor& padded,
+                      const std::vector<int64_t>& offsets, int64_t block) {
+  for_each_group_block(padded, compact, offsets, block,
+                       [](const Tensor& p, const Tensor& c) { c.copy_from(p); });
+}
+
 void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan) {
   check_plan(plan, "permute_forward");
   const int64_t d = row_width(x, "permute x");

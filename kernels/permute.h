@@ -29,16 +29,25 @@ struct DispatchPlan {
   int64_t num_tokens = 0;
   int top_k = 0;
   int num_experts = 0;
-  int64_t num_rows = 0;                // M: kept slots
-  std::vector<int64_t> expert_counts;  // [E] rows per expert (after dropping), on the host
-  std::vector<int64_t> expert_offsets; // [E + 1] exclusive prefix sum of expert_counts
-  Tensor slot_row;                     // i32 [N*k], -1 for a dropped slot
-  Tensor row_slot;                     // i32 [M]
+  int64_t num_rows = 0;                 // M: kept slots
+  std::vector<int64_t> expert_counts;   // [E] rows per expert (after dropping), on the host
+  std::vector<int64_t> expert_offsets;  // [E + 1] exclusive prefix sum of expert_counts
+  Tensor slot_row;                      // i32 [N*k], -1 for a dropped slot
+  Tensor row_slot;                      // i32 [M]
   int64_t num_dropped() const { return num_tokens * top_k - num_rows; }
 };
 
 // indices i32 [N, k] with values in [0, num_experts).
 DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+
+// Row groups between the compact layout (group g at rows [offsets[g], offsets[g + 1])) and a
+// padded one of G blocks of `block` rows (group g at rows [g * block, g * block + count)),
+// both [rows, D] tensors: copies the groups' rows only; the rest of each block is untouched.
+// On a GPU the copies are stream-ordered (no wait).
+void rows_to_blocks(const Tensor& padded, const Tensor& compact,
+                    const std::vector<int64_t>& offsets, int64_t block);
+void rows_from_blocks(const Tensor& compact, const Tensor& padded,
+                      const std::vector<int64_t>& offsets, int64_t block);
 
 void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
 void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);

@@ -10,6 +10,7 @@
 #include "kernels/balance.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
+#include "kernels/permute.h"
 #include "kernels/profile.h"
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
@@ -77,23 +78,6 @@ void fan_out_experts(Device dev, const std::vector<int64_t>& off, Fn fn) {
     if (off[e] == off[e + 1]) continue;
     fanout.select(e);
     fn(e, off[e], off[e + 1]);
-  }
-}
-
-// Copies the rows of each expert between the compact layout (expert e at rows
-// [off[e], off[e + 1])) and the padded one (expert e at rows [e * block, e * block + count)).
-void to_blocks(const Tensor& padded, const Tensor& compact, const std::vector<int64_t>& off,
-               int64_t block) {
-  for (int64_t e = 0; e + 1 < static_cast<int64_t>(off.size()); ++e) {
-    const int64_t count = off[e + 1] - off[e];
-    if (count) padded.rows(e * block, e * block + count).copy_from(compact.rows(off[e], off[e + 1]));
-  }
-}
-void from_blocks(const Tensor& compact, const Tensor& padded, const std::vector<int64_t>& off,
-                 int64_t block) {
-  for (int64_t e = 0; e + 1 < static_cast<int64_t>(off.size()); ++e) {
-    const int64_t count = off[e + 1] - off[e];
-    if (count) compact.rows(off[e], off[e + 1]).copy_from(padded.rows(e * block, e * block + count));
   }
 }
 
@@ -297,7 +281,7 @@ Tensor MoeFfn::experts_forward() {
   if (batched_) {
     // Zero rows pad each expert's block: their products are zero and add nothing to dW.
     xpad_ = Tensor::zeros({experts, block, d}, dt, dev);
-    to_blocks(xpad_.view({experts * block, d}), xp_local_, off, block);
+    rows_to_blocks(xpad_.view({experts * block, d}), xp_local_, off, block);
     h_ = Tensor::empty({experts, block, 2 * m.expert_hidden}, dt, dev);
     a_ = Tensor::empty({experts, block, m.expert_hidden}, dt, dev);
     matmul_batched(h_, xpad_, w13_.w(), false, true);
@@ -305,7 +289,7 @@ Tensor MoeFfn::experts_forward() {
                    h_.view({experts * block, 2 * m.expert_hidden}));
     Tensor ypad = Tensor::empty({experts, block, d}, dt, dev);
     matmul_batched(ypad, a_, w2_.w(), false, true);
-    from_blocks(y_local, ypad.view({experts * block, d}), off, block);
+    rows_from_blocks(y_local, ypad.view({experts * block, d}), off, block);
   } else {
     // Experts are independent: their GEMMs overlap on a few streams (no-op on the CPU). The
     // SwiGLU between the two GEMMs is row-wise, so it runs once over every expert's rows
@@ -339,13 +323,13 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
     // zero and adds nothing to dW.
     const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);
     Tensor dypad = Tensor::zeros(xpad_.shape(), dt, dev);
-    to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
+    rows_to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
     matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, 1.0f);
     swiglu_backward(dh.view({experts * block, 2 * f}), da.view({experts * block, f}),
                     h_.view({experts * block, 2 * f}));
     Tensor dxpad = Tensor::empty(xpad_.shape(), dt, dev);
     matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, 1.0f);
-    from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
+    rows_from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
   } else {
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
@@ -354,8 +338,7 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
     swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
-                      1.0f);
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
     });
   }
   return dxp_local;

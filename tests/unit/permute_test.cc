@@ -244,5 +244,37 @@ TEST(ExpertCapacity, NonPositiveFactorIsDropless) {
   EXPECT_EQ(expert_capacity(-1.0, 8, 2, 4), -1);
 }
 
+// Row groups into blocks of one length and back: each group's rows land at the start of its
+// block, the rest of the block keeps what it held, and the way back restores the compact rows.
+TEST(RowBlocks, GroupsLandAtTheirBlocksAndComeBack) {
+  auto rng = testing::rng_for_test();
+  const std::vector<int64_t> offsets{0, 3, 3, 7};  // groups of 3, 0 and 4 rows
+  const Tensor compact = testing::random_normal({7, 5}, rng);
+  const Tensor padded = Tensor::empty({3 * 4, 5});
+  padded.fill_(-1.0f);
+  rows_to_blocks(padded, compact, offsets, 4);
+  const std::vector<float> p = padded.to_f32_vector(), c = compact.to_f32_vector();
+  for (int64_t g = 0; g < 3; ++g) {
+    const int64_t count = offsets[g + 1] - offsets[g];
+    for (int64_t r = 0; r < 4; ++r) {
+      for (int64_t j = 0; j < 5; ++j) {
+        const float want = r < count ? c[(offsets[g] + r) * 5 + j] : -1.0f;
+        EXPECT_EQ(p[(g * 4 + r) * 5 + j], want) << "group " << g << " row " << r;
+      }
+    }
+  }
+  const Tensor back = Tensor::zeros({7, 5});
+  rows_from_blocks(back, padded, offsets, 4);
+  EXPECT_TRUE(testing::all_close(back, compact, 0, 0));
+}
+
+TEST(RowBlocks, AGroupLargerThanABlockOrWrongShapesAreNamed) {
+  const Tensor compact = Tensor::zeros({7, 5});
+  EXPECT_DEATH(rows_to_blocks(Tensor::zeros({6, 5}), compact, {0, 3, 7}, 3),
+               "group 1 has 4 rows, more than a block of 3");
+  EXPECT_DEATH(rows_to_blocks(Tensor::zeros({8, 5}), compact, {0, 3, 7}, 3),
+               "row blocks: 2 groups of 3 rows in \\[8, 5\\]");
+}
+
 }  // namespace
 }  // namespace sy
