@@ -46,15 +46,19 @@ Case make_case(const Param& param) {
   return {m, k, n, ta, tb};
 }
 
+// (rtol, atol) for a product with inner dimension k written in `out` (see the top).
+std::pair<double, double> tolerances(DType out, int64_t k) {
+  if (out == DType::kBF16) return {1e-2, 1e-2};
+  return {1e-5, 1e-5 * std::sqrt(static_cast<double>(k))};
+}
+
 class MatmulGpuTest : public ::testing::TestWithParam<Param> {};
 
 TEST_P(MatmulGpuTest, ForwardMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const Case cs = make_case(GetParam());
   const auto [in_dtype, out_dtype] = std::get<3>(GetParam());
-  const double rtol = out_dtype == DType::kBF16 ? 1e-2 : 1e-5;
-  const double atol =
-      out_dtype == DType::kBF16 ? 1e-2 : 1e-5 * std::sqrt(static_cast<double>(cs.k));
+  const auto [rtol, atol] = tolerances(out_dtype, cs.k);
   auto rng = rng_for_test();
   Tensor a = rounded(random_normal(cs.a_shape(), rng), in_dtype);
   Tensor b = rounded(random_normal(cs.b_shape(), rng), in_dtype);
@@ -101,9 +105,7 @@ TEST_P(MatmulBatchedGpuTest, EachMatrixMatchesCpu) {
   SKIP_WITHOUT_GPU();
   const Case cs = make_case(GetParam());
   const auto [in_dtype, out_dtype] = std::get<3>(GetParam());
-  const double rtol = out_dtype == DType::kBF16 ? 1e-2 : 1e-5;
-  const double atol =
-      out_dtype == DType::kBF16 ? 1e-2 : 1e-5 * std::sqrt(static_cast<double>(cs.k));
+  const auto [rtol, atol] = tolerances(out_dtype, cs.k);
   const int64_t batch = 5;
   auto batched = [&](const Shape& s) { return Shape{batch, s[0], s[1]}; };
   auto rng = rng_for_test();

@@ -56,6 +56,27 @@ ModelSpec spec_for_parity() {
   return s;
 }
 
+// The parity tests' batch: 3 random sequences of the spec's length (with the first 10
+// targets ignored when asked) and the loss scales that normalise it.
+struct ParityBatch {
+  Tensor inputs, targets;
+  LossScales scales;
+};
+
+ParityBatch parity_batch(const ModelSpec& spec, const Transformer& model,
+                         bool ignore_first_targets) {
+  auto rng = testing::rng_for_test();
+  ParityBatch batch;
+  batch.inputs = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
+  batch.targets = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
+  if (ignore_first_targets) {
+    for (int i = 0; i < 10; ++i) batch.targets.data<int32_t>()[i] = kIgnoreIndex;
+  }
+  const TargetCounts c = model.count_targets(batch.targets);
+  batch.scales = {.lm = 1.0 / c.lm, .mtp = {spec.mtp_loss_weight / c.mtp[0]}, .balance = 1.0};
+  return batch;
+}
+
 // Both ways of running the expert GEMMs on the GPU (models/layers.h): a GEMM per expert, and
 // the zero-padded blocks with one batched GEMM (forced here: the test's few rows would
 // otherwise never take it).
@@ -68,15 +89,10 @@ TEST(ModelGpu, LossAndEveryGradientMatchTheCpu) {
     Transformer cpu_model(spec, cpu_store), gpu_model(spec, gpu_store);
     cpu_store.initialize(17);
     gpu_store.initialize(17);
-    auto rng = testing::rng_for_test();
-    Tensor inputs = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
-    Tensor targets = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
-    for (int i = 0; i < 10; ++i) targets.data<int32_t>()[i] = kIgnoreIndex;
-    TargetCounts c = cpu_model.count_targets(targets);
-    LossScales scales{.lm = 1.0 / c.lm, .mtp = {spec.mtp_loss_weight / c.mtp[0]}, .balance = 1.0};
+    const ParityBatch batch = parity_batch(spec, cpu_model, /*ignore_first_targets=*/true);
 
-    const LossTerms a = cpu_model.forward_backward(inputs, targets, scales);
-    const LossTerms b = gpu_model.forward_backward(inputs, targets, scales);
+    const LossTerms a = cpu_model.forward_backward(batch.inputs, batch.targets, batch.scales);
+    const LossTerms b = gpu_model.forward_backward(batch.inputs, batch.targets, batch.scales);
     EXPECT_NEAR(b.lm, a.lm, 1e-5 * a.lm) << mode;
     EXPECT_NEAR(b.mtp, a.mtp, 1e-5 * a.mtp) << mode;
     EXPECT_NEAR(b.aux, a.aux, 1e-5 * a.aux + 1e-9) << mode;
@@ -108,13 +124,9 @@ TEST(ModelGpu, Bf16ComputeFollowsTheF32CpuWithinBf16Tolerances) {
   Transformer cpu_model(spec, cpu_store), gpu_model(spec, gpu_store);
   cpu_store.initialize(17);
   gpu_store.initialize(17);
-  auto rng = testing::rng_for_test();
-  Tensor inputs = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
-  Tensor targets = testing::random_ints({3, spec.seq_len}, 0, spec.vocab_size, rng);
-  TargetCounts c = cpu_model.count_targets(targets);
-  LossScales scales{.lm = 1.0 / c.lm, .mtp = {spec.mtp_loss_weight / c.mtp[0]}, .balance = 1.0};
-  const LossTerms a = cpu_model.forward_backward(inputs, targets, scales);
-  const LossTerms b = gpu_model.forward_backward(inputs, targets, scales);
+  const ParityBatch batch = parity_batch(spec, cpu_model, /*ignore_first_targets=*/false);
+  const LossTerms a = cpu_model.forward_backward(batch.inputs, batch.targets, batch.scales);
+  const LossTerms b = gpu_model.forward_backward(batch.inputs, batch.targets, batch.scales);
   EXPECT_NEAR(b.lm, a.lm, 1e-2 * a.lm);
   EXPECT_NEAR(b.mtp, a.mtp, 1e-2 * a.mtp);
   EXPECT_NEAR(b.aux, a.aux, 2e-2 * a.aux + 1e-9);
