@@ -17,11 +17,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "tests/mpi/mpi_testing.h"
 #include "tests/mpi/train_runs.h"
-#include "trainer/config.h"
 #include "trainer/train.h"
 
 namespace sy {
@@ -44,47 +42,11 @@ constexpr int kSteps = 4;
 // (this config on the CPU, DP=2 and EP=2 against one process: at most 1.6e-6 apart).
 switchyard::Experiment config_for(int world, int ep, int zero_stage, const std::string& device,
                                   const std::string& precision) {
-  switchyard::Experiment c;
-  SY_CHECK(google::protobuf::TextFormat::ParseFromString(
-      R"pb(
-        model {
-          vocab_size: 64
-          d_model: 32
-          n_layers: 2
-          n_heads: 2
-          n_kv_heads: 1
-          seq_len: 9
-          first_k_dense: 1
-          dense_ffn_hidden: 64
-          init_std: 0.1
-        }
-        moe {
-          num_experts: 4
-          top_k: 2
-          expert_hidden: 32
-          num_shared_experts: 1
-          normalize_topk: true
-          score_function: SCORE_SIGMOID
-          aux_loss_coef: 0.01
-          seq_aux_loss_coef: 0.01
-          z_loss_coef: 0.001
-          bias_update_rate: 0.01
-        }
-        mtp { num_modules: 1 }
-        data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 4 } }
-        optimizer { lr: 3e-3 weight_decay: 0.1 grad_clip: 1.0 eps: 1e-6 }
-        train { steps: 4 grad_accum: 2 log_interval: 1 eval_interval: 0 cpu_threads: 1 }
-        checkpoint { interval: 0 keep_last: 1 }
-        logging { jsonl: true }
-      )pb",
-      &c));
-  SY_CHECK(google::protobuf::TextFormat::MergeFromString(
-      "device: " + device + " precision: " + precision, &c));
-  c.mutable_train()->set_micro_batch(kGlobalBatch / world);
-  c.mutable_parallel()->set_expert_parallel_size(ep);
-  c.mutable_parallel()->set_zero_stage(zero_stage);
-  SY_CHECK(validate_experiment(c).ok());
-  return c;
+  return testing::equivalence_config(world, ep, zero_stage, kGlobalBatch,
+                                     "model { d_model: 32 dense_ffn_hidden: 64 } "
+                                     "moe { expert_hidden: 32 } "
+                                     "optimizer { lr: 3e-3 eps: 1e-6 } "
+                                     "device: " + device + " precision: " + precision);
 }
 
 switchyard::Experiment gpu_config(int world, int ep, int zero, const std::string& precision) {

@@ -9,11 +9,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
-#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "tests/mpi/mpi_testing.h"
 #include "tests/mpi/train_runs.h"
-#include "trainer/config.h"
 #include "trainer/train.h"
 
 namespace sy {
@@ -27,46 +25,12 @@ using testing::RunResult;
 constexpr int kGlobalBatch = 4;  // sequences per micro-batch over all ranks
 
 switchyard::Experiment config_for(int world, int ep, int zero_stage) {
-  switchyard::Experiment c;
-  SY_CHECK(google::protobuf::TextFormat::ParseFromString(
-      R"pb(
-        device: DEVICE_CPU
-        model {
-          vocab_size: 64
-          d_model: 16
-          n_layers: 2
-          n_heads: 2
-          n_kv_heads: 1
-          seq_len: 9
-          first_k_dense: 1
-          dense_ffn_hidden: 24
-          init_std: 0.1
-        }
-        moe {
-          num_experts: 4
-          top_k: 2
-          expert_hidden: 12
-          num_shared_experts: 1
-          normalize_topk: true
-          score_function: SCORE_SIGMOID
-          aux_loss_coef: 0.01
-          seq_aux_loss_coef: 0.01
-          z_loss_coef: 0.001
-          bias_update_rate: 0.01
-        }
-        mtp { num_modules: 1 }
-        data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 4 } }
-        optimizer { lr: 1e-2 weight_decay: 0.1 grad_clip: 1.0 }
-        train { steps: 4 grad_accum: 2 log_interval: 1 eval_interval: 0 cpu_threads: 1 }
-        checkpoint { interval: 0 keep_last: 1 }
-        logging { jsonl: true }
-      )pb",
-      &c));
-  c.mutable_train()->set_micro_batch(kGlobalBatch / world);
-  c.mutable_parallel()->set_expert_parallel_size(ep);
-  c.mutable_parallel()->set_zero_stage(zero_stage);
-  SY_CHECK(validate_experiment(c).ok());
-  return c;
+  return testing::equivalence_config(world, ep, zero_stage, kGlobalBatch, R"pb(
+    device: DEVICE_CPU
+    model { d_model: 16 dense_ffn_hidden: 24 }
+    moe { expert_hidden: 12 }
+    optimizer { lr: 1e-2 }
+  )pb");
 }
 
 // Trains the test config for this layout on the first `world_size` ranks of the job.

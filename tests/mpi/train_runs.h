@@ -13,14 +13,62 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "tests/mpi/mpi_testing.h"
 #include "tests/testing/testing.h"
+#include "trainer/config.h"
 #include "trainer/json.h"
 #include "trainer/safetensors.h"
 #include "trainer/train.h"
 
 namespace sy::testing {
+
+// The equivalence tests' experiment: a small MoE model with every term on (shared expert,
+// sigmoid routing with normalised top-k, all balancing terms, the routing bias, one MTP
+// module), 4 steps of 2 micro-batches, `global_batch` sequences per micro-batch split over
+// `world` ranks, `ep` expert-parallel ranks and ZeRO stage `zero_stage`. `settings` (text
+// format, merged last) gives the widths, the learning rate and the device.
+inline switchyard::Experiment equivalence_config(int world, int ep, int zero_stage,
+                                                 int global_batch, const std::string& settings) {
+  switchyard::Experiment c;
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(
+      R"pb(
+        model {
+          vocab_size: 64
+          n_layers: 2
+          n_heads: 2
+          n_kv_heads: 1
+          seq_len: 9
+          first_k_dense: 1
+          init_std: 0.1
+        }
+        moe {
+          num_experts: 4
+          top_k: 2
+          num_shared_experts: 1
+          normalize_topk: true
+          score_function: SCORE_SIGMOID
+          aux_loss_coef: 0.01
+          seq_aux_loss_coef: 0.01
+          z_loss_coef: 0.001
+          bias_update_rate: 0.01
+        }
+        mtp { num_modules: 1 }
+        data { arithmetic { min_digits: 1 max_digits: 2 eval_examples: 4 } }
+        optimizer { weight_decay: 0.1 grad_clip: 1.0 }
+        train { steps: 4 grad_accum: 2 log_interval: 1 eval_interval: 0 cpu_threads: 1 }
+        checkpoint { interval: 0 keep_last: 1 }
+        logging { jsonl: true }
+      )pb",
+      &c));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString(settings, &c)) << settings;
+  c.mutable_train()->set_micro_batch(global_batch / world);
+  c.mutable_parallel()->set_expert_parallel_size(ep);
+  c.mutable_parallel()->set_zero_stage(zero_stage);
+  SY_CHECK(validate_experiment(c).ok());
+  return c;
+}
 
 struct RunResult {
   std::vector<double> losses;             // per step
