@@ -99,8 +99,9 @@ HostTimer::HostTimer(const char* name) : name_(name), active_(is_open()) {
 
 HostTimer::~HostTimer() {
   if (!active_) return;
-  count(name_, std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_)
-                   .count());
+  count(
+      name_,
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count());
 }
 
 bool is_open() { return state().open; }
@@ -169,8 +170,8 @@ std::vector<Region> close() {
 }
 
 std::string format_table(const std::vector<Region>& regions, double total_ms) {
-  std::string t = absl::StrFormat("%-22s %10s %7s %10s %6s\n", "region", "ms", "share",
-                                  "host ms", "calls");
+  std::string t =
+      absl::StrFormat("%-22s %10s %7s %10s %6s\n", "region", "ms", "share", "host ms", "calls");
   double sum = 0;
   for (const Region& r : regions) {
     sum += r.ms;
