@@ -15,7 +15,7 @@ namespace sy {
 #ifdef SWITCHYARD_HAVE_CUDA
 namespace {
 constexpr int kMaxWays = 8;
-constexpr int kMaxDevices = 64;
+using cuda::kMaxDevices;
 
 // Per device, made on first use and kept for the process: the side streams, one event for
 // the fork and one per side stream for the join. Reusing an event is safe: a stream wait

@@ -77,7 +77,7 @@ namespace {
 // layer synchronises twice per step, so a step paid that many times over). Keep what the
 // pool has grown to for the process, as a caching allocator does.
 void keep_pool_memory(int device) {
-  constexpr int kMaxDevices = 64;
+  using cuda::kMaxDevices;
   static std::array<std::atomic<bool>, kMaxDevices> done{};
   SY_CHECK(device >= 0 && device < kMaxDevices) << "device " << device;
   if (done[device].load(std::memory_order_acquire)) return;

@@ -44,7 +44,6 @@ __global__ void scale_kernel(T* c, int64_t n, float beta) {
 }
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
-constexpr int kMaxDevices = 64;
 
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;

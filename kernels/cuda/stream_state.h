@@ -16,6 +16,10 @@
   } while (0)
 
 namespace sy::cuda {
+// The most GPUs a process addresses: per-device state (cuBLASLt handles, side streams, pool
+// settings) lives in fixed arrays of this size.
+inline constexpr int kMaxDevices = 64;
+
 inline thread_local cudaStream_t t_side_stream = nullptr;
 inline cudaStream_t stream() { return t_side_stream ? t_side_stream : cudaStreamPerThread; }
 }  // namespace sy::cuda
