@@ -275,10 +275,10 @@ Tensor MoeFfn::experts_forward() {
   for (int64_t e = 0; e < experts; ++e) most = std::max(most, off[e + 1] - off[e]);
   const int64_t block = (most + kBlockRowMultiple - 1) / kBlockRowMultiple * kBlockRowMultiple;
   const ExpertGemms mode = expert_gemms_from_env();
-  batched_ = rows > 0 && (mode == ExpertGemms::kBatched ||
-                          (mode == ExpertGemms::kAuto && dev.is_cuda() && experts > 1 &&
-                           double(block * experts) <= (1 + kMaxPadding) * double(rows)));
-  if (batched_) {
+  const bool batched = rows > 0 && (mode == ExpertGemms::kBatched ||
+                                    (mode == ExpertGemms::kAuto && dev.is_cuda() && experts > 1 &&
+                                     double(block * experts) <= (1 + kMaxPadding) * double(rows)));
+  if (batched) {
     // Zero rows pad each expert's block: their products are zero and add nothing to dW.
     xpad_ = Tensor::zeros({experts, block, d}, dt, dev);
     rows_to_blocks(xpad_.view({experts * block, d}), xp_local_, off, block);
@@ -318,7 +318,7 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
   Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t experts = dispatcher_.num_local_experts();
-  if (batched_) {
+  if (xpad_.defined()) {  // the forward ran batched
     // The forward's blocks: dy's padding rows are zero, so every padding row's gradient is
     // zero and adds nothing to dW.
     const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);

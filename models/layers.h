@@ -170,8 +170,8 @@ class MoeFfn : public FeedForward {
   // saved for backward
   TokenLayout layout_;
   Tensor n_, logits_, scores_, indices_, weights_, xp_local_, h_, a_, y_;
-  // Batched expert GEMMs: [local experts, padded rows, *] blocks (h_, a_ are then padded too).
-  bool batched_ = false;
+  // Batched expert GEMMs: [local experts, padded rows, *] blocks (h_, a_ are then padded too);
+  // undefined when the last forward ran a GEMM per expert.
   Tensor xpad_;
   DispatchPlan plan_;
   std::vector<double> f_global_;  // [E] f_e over the (global) micro-batch
