@@ -116,19 +116,17 @@ with open("/tmp/random_tokens.bin", "wb") as f:
 PY
   # 8 steps: the first warms allocator pools and cuBLASLt's algorithm cache; step 6 is
   # profiled region by region.
+  bench_run="train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }"
   for mtp in 0 1; do
     build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench$mtp" \
-      --set "mtp { num_modules: $mtp } train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }" \
-      >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
+      --set "mtp { num_modules: $mtp } $bench_run" >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
     note "bench_moe_1b MTP $mtp (random tokens): exit $?"
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
   # The same with the batched expert GEMMs (zero-padded blocks; models/layers.h), to compare.
   SWITCHYARD_EXPERT_GEMMS=batched build-dev/switchyard train --config configs/bench_moe_1b.textproto \
-    --run_dir /tmp/bench_batched \
-    --set "train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }" \
-    >"$out/bench_moe_1b_batched.log" 2>&1
+    --run_dir /tmp/bench_batched --set "$bench_run" >"$out/bench_moe_1b_batched.log" 2>&1
   note "bench_moe_1b MTP 0, SWITCHYARD_EXPERT_GEMMS=batched: exit $?"
   grep -E '^step [5-8]/|^moe\.experts|^peak' "$out/bench_moe_1b_batched.log" | tee -a "$summary"
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
