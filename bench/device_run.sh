@@ -15,8 +15,10 @@
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
-#          (train.profile_step), without and with one MTP module, and MTP off once more with
-#          SWITCHYARD_EXPERT_GEMMS=batched (the expert GEMMs as one batched call per product)
+#          (train.profile_step), without and with one MTP module
+#   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
+#          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
+#          largest gaps, GPU time per kernel (the trace itself comes back as trace.csv.gz)
 #   nccl   the NCCL backend against MPI (tests/mpi/nccl_collectives_test), training on 2 GPUs
 #          against one (tests/mpi/nccl_train_equivalence_test: DP=2 and EP=2 in f32, EP=2 in
 #          bf16, ZeRO-1, resume), both skipped without a GPU per rank, and the default run on
@@ -30,7 +32,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu nccl tiny attn gemm bench oracle torch}
+stages=${*:-gpu cpu nccl tiny attn gemm bench trace oracle torch}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -103,9 +105,12 @@ if want tiny; then
   note "  $(grep -E '^step 4000' "$out/tiny.log")"
 fi
 
-if want bench; then
-  # The PyTorch side trains on uniform random tokens; so does this, from an llm.c-layout shard
-  # (the arithmetic task's few distinct tokens would skew the routing and the expert GEMMs).
+# The benchmark's data and train settings. The PyTorch side trains on uniform random tokens;
+# so does this, from an llm.c-layout shard (the arithmetic task's few distinct tokens would
+# skew the routing and the expert GEMMs). 8 steps: the first warms allocator pools and
+# cuBLASLt's algorithm cache. bench_run's arguments: more train settings.
+bench_run() { echo "train { steps: 8 log_interval: 1 $* } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }"; }
+if want bench || want trace; then
   python3 - <<'PY'
 import random, struct
 random.seed(0)
@@ -114,22 +119,33 @@ with open("/tmp/random_tokens.bin", "wb") as f:
     f.write(struct.pack("<256i", 20240520, 1, len(tokens), *([0] * 253)))
     f.write(struct.pack("<%dH" % len(tokens), *tokens))
 PY
-  # 8 steps: the first warms allocator pools and cuBLASLt's algorithm cache; step 6 is
-  # profiled region by region.
-  bench_run="train { steps: 8 log_interval: 1 profile_step: 6 } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }"
+fi
+
+if want bench; then
   for mtp in 0 1; do
     build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench$mtp" \
-      --set "mtp { num_modules: $mtp } $bench_run" >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
+      --set "mtp { num_modules: $mtp } $(bench_run profile_step: 6)" >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
     note "bench_moe_1b MTP $mtp (random tokens): exit $?"
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
-  # The same with the batched expert GEMMs (zero-padded blocks; models/layers.h), to compare.
-  SWITCHYARD_EXPERT_GEMMS=batched build-dev/switchyard train --config configs/bench_moe_1b.textproto \
-    --run_dir /tmp/bench_batched --set "$bench_run" >"$out/bench_moe_1b_batched.log" 2>&1
-  note "bench_moe_1b MTP 0, SWITCHYARD_EXPERT_GEMMS=batched: exit $?"
-  grep -E '^step [5-8]/|^moe\.experts|^peak' "$out/bench_moe_1b_batched.log" | tee -a "$summary"
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
+fi
+
+if want trace; then
+  if [ -f build-dev/libsy_cupti_trace.so ]; then
+    SY_TRACE_OUT=/tmp/trace.csv CUDA_INJECTION64_PATH="$root/build-dev/libsy_cupti_trace.so" \
+      build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir /tmp/bench_trace \
+      --set "mtp { num_modules: 0 } $(bench_run)" >"$out/bench_trace.log" 2>&1
+    note "bench_moe_1b MTP 0 under the CUPTI trace: exit $?"
+    grep -E '^step [5-8]/|cupti_trace' "$out/bench_trace.log" | tee -a "$summary"
+    python3 bench/trace_report.py /tmp/trace.csv >"$out/trace_report.txt" 2>&1
+    note "trace_report: exit $?"
+    tee -a "$summary" <"$out/trace_report.txt"
+    gzip -c /tmp/trace.csv >"$out/trace.csv.gz"
+  else
+    note "trace: no build-dev/libsy_cupti_trace.so (the toolkit has no CUPTI)"
+  fi
 fi
 
 if want oracle; then

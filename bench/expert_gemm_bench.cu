@@ -367,6 +367,58 @@ void run_block(const std::vector<int64_t>& rows, int repeats, std::mt19937_64& r
   }
 }
 
+// Host time to issue the w13 forward's per-expert calls (no GPU work measured: the GPU spins
+// meanwhile) when what the calls see changes from one call set to the next, as it does from
+// one training step to the next: (a) the same row counts and buffers each time, (b) fresh
+// row counts each time (new shapes and new slice addresses), (c) fresh counts, each rounded
+// up to a multiple of 128 rows, (d) the same counts but the buffers alternating between two
+// allocations (new addresses, same shapes). Says whether cuBLASLt's host cost per call
+// depends on seeing a shape (or an address) before.
+void run_issue(int repeats, std::mt19937_64& rng) {
+  const Device gpu = Device::cuda(0);
+  const int64_t d = kModel, n = 2 * kHidden, slack = kExperts * 128;
+  const int64_t total = kTokens * kTopK;
+  const Tensor x[2] = {random_bf16({total + slack, d}, rng, 1.0f),
+                       random_bf16({total + slack, d}, rng, 1.0f)};
+  const Tensor h[2] = {Tensor::empty({total + slack, n}, DType::kBF16, gpu),
+                       Tensor::empty({total + slack, n}, DType::kBF16, gpu)};
+  const Tensor w13 = random_bf16({kExperts, n, d}, rng, 0.02f);
+  const std::vector<int64_t> fixed = expert_rows(false, rng);
+  const int64_t spin = spin_cycles_30ms();
+  auto offsets = [](const std::vector<int64_t>& rows, int64_t multiple) {
+    std::vector<int64_t> off(kExperts + 1, 0);
+    for (int e = 0; e < kExperts; ++e)
+      off[e + 1] = off[e] + (rows[e] + multiple - 1) / multiple * multiple;
+    return off;
+  };
+  // Median host microseconds per call over `repeats` call sets (after kWarmup sets).
+  auto issue_us = [&](bool fresh, int64_t multiple, bool alternate) {
+    std::vector<double> us;
+    for (int i = 0; i < bench::kWarmup + repeats; ++i) {
+      const std::vector<int64_t> rows = fresh ? expert_rows(false, rng) : fixed;
+      const std::vector<int64_t> off = offsets(rows, multiple);
+      const int buf = alternate ? i % 2 : 0;
+      spin_kernel<<<1, 1, 0, cuda::stream()>>>(spin);
+      const auto t0 = std::chrono::steady_clock::now();
+      for (int e = 0; e < kExperts; ++e) {
+        matmul(h[buf].rows(off[e], off[e + 1]), x[buf].rows(off[e], off[e + 1]),
+               w13.rows(e, e + 1).view({n, d}), false, true);
+      }
+      const double t =
+          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
+      if (i >= bench::kWarmup) us.push_back(t / kExperts);
+      SY_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
+    }
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+  };
+  std::printf("host issue per w13 forward call (16 experts, ~2048 rows each)\n");
+  std::printf("  (a) same counts, same buffers           %6.1f us\n", issue_us(false, 1, false));
+  std::printf("  (b) fresh counts each call set           %6.1f us\n", issue_us(true, 1, false));
+  std::printf("  (c) fresh counts rounded up to 128 rows  %6.1f us\n", issue_us(true, 128, false));
+  std::printf("  (d) same counts, alternating buffers     %6.1f us\n", issue_us(false, 1, true));
+}
+
 }  // namespace
 }  // namespace sy
 
@@ -387,6 +439,7 @@ int main(int argc, char** argv) {
       {"w13 backward dX", 2 * kHidden, 2 * kHidden, kModel, false},
   };
   std::mt19937_64 rng(1234);
+  sy::run_issue(repeats, rng);
   sy::Bench bench(repeats, rng);
   for (bool skewed : {false, true}) {
     const std::vector<int64_t> rows = sy::expert_rows(skewed, rng);
