@@ -67,7 +67,7 @@ void open(Device device) {
       s.events.clear();
       s.events_device = device.index;
     }
-    SY_CUDA_CHECK(cudaSetDevice(device.index));
+    cuda::set_device(device.index);
     constexpr size_t kPrepared = 1024;  // a step of the 1B benchmark uses about 340
     while (s.events.size() < kPrepared) {
       cudaEvent_t e;

@@ -49,7 +49,7 @@ StreamFanout::StreamFanout(Device device, int ways) {
   SY_CHECK(cuda::t_side_stream == nullptr) << "StreamFanout inside another StreamFanout";
   device_ = device.index;
   ways_ = std::min(ways, kMaxWays);
-  SY_CUDA_CHECK(cudaSetDevice(device_));
+  cuda::set_device(device_);
   DeviceStreams& d = device_streams(device_);
   // Fork: every side stream waits for the work queued so far on the thread's stream.
   SY_CUDA_CHECK(cudaEventRecord(d.fork, cudaStreamPerThread));

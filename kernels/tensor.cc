@@ -7,11 +7,15 @@
 #include "kernels/profile.h"
 
 #ifdef SWITCHYARD_HAVE_CUDA
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
 #include <mutex>
+#include <utility>
+#include <vector>
 
+#include "kernels/block_cache.h"
 #include "kernels/cuda/stream_state.h"
 #endif
 
@@ -90,8 +94,99 @@ void keep_pool_memory(int device) {
   SY_CUDA_CHECK(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
   done[device].store(true, std::memory_order_release);
 }
+
+// Per device: the cache of freed blocks and the byte counts, behind one mutex (tensors may
+// be dropped on any thread).
+struct DeviceBlocks {
+  std::mutex mutex;
+  BlockCache cache;
+  MemoryStats stats;
+  void count(int64_t in_use_change) {  // with the mutex held
+    stats.in_use += in_use_change;
+    stats.peak_in_use = std::max(stats.peak_in_use, stats.in_use);
+    stats.cached = static_cast<int64_t>(cache.cached_bytes());
+  }
+};
+
+DeviceBlocks& device_blocks(int device) {
+  static std::array<DeviceBlocks, cuda::kMaxDevices> all;
+  SY_CHECK(device >= 0 && device < cuda::kMaxDevices) << "device " << device;
+  return all[device];
+}
+
+// A block of at least `bytes` on `device`, usable by work queued on the per-thread stream
+// from now on; *block_bytes gets its size (give it back to gpu_free).
+void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
+  const size_t want = allocation_size(bytes);
+  DeviceBlocks& blocks = device_blocks(device);
+  {
+    std::lock_guard<std::mutex> lock(blocks.mutex);
+    auto [block, size] = blocks.cache.take(want);
+    if (block) {
+      *block_bytes = size;
+      blocks.count(static_cast<int64_t>(size));
+      return block;
+    }
+  }
+  cuda::set_device(device);
+  keep_pool_memory(device);
+  void* block = nullptr;
+  cudaError_t err;
+  {
+    profile::HostTimer timer("cudaMallocAsync (a size the block cache did not hold)");
+    err = cudaMallocAsync(&block, want, cudaStreamPerThread);
+  }
+  if (err == cudaErrorMemoryAllocation) {
+    // The cache's idle blocks may be what the pool lacks: give them back and try again.
+    cudaGetLastError();
+    std::vector<std::pair<void*, size_t>> idle;
+    {
+      std::lock_guard<std::mutex> lock(blocks.mutex);
+      idle = blocks.cache.drain();
+      blocks.count(0);
+    }
+    for (const auto& [p, size] : idle) SY_CUDA_CHECK(cudaFreeAsync(p, cudaStreamPerThread));
+    err = cudaMallocAsync(&block, want, cudaStreamPerThread);
+  }
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    int64_t in_use = 0;
+    {
+      std::lock_guard<std::mutex> lock(blocks.mutex);
+      in_use = blocks.stats.in_use;
+    }
+    SY_CHECK(false) << "cannot allocate " << want / double(1 << 20) << " MiB on cuda:" << device
+                    << " (" << in_use / double(1 << 30)
+                    << " GiB held by tensors): " << cudaGetErrorString(err)
+                    << ". Lower train.micro_batch or model.max_seq_len, or use more GPUs "
+                       "(parallel.expert_parallel_size).";
+  }
+  std::lock_guard<std::mutex> lock(blocks.mutex);
+  *block_bytes = want;
+  blocks.count(static_cast<int64_t>(want));
+  return block;
+}
+
+void gpu_free(int device, void* block, size_t block_bytes) {
+  DeviceBlocks& blocks = device_blocks(device);
+  std::lock_guard<std::mutex> lock(blocks.mutex);
+  blocks.cache.put(block, block_bytes);
+  blocks.count(-static_cast<int64_t>(block_bytes));
+}
 }  // namespace
 #endif
+
+MemoryStats memory_stats(Device device) {
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (device.is_cuda()) {
+    DeviceBlocks& blocks = device_blocks(device.index);
+    std::lock_guard<std::mutex> lock(blocks.mutex);
+    return blocks.stats;
+  }
+#endif
+  (void)device;
+  return {};
+}
 
 class Storage {
  public:
@@ -103,12 +198,7 @@ class Storage {
       SY_CHECK(rounded == 0 || ptr_ != nullptr) << "out of host memory allocating " << bytes;
     } else {
 #ifdef SWITCHYARD_HAVE_CUDA
-      SY_CUDA_CHECK(cudaSetDevice(device.index));
-      keep_pool_memory(device.index);
-      if (bytes) {
-        profile::HostTimer timer("cudaMallocAsync");
-        SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, cudaStreamPerThread));
-      }
+      if (bytes) ptr_ = gpu_alloc(device.index, bytes, &block_bytes_);
 #else
       SY_CHECK(false) << "this build has no CUDA; cannot allocate on " << device.str();
 #endif
@@ -120,7 +210,7 @@ class Storage {
       std::free(ptr_);
     } else {
 #ifdef SWITCHYARD_HAVE_CUDA
-      cudaFreeAsync(ptr_, cudaStreamPerThread);
+      gpu_free(device_.index, ptr_, block_bytes_);
 #endif
     }
   }
@@ -132,6 +222,7 @@ class Storage {
  private:
   void* ptr_ = nullptr;
   size_t bytes_;
+  size_t block_bytes_ = 0;  // a GPU block's allocated size (bytes_ rounded up)
   Device device_;
 };
 

@@ -1,7 +1,8 @@
 #pragma once
 // Tensor: a shape, a dtype and a device over contiguous storage. A view (rows(), view())
 // shares the storage of its base; a copy is only ever explicit (clone(), to()).
-// CUDA memory comes from the stream-ordered allocator (cudaMallocAsync pools).
+// CUDA memory comes from a cache of freed blocks (kernels/block_cache.h) in front of the
+// stream-ordered allocator (cudaMallocAsync pools).
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
@@ -30,6 +31,17 @@ struct Device {
 
 // True when this build has CUDA and at least one GPU is visible.
 bool cuda_available();
+
+// Bytes of tensor storage on a GPU, in allocated block sizes: in use now, the most ever in
+// use at once (a run's peak activation + weight + optimizer memory; cuBLASLt's workspaces
+// and the CUDA context are outside), and the freed blocks the allocator keeps for reuse.
+// All zero for the CPU.
+struct MemoryStats {
+  int64_t in_use = 0;
+  int64_t peak_in_use = 0;
+  int64_t cached = 0;
+};
+MemoryStats memory_stats(Device device);
 
 using Shape = std::vector<int64_t>;
 std::string shape_str(const Shape& shape);
@@ -66,7 +78,7 @@ class Tensor {
   Tensor to(DType dtype) const;  // CPU only: f32 <-> bf16 with round-to-nearest-even
 
   void zero_() const;
-  void fill_(float value) const;            // f32 only
+  void fill_(float value) const;  // f32 only
   // Same shape and dtype, any devices. Within one GPU the copy is queued on the ops' stream
   // like any op; with a host side (or two GPUs) it has completed when this returns.
   void copy_from(const Tensor& src) const;

@@ -135,7 +135,7 @@ absl::StatusOr<Device> choose_job_device(DeviceWish wish, Communicator& world) {
   SY_ASSIGN_OR_RETURN(const Device device, decide_device(wish, reports, world.rank()));
 #ifdef SWITCHYARD_HAVE_CUDA
   // From here on this thread's per-thread stream, and everything NCCL sets up, is on it.
-  if (device.is_cuda()) SY_CUDA_CHECK(cudaSetDevice(device.index));
+  if (device.is_cuda()) cuda::set_device(device.index);
 #endif
   return device;
 }

@@ -63,7 +63,7 @@ Tensor widened(const Tensor& t) {
 std::unique_ptr<NcclCommunicator> NcclCommunicator::create(std::unique_ptr<Communicator> host,
                                                            Device device) {
   SY_CHECK(device.is_cuda()) << "NcclCommunicator needs a CUDA device, got " << device.str();
-  SY_CUDA_CHECK(cudaSetDevice(device.index));
+  cuda::set_device(device.index);
   ncclUniqueId id;
   static_assert(sizeof(id) % sizeof(int32_t) == 0);
   Tensor bytes = Tensor::zeros({static_cast<int64_t>(sizeof(id) / sizeof(int32_t))}, DType::kI32);
@@ -90,7 +90,7 @@ NcclCommunicator::~NcclCommunicator() {
   if (!impl_ || !impl_->comm) return;
   // Collectives still running on the ops' stream use the communicator's buffers: let them
   // finish first (errors are ignored: a destructor has no one to tell).
-  if (cudaSetDevice(device_.index) == cudaSuccess) cudaStreamSynchronize(cuda::stream());
+  if (cuda::try_set_device(device_.index)) cudaStreamSynchronize(cuda::stream());
   ncclCommDestroy(impl_->comm);
 }
 

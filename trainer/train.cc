@@ -14,9 +14,6 @@
 #include "absl/strings/str_format.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/profile.h"
-#ifdef SWITCHYARD_HAVE_CUDA
-#include "kernels/cuda/device.h"
-#endif
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "models/transformer.h"
@@ -435,12 +432,13 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     if (profiled) {
       log << absl::StrFormat("profile of step %d (%s):\n", step + 1, device.str())
           << profile::format_table(profile::close(), seconds * 1e3);
-#ifdef SWITCHYARD_HAVE_CUDA
       if (device.is_cuda()) {
-        log << absl::StrFormat("peak memory %.2f GiB (tensors, high-water mark so far)\n",
-                               cuda::peak_pool_bytes(device.index) / double(1 << 30));
+        const MemoryStats mem = memory_stats(device);
+        log << absl::StrFormat(
+            "peak memory %.2f GiB (tensors, high-water mark so far); %.2f GiB of freed blocks "
+            "cached for reuse\n",
+            mem.peak_in_use / double(1 << 30), mem.cached / double(1 << 30));
       }
-#endif
     }
     const double tokens_per_s =
         static_cast<double>(micro * accum * spec.seq_len * world.size()) / seconds;

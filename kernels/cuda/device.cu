@@ -25,14 +25,6 @@ std::string device_description(int index) {
          std::to_string(prop.minor) + " " + std::to_string(prop.totalGlobalMem >> 30) + " GiB";
 }
 
-int64_t peak_pool_bytes(int index) {
-  cudaMemPool_t pool;
-  if (cudaDeviceGetDefaultMemPool(&pool, index) != cudaSuccess) return -1;
-  uint64_t high = 0;  // the attribute is a 64-bit unsigned (cuuint64_t)
-  if (cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemHigh, &high) != cudaSuccess) return -1;
-  return static_cast<int64_t>(high);
-}
-
 void cast_f32_to_bf16(const Tensor& out, const Tensor& in) {
   check_dtype(in, DType::kF32, "cast input");
   check_dtype(out, DType::kBF16, "cast output");

@@ -7,10 +7,6 @@
 namespace sy::cuda {
 // "cuda:0 NVIDIA H200 sm_90 139 GiB": for the banner line each rank prints.
 std::string device_description(int index);
-// The high-water mark of bytes allocated from the device's stream-ordered pool (every
-// tensor), since the process started: a run's peak activation + weight memory. cuBLASLt's
-// 32 MiB workspace and the CUDA context are outside the pool.
-int64_t peak_pool_bytes(int index);
 // out (bf16) = round-to-nearest-even(in (f32)), on the GPU's per-thread stream.
 void cast_f32_to_bf16(const Tensor& out, const Tensor& in);
 }  // namespace sy::cuda

@@ -20,6 +20,25 @@ namespace sy::cuda {
 // settings) lives in fixed arrays of this size.
 inline constexpr int kMaxDevices = 64;
 
+// Makes `device` this thread's current GPU, calling cudaSetDevice only when it changes: ops
+// make their tensors' device current before every launch (~1,500 times a training step,
+// each call ~0.5 us of host time where the GPU may be waiting for the host). The project
+// switches devices only through here, so the remembered device is the runtime's.
+inline thread_local int t_current_device = -1;
+inline void set_device(int device) {
+  if (device == t_current_device) return;
+  SY_CUDA_CHECK(cudaSetDevice(device));
+  t_current_device = device;
+}
+
+// The same without aborting (destructors): false if the runtime refused.
+inline bool try_set_device(int device) {
+  if (device == t_current_device) return true;
+  if (cudaSetDevice(device) != cudaSuccess) return false;
+  t_current_device = device;
+  return true;
+}
+
 inline thread_local cudaStream_t t_side_stream = nullptr;
 inline cudaStream_t stream() { return t_side_stream ? t_side_stream : cudaStreamPerThread; }
 }  // namespace sy::cuda

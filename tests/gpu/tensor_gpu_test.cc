@@ -1,5 +1,6 @@
 // GPU checks of the tensor layer; each test skips with a message where no GPU is present.
 #include "gtest/gtest.h"
+#include "kernels/elementwise.h"
 #include "kernels/tensor.h"
 #include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
@@ -18,6 +19,42 @@ TEST(TensorGpu, RoundTripThroughDeviceKeepsValuesAndViews) {
   EXPECT_EQ(dev.device(), Device::cuda(0));
   EXPECT_TRUE(testing::all_close(dev.to(Device::cpu()), host, 0, 0));
   EXPECT_TRUE(testing::all_close(dev.rows(5, 9).to(Device::cpu()), host.rows(5, 9), 0, 0));
+}
+
+// The block cache in front of the stream-ordered pool (kernels/block_cache.h): a freed
+// block serves the next tensor of its size class, memory_stats counts blocks in use, the
+// high-water mark and the cached ones, and a reused block holds the new tensor's values
+// (zeros() on a dirty block, a copy, an op's result).
+TEST(TensorGpu, FreedBlocksAreReusedAndCounted) {
+  SKIP_WITHOUT_GPU();
+  const Device gpu = Device::cuda(0);
+  const MemoryStats before = memory_stats(gpu);
+  const int64_t bytes = int64_t{3} << 20;  // 3 MiB, its own size class
+  const void* first = nullptr;
+  {
+    Tensor a = Tensor::empty({bytes / 4}, DType::kF32, gpu);
+    first = a.raw();
+    fill_(a, 7.0f);  // leaves the block dirty
+    const MemoryStats held = memory_stats(gpu);
+    EXPECT_EQ(held.in_use, before.in_use + bytes);
+    EXPECT_GE(held.peak_in_use, held.in_use);
+  }
+  const MemoryStats freed = memory_stats(gpu);
+  EXPECT_EQ(freed.in_use, before.in_use);
+  EXPECT_GE(freed.cached, bytes) << "the freed block stays cached";
+  // The same size class (a little smaller) takes the same block; zeros() clears it.
+  Tensor b = Tensor::zeros({bytes / 4 - 100}, DType::kF32, gpu);
+  EXPECT_EQ(b.raw(), first);
+  EXPECT_EQ(memory_stats(gpu).cached, freed.cached - bytes);
+  for (float v : b.to_f32_vector()) ASSERT_EQ(v, 0.0f);
+  // A block reused by an op's output holds that output.
+  auto rng = testing::rng_for_test();
+  Tensor host = testing::random_normal({bytes / 4 - 100}, rng);
+  b = Tensor();  // back to the cache
+  Tensor c = host.to(gpu);
+  EXPECT_EQ(c.raw(), first);
+  EXPECT_TRUE(testing::all_close(c.to(Device::cpu()), host, 0, 0));
+  EXPECT_EQ(memory_stats(Device::cpu()).in_use, 0) << "the CPU has no block accounting";
 }
 
 #ifdef SWITCHYARD_HAVE_CUDA
