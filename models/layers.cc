@@ -34,7 +34,8 @@ Tensor linear(const Tensor& x, const Param& w, std::optional<DType> out = std::n
 // dy takes x's dtype first if it differs (the f32 router gradient under bf16 compute).
 void linear_backward(const Tensor& dx, Param& w, const Tensor& dy, const Tensor& x,
                      float beta_x = 0.0f) {
-  matmul_backward(dx, w.grad, as_dtype(dy, x.dtype()), x, w.w(), false, true, beta_x, 1.0f);
+  matmul_backward(dx, w.grad, as_dtype(dy, x.dtype()), x, w.w(), false, true, beta_x,
+                  take_grad_beta(w));
 }
 
 // The [rows, cols] matrix of expert e inside a stacked [E, rows, cols] tensor.
@@ -104,7 +105,7 @@ Tensor RmsNorm::forward(const Tensor& x) {
 
 Tensor RmsNorm::backward(const Tensor& dy) {
   Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
-  rmsnorm_backward(dx, weight_.grad, dy, x_, weight_.value, rstd_);
+  rmsnorm_backward(dx, grad_to_add(weight_), dy, x_, weight_.value, rstd_);
   return dx;
 }
 
@@ -318,27 +319,37 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
   Tensor dxp_local = Tensor::empty(xp_local_.shape(), dt, dev);
   const std::vector<int64_t>& off = dispatcher_.local_offsets();
   const int64_t experts = dispatcher_.num_local_experts();
+  // The first contribution since zero_grad overwrites the weight gradients (beta 0); then
+  // the experts that got no rows must be zeroed here, as no GEMM writes their slices.
+  const float beta2 = take_grad_beta(w2_), beta13 = take_grad_beta(w13_);
   if (xpad_.defined()) {  // the forward ran batched
     // The forward's blocks: dy's padding rows are zero, so every padding row's gradient is
     // zero and adds nothing to dW.
     const int64_t block = xpad_.dim(1), d = xpad_.dim(2), f = a_.dim(2);
     Tensor dypad = Tensor::zeros(xpad_.shape(), dt, dev);
     rows_to_blocks(dypad.view({experts * block, d}), dy_local, off, block);
-    matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, 1.0f);
+    // Every expert has a block (an empty one is all padding: its products are zero).
+    matmul_backward_batched(da, w2_.grad, dypad, a_, w2_.w(), false, true, 0.0f, beta2);
     swiglu_backward(dh.view({experts * block, 2 * f}), da.view({experts * block, f}),
                     h_.view({experts * block, 2 * f}));
     Tensor dxpad = Tensor::empty(xpad_.shape(), dt, dev);
-    matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, 1.0f);
+    matmul_backward_batched(dxpad, w13_.grad, dh, xpad_, w13_.w(), false, true, 0.0f, beta13);
     rows_from_blocks(dxp_local, dxpad.view({experts * block, d}), off, block);
   } else {
+    for (int64_t e = 0; e < experts; ++e) {
+      if (off[e] != off[e + 1]) continue;
+      if (beta2 == 0.0f) expert_slice(w2_.grad, e).zero_();
+      if (beta13 == 0.0f) expert_slice(w13_.grad, e).zero_();
+    }
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul_backward(da.rows(lo, hi), expert_slice(w2_.grad, e), dy_local.rows(lo, hi),
-                      a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, 1.0f);
+                      a_.rows(lo, hi), expert_slice(w2_.w(), e), false, true, 0.0f, beta2);
     });
     swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, 1.0f);
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
+                      beta13);
     });
   }
   return dxp_local;

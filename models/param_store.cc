@@ -97,7 +97,23 @@ void ParamStore::refresh_compute() {
 }
 
 void ParamStore::zero_grad() {
-  for (Param& p : params_) p.grad.zero_();
+  for (Param& p : params_) p.grad_unwritten = true;
+}
+
+void ParamStore::finish_grads() {
+  for (Param& p : params_) grad_to_add(p);
+}
+
+float take_grad_beta(Param& p) {
+  const bool first = p.grad_unwritten;
+  p.grad_unwritten = false;
+  return first ? 0.0f : 1.0f;
+}
+
+const Tensor& grad_to_add(Param& p) {
+  if (p.grad_unwritten) p.grad.zero_();
+  p.grad_unwritten = false;
+  return p.grad;
 }
 
 int64_t ParamStore::num_elements() const {

@@ -104,7 +104,7 @@ Tensor Transformer::embed(const Tensor& ids) {
 
 void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
   profile::Scope region("embed.bwd");
-  embedding_backward(embed_.grad, d, ids.to(store_.device()).view({ids.numel()}));
+  embedding_backward(grad_to_add(embed_), d, ids.to(store_.device()).view({ids.numel()}));
 }
 
 Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->w() : embed_.w(); }
@@ -151,7 +151,7 @@ Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
   Tensor dlosses = Tensor::empty({n}, DType::kF32, dev);
   fill_(dlosses, static_cast<float>(scale));
   cross_entropy_backward(logits, dlosses, logits, lse, tgt, kIgnoreIndex);  // in place
-  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, 1.0f);
+  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, take_grad_beta(head));
   return losses;
 }
 
@@ -234,7 +234,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     if (carry.defined()) add_(dhk, carry);
     Tensor dz = m.block->backward(dhk);
     Tensor dcat = Tensor::empty({n, 2 * d}, dt, dev);
-    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->w(), false, true, 0.0f, 1.0f);
+    matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->w(), false, true, 0.0f,
+                    take_grad_beta(*m.proj));
     Tensor da = Tensor::empty({n, d}, dt, dev);
     Tensor dc = Tensor::empty({n, d}, dt, dev);
     split_cols(da, dc, dcat);
@@ -249,6 +250,7 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     if (carry.defined()) add_(dh0, carry);
   }
   embed_backward(inputs_dev, trunk_backward(dh0));
+  store_.finish_grads();
   terms.lm = scales.lm * loss_sum(lm_losses);
   for (size_t k = 0; k < mtp_losses.size(); ++k) terms.mtp += scales.mtp[k] * loss_sum(mtp_losses[k]);
 
@@ -353,8 +355,10 @@ void Transformer::backward_logprobs(const Tensor& dlogp) {
   // The log-probs came from fp32 logits; their gradient meets the head in the compute dtype.
   const Tensor dlogits = as_dtype(s.logits, s.hn.dtype());
   Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
-  matmul_backward(dhn, head_param().grad, dlogits, s.hn, head_weight(), false, true, 0.0f, 1.0f);
+  matmul_backward(dhn, head_param().grad, dlogits, s.hn, head_weight(), false, true, 0.0f,
+                  take_grad_beta(head_param()));
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
+  store_.finish_grads();
   s = HeadState{};
 }
 
@@ -375,8 +379,10 @@ void Transformer::backward_values(const Tensor& dvalues) {
   check_shape(dvalues, s.inputs.shape(), "dvalues");
   const Tensor dv = as_dtype(dvalues.to(s.hn.device()).view({s.inputs.numel(), 1}), s.hn.dtype());
   Tensor dhn = Tensor::empty(s.hn.shape(), s.hn.dtype(), s.hn.device());
-  matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->w(), false, true, 0.0f, 1.0f);
+  matmul_backward(dhn, value_head_->grad, dv, s.hn, value_head_->w(), false, true, 0.0f,
+                  take_grad_beta(*value_head_));
   embed_backward(s.inputs, trunk_backward(final_norm_->backward(dhn)));
+  store_.finish_grads();
   s = HeadState{};
 }
 

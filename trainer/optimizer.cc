@@ -49,6 +49,7 @@ double AdamW::grad_norm() const {
 }
 
 double AdamW::step(float lr) {
+  store_.finish_grads();  // a parameter no backward reached since zero_grad has gradient 0
   const double norm = grad_norm();
   // Clipping scales the gradients inside the update (they are left as computed).
   float factor = 1.0f;

@@ -4,12 +4,14 @@
 // auxiliary-loss-free bias.
 #include "models/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <map>
 #include <span>
 
 #include "gtest/gtest.h"
+#include "kernels/elementwise.h"
 #include "tests/testing/testing.h"
 
 namespace sy {
@@ -291,6 +293,75 @@ TEST(MoeLayer, BatchedExpertGemmsMatchTheLoop) {
       EXPECT_TRUE(testing::all_close(batched.grads.at(name), g, 1e-6, 1e-6))
           << name << " capacity factor " << capacity_factor;
     }
+  }
+}
+
+// zero_grad() only marks gradients unwritten: the first writer overwrites (GEMMs with beta
+// 0), writers that add zero the gradient first, finish_grads() zeroes what nobody wrote.
+TEST(ParamStore, UnwrittenGradientsAreOverwrittenOrZeroed) {
+  ParamStore store;
+  Param& a = store.add("a", {2, 3}, SyncGroup::kDense, Init::kZeros, 0.0f, true);
+  Param& b = store.add("b", {4}, SyncGroup::kDense, Init::kZeros, 0.0f, false);
+  Param& c = store.add("c", {5}, SyncGroup::kDense, Init::kZeros, 0.0f, false);
+  for (Param* p : store.params()) p->grad.fill_(std::nanf(""));  // last step's leftovers
+  store.zero_grad();
+  EXPECT_EQ(take_grad_beta(a), 0.0f) << "first writer overwrites";
+  EXPECT_EQ(take_grad_beta(a), 1.0f) << "later writers add";
+  EXPECT_EQ(grad_to_add(b).to_f32_vector(), std::vector<float>(4, 0.0f));
+  b.grad.fill_(2.0f);
+  EXPECT_EQ(grad_to_add(b).to_f32_vector(), std::vector<float>(4, 2.0f)) << "zeroed once";
+  store.finish_grads();
+  EXPECT_EQ(c.grad.to_f32_vector(), std::vector<float>(5, 0.0f)) << "nobody wrote c";
+  EXPECT_EQ(b.grad.to_f32_vector(), std::vector<float>(4, 2.0f)) << "b was written";
+  EXPECT_TRUE(std::isnan(a.grad.to_f32_vector()[0])) << "a's writer was to overwrite it";
+}
+
+// The MoE layer after zero_grad(): gradients holding anything (NaN here) are overwritten by
+// the first backward, including the slices of experts that got no rows (zeroed), in both
+// expert GEMM layouts; a second backward adds onto the first.
+TEST(MoeLayer, FirstBackwardAfterZeroGradOverwritesEveryExpertsGradient) {
+  ModelSpec spec = tiny_spec();
+  spec.moe.num_experts = 5;
+  auto rng = testing::rng_for_test();
+  const int64_t b = 1, t = 2, n = b * t;  // 4 rows for 5 experts: one expert has none
+  const Tensor x = testing::random_normal({n, spec.d_model}, rng);
+  const Tensor dy = testing::random_normal({n, spec.d_model}, rng);
+  const TokenLayout layout{b, t, Tensor::zeros({b, t}, DType::kI32)};
+  for (const char* mode : {"loop", "batched"}) {
+    setenv("SWITCHYARD_EXPERT_GEMMS", mode, 1);
+    // Reference: gradients that start at zero, one backward.
+    std::map<std::string, Tensor> want;
+    {
+      ParamStore store;
+      MoeFfn moe(store, "m.", spec);
+      store.initialize(7);
+      for (Param* p : store.params()) p->grad.zero_();
+      store.finish_grads();  // nothing unwritten: initialize's zero_grad is settled
+      moe.forward(x, layout);
+      moe.backward(dy);
+      for (Param* p : store.params()) want[p->name] = p->grad.clone();
+    }
+    ParamStore store;
+    MoeFfn moe(store, "m.", spec);
+    store.initialize(7);
+    for (Param* p : store.params()) p->grad.fill_(std::nanf(""));
+    store.zero_grad();
+    moe.forward(x, layout);
+    moe.backward(dy);
+    store.finish_grads();
+    for (Param* p : store.params()) {
+      EXPECT_TRUE(testing::all_close(p->grad, want.at(p->name), 0, 0)) << mode << " " << p->name;
+    }
+    const std::vector<float> w2 = store.find("m.moe.experts.w2")->grad.to_f32_vector();
+    EXPECT_NE(std::count(w2.begin(), w2.end(), 0.0f), 0) << "the test needs an idle expert";
+    moe.forward(x, layout);
+    moe.backward(dy);
+    for (Param* p : store.params()) {
+      Tensor twice = want.at(p->name).clone();
+      scale_(twice, 2.0f);
+      EXPECT_TRUE(testing::all_close(p->grad, twice, 1e-6, 1e-7)) << mode << " " << p->name;
+    }
+    unsetenv("SWITCHYARD_EXPERT_GEMMS");
   }
 }
 
