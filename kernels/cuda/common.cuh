@@ -1,13 +1,15 @@
 #pragma once
 // Helpers shared by the CUDA files in kernels/cuda/: a check for CUDA runtime calls, a
-// check after each kernel launch, grid sizing that stays inside CUDA's limits, and the
-// element-type plumbing (f32 / bf16 loads and stores with fp32 arithmetic).
+// check after each kernel launch, grid sizing that stays inside CUDA's limits, the
+// element-type plumbing (f32 / bf16 loads and stores with fp32 arithmetic) and 16-byte
+// vectors for the memory-bound kernels.
 // Usable only when SWITCHYARD_HAVE_CUDA is defined (these files are compiled only then).
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
 
 #include "kernels/check.h"
 #include "kernels/cuda/stream_state.h"
@@ -61,6 +63,30 @@ __device__ __forceinline__ float from_f32<float>(float x) {
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
+}
+
+// Eight bf16 or four f32 in one 16-byte word: one 128-bit load or store moves a vector. A
+// memory-bound kernel moving 2-byte scalars leaves most of the bandwidth unused.
+template <typename T>
+union Vec {
+  static constexpr int kWidth = 16 / sizeof(T);
+  uint4 raw;
+  T x[kWidth];
+};
+
+// Whether every base is 16-byte aligned, so that Vec loads and stores at whole-vector
+// offsets from it are legal.
+inline bool aligned16(std::initializer_list<const void*> bases) {
+  for (const void* p : bases)
+    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  return true;
+}
+
+// Whether rows of `width` elements can be moved as whole vectors: width a whole number of
+// vectors and every base 16-byte aligned (row strides are then multiples of 16 bytes too).
+template <typename T>
+bool vectorizable(int64_t width, std::initializer_list<const void*> bases) {
+  return width % Vec<T>::kWidth == 0 && aligned16(bases);
 }
 
 // Typed device pointer of a tensor: float for f32, __nv_bfloat16 for bf16 (sy::bf16 is

@@ -5,8 +5,6 @@
 // thread moves whole vectors (one row/column division per vector, 128-bit loads and stores):
 // the op is bound by memory, and scalar 2-byte accesses left most of the bandwidth unused.
 // Otherwise one thread per output element. Both paths compute the same fp32 expressions.
-#include <initializer_list>
-
 #include "kernels/cuda/common.cuh"
 #include "kernels/swiglu.h"
 
@@ -37,14 +35,6 @@ __global__ void swiglu_backward_kernel(T* dh, const T* dout, const T* h, int64_t
   }
 }
 
-// Eight bf16 or four f32 in one 16-byte word.
-template <typename T>
-union Vec {
-  static constexpr int kWidth = 16 / sizeof(T);
-  uint4 raw;
-  T x[kWidth];
-};
-
 template <typename T>
 __global__ void swiglu_forward_vec_kernel(T* out, const T* h, int64_t n, int64_t f) {
   constexpr int W = Vec<T>::kWidth;
@@ -65,8 +55,7 @@ __global__ void swiglu_forward_vec_kernel(T* out, const T* h, int64_t n, int64_t
 }
 
 template <typename T>
-__global__ void swiglu_backward_vec_kernel(T* dh, const T* dout, const T* h, int64_t n,
-                                           int64_t f) {
+__global__ void swiglu_backward_vec_kernel(T* dh, const T* dout, const T* h, int64_t n, int64_t f) {
   constexpr int W = Vec<T>::kWidth;
   const int64_t fv = f / W;
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n * fv;
@@ -87,16 +76,6 @@ __global__ void swiglu_backward_vec_kernel(T* dh, const T* dout, const T* h, int
     *reinterpret_cast<uint4*>(dh + gi) = dg.raw;
     *reinterpret_cast<uint4*>(dh + ui) = du.raw;
   }
-}
-
-// Whether the vector kernels apply: F a whole number of vectors, every base 16-byte aligned
-// (row strides are then multiples of 16 bytes too).
-template <typename T>
-bool vectorizable(int64_t f, std::initializer_list<const void*> bases) {
-  if (f % Vec<T>::kWidth != 0) return false;
-  for (const void* p : bases)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
-  return true;
 }
 
 }  // namespace
