@@ -21,6 +21,9 @@
 // rows in slot order j = 0..k-1 (the CPU's order, no atomics, so results repeat bit for bit).
 // unpermute sums w * y over a token's kept slots in the same order; its backward writes
 // dy = w * dout per row and dweights = <dout, y> per slot (a fixed-shape warp reduction).
+// Where the rows are whole 16-byte vectors (common.cuh's vectorizable), the four row kernels
+// run one warp per row moving vectors: the same sums in the same order per element (the
+// dweights dot is split over the lanes differently, still in a fixed order).
 #include <vector>
 
 #include "kernels/cuda/common.cuh"
@@ -33,6 +36,7 @@ constexpr int kPlanChunk = 256;        // slots one warp ranks in order
 constexpr int kMaxPlanExperts = 8192;  // one warp's running counts fit in 32 KB of shared memory
 constexpr int kRowThreads = 128;       // threads per row in the gather / scatter kernels
 constexpr int kSlotWarps = 8;          // slots (warps) per block in the dweights kernel
+constexpr int kVecRowWarps = 8;        // rows (warps) per block in the vector row kernels
 
 __global__ void plan_rank_kernel(const int32_t* expert, int64_t slots, int experts, int32_t* rank,
                                  int32_t* chunk_counts, unsigned long long* invalid) {
@@ -171,6 +175,113 @@ __global__ void unpermute_backward_kernel(T* dy, float* dweights, const T* dout,
   }
 }
 
+// The vector row kernels: warp w of the grid takes rows w, w + warps, ...; lane l moves
+// vectors l, l + 32, ... of a row of dv vectors.
+#define SY_WARP_ROWS(r, rows)                                                                      \
+  for (int64_t r = static_cast<int64_t>(blockIdx.x) * kVecRowWarps + threadIdx.x / 32; r < (rows); \
+       r += static_cast<int64_t>(gridDim.x) * kVecRowWarps)
+
+template <typename T>
+__global__ void permute_forward_vec_kernel(T* out, const T* x, const int32_t* row_slot,
+                                           int64_t rows, int64_t d, int k) {
+  const int64_t dv = d / Vec<T>::kWidth;
+  SY_WARP_ROWS(r, rows) {
+    const uint4* src =
+        reinterpret_cast<const uint4*>(x + static_cast<int64_t>(row_slot[r] / k) * d);
+    uint4* dst = reinterpret_cast<uint4*>(out + r * d);
+    for (int64_t c = threadIdx.x % 32; c < dv; c += 32) dst[c] = src[c];
+  }
+}
+
+template <typename T>
+__global__ void permute_backward_vec_kernel(T* dx, const T* dout, const int32_t* slot_row,
+                                            int64_t tokens, int64_t d, int k) {
+  constexpr int W = Vec<T>::kWidth;
+  const int64_t dv = d / W;
+  SY_WARP_ROWS(n, tokens) {
+    const int32_t* rows = slot_row + n * k;
+    for (int64_t c = threadIdx.x % 32; c < dv; c += 32) {
+      float acc[W] = {};
+      for (int j = 0; j < k; ++j) {
+        if (rows[j] < 0) continue;
+        Vec<T> v;
+        v.raw = reinterpret_cast<const uint4*>(dout + static_cast<int64_t>(rows[j]) * d)[c];
+#pragma unroll
+        for (int w = 0; w < W; ++w) acc[w] += to_f32(v.x[w]);
+      }
+      Vec<T> o;
+#pragma unroll
+      for (int w = 0; w < W; ++w) o.x[w] = from_f32<T>(acc[w]);
+      reinterpret_cast<uint4*>(dx + n * d)[c] = o.raw;
+    }
+  }
+}
+
+template <typename T>
+__global__ void unpermute_forward_vec_kernel(T* out, const T* y, const float* weights,
+                                             const int32_t* slot_row, int64_t tokens, int64_t d,
+                                             int k) {
+  constexpr int W = Vec<T>::kWidth;
+  const int64_t dv = d / W;
+  SY_WARP_ROWS(n, tokens) {
+    const int32_t* rows = slot_row + n * k;
+    const float* wt = weights + n * k;
+    for (int64_t c = threadIdx.x % 32; c < dv; c += 32) {
+      float acc[W] = {};
+      for (int j = 0; j < k; ++j) {
+        if (rows[j] < 0) continue;
+        Vec<T> v;
+        v.raw = reinterpret_cast<const uint4*>(y + static_cast<int64_t>(rows[j]) * d)[c];
+#pragma unroll
+        for (int w = 0; w < W; ++w) acc[w] = __fadd_rn(acc[w], __fmul_rn(wt[j], to_f32(v.x[w])));
+      }
+      Vec<T> o;
+#pragma unroll
+      for (int w = 0; w < W; ++w) o.x[w] = from_f32<T>(acc[w]);
+      reinterpret_cast<uint4*>(out + n * d)[c] = o.raw;
+    }
+  }
+}
+
+template <typename T>
+__global__ void unpermute_backward_vec_kernel(T* dy, float* dweights, const T* dout, const T* y,
+                                              const float* weights, const int32_t* slot_row,
+                                              int64_t slots, int64_t d, int k) {
+  constexpr int W = Vec<T>::kWidth;
+  const int64_t dv = d / W;
+  SY_WARP_ROWS(s, slots) {
+    const int32_t r = slot_row[s];
+    float dot = 0.0f;
+    if (r >= 0) {
+      const uint4* g = reinterpret_cast<const uint4*>(dout + s / k * d);
+      const uint4* yr = reinterpret_cast<const uint4*>(y + static_cast<int64_t>(r) * d);
+      uint4* dyr = reinterpret_cast<uint4*>(dy + static_cast<int64_t>(r) * d);
+      const float w = weights[s];
+      for (int64_t c = threadIdx.x % 32; c < dv; c += 32) {
+        Vec<T> gv, yv, o;
+        gv.raw = g[c];
+        yv.raw = yr[c];
+#pragma unroll
+        for (int i = 0; i < W; ++i) {
+          const float gc = to_f32(gv.x[i]);
+          dot = fmaf(gc, to_f32(yv.x[i]), dot);
+          o.x[i] = from_f32<T>(w * gc);
+        }
+        dyr[c] = o.raw;
+      }
+    }
+    dot = warp_sum(dot);
+    if (threadIdx.x % 32 == 0) dweights[s] = dot;
+  }
+}
+
+#undef SY_WARP_ROWS
+
+unsigned vec_row_grid(int64_t rows) {
+  return static_cast<unsigned>(
+      std::clamp<int64_t>((rows + kVecRowWarps - 1) / kVecRowWarps, 1, kMaxRowBlocks));
+}
+
 int row_threads(int64_t d) {
   return static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, kRowThreads));
 }
@@ -240,6 +351,13 @@ void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& pla
   use_device(x);
   dispatch_float(x.dtype(), "permute x", [&](auto tag) {
     using T = decltype(tag);
+    if (vectorizable<T>(d, {out.raw(), x.raw()})) {
+      permute_forward_vec_kernel<T>
+          <<<vec_row_grid(plan.num_rows), 32 * kVecRowWarps, 0, stream()>>>(
+              ptr<T>(out), ptr<T>(x), ptr<int32_t>(plan.row_slot), plan.num_rows, d, plan.top_k);
+      launch_check("permute_forward_vec_kernel");
+      return;
+    }
     permute_forward_kernel<T><<<row_grid(plan.num_rows), row_threads(d), 0, stream()>>>(
         ptr<T>(out), ptr<T>(x), ptr<int32_t>(plan.row_slot), plan.num_rows, d, plan.top_k);
     launch_check("permute_forward_kernel");
@@ -252,6 +370,14 @@ void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& 
   use_device(dx);
   dispatch_float(dx.dtype(), "permute dx", [&](auto tag) {
     using T = decltype(tag);
+    if (vectorizable<T>(d, {dx.raw(), dout.raw()})) {
+      permute_backward_vec_kernel<T>
+          <<<vec_row_grid(plan.num_tokens), 32 * kVecRowWarps, 0, stream()>>>(
+              ptr<T>(dx), ptr<T>(dout), ptr<int32_t>(plan.slot_row), plan.num_tokens, d,
+              plan.top_k);
+      launch_check("permute_backward_vec_kernel");
+      return;
+    }
     permute_backward_kernel<T><<<row_grid(plan.num_tokens), row_threads(d), 0, stream()>>>(
         ptr<T>(dx), ptr<T>(dout), ptr<int32_t>(plan.slot_row), plan.num_tokens, d, plan.top_k);
     launch_check("permute_backward_kernel");
@@ -266,6 +392,14 @@ void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights
   use_device(y);
   dispatch_float(y.dtype(), "unpermute y", [&](auto tag) {
     using T = decltype(tag);
+    if (vectorizable<T>(d, {out.raw(), y.raw()})) {
+      unpermute_forward_vec_kernel<T>
+          <<<vec_row_grid(plan.num_tokens), 32 * kVecRowWarps, 0, stream()>>>(
+              ptr<T>(out), ptr<T>(y), ptr<float>(weights), ptr<int32_t>(plan.slot_row),
+              plan.num_tokens, d, plan.top_k);
+      launch_check("unpermute_forward_vec_kernel");
+      return;
+    }
     unpermute_forward_kernel<T><<<row_grid(plan.num_tokens), row_threads(d), 0, stream()>>>(
         ptr<T>(out), ptr<T>(y), ptr<float>(weights), ptr<int32_t>(plan.slot_row), plan.num_tokens,
         d, plan.top_k);
@@ -282,6 +416,14 @@ void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& 
   use_device(y);
   dispatch_float(y.dtype(), "unpermute y", [&](auto tag) {
     using T = decltype(tag);
+    const int64_t d = y.dim(1);
+    if (vectorizable<T>(d, {dy.raw(), dout.raw(), y.raw()})) {
+      unpermute_backward_vec_kernel<T><<<vec_row_grid(slots), 32 * kVecRowWarps, 0, stream()>>>(
+          ptr<T>(dy), ptr<float>(dweights), ptr<T>(dout), ptr<T>(y), ptr<float>(weights),
+          ptr<int32_t>(plan.slot_row), slots, d, plan.top_k);
+      launch_check("unpermute_backward_vec_kernel");
+      return;
+    }
     const int64_t blocks = std::min<int64_t>((slots + kSlotWarps - 1) / kSlotWarps, kMaxRowBlocks);
     unpermute_backward_kernel<T><<<static_cast<unsigned>(blocks), 32 * kSlotWarps, 0, stream()>>>(
         ptr<T>(dy), ptr<float>(dweights), ptr<T>(dout), ptr<T>(y), ptr<float>(weights),

@@ -132,7 +132,10 @@ INSTANTIATE_TEST_SUITE_P(Shapes, PermuteGpuTest,
                                            Case{5000, 6, 256, 20, 16},  // heavy dropping
                                            Case{300, 3, 7, 0, 4},       // everything dropped
                                            Case{600, 2, 3, 150, 1024},  // wide rows
-                                           Case{2048, 4, 1, -1, 7}),    // one expert
+                                           Case{2048, 4, 1, -1, 7},     // one expert
+                                           // rows of whole 16-byte vectors (D a multiple of
+                                           // 8) take the vector kernels; D 5, 7, 129 do not
+                                           Case{4096, 2, 16, -1, 1024}),  // the bench's width
                          [](const ::testing::TestParamInfo<Case>& info) {
                            return ::testing::PrintToString(info.param);
                          });
