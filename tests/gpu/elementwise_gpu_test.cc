@@ -1,11 +1,15 @@
 // Elementwise glue on CUDA against the CPU ops on the same random inputs, f32 and bf16:
 // add (also in place, as add_), scale_, fill_, concat_cols / split_cols with odd widths, and
 // sum_squares (double on both sides), plus one tensor of more than 2^31 elements to prove
-// the grid-stride launches cover it. Skips without a GPU.
+// the grid-stride launches cover it. add takes 16-byte vectors when out, a and b are
+// 16-byte aligned: sizes with and without a tail of fewer than 8 (bf16) or 4 (f32)
+// elements, sizes under one vector, out aliasing a or b, and operands that start off a
+// 16-byte boundary (so the scalar kernel runs) are each checked. Skips without a GPU.
 //
 // Tolerances. add, scale_, concat, split: one fp32 operation (or a copy) per element, then
 // the same rounding to the dtype: exact (0). sum_squares: double sums in a different order:
 // rtol 1e-10 (positive terms; the bound on N of them is N 2^-53).
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -112,6 +116,60 @@ TEST_P(ElementwiseGpuTest, CastMatchesCpu) {
   EXPECT_TRUE(all_close(gsame, rounded(x, dt()), 0, 0));
 }
 
+// add on 1-D views: each of out, a and b either at the start of its buffer (16-byte
+// aligned) or one element in (a bit of `shifted` each), and out either its own tensor or a
+// or b itself.
+constexpr int kShiftB = 1, kShiftA = 2, kShiftOut = 4;
+enum class Out { kOwn, kA, kB };
+using AddParam = std::tuple<int64_t, int, Out, DType>;  // n, shifted, out, dtype
+
+class AddViewsGpuTest : public ::testing::TestWithParam<AddParam> {};
+
+// `host` (f32, CPU) on the GPU as `dtype`, starting `shift` elements into its buffer.
+Tensor on_gpu_shifted(const Tensor& host, DType dtype, int64_t shift) {
+  const int64_t n = host.numel();
+  Tensor padded = filled({n + shift}, kNaN);
+  std::memcpy(padded.data<float>() + shift, host.data<float>(), n * sizeof(float));
+  return on_gpu(padded, dtype).rows(shift, n + shift);
+}
+
+TEST_P(AddViewsGpuTest, MatchesCpu) {
+  SKIP_WITHOUT_GPU();
+  auto [n, shifted, out, dt] = GetParam();
+  auto rng = rng_for_test();
+  Tensor a = rounded(random_normal({n}, rng), dt), b = rounded(random_normal({n}, rng), dt);
+  Tensor sum = Tensor::empty({n});
+  add(sum, a, b);
+  Tensor ga = on_gpu_shifted(a, dt, (shifted & kShiftA) ? 1 : 0);
+  Tensor gb = on_gpu_shifted(b, dt, (shifted & kShiftB) ? 1 : 0);
+  Tensor gout = out == Out::kA ? ga
+                : out == Out::kB
+                    ? gb
+                    : on_gpu_shifted(filled({n}, kNaN), dt, (shifted & kShiftOut) ? 1 : 0);
+  add(gout, ga, gb);
+  EXPECT_TRUE(all_close(gout, rounded(sum, dt), 0, 0));
+}
+
+std::string add_param_name(const ::testing::TestParamInfo<AddParam>& info) {
+  static const char* const kOut[] = {"own", "a", "b"};
+  auto [n, shifted, out, dt] = info.param;
+  return std::to_string(n) + "_shifted" + std::to_string(shifted) + "_out_" +
+         kOut[static_cast<int>(out)] + "_" + dtype_name(dt);
+}
+
+// Sizes: under one vector (1, 3), whole vectors (8, 4096, 2^20 + 16), whole vectors and a
+// tail (13, 1001, 2^20 + 7). Shifts: none (the vector kernel) and out, a or b alone off a
+// 16-byte boundary (the scalar kernel); out aliasing a or b on both.
+INSTANTIATE_TEST_SUITE_P(Views, AddViewsGpuTest,
+                         ::testing::Combine(::testing::Values(int64_t{1}, int64_t{3}, int64_t{8},
+                                                              int64_t{13}, int64_t{1001},
+                                                              int64_t{4096}, (int64_t{1} << 20) + 7,
+                                                              (int64_t{1} << 20) + 16),
+                                            ::testing::Values(0, kShiftB, kShiftA, kShiftOut),
+                                            ::testing::Values(Out::kOwn, Out::kA, Out::kB),
+                                            ::testing::Values(DType::kF32, DType::kBF16)),
+                         add_param_name);
+
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
   auto [size, dt] = info.param;
   return std::to_string(size.first) + "x" + std::to_string(size.second) + "_" + dtype_name(dt);
@@ -120,7 +178,8 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, ElementwiseGpuTest,
     ::testing::Combine(::testing::Values(std::pair{1, 1}, std::pair{1, 17}, std::pair{7, 33},
-                                         std::pair{300, 1001}, std::pair{2048, 1024}),
+                                         std::pair{300, 1001}, std::pair{2048, 1024},
+                                         std::pair{16384, 1024}, std::pair{4099, 1027}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     param_name);
 
