@@ -2,10 +2,25 @@
 // x, y, dy, dx are f32 or bf16 (one type per call); weight, dweight and rstd are f32, and
 // every sum accumulates in fp32. With r = rstd and s = sum_j dy_j w_j x_j the backward is
 //   dx_j = r (dy_j w_j - x_j r^2 s / D)   (written),   dweight_j += sum_rows dy_j x_j r.
-// One block per row (a row-stride loop covers more rows than the grid holds). The weight
-// gradient is summed without atomics, so it is the same on every run: each block of the
-// backward owns a contiguous chunk of rows and writes its column sums to a scratch row,
-// then a second kernel adds the scratch rows, in block order, into dweight.
+//
+// The op moves a few bytes per flop, so it runs at the speed its rows cross memory. Where D
+// is a whole number of 16-byte vectors (8 bf16 or 4 f32) and x, y, dy, dx and weight are
+// 16-byte aligned, the vector kernels give each row to a group of G warps (G = 1 up to 2048
+// columns of bf16, 1024 of f32; G = 2, 4, 8 for wider rows, at most 16384 bf16 / 8192 f32).
+// Each thread of the group holds at most kMaxVectors 16-byte vectors of the row in
+// registers, so the row is read once: the sum of squares (or s) and the write use the same
+// registers. With G = 1 a block runs 8 rows at once and a row's sum is a warp shuffle; with
+// G > 1 a block is one group and the sum goes through shared memory. Other widths and
+// alignments take the generic kernels: one block per row, one element per thread.
+//
+// The weight gradient is summed without atomics, so it is the same on every run: each
+// block of the backward owns a fixed set of rows (rows b, b + grid, ... per group; a chunk
+// of rows in the generic kernel) and writes its column sums to row b of a scratch; a second
+// kernel adds the scratch rows, in a fixed order, into dweight. In the vector kernel each
+// thread accumulates its columns in registers over its rows, and the warps of a G = 1 block
+// add theirs in warp order in shared memory before the block's row is written.
+#include <type_traits>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/rmsnorm.h"
 
@@ -62,19 +77,275 @@ __global__ void rmsnorm_backward_kernel(T* dx, float* partial, const T* dy, cons
   }
 }
 
-__global__ void add_partials_kernel(float* dweight, const float* partial, int64_t blocks,
-                                    int64_t d) {
-  for (int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; j < d;
-       j += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    float sum = 0.0f;
-    for (int64_t b = 0; b < blocks; ++b) sum += partial[b * d + j];
-    dweight[j] += sum;
-  }
-}
-
 // Threads per row: a warp multiple covering D, at most 1024 (more columns are strided).
 int row_threads(int64_t d) {
   return static_cast<int>(std::clamp<int64_t>((d + 31) / 32 * 32, 32, 1024));
+}
+
+// The vector kernels. A row of D / W vectors goes to a group of G warps; thread t of the
+// group holds vectors t, t + 32 G, ..., V of them (the last ones past the row's end are
+// skipped, so one V serves every width up to V * 32 G vectors).
+constexpr int kMaxVectors = 8;  // per thread and tensor: 32 registers per tensor
+constexpr int kMaxGroupWarps = 8;
+constexpr int kRowsPerBlock = 8;  // with G = 1: a block of 8 warps, one row each at a time
+
+__device__ __forceinline__ uint4 load_vector(const void* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+__device__ __forceinline__ void store_vector(void* p, uint4 v) { *reinterpret_cast<uint4*>(p) = v; }
+
+// The W weights of vector c, in W / 4 16-byte loads (weight is 16-byte aligned). Through
+// the read-only path: no kernel writes weight, so these loads may move ahead of the stores
+// of the row before them.
+template <int W>
+__device__ __forceinline__ void load_weights(float (&w)[W], const float* weight, int c) {
+#pragma unroll
+  for (int q = 0; q < W / 4; ++q) {
+    const float4 v = __ldg(reinterpret_cast<const float4*>(weight + c * W + 4 * q));
+    w[4 * q] = v.x;
+    w[4 * q + 1] = v.y;
+    w[4 * q + 2] = v.z;
+    w[4 * q + 3] = v.w;
+  }
+}
+
+// Sum over the threads of one row's group: a warp shuffle for G = 1, the block otherwise
+// (the block is then the group). Every thread of the group gets the same value.
+template <int G>
+__device__ __forceinline__ float row_sum(float v, float* shared) {
+  if constexpr (G == 1) {
+    return warp_sum(v);
+  } else {
+    return block_sum(v, shared);
+  }
+}
+
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_forward_vec_kernel(T* y, float* rstd, const T* x, const float* weight, int64_t n,
+                               int64_t d, float eps) {
+  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G;
+  __shared__ float shared[32];
+  const int t = threadIdx.x % kGroupThreads;
+  const int groups = blockDim.x / kGroupThreads;  // 1 when G > 1: block_sum needs the block
+  const int dv = static_cast<int>(d / W);
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * groups + threadIdx.x / kGroupThreads;
+       row < n; row += static_cast<int64_t>(gridDim.x) * groups) {
+    const T* xr = x + row * d;
+    Vec<T> v[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      v[k].raw = c < dv ? load_vector(xr + c * W) : make_uint4(0, 0, 0, 0);
+    }
+    float ss = 0.0f;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const float f = to_f32(v[k].x[e]);
+        ss += f * f;
+      }
+    }
+    ss = row_sum<G>(ss, shared);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
+    T* yr = y + row * d;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      if (c < dv) {
+        float w[W];
+        load_weights(w, weight, c);
+        Vec<T> o;
+#pragma unroll
+        for (int e = 0; e < W; ++e) o.x[e] = from_f32<T>(to_f32(v[k].x[e]) * r * w[e]);
+        store_vector(yr + c * W, o.raw);
+      }
+    }
+    if (t == 0) rstd[row] = r;
+  }
+}
+
+// Group g of block b handles rows b * groups + g, then that plus grid * groups, and so on;
+// the block writes the column sums of all its rows to partial[b, :].
+template <typename T, int V, int G>
+__global__ void __launch_bounds__(kThreads)
+    rmsnorm_backward_vec_kernel(T* dx, float* partial, const T* dy, const T* x, const float* weight,
+                                const float* rstd, int64_t n, int64_t d) {
+  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G;
+  __shared__ float shared[32];
+  // The warps' column sums, added in warp order (G = 1 only: with G > 1 a thread's columns
+  // are its own in the whole block).
+  __shared__ float combined[G == 1 ? V * 32 * W : 1];
+  const int t = threadIdx.x % kGroupThreads, group = threadIdx.x / kGroupThreads;
+  const int groups = blockDim.x / kGroupThreads;
+  const int dv = static_cast<int>(d / W);
+  float acc[V][W];
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+#pragma unroll
+    for (int e = 0; e < W; ++e) acc[k][e] = 0.0f;
+  }
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * groups + group; row < n;
+       row += static_cast<int64_t>(gridDim.x) * groups) {
+    const T* xr = x + row * d;
+    const T* dyr = dy + row * d;
+    const float r = rstd[row];
+    Vec<T> xv[V], dyv[V];
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      xv[k].raw = c < dv ? load_vector(xr + c * W) : make_uint4(0, 0, 0, 0);
+      dyv[k].raw = c < dv ? load_vector(dyr + c * W) : make_uint4(0, 0, 0, 0);
+    }
+    float s = 0.0f;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      if (c < dv) {
+        float w[W];
+        load_weights(w, weight, c);
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float xe = to_f32(xv[k].x[e]), dye = to_f32(dyv[k].x[e]);
+          s += dye * w[e] * xe;
+          acc[k][e] += dye * xe * r;
+        }
+      }
+    }
+    s = row_sum<G>(s, shared);
+    const float cr = s / static_cast<float>(d) * r * r;
+    T* dxr = dx + row * d;
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      if (c < dv) {
+        float w[W];
+        load_weights(w, weight, c);
+        Vec<T> o;
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          o.x[e] = from_f32<T>(r * (to_f32(dyv[k].x[e]) * w[e] - to_f32(xv[k].x[e]) * cr));
+        }
+        store_vector(dxr + c * W, o.raw);
+      }
+    }
+  }
+
+  float* part = partial + static_cast<int64_t>(blockIdx.x) * d;
+  if constexpr (G == 1) {
+    for (int g = 0; g < groups; ++g) {
+      if (group == g) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int c = k * kGroupThreads + t;
+          if (c < dv) {
+#pragma unroll
+            for (int e = 0; e < W; ++e) {
+              float& slot = combined[c * W + e];
+              slot = g == 0 ? acc[k][e] : slot + acc[k][e];
+            }
+          }
+        }
+      }
+      __syncthreads();
+    }
+    for (int j = threadIdx.x; j < d; j += blockDim.x) part[j] = combined[j];
+  } else {
+#pragma unroll
+    for (int k = 0; k < V; ++k) {
+      const int c = k * kGroupThreads + t;
+      if (c < dv) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) part[c * W + e] = acc[k][e];
+      }
+    }
+  }
+}
+
+// The vector kernels' shape for a row of dv vectors: G warps per row, V vectors per thread.
+struct RowLayout {
+  int warps = 0;  // G; 0 when the row is too wide for the vector kernels
+  int vectors = 0;
+};
+
+RowLayout row_layout(int64_t dv) {
+  for (int g = 1; g <= kMaxGroupWarps; g *= 2) {
+    const int64_t per_thread = (dv + 32 * g - 1) / (32 * g);
+    // G > 1 only where G / 2 warps would need more than kMaxVectors a thread, so a thread
+    // needs more than half of kMaxVectors: one V = kMaxVectors serves them all.
+    if (per_thread <= kMaxVectors) return {g, g == 1 ? static_cast<int>(per_thread) : kMaxVectors};
+  }
+  return {};
+}
+
+// Calls f(V, G) as std::integral_constants for a layout row_layout returned.
+template <typename F>
+void dispatch_layout(RowLayout layout, F&& f) {
+  using std::integral_constant;
+  switch (layout.warps) {
+    case 1:
+      switch (layout.vectors) {
+        case 1:
+          return f(integral_constant<int, 1>{}, integral_constant<int, 1>{});
+        case 2:
+          return f(integral_constant<int, 2>{}, integral_constant<int, 1>{});
+        case 3:
+          return f(integral_constant<int, 3>{}, integral_constant<int, 1>{});
+        case 4:
+          return f(integral_constant<int, 4>{}, integral_constant<int, 1>{});
+        case 5:
+          return f(integral_constant<int, 5>{}, integral_constant<int, 1>{});
+        case 6:
+          return f(integral_constant<int, 6>{}, integral_constant<int, 1>{});
+        case 7:
+          return f(integral_constant<int, 7>{}, integral_constant<int, 1>{});
+        case 8:
+          return f(integral_constant<int, 8>{}, integral_constant<int, 1>{});
+      }
+      break;
+    case 2:
+      return f(integral_constant<int, kMaxVectors>{}, integral_constant<int, 2>{});
+    case 4:
+      return f(integral_constant<int, kMaxVectors>{}, integral_constant<int, 4>{});
+    case 8:
+      return f(integral_constant<int, kMaxVectors>{}, integral_constant<int, 8>{});
+  }
+  SY_CHECK(false) << "no RMSNorm vector kernel for " << layout.warps << " warps x "
+                  << layout.vectors << " vectors";
+}
+
+// Groups in a block of the vector kernels: 8 warps with G = 1, one group of G otherwise.
+int groups_per_block(int warps) { return warps == 1 ? kRowsPerBlock : 1; }
+
+// Partial-row blocks of kPartialGroups x 32 threads: thread (g, j) adds, in order, the
+// partial rows g, g + kPartialGroups, ... of column j, then the first row of threads adds
+// the kPartialGroups sums in order and accumulates them into dweight. A fixed tree, so the
+// same on every run; columns are read 32 at a time, coalesced, by many warps at once.
+constexpr int kPartialGroups = 16;
+
+__global__ void add_partials_kernel(float* dweight, const float* partial, int64_t rows, int64_t d) {
+  __shared__ float sums[kPartialGroups][32];
+  const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
+  float sum = 0.0f;
+  if (j < d) {
+    for (int64_t b = threadIdx.y; b < rows; b += kPartialGroups) sum += partial[b * d + j];
+  }
+  sums[threadIdx.y][threadIdx.x] = sum;
+  __syncthreads();
+  if (threadIdx.y == 0 && j < d) {
+    float total = 0.0f;
+#pragma unroll
+    for (int g = 0; g < kPartialGroups; ++g) total += sums[g][threadIdx.x];
+    dweight[j] += total;
+  }
+}
+
+void add_partials(const Tensor& dweight, const float* partial, int64_t rows, int64_t d) {
+  const auto blocks = static_cast<unsigned>((d + 31) / 32);
+  add_partials_kernel<<<blocks, dim3(32, kPartialGroups), 0, stream()>>>(ptr<float>(dweight),
+                                                                         partial, rows, d);
+  launch_check("add_partials_kernel");
 }
 
 }  // namespace
@@ -86,6 +357,18 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
   use_device(x);
   dispatch_float(x.dtype(), "rmsnorm x", [&](auto tag) {
     using T = decltype(tag);
+    const RowLayout layout = row_layout(d / Vec<T>::kWidth);
+    if (layout.warps && vectorizable<T>(d, {y.raw(), x.raw(), weight.raw()})) {
+      dispatch_layout(layout, [&](auto v, auto g) {
+        constexpr int V = decltype(v)::value, G = decltype(g)::value;
+        const int groups = groups_per_block(G);
+        rmsnorm_forward_vec_kernel<T, V, G>
+            <<<row_grid((n + groups - 1) / groups), 32 * G * groups, 0, stream()>>>(
+                ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), n, d, eps);
+        launch_check("rmsnorm_forward_vec_kernel");
+      });
+      return;
+    }
     rmsnorm_forward_kernel<T><<<row_grid(n), row_threads(d), 0, stream()>>>(
         ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), n, d, eps);
     launch_check("rmsnorm_forward_kernel");
@@ -97,21 +380,40 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
   const int64_t d = x.dim(-1), n = rstd.numel();
   if (n == 0 || d == 0) return;
   use_device(x);
-  // Enough blocks to fill the GPU a few times over; each takes an equal chunk of rows.
-  const int64_t max_blocks = 4LL * sm_count();
-  const int64_t chunk = (n + max_blocks - 1) / max_blocks;
-  const int64_t blocks = (n + chunk - 1) / chunk;
-  Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
   dispatch_float(x.dtype(), "rmsnorm x", [&](auto tag) {
     using T = decltype(tag);
+    const RowLayout layout = row_layout(d / Vec<T>::kWidth);
+    if (layout.warps && vectorizable<T>(d, {dx.raw(), dy.raw(), x.raw(), weight.raw()})) {
+      dispatch_layout(layout, [&](auto v, auto g) {
+        constexpr int V = decltype(v)::value, G = decltype(g)::value;
+        auto kernel = rmsnorm_backward_vec_kernel<T, V, G>;
+        const int groups = groups_per_block(G), threads = 32 * G * groups;
+        // One resident wave: every block owns a fixed share of the rows and one partial
+        // row, so more blocks than fit at once would only add partial rows and a tail.
+        int per_sm = 0;
+        SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
+        const int64_t blocks =
+            std::min<int64_t>((n + groups - 1) / groups, std::max(per_sm, 1) * int64_t{sm_count()});
+        Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
+        kernel<<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
+            ptr<T>(dx), partial.as<float>(), ptr<T>(dy), ptr<T>(x), ptr<float>(weight),
+            ptr<float>(rstd), n, d);
+        launch_check("rmsnorm_backward_vec_kernel");
+        add_partials(dweight, partial.as<float>(), blocks, d);
+      });
+      return;
+    }
+    // Enough blocks to fill the GPU a few times over; each takes an equal chunk of rows.
+    const int64_t max_blocks = 4LL * sm_count();
+    const int64_t chunk = (n + max_blocks - 1) / max_blocks;
+    const int64_t blocks = (n + chunk - 1) / chunk;
+    Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
     rmsnorm_backward_kernel<T><<<static_cast<unsigned>(blocks), row_threads(d), 0, stream()>>>(
         ptr<T>(dx), partial.as<float>(), ptr<T>(dy), ptr<T>(x), ptr<float>(weight),
         ptr<float>(rstd), n, d, chunk);
     launch_check("rmsnorm_backward_kernel");
+    add_partials(dweight, partial.as<float>(), blocks, d);
   });
-  add_partials_kernel<<<grid_for(d), kThreads, 0, stream()>>>(ptr<float>(dweight),
-                                                              partial.as<float>(), blocks, d);
-  launch_check("add_partials_kernel");
 }
 
 }  // namespace sy::cuda
