@@ -9,13 +9,15 @@
 // columns of bf16, 1024 of f32; G = 2, 4, 8 for wider rows, at most 16384 bf16 / 8192 f32).
 // Each thread of the group holds at most kMaxVectors 16-byte vectors of the row in
 // registers, so the row is read once: the sum of squares (or s) and the write use the same
-// registers. With G = 1 a block runs 8 rows at once and a row's sum is a warp shuffle; with
-// G > 1 a block is one group and the sum goes through shared memory. Other widths and
-// alignments take the generic kernels: one block per row, one element per thread.
+// registers. With G = 1 a block holds 8 warps, each on its own rows (K = 8 / V of them at
+// once where V < 8, so that a warp on short rows has as many bytes in flight as on the
+// widest), and a row's sum is a warp shuffle; with G > 1 a block is one group and the sum
+// goes through shared memory. Other widths and alignments take the generic kernels: one
+// block per row, one element per thread.
 //
 // The weight gradient is summed without atomics, so it is the same on every run: each
-// block of the backward owns a fixed set of rows (rows b, b + grid, ... per group; a chunk
-// of rows in the generic kernel) and writes its column sums to row b of a scratch; a second
+// block of the backward owns a fixed set of rows (a fixed stride over them per group; a
+// chunk of rows in the generic kernel) and writes its column sums to row b of a scratch; a second
 // kernel adds the scratch rows, in a fixed order, into dweight. In the vector kernel each
 // thread accumulates its columns in registers over its rows, and the warps of a G = 1 block
 // add theirs in warp order in shared memory before the block's row is written.
@@ -87,7 +89,12 @@ int row_threads(int64_t d) {
 // skipped, so one V serves every width up to V * 32 G vectors).
 constexpr int kMaxVectors = 8;  // per thread and tensor: 32 registers per tensor
 constexpr int kMaxGroupWarps = 8;
-constexpr int kRowsPerBlock = 8;  // with G = 1: a block of 8 warps, one row each at a time
+constexpr int kGroupsPerBlock = 8;  // with G = 1: a block of 8 warps, each on its own rows
+
+// Rows a group works on at once: a warp whose rows are short takes up to kMaxVectors / V
+// of them together, so that it has as many bytes in flight as on one of the widest rows;
+// one short row's loads alone would leave the warp waiting on memory most of the time.
+constexpr int rows_at_once(int v, int g) { return g == 1 ? std::max(1, kMaxVectors / v) : 1; }
 
 __device__ __forceinline__ uint4 load_vector(const void* p) {
   return *reinterpret_cast<const uint4*>(p);
@@ -120,59 +127,82 @@ __device__ __forceinline__ float row_sum(float v, float* shared) {
   }
 }
 
+// Group g of block b handles K = rows_at_once(V, G) rows from (b * groups + g) * K, then
+// the K from there plus grid * groups * K, and so on.
 template <typename T, int V, int G>
 __global__ void __launch_bounds__(kThreads)
     rmsnorm_forward_vec_kernel(T* y, float* rstd, const T* x, const float* weight, int64_t n,
                                int64_t d, float eps) {
-  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G;
+  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G, K = rows_at_once(V, G);
   __shared__ float shared[32];
   const int t = threadIdx.x % kGroupThreads;
   const int groups = blockDim.x / kGroupThreads;  // 1 when G > 1: block_sum needs the block
   const int dv = static_cast<int>(d / W);
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * groups + threadIdx.x / kGroupThreads;
-       row < n; row += static_cast<int64_t>(gridDim.x) * groups) {
-    const T* xr = x + row * d;
-    Vec<T> v[V];
+  for (int64_t row0 = (static_cast<int64_t>(blockIdx.x) * groups + threadIdx.x / kGroupThreads) * K;
+       row0 < n; row0 += static_cast<int64_t>(gridDim.x) * groups * K) {
+    // Rows past n load as zeros and are not written.
+    Vec<T> v[K][V];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int c = k * kGroupThreads + t;
-      v[k].raw = c < dv ? load_vector(xr + c * W) : make_uint4(0, 0, 0, 0);
-    }
-    float ss = 0.0f;
+    for (int i = 0; i < K; ++i) {
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-#pragma unroll
-      for (int e = 0; e < W; ++e) {
-        const float f = to_f32(v[k].x[e]);
-        ss += f * f;
+      for (int k = 0; k < V; ++k) {
+        const int c = k * kGroupThreads + t;
+        v[i][k].raw = row0 + i < n && c < dv ? load_vector(x + (row0 + i) * d + c * W)
+                                             : make_uint4(0, 0, 0, 0);
       }
     }
-    ss = row_sum<G>(ss, shared);
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
-    T* yr = y + row * d;
+    float ss[K];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int c = k * kGroupThreads + t;
-      if (c < dv) {
-        float w[W];
-        load_weights(w, weight, c);
-        Vec<T> o;
+    for (int i = 0; i < K; ++i) {
+      ss[i] = 0.0f;
 #pragma unroll
-        for (int e = 0; e < W; ++e) o.x[e] = from_f32<T>(to_f32(v[k].x[e]) * r * w[e]);
-        store_vector(yr + c * W, o.raw);
+      for (int k = 0; k < V; ++k) {
+#pragma unroll
+        for (int e = 0; e < W; ++e) {
+          const float f = to_f32(v[i][k].x[e]);
+          ss[i] += f * f;
+        }
       }
+      ss[i] = row_sum<G>(ss[i], shared);
     }
-    if (t == 0) rstd[row] = r;
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      const int64_t row = row0 + i;
+      if (row >= n) break;
+      const float r = 1.0f / sqrtf(ss[i] / static_cast<float>(d) + eps);
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int c = k * kGroupThreads + t;
+        if (c < dv) {
+          float w[W];
+          load_weights(w, weight, c);
+          Vec<T> o;
+#pragma unroll
+          for (int e = 0; e < W; ++e) o.x[e] = from_f32<T>(to_f32(v[i][k].x[e]) * r * w[e]);
+          store_vector(y + row * d + c * W, o.raw);
+        }
+      }
+      if (t == 0) rstd[row] = r;
+    }
   }
 }
 
-// Group g of block b handles rows b * groups + g, then that plus grid * groups, and so on;
-// the block writes the column sums of all its rows to partial[b, :].
+// Where x, dy and the column sums of K rows fit in 96 registers a thread, two blocks share a
+// multiprocessor (the compiler keeps to 128 registers); a block of the widest rows has one.
+template <int V, int K, int W>
+constexpr int backward_min_blocks() {
+  return V * W + 2 * K * V * 4 <= 96 ? 2 : 1;
+}
+
+// Group g of block b handles K = rows_at_once(V, G) rows from (b * groups + g) * K, then
+// the K from there plus grid * groups * K, and so on; the block writes the column sums of
+// all its rows to partial[b, :].
 template <typename T, int V, int G>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads,
+                                  backward_min_blocks<V, rows_at_once(V, G), Vec<T>::kWidth>())
     rmsnorm_backward_vec_kernel(T* dx, float* partial, const T* dy, const T* x, const float* weight,
                                 const float* rstd, int64_t n, int64_t d) {
-  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G;
+  constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G, K = rows_at_once(V, G);
   __shared__ float shared[32];
   // The warps' column sums, added in warp order (G = 1 only: with G > 1 a thread's columns
   // are its own in the whole block).
@@ -186,19 +216,26 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int e = 0; e < W; ++e) acc[k][e] = 0.0f;
   }
-  for (int64_t row = static_cast<int64_t>(blockIdx.x) * groups + group; row < n;
-       row += static_cast<int64_t>(gridDim.x) * groups) {
-    const T* xr = x + row * d;
-    const T* dyr = dy + row * d;
-    const float r = rstd[row];
-    Vec<T> xv[V], dyv[V];
+  for (int64_t row0 = (static_cast<int64_t>(blockIdx.x) * groups + group) * K; row0 < n;
+       row0 += static_cast<int64_t>(gridDim.x) * groups * K) {
+    // Rows past n load as zeros: they add nothing to s or to the column sums.
+    Vec<T> xv[K][V], dyv[K][V];
+    float r[K];
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int c = k * kGroupThreads + t;
-      xv[k].raw = c < dv ? load_vector(xr + c * W) : make_uint4(0, 0, 0, 0);
-      dyv[k].raw = c < dv ? load_vector(dyr + c * W) : make_uint4(0, 0, 0, 0);
+    for (int i = 0; i < K; ++i) {
+      const int64_t row = row0 + i;
+      r[i] = row < n ? rstd[row] : 0.0f;
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int c = k * kGroupThreads + t;
+        const bool in = row < n && c < dv;
+        xv[i][k].raw = in ? load_vector(x + row * d + c * W) : make_uint4(0, 0, 0, 0);
+        dyv[i][k].raw = in ? load_vector(dy + row * d + c * W) : make_uint4(0, 0, 0, 0);
+      }
     }
-    float s = 0.0f;
+    float s[K];
+#pragma unroll
+    for (int i = 0; i < K; ++i) s[i] = 0.0f;
 #pragma unroll
     for (int k = 0; k < V; ++k) {
       const int c = k * kGroupThreads + t;
@@ -206,28 +243,37 @@ __global__ void __launch_bounds__(kThreads)
         float w[W];
         load_weights(w, weight, c);
 #pragma unroll
-        for (int e = 0; e < W; ++e) {
-          const float xe = to_f32(xv[k].x[e]), dye = to_f32(dyv[k].x[e]);
-          s += dye * w[e] * xe;
-          acc[k][e] += dye * xe * r;
+        for (int i = 0; i < K; ++i) {
+#pragma unroll
+          for (int e = 0; e < W; ++e) {
+            const float xe = to_f32(xv[i][k].x[e]), dye = to_f32(dyv[i][k].x[e]);
+            s[i] += dye * w[e] * xe;
+            acc[k][e] += dye * xe * r[i];
+          }
         }
       }
     }
-    s = row_sum<G>(s, shared);
-    const float cr = s / static_cast<float>(d) * r * r;
-    T* dxr = dx + row * d;
 #pragma unroll
-    for (int k = 0; k < V; ++k) {
-      const int c = k * kGroupThreads + t;
-      if (c < dv) {
-        float w[W];
-        load_weights(w, weight, c);
-        Vec<T> o;
+    for (int i = 0; i < K; ++i) s[i] = row_sum<G>(s[i], shared);
 #pragma unroll
-        for (int e = 0; e < W; ++e) {
-          o.x[e] = from_f32<T>(r * (to_f32(dyv[k].x[e]) * w[e] - to_f32(xv[k].x[e]) * cr));
+    for (int i = 0; i < K; ++i) {
+      const int64_t row = row0 + i;
+      if (row >= n) break;
+      const float cr = s[i] / static_cast<float>(d) * r[i] * r[i];
+#pragma unroll
+      for (int k = 0; k < V; ++k) {
+        const int c = k * kGroupThreads + t;
+        if (c < dv) {
+          float w[W];
+          load_weights(w, weight, c);
+          Vec<T> o;
+#pragma unroll
+          for (int e = 0; e < W; ++e) {
+            o.x[e] =
+                from_f32<T>(r[i] * (to_f32(dyv[i][k].x[e]) * w[e] - to_f32(xv[i][k].x[e]) * cr));
+          }
+          store_vector(dx + row * d + c * W, o.raw);
         }
-        store_vector(dxr + c * W, o.raw);
       }
     }
   }
@@ -316,7 +362,7 @@ void dispatch_layout(RowLayout layout, F&& f) {
 }
 
 // Groups in a block of the vector kernels: 8 warps with G = 1, one group of G otherwise.
-int groups_per_block(int warps) { return warps == 1 ? kRowsPerBlock : 1; }
+int groups_per_block(int warps) { return warps == 1 ? kGroupsPerBlock : 1; }
 
 // Partial-row blocks of kPartialGroups x 32 threads: thread (g, j) adds, in order, the
 // partial rows g, g + kPartialGroups, ... of column j, then the first row of threads adds
@@ -329,6 +375,8 @@ __global__ void add_partials_kernel(float* dweight, const float* partial, int64_
   const int64_t j = static_cast<int64_t>(blockIdx.x) * 32 + threadIdx.x;
   float sum = 0.0f;
   if (j < d) {
+    // Unrolled so that eight loads are in flight at once; the adds stay in row order.
+#pragma unroll 8
     for (int64_t b = threadIdx.y; b < rows; b += kPartialGroups) sum += partial[b * d + j];
   }
   sums[threadIdx.y][threadIdx.x] = sum;
@@ -361,9 +409,9 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
     if (layout.warps && vectorizable<T>(d, {y.raw(), x.raw(), weight.raw()})) {
       dispatch_layout(layout, [&](auto v, auto g) {
         constexpr int V = decltype(v)::value, G = decltype(g)::value;
-        const int groups = groups_per_block(G);
+        const int groups = groups_per_block(G), rows_per_block = groups * rows_at_once(V, G);
         rmsnorm_forward_vec_kernel<T, V, G>
-            <<<row_grid((n + groups - 1) / groups), 32 * G * groups, 0, stream()>>>(
+            <<<row_grid((n + rows_per_block - 1) / rows_per_block), 32 * G * groups, 0, stream()>>>(
                 ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), n, d, eps);
         launch_check("rmsnorm_forward_vec_kernel");
       });
@@ -388,12 +436,13 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
         constexpr int V = decltype(v)::value, G = decltype(g)::value;
         auto kernel = rmsnorm_backward_vec_kernel<T, V, G>;
         const int groups = groups_per_block(G), threads = 32 * G * groups;
+        const int rows_per_block = groups * rows_at_once(V, G);
         // One resident wave: every block owns a fixed share of the rows and one partial
         // row, so more blocks than fit at once would only add partial rows and a tail.
         int per_sm = 0;
         SY_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, 0));
-        const int64_t blocks =
-            std::min<int64_t>((n + groups - 1) / groups, std::max(per_sm, 1) * int64_t{sm_count()});
+        const int64_t blocks = std::min<int64_t>((n + rows_per_block - 1) / rows_per_block,
+                                                 std::max(per_sm, 1) * int64_t{sm_count()});
         Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
         kernel<<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
             ptr<T>(dx), partial.as<float>(), ptr<T>(dy), ptr<T>(x), ptr<float>(weight),
