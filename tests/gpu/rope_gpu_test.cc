@@ -1,11 +1,16 @@
 // Rotary embedding on CUDA against the CPU op on the same random inputs and positions (up
 // to 8192, where an f32 angle would already be visibly off), for the smallest head, odd
 // head counts and lengths, f32 and bf16, out-of-place and in place (out aliasing x), forward
-// and backward. Skips without a GPU.
+// and backward. The shapes reach both paths of kernels/cuda/rope.cu: the vector kernels
+// (hd/2 a whole number of 16-byte vectors: 8 bf16 or 4 f32; heads 64 and 128, one vector
+// of pairs a thread (hd 16 bf16, 8 f32), head counts that are and are not multiples of the
+// 4 heads a thread rotates, 4096 tokens of one sequence) and the scalar kernel (other head
+// sizes, and x or out starting off a 16-byte boundary). Skips without a GPU.
 //
 // Tolerances. f32: both sides form angles, cosines and sines in double and rotate in fp32
 // (the GPU may fuse a multiply-add): rtol 1e-5, atol 1e-5 on O(1) values. bf16: outputs are
 // rounded to bf16 (relative step 2^-8): rtol 1e-2, atol 1e-2.
+#include <cstring>
 #include <limits>
 #include <tuple>
 
@@ -17,24 +22,30 @@
 namespace sy {
 namespace {
 
+using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
-using testing::rounded;
 using testing::on_gpu;
-using testing::filled;
+using testing::rounded;
 
 using testing::all_close;
 using testing::random_ints;
 using testing::random_normal;
 using testing::rng_for_test;
 
-using Param = std::tuple<Shape, DType>;  // [B, T, H, hd], dtype
+// `host` (f32, CPU) on the GPU as `dtype`; with `shift`, as a view that starts one element
+// into a buffer one element longer, holding the same values.
+Tensor on_gpu_shifted(const Tensor& host, DType dtype, bool shift) {
+  if (!shift) return on_gpu(host, dtype);
+  const int64_t n = host.numel();
+  Tensor padded = filled({n + 1}, 0.0f);
+  std::memcpy(padded.data<float>() + 1, host.data<float>(), n * sizeof(float));
+  return on_gpu(padded, dtype).rows(1, n + 1).view(host.shape());
+}
 
-class RopeGpuTest : public ::testing::TestWithParam<Param> {};
-
-TEST_P(RopeGpuTest, ForwardAndBackwardMatchCpu) {
-  SKIP_WITHOUT_GPU();
-  auto [shape, dt] = GetParam();
+// Forward and backward, out of place and in place, against the CPU; with shift_x / shift_out
+// the input / output starts one element into its buffer (in place: the one tensor does).
+void expect_matches_cpu(const Shape& shape, DType dt, bool shift_x, bool shift_out) {
   const bool bf16 = dt == DType::kBF16;
   const double rtol = bf16 ? 1e-2 : 1e-5, atol = bf16 ? 1e-2 : 1e-5;
   constexpr float kTheta = 10000.0f;
@@ -50,12 +61,13 @@ TEST_P(RopeGpuTest, ForwardAndBackwardMatchCpu) {
     } else {
       rope_forward(expected, x, positions, kTheta);
     }
-    Tensor out = on_gpu(filled(shape, kNaN), dt), in_place = on_gpu(x, dt);
+    Tensor out = on_gpu_shifted(filled(shape, kNaN), dt, shift_out);
+    Tensor in_place = on_gpu_shifted(x, dt, shift_x || shift_out);
     if (backward) {
-      rope_backward(out, on_gpu(x, dt), gpos, kTheta);
+      rope_backward(out, on_gpu_shifted(x, dt, shift_x), gpos, kTheta);
       rope_backward(in_place, in_place, gpos, kTheta);
     } else {
-      rope_forward(out, on_gpu(x, dt), gpos, kTheta);
+      rope_forward(out, on_gpu_shifted(x, dt, shift_x), gpos, kTheta);
       rope_forward(in_place, in_place, gpos, kTheta);
     }
     EXPECT_TRUE(all_close(out, rounded(expected, dt), rtol, atol)) << "backward " << backward;
@@ -63,6 +75,31 @@ TEST_P(RopeGpuTest, ForwardAndBackwardMatchCpu) {
         << "in place, backward " << backward;
   }
 }
+
+using Param = std::tuple<Shape, DType>;  // [B, T, H, hd], dtype
+
+class RopeGpuTest : public ::testing::TestWithParam<Param> {};
+
+TEST_P(RopeGpuTest, ForwardAndBackwardMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  auto [shape, dt] = GetParam();
+  expect_matches_cpu(shape, dt, false, false);
+}
+
+// x, out, or the one tensor in place, off a 16-byte boundary on a shape that would otherwise
+// take the vector kernel: the op must see it and take the scalar one.
+class RopeMisalignedGpuTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(RopeMisalignedGpuTest, ForwardAndBackwardMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  expect_matches_cpu({2, 9, 3, 64}, GetParam(), true, false);
+  expect_matches_cpu({2, 9, 3, 64}, GetParam(), false, true);
+}
+
+INSTANTIATE_TEST_SUITE_P(Views, RopeMisalignedGpuTest, ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const ::testing::TestParamInfo<DType>& info) {
+                           return std::string(dtype_name(info.param));
+                         });
 
 std::string param_name(const ::testing::TestParamInfo<Param>& info) {
   auto [shape, dt] = info.param;
@@ -75,7 +112,10 @@ std::string param_name(const ::testing::TestParamInfo<Param>& info) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, RopeGpuTest,
     ::testing::Combine(::testing::Values(Shape{1, 1, 1, 2}, Shape{2, 7, 3, 8}, Shape{1, 33, 4, 64},
-                                         Shape{2, 5, 2, 6}, Shape{3, 129, 5, 128}),
+                                         Shape{2, 5, 2, 6}, Shape{3, 129, 5, 128},
+                                         Shape{3, 11, 9, 16}, Shape{2, 33, 8, 64},
+                                         Shape{1, 19, 17, 128}, Shape{2, 5, 1, 4},
+                                         Shape{1, 4096, 3, 128}, Shape{2, 2048, 16, 64}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     param_name);
 
