@@ -8,6 +8,8 @@
 #include <cuda_runtime_api.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cstdint>
 #include <initializer_list>
 
@@ -32,7 +34,7 @@ inline void launch_check(const char* kernel) {
 // Makes the tensor's GPU current (a no-op when it already is) and returns its index, so an
 // op runs where its tensors live whichever device the thread used last.
 inline int use_device(const Tensor& t) {
-  SY_CUDA_CHECK(cudaSetDevice(t.device().index));
+  set_device(t.device().index);
   return t.device().index;
 }
 
@@ -124,13 +126,24 @@ void dispatch_float(DType dtype, const char* what, F&& f) {
 // Stream-ordered scratch memory for a launcher (reductions' partial sums, sort buffers):
 // taken from the same cudaMallocAsync pool as tensors and given back on the stream, so
 // it costs no synchronisation.
+// On the per-thread stream the bytes come from the tensor allocator's cache of freed
+// blocks (kernels/block_cache.h: scratch sizes repeat every step, and a pool call costs the
+// host microseconds); on a side stream, from the pool, ordered on that stream.
 class Scratch {
  public:
   explicit Scratch(size_t bytes) {
-    if (bytes) SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, stream()));
+    if (bytes == 0) return;
+    if (stream() == cudaStreamPerThread) {
+      block_ = Tensor::empty({static_cast<int64_t>((bytes + 3) / 4)}, DType::kI32,
+                             Device::cuda(current_device()));
+      ptr_ = block_.raw();
+    } else {
+      side_ = stream();
+      SY_CUDA_CHECK(cudaMallocAsync(&ptr_, bytes, side_));
+    }
   }
   ~Scratch() {
-    if (ptr_) cudaFreeAsync(ptr_, stream());
+    if (side_) cudaFreeAsync(ptr_, side_);
   }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -140,14 +153,22 @@ class Scratch {
   }
 
  private:
+  Tensor block_;                 // the per-thread stream's case
+  cudaStream_t side_ = nullptr;  // the side stream's case
   void* ptr_ = nullptr;
 };
 
 // Streaming multiprocessors of the current device: sizes grids of partial reductions.
+// Asked of the runtime once per device.
 inline int sm_count() {
-  int device = 0, count = 0;
-  SY_CUDA_CHECK(cudaGetDevice(&device));
-  SY_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  static std::array<std::atomic<int>, kMaxDevices> counts{};
+  const int device = current_device();
+  SY_CHECK(device < kMaxDevices) << "device " << device;
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    SY_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
   return count;
 }
 

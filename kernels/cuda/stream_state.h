@@ -31,6 +31,14 @@ inline void set_device(int device) {
   t_current_device = device;
 }
 
+// This thread's current GPU (as the runtime reports it until set_device first runs).
+inline int current_device() {
+  if (t_current_device >= 0) return t_current_device;
+  int device = 0;
+  SY_CUDA_CHECK(cudaGetDevice(&device));
+  return device;
+}
+
 // The same without aborting (destructors): false if the runtime refused.
 inline bool try_set_device(int device) {
   if (device == t_current_device) return true;
