@@ -25,6 +25,7 @@ using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
 using testing::on_gpu;
+using testing::on_gpu_shifted;
 using testing::rounded;
 
 using testing::all_close;
@@ -124,14 +125,6 @@ enum class Out { kOwn, kA, kB };
 using AddParam = std::tuple<int64_t, int, Out, DType>;  // n, shifted, out, dtype
 
 class AddViewsGpuTest : public ::testing::TestWithParam<AddParam> {};
-
-// `host` (f32, CPU) on the GPU as `dtype`, starting `shift` elements into its buffer.
-Tensor on_gpu_shifted(const Tensor& host, DType dtype, int64_t shift) {
-  const int64_t n = host.numel();
-  Tensor padded = filled({n + shift}, kNaN);
-  std::memcpy(padded.data<float>() + shift, host.data<float>(), n * sizeof(float));
-  return on_gpu(padded, dtype).rows(shift, n + shift);
-}
 
 TEST_P(AddViewsGpuTest, MatchesCpu) {
   SKIP_WITHOUT_GPU();

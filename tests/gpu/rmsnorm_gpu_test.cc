@@ -30,6 +30,7 @@ using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
 using testing::on_gpu;
+using testing::on_gpu_shifted;
 using testing::rounded;
 
 using testing::all_close;
@@ -39,16 +40,6 @@ using testing::rng_for_test;
 // Which tensor of a case starts one element into its buffer, so that its data is off a
 // 16-byte boundary and the op must take its generic kernels.
 enum class Misaligned { kNone, kX, kOut, kDy, kWeight };
-
-// `host` (f32, CPU) on the GPU as `dtype`; with `shift`, as a view that starts one element
-// into a buffer one element longer, holding the same values.
-Tensor on_gpu_shifted(const Tensor& host, DType dtype, bool shift) {
-  if (!shift) return on_gpu(host, dtype);
-  const int64_t n = host.numel();
-  Tensor padded = filled({n + 1}, 0.0f);
-  std::memcpy(padded.data<float>() + 1, host.data<float>(), n * sizeof(float));
-  return on_gpu(padded, dtype).rows(1, n + 1).view(host.shape());
-}
 
 // Forward and backward of one case on the GPU against the CPU.
 void expect_matches_cpu(const Shape& shape, DType dt, Misaligned misaligned) {

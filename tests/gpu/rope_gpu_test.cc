@@ -26,22 +26,13 @@ using testing::filled;
 using testing::kGpu;
 using testing::kNaN;
 using testing::on_gpu;
+using testing::on_gpu_shifted;
 using testing::rounded;
 
 using testing::all_close;
 using testing::random_ints;
 using testing::random_normal;
 using testing::rng_for_test;
-
-// `host` (f32, CPU) on the GPU as `dtype`; with `shift`, as a view that starts one element
-// into a buffer one element longer, holding the same values.
-Tensor on_gpu_shifted(const Tensor& host, DType dtype, bool shift) {
-  if (!shift) return on_gpu(host, dtype);
-  const int64_t n = host.numel();
-  Tensor padded = filled({n + 1}, 0.0f);
-  std::memcpy(padded.data<float>() + 1, host.data<float>(), n * sizeof(float));
-  return on_gpu(padded, dtype).rows(1, n + 1).view(host.shape());
-}
 
 // Forward and backward, out of place and in place, against the CPU; with shift_x / shift_out
 // the input / output starts one element into its buffer (in place: the one tensor does).

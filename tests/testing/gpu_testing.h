@@ -4,6 +4,7 @@
 // the reference sees exactly the values the kernel sees.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -30,6 +31,17 @@ inline Tensor filled(const Shape& shape, float value) {
   Tensor t = Tensor::empty(shape);
   t.fill_(value);
   return t;
+}
+
+// `host` (f32, CPU) on the GPU as `dtype` with host's shape, as a view starting `shift`
+// elements into a buffer that much longer (NaN before it). shift 1 puts the data off every
+// 16-byte boundary, so an op must take its non-vector kernels.
+inline Tensor on_gpu_shifted(const Tensor& host, DType dtype, int64_t shift) {
+  if (shift == 0) return on_gpu(host, dtype);
+  const int64_t n = host.numel();
+  Tensor padded = filled({n + shift}, kNaN);
+  std::memcpy(padded.data<float>() + shift, host.data<float>(), n * sizeof(float));
+  return on_gpu(padded, dtype).rows(shift, n + shift).view(host.shape());
 }
 
 // all_close of a GPU result against its CPU reference with an absolute floor relative to the
