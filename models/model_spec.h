@@ -39,6 +39,11 @@ struct ModelSpec {
   MoeSpec moe;
   int mtp_modules = 0;
   float mtp_loss_weight = 0.0f;
+  // Training computes the output head's logits this many rows (tokens) at a time; 0: as many
+  // as fit in 256 MiB, so a step never holds every token's logits at once (1 GiB for 16,384
+  // tokens of a 32,768 vocabulary in bf16). Not in the config: a memory bound, not a model
+  // choice (tests set it to cut small batches into several chunks).
+  int64_t head_chunk_rows = 0;
 
   int head_dim() const { return d_model / n_heads; }
   bool is_moe_layer(int layer) const { return layer >= first_k_dense; }

@@ -1,5 +1,6 @@
 #include "models/transformer.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernels/cross_entropy.h"
@@ -135,23 +136,35 @@ namespace {
 // Output head + fused cross-entropy on normalised hidden states hn [N, D]: returns the
 // per-token losses (on hn's device, not read here: the host does not wait for them) and
 // writes dhn = d(scale * summed loss)/d(hn). Head gradient accumulates. The logits take hn's
-// dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32). `targets` may be
-// on the host or already on hn's device.
+// dtype (bf16 under bf16 compute; the cross-entropy accumulates in fp32) and exist
+// `chunk_rows` rows at a time (ModelSpec::head_chunk_rows; 0: rows of 256 MiB). `targets`
+// may be on the host or already on hn's device.
 Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, double scale,
-                          const Tensor& dhn) {
+                          const Tensor& dhn, int64_t chunk_rows) {
   profile::Scope region("head+loss");
+  constexpr int64_t kChunkBytes = int64_t{256} << 20;
   const int64_t n = hn.dim(0), vocab = head.value.dim(0);
   const Device dev = hn.device();
-  Tensor logits = Tensor::empty({n, vocab}, hn.dtype(), dev);
-  matmul(logits, hn, head.w(), false, true);
+  if (chunk_rows <= 0) {
+    chunk_rows = std::max<int64_t>(
+        1, kChunkBytes / std::max<int64_t>(1, vocab * int64_t(dtype_size(hn.dtype()))));
+  }
+  chunk_rows = std::min(chunk_rows, std::max<int64_t>(n, 1));
   Tensor losses = Tensor::empty({n}, DType::kF32, dev);
-  Tensor lse = Tensor::empty({n}, DType::kF32, dev);
+  Tensor lse = Tensor::empty({chunk_rows}, DType::kF32, dev);
   Tensor tgt = targets.to(dev).view({n});
-  cross_entropy_forward(losses, lse, logits, tgt, kIgnoreIndex);
   Tensor dlosses = Tensor::empty({n}, DType::kF32, dev);
   fill_(dlosses, static_cast<float>(scale));
-  cross_entropy_backward(logits, dlosses, logits, lse, tgt, kIgnoreIndex);  // in place
-  matmul_backward(dhn, head.grad, logits, hn, head.w(), false, true, 0.0f, take_grad_beta(head));
+  for (int64_t r0 = 0; r0 < n; r0 += chunk_rows) {
+    const int64_t r1 = std::min(n, r0 + chunk_rows);
+    const Tensor h = hn.rows(r0, r1), t = tgt.rows(r0, r1), l = lse.rows(0, r1 - r0);
+    Tensor logits = Tensor::empty({r1 - r0, vocab}, hn.dtype(), dev);
+    matmul(logits, h, head.w(), false, true);
+    cross_entropy_forward(losses.rows(r0, r1), l, logits, t, kIgnoreIndex);
+    cross_entropy_backward(logits, dlosses.rows(r0, r1), logits, l, t, kIgnoreIndex);  // in place
+    matmul_backward(dhn.rows(r0, r1), head.grad, logits, h, head.w(), false, true, 0.0f,
+                    take_grad_beta(head));
+  }
   return losses;
 }
 
@@ -205,7 +218,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   }
   Tensor dhn = Tensor::empty({n, d}, dt, dev);
   // Losses stay on the device until the whole backward is queued.
-  const Tensor lm_losses = head_loss_and_grad(hn, head_param(), targets_dev, scales.lm, dhn);
+  const Tensor lm_losses =
+      head_loss_and_grad(hn, head_param(), targets_dev, scales.lm, dhn, spec_.head_chunk_rows);
   std::vector<Tensor> mtp_losses;
 
   // MTP forward, module by module (each feeds the next), keeping the head gradients.
@@ -221,8 +235,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     Tensor hk = m.block->forward(z, layout);
     Tensor hkn = m.out_norm->forward(hk);
     states[k].dout = Tensor::empty({n, d}, dt, dev);
-    mtp_losses.push_back(
-        head_loss_and_grad(hkn, head_param(), states[k].targets, scales.mtp[k], states[k].dout));
+    mtp_losses.push_back(head_loss_and_grad(hkn, head_param(), states[k].targets, scales.mtp[k],
+                                            states[k].dout, spec_.head_chunk_rows));
     prev = hk;
   }
 
@@ -252,7 +266,8 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   embed_backward(inputs_dev, trunk_backward(dh0));
   store_.finish_grads();
   terms.lm = scales.lm * loss_sum(lm_losses);
-  for (size_t k = 0; k < mtp_losses.size(); ++k) terms.mtp += scales.mtp[k] * loss_sum(mtp_losses[k]);
+  for (size_t k = 0; k < mtp_losses.size(); ++k)
+    terms.mtp += scales.mtp[k] * loss_sum(mtp_losses[k]);
 
   double balance_after = 0;
   for (MoeFfn* m : moes)

@@ -296,6 +296,44 @@ TEST(MoeLayer, BatchedExpertGemmsMatchTheLoop) {
   }
 }
 
+// The output head computed a few rows at a time (ModelSpec::head_chunk_rows; 3 rows here,
+// the last chunk partial) gives the losses and gradients of computing it at once, for the
+// main head and an MTP module's, tied and untied.
+TEST(Transformer, ChunkedHeadMatchesTheWholeHead) {
+  for (bool tied : {false, true}) {
+    ModelSpec spec = tiny_spec();
+    spec.mtp_modules = 1;
+    spec.mtp_loss_weight = 0.3f;
+    spec.tie_embeddings = tied;
+    auto rng = testing::rng_for_test();
+    Batch batch = random_batch(spec, 2, spec.seq_len, rng);
+    struct Result {
+      LossTerms terms;
+      std::map<std::string, Tensor> grads;
+    };
+    auto run = [&](int64_t chunk_rows) {
+      ModelSpec s = spec;
+      s.head_chunk_rows = chunk_rows;
+      ParamStore store;
+      Transformer model(s, store);
+      store.initialize(7);
+      store.zero_grad();
+      Result r;
+      r.terms =
+          model.forward_backward(batch.inputs, batch.targets, scales_for(model, batch.targets));
+      for (Param* p : store.params()) r.grads[p->name] = p->grad.clone();
+      return r;
+    };
+    const Result whole = run(1 << 20), chunked = run(3);
+    ASSERT_GT(2 * spec.seq_len, 3) << "the test needs several chunks";
+    EXPECT_NEAR(chunked.terms.lm, whole.terms.lm, 1e-6 * std::fabs(whole.terms.lm)) << tied;
+    EXPECT_NEAR(chunked.terms.mtp, whole.terms.mtp, 1e-6 * std::fabs(whole.terms.mtp)) << tied;
+    for (const auto& [name, g] : whole.grads) {
+      EXPECT_TRUE(testing::all_close(chunked.grads.at(name), g, 1e-5, 1e-7)) << name << " " << tied;
+    }
+  }
+}
+
 // zero_grad() only marks gradients unwritten: the first writer overwrites (GEMMs with beta
 // 0), writers that add zero the gradient first, finish_grads() zeroes what nobody wrote.
 TEST(ParamStore, UnwrittenGradientsAreOverwrittenOrZeroed) {
