@@ -64,18 +64,13 @@ def merge(ops):
     return out
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("trace")
-    ap.add_argument("--skip", type=int, default=2, help="steps left out at the start")
-    ap.add_argument("--gaps", type=int, default=25)
-    ap.add_argument("--kernels", type=int, default=30)
-    args = ap.parse_args()
-    gpu, api = load(args.trace)
+def summarise(gpu, api, skip):
+    """Per-step summaries (dicts: span, busy, gaps, kernels, calls) of the steps after the
+    first `skip`, from load()'s records. Raises ValueError with too few steps."""
     ends = [e for s, e, _, _, n, k in gpu if k == "kernel" and STEP_KERNEL in n]
-    if len(ends) < args.skip + 2:
-        sys.exit(f"trace_report: {len(ends)} launches of {STEP_KERNEL} in {args.trace}; "
-                 f"need at least {args.skip + 2} (run more steps or lower --skip)")
+    if len(ends) < skip + 2:
+        raise ValueError(f"{len(ends)} launches of {STEP_KERNEL}; need at least {skip + 2} "
+                         f"(run more steps or lower --skip)")
     launch = {}  # correlation -> earliest start of an API record with it
     for s, e, _, c, _, _ in api:
         if c and (c not in launch or s < launch[c]):
@@ -84,7 +79,7 @@ def main():
     sync_ends = [x[0] for x in syncs]
 
     steps = []
-    for i in range(args.skip + 1, len(ends)):
+    for i in range(skip + 1, len(ends)):
         lo, hi = ends[i - 1], ends[i]
         ops = [op for op in gpu if op[0] < hi and op[1] > lo]
         clipped = [(max(s, lo), min(e, hi), st, c, n, k) for s, e, st, c, n, k in ops]
@@ -125,6 +120,21 @@ def main():
             "span": hi - lo, "busy": sum(e - s for s, e in busy), "gaps": gaps,
             "kernels": kernels, "calls": calls,
         })
+    return steps
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("trace")
+    ap.add_argument("--skip", type=int, default=2, help="steps left out at the start")
+    ap.add_argument("--gaps", type=int, default=25)
+    ap.add_argument("--kernels", type=int, default=30)
+    args = ap.parse_args()
+    gpu, api = load(args.trace)
+    try:
+        steps = summarise(gpu, api, args.skip)
+    except ValueError as e:
+        sys.exit(f"trace_report: {args.trace}: {e}")
 
     ms = lambda ns: ns / 1e6
     print(f"{len(steps)} steps (the first {args.skip} left out); times in ms")
