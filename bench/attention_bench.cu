@@ -1,7 +1,8 @@
 // Causal attention speed, bf16, on the benchmark model's shapes: the CUDA-core kernels
-// ("simt") against the tensor-core ones ("tc"), forward and backward, through the public ops of
-// kernels/attention.h. One line per (shape, kernels, pass):
-//   max rel err (tc against simt: max |tc - simt| / max |simt| over the outputs) | median ms
+// ("simt") against the tensor-core ones ("tc") and cuDNN's fused attention ("cudnn"), forward
+// and backward, through the public ops of kernels/attention.h. One line per (shape, kernels,
+// pass):
+//   max rel err (against simt: max |x - simt| / max |simt| over the outputs) | median ms
 //   of N timed runs after warmup (CUDA events on the ops' stream) | causal TFLOP/s.
 // FLOPs count the causal half: forward 4 B H T^2/2 hd (two products), backward 2.5x that.
 // Usage: attention_bench [repeats, default 20]
@@ -49,7 +50,7 @@ void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
                    Tensor::empty(k.shape(), DType::kBF16, gpu),
                    Tensor::empty(v.shape(), DType::kBF16, gpu)};
   };
-  Outputs simt = make(), tc = make();
+  Outputs simt = make(), tc = make(), dnn = make();
   const double fwd_flops = 4.0 * s.batch * s.heads * (static_cast<double>(s.t) * s.t / 2) * s.hd;
   const double bwd_flops = 2.5 * fwd_flops;
   char name[96];
@@ -57,23 +58,30 @@ void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
                 static_cast<long long>(s.batch), static_cast<long long>(s.t),
                 static_cast<long long>(s.heads), static_cast<long long>(s.kv_heads),
                 static_cast<long long>(s.hd));
-  for (auto kernels : {cuda::AttentionKernels::kSimt, cuda::AttentionKernels::kTensorCore}) {
+  // The CUDA-core kernels first (the reference), then the tensor-core ones, then cuDNN's fused
+  // attention (SWITCHYARD_ATTENTION=cudnn; last, since a shape it refuses ends the program).
+  for (auto kernels : {cuda::AttentionKernels::kSimt, cuda::AttentionKernels::kTensorCore,
+                       cuda::AttentionKernels::kCudnn}) {
     cuda::set_attention_kernels(kernels);
-    const bool is_tc = kernels == cuda::AttentionKernels::kTensorCore;
-    Outputs& o = is_tc ? tc : simt;
+    const bool is_simt = kernels == cuda::AttentionKernels::kSimt;
+    const bool is_dnn = kernels == cuda::AttentionKernels::kCudnn;
+    Outputs& o = is_simt ? simt : is_dnn ? dnn : tc;
     const double fwd_ms = median_ms([&] { attention_forward(o.out, o.lse, q, k, v); }, repeats);
-    // Both backward passes take the same forward results, so their gradients compare.
+    // The backward takes the CUDA-core forward's results, so the gradients compare; cuDNN's
+    // takes its own (its statistics are its own to read).
+    const Outputs& fwd = is_dnn ? dnn : simt;
     const double bwd_ms = median_ms(
-        [&] { attention_backward(o.dq, o.dk, o.dv, dout, q, k, v, simt.out, simt.lse); }, repeats);
+        [&] { attention_backward(o.dq, o.dk, o.dv, dout, q, k, v, fwd.out, fwd.lse); }, repeats);
     SY_CUDA_CHECK(cudaStreamSynchronize(cuda::stream()));
-    const char* label = is_tc ? "tc  " : "simt";
-    const double fwd_err = is_tc ? max_rel_err({&tc.out, &tc.lse}, {&simt.out, &simt.lse}) : 0;
+    const char* label = is_simt ? "simt " : is_dnn ? "cudnn" : "tc   ";
+    const double fwd_err = is_simt ? 0 : max_rel_err({&o.out, &o.lse}, {&simt.out, &simt.lse});
     const double bwd_err =
-        is_tc ? max_rel_err({&tc.dq, &tc.dk, &tc.dv}, {&simt.dq, &simt.dk, &simt.dv}) : 0;
+        is_simt ? 0 : max_rel_err({&o.dq, &o.dk, &o.dv}, {&simt.dq, &simt.dk, &simt.dv});
     std::printf("%-28s %s forward  | max rel err %.1e | %8.3f ms | %6.1f TFLOP/s\n", name, label,
                 fwd_err, fwd_ms, fwd_flops / fwd_ms * 1e-9);
     std::printf("%-28s %s backward | max rel err %.1e | %8.3f ms | %6.1f TFLOP/s\n", name, label,
                 bwd_err, bwd_ms, bwd_flops / bwd_ms * 1e-9);
+    std::fflush(stdout);
   }
 }
 

@@ -10,12 +10,14 @@
 #   cpu    ctest -L 'unit|mpi' (the CPU suites on this machine's 16 cores)
 #   tiny   the default run (configs/tiny.textproto: DEVICE_AUTO, so the GPU in bf16)
 #   attn   attention: the SIMT kernels' parity test too, bench/attention_bench (TFLOP/s of
-#          the tensor-core and SIMT paths) and bench/sdpa_bench.py (PyTorch SDPA, same shapes)
+#          the tensor-core, SIMT and cuDNN paths) and bench/sdpa_bench.py (PyTorch SDPA, same
+#          shapes)
 #   gemm   bench/expert_gemm_bench: the MoE expert GEMMs per expert on one stream, on four
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
-#          (train.profile_step), without and with one MTP module
+#          (train.profile_step), without and with one MTP module, and MTP off once more with
+#          SWITCHYARD_ATTENTION=cudnn (cuDNN's fused attention)
 #   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
 #          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
 #          largest gaps, GPU time per kernel (the trace itself comes back as trace.csv.gz)
@@ -129,6 +131,12 @@ if want bench; then
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
+  # cuDNN's fused attention (opt-in, kernels/cuda/attention_cudnn.cc) in the same step.
+  SWITCHYARD_ATTENTION=cudnn build-dev/switchyard train --config configs/bench_moe_1b.textproto \
+    --run_dir /tmp/bench_cudnn --set "mtp { num_modules: 0 } $(bench_run profile_step: 6)" \
+    >"$out/bench_moe_1b_cudnn.log" 2>&1
+  note "bench_moe_1b MTP 0, SWITCHYARD_ATTENTION=cudnn: exit $?"
+  grep -E '^step [5-8]/|^attn\.core|error' "$out/bench_moe_1b_cudnn.log" | tee -a "$summary"
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
 fi
 

@@ -757,9 +757,10 @@ AttentionKernels kernels_from_env() {
   if (value == nullptr || *value == '\0' || std::strcmp(value, "tc") == 0) {
     return AttentionKernels::kTensorCore;
   }
+  if (std::strcmp(value, "cudnn") == 0) return AttentionKernels::kCudnn;
   SY_CHECK(std::strcmp(value, "simt") == 0)
-      << "SWITCHYARD_ATTENTION must be 'simt' (CUDA-core kernels) or 'tc' (tensor cores, the "
-         "default), got '"
+      << "SWITCHYARD_ATTENTION must be 'tc' (tensor cores, the default), 'simt' (CUDA-core "
+         "kernels) or 'cudnn' (cuDNN's fused attention for bf16 training shapes), got '"
       << value << "'";
   return AttentionKernels::kSimt;
 }
@@ -781,7 +782,7 @@ bool tensor_core_attention_takes(std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors) {
     if (reinterpret_cast<uintptr_t>(t->data<bf16>()) % 16 != 0) return false;
   }
-  return attention_kernels() == AttentionKernels::kTensorCore;
+  return attention_kernels() != AttentionKernels::kSimt;
 }
 
 void tensor_core_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q,

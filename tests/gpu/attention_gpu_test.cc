@@ -241,11 +241,13 @@ class KernelsChosen {
   cuda::AttentionKernels saved_;
 };
 
-// Bit-for-bit repeats of both bf16 paths, forced, whatever SWITCHYARD_ATTENTION says.
-TEST(AttentionGpu, BothBf16KernelsRepeatBitForBit) {
+// Bit-for-bit repeats of every bf16 path, forced, whatever SWITCHYARD_ATTENTION says (cuDNN's
+// backward is asked for its deterministic algorithm; its decode shapes go to the tensor cores).
+TEST(AttentionGpu, EveryBf16PathRepeatsBitForBit) {
   SKIP_WITHOUT_GPU();
   for (cuda::AttentionKernels kernels :
-       {cuda::AttentionKernels::kTensorCore, cuda::AttentionKernels::kSimt}) {
+       {cuda::AttentionKernels::kTensorCore, cuda::AttentionKernels::kSimt,
+        cuda::AttentionKernels::kCudnn}) {
     KernelsChosen chosen(kernels);
     expect_repeats_bit_for_bit({2, 300, 300, 8, 2, 64, DType::kBF16});
     expect_repeats_bit_for_bit({2, 129, 300, 8, 2, 128, DType::kBF16});
@@ -285,6 +287,40 @@ TEST_P(AttentionKernelsAgree, TensorCoreMatchesSimt) {
   EXPECT_TRUE(close_to(tc.dq, simt.dq, c.dtype, true)) << "dq";
   EXPECT_TRUE(close_to(tc.dk, simt.dk, c.dtype, true)) << "dk";
   EXPECT_TRUE(close_to(tc.dv, simt.dv, c.dtype, true)) << "dv";
+}
+
+// cuDNN's fused attention (SWITCHYARD_ATTENTION=cudnn) against the CUDA-core kernels, for
+// the training shapes it takes (Tq == Tk); each backward from its own forward's out and lse,
+// so cuDNN's statistics must be the log-sum-exp the contract names (the lse check says so).
+TEST_P(AttentionKernelsAgree, CudnnMatchesSimt) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  if (c.tq != c.tk) GTEST_SKIP() << "a decode shape: cuDNN's path takes training shapes only";
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  const Device gpu = Device::cuda(0);
+  const Tensor q = on_gpu(in.q, c.dtype), k = on_gpu(in.k, c.dtype), v = on_gpu(in.v, c.dtype);
+  const Tensor dout = on_gpu(in.dout, c.dtype);
+  struct Results {
+    Tensor out, lse, dq, dk, dv;
+  };
+  Results simt, cudnn;
+  for (auto [kernels, r] : {std::pair{cuda::AttentionKernels::kSimt, &simt},
+                            std::pair{cuda::AttentionKernels::kCudnn, &cudnn}}) {
+    KernelsChosen chosen(kernels);
+    r->out = Tensor::empty(q.shape(), c.dtype, gpu);
+    r->lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
+    r->dq = on_gpu(random_normal(q.shape(), rng), c.dtype);  // written, not added
+    r->dk = on_gpu(random_normal(k.shape(), rng), c.dtype);
+    r->dv = on_gpu(random_normal(v.shape(), rng), c.dtype);
+    attention_forward(r->out, r->lse, q, k, v);
+    attention_backward(r->dq, r->dk, r->dv, dout, q, k, v, r->out, r->lse);
+  }
+  EXPECT_TRUE(close_to(cudnn.out, simt.out, c.dtype, true)) << "out";
+  EXPECT_TRUE(close_to(cudnn.lse, simt.lse, DType::kF32)) << "lse";
+  EXPECT_TRUE(close_to(cudnn.dq, simt.dq, c.dtype, true)) << "dq";
+  EXPECT_TRUE(close_to(cudnn.dk, simt.dk, c.dtype, true)) << "dk";
+  EXPECT_TRUE(close_to(cudnn.dv, simt.dv, c.dtype, true)) << "dv";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelsAgree, ::testing::ValuesIn(kTensorCoreShapes),
