@@ -254,73 +254,53 @@ TEST(AttentionGpu, EveryBf16PathRepeatsBitForBit) {
   }
 }
 
-// The tensor-core kernels against the CUDA-core ones on the same GPU inputs, held to the
-// tensor-core bf16 bound with the CUDA-core results as the reference. The backward of both takes
-// the same forward results (the CUDA-core kernels'), so only the backward differs.
+// One bf16 path against the CUDA-core kernels on the same GPU inputs, held to the tensor-core
+// bf16 bound with the CUDA-core results as the reference. `own_forward`: the path's backward
+// takes its own forward's out and lse (cuDNN's, whose statistics must then be the log-sum-exp
+// the contract names: the lse check says so); otherwise both backward passes take the CUDA-core
+// forward's results, so only the backward differs. Gradients start from garbage (written).
+void expect_path_agrees_with_simt(const Case& c, cuda::AttentionKernels path, bool own_forward) {
+  auto rng = rng_for_test();
+  const Inputs in = make_inputs(c, rng);
+  const Device gpu = Device::cuda(0);
+  const Tensor q = on_gpu(in.q, c.dtype), k = on_gpu(in.k, c.dtype), v = on_gpu(in.v, c.dtype);
+  const Tensor dout = on_gpu(in.dout, c.dtype);
+  struct Results {
+    Tensor out, lse, dq, dk, dv;
+  };
+  Results simt, other;
+  for (auto [kernels, r] :
+       {std::pair{cuda::AttentionKernels::kSimt, &simt}, std::pair{path, &other}}) {
+    KernelsChosen chosen(kernels);
+    r->out = Tensor::empty(q.shape(), c.dtype, gpu);
+    r->lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
+    r->dq = on_gpu(random_normal(q.shape(), rng), c.dtype);
+    r->dk = on_gpu(random_normal(k.shape(), rng), c.dtype);
+    r->dv = on_gpu(random_normal(v.shape(), rng), c.dtype);
+    attention_forward(r->out, r->lse, q, k, v);
+    const Results& fwd = own_forward ? *r : simt;
+    attention_backward(r->dq, r->dk, r->dv, dout, q, k, v, fwd.out, fwd.lse);
+  }
+  EXPECT_TRUE(close_to(other.out, simt.out, c.dtype, true)) << "out";
+  EXPECT_TRUE(close_to(other.lse, simt.lse, DType::kF32)) << "lse";
+  EXPECT_TRUE(close_to(other.dq, simt.dq, c.dtype, true)) << "dq";
+  EXPECT_TRUE(close_to(other.dk, simt.dk, c.dtype, true)) << "dk";
+  EXPECT_TRUE(close_to(other.dv, simt.dv, c.dtype, true)) << "dv";
+}
+
 class AttentionKernelsAgree : public ::testing::TestWithParam<Case> {};
 
 TEST_P(AttentionKernelsAgree, TensorCoreMatchesSimt) {
   SKIP_WITHOUT_GPU();
-  const Case c = GetParam();
-  auto rng = rng_for_test();
-  const Inputs in = make_inputs(c, rng);
-  const Device gpu = Device::cuda(0);
-  const Tensor q = on_gpu(in.q, c.dtype), k = on_gpu(in.k, c.dtype), v = on_gpu(in.v, c.dtype);
-  const Tensor dout = on_gpu(in.dout, c.dtype);
-  struct Results {
-    Tensor out, lse, dq, dk, dv;
-  };
-  Results simt, tc;
-  for (auto [kernels, r] : {std::pair{cuda::AttentionKernels::kSimt, &simt},
-                            std::pair{cuda::AttentionKernels::kTensorCore, &tc}}) {
-    KernelsChosen chosen(kernels);
-    r->out = Tensor::empty(q.shape(), c.dtype, gpu);
-    r->lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
-    r->dq = Tensor::empty(q.shape(), c.dtype, gpu);
-    r->dk = Tensor::empty(k.shape(), c.dtype, gpu);
-    r->dv = Tensor::empty(v.shape(), c.dtype, gpu);
-    attention_forward(r->out, r->lse, q, k, v);
-    attention_backward(r->dq, r->dk, r->dv, dout, q, k, v, simt.out, simt.lse);
-  }
-  EXPECT_TRUE(close_to(tc.out, simt.out, c.dtype, true)) << "out";
-  EXPECT_TRUE(close_to(tc.lse, simt.lse, DType::kF32)) << "lse";
-  EXPECT_TRUE(close_to(tc.dq, simt.dq, c.dtype, true)) << "dq";
-  EXPECT_TRUE(close_to(tc.dk, simt.dk, c.dtype, true)) << "dk";
-  EXPECT_TRUE(close_to(tc.dv, simt.dv, c.dtype, true)) << "dv";
+  expect_path_agrees_with_simt(GetParam(), cuda::AttentionKernels::kTensorCore, false);
 }
 
-// cuDNN's fused attention (SWITCHYARD_ATTENTION=cudnn) against the CUDA-core kernels, for
-// the training shapes it takes (Tq == Tk); each backward from its own forward's out and lse,
-// so cuDNN's statistics must be the log-sum-exp the contract names (the lse check says so).
+// cuDNN's fused attention (SWITCHYARD_ATTENTION=cudnn), for the training shapes it takes.
 TEST_P(AttentionKernelsAgree, CudnnMatchesSimt) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
   if (c.tq != c.tk) GTEST_SKIP() << "a decode shape: cuDNN's path takes training shapes only";
-  auto rng = rng_for_test();
-  const Inputs in = make_inputs(c, rng);
-  const Device gpu = Device::cuda(0);
-  const Tensor q = on_gpu(in.q, c.dtype), k = on_gpu(in.k, c.dtype), v = on_gpu(in.v, c.dtype);
-  const Tensor dout = on_gpu(in.dout, c.dtype);
-  struct Results {
-    Tensor out, lse, dq, dk, dv;
-  };
-  Results simt, cudnn;
-  for (auto [kernels, r] : {std::pair{cuda::AttentionKernels::kSimt, &simt},
-                            std::pair{cuda::AttentionKernels::kCudnn, &cudnn}}) {
-    KernelsChosen chosen(kernels);
-    r->out = Tensor::empty(q.shape(), c.dtype, gpu);
-    r->lse = Tensor::empty({c.batch, c.heads, c.tq}, DType::kF32, gpu);
-    r->dq = on_gpu(random_normal(q.shape(), rng), c.dtype);  // written, not added
-    r->dk = on_gpu(random_normal(k.shape(), rng), c.dtype);
-    r->dv = on_gpu(random_normal(v.shape(), rng), c.dtype);
-    attention_forward(r->out, r->lse, q, k, v);
-    attention_backward(r->dq, r->dk, r->dv, dout, q, k, v, r->out, r->lse);
-  }
-  EXPECT_TRUE(close_to(cudnn.out, simt.out, c.dtype, true)) << "out";
-  EXPECT_TRUE(close_to(cudnn.lse, simt.lse, DType::kF32)) << "lse";
-  EXPECT_TRUE(close_to(cudnn.dq, simt.dq, c.dtype, true)) << "dq";
-  EXPECT_TRUE(close_to(cudnn.dk, simt.dk, c.dtype, true)) << "dk";
-  EXPECT_TRUE(close_to(cudnn.dv, simt.dv, c.dtype, true)) << "dv";
+  expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelsAgree, ::testing::ValuesIn(kTensorCoreShapes),
