@@ -17,6 +17,9 @@
 // Ordering (the caller's contract, the same as cudaMallocAsync / cudaFreeAsync on one
 // stream): a block is put back when the host drops the last tensor using it, after the
 // work using it has been queued; the next taker's work is queued later on the same stream.
+// So a StreamFanout piece (kernels/streams.h) must not make and drop tensors: a block dropped
+// on one side stream could be taken by another while the first still runs (it was so with
+// the pool too; the pieces, per-expert GEMMs, allocate nothing).
 // Not thread-safe by itself: tensor.cc holds one per device behind a mutex.
 #include <cstddef>
 #include <cstdint>
