@@ -62,6 +62,9 @@ void run_shape(const Shape4& s, int repeats, std::mt19937_64& rng) {
   // attention (SWITCHYARD_ATTENTION=cudnn; last, since a shape it refuses ends the program).
   for (auto kernels : {cuda::AttentionKernels::kSimt, cuda::AttentionKernels::kTensorCore,
                        cuda::AttentionKernels::kCudnn}) {
+#ifndef SWITCHYARD_HAVE_CUDNN_ATTENTION
+    if (kernels == cuda::AttentionKernels::kCudnn) continue;  // not in this build
+#endif
     cuda::set_attention_kernels(kernels);
     const bool is_simt = kernels == cuda::AttentionKernels::kSimt;
     const bool is_dnn = kernels == cuda::AttentionKernels::kCudnn;

@@ -774,6 +774,25 @@ std::atomic<AttentionKernels>& chosen_kernels() {
 
 AttentionKernels attention_kernels() { return chosen_kernels().load(); }
 
+#ifndef SWITCHYARD_HAVE_CUDNN_ATTENTION
+// This build left kernels/cuda/attention_cudnn.cc out (CMake found no cudnn.h or NVRTC).
+bool cudnn_attention_takes(std::initializer_list<const Tensor*>) {
+  SY_CHECK(attention_kernels() != AttentionKernels::kCudnn)
+      << "SWITCHYARD_ATTENTION=cudnn, but this build has no cuDNN attention (CMake found no "
+         "cudnn.h or no NVRTC); unset it, or rebuild where the CUDA toolkit has both";
+  return false;
+}
+void cudnn_attention_forward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                             const Tensor&) {
+  SY_CHECK(false) << "no cuDNN attention in this build";
+}
+void cudnn_attention_backward(const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                              const Tensor&) {
+  SY_CHECK(false) << "no cuDNN attention in this build";
+}
+#endif
+
 void set_attention_kernels(AttentionKernels kernels) { chosen_kernels().store(kernels); }
 
 bool tensor_core_attention_takes(std::initializer_list<const Tensor*> tensors) {
