@@ -95,16 +95,15 @@ void keep_pool_memory(int device) {
   done[device].store(true, std::memory_order_release);
 }
 
-// Per device: the cache of freed blocks and the byte counts, behind one mutex (tensors may
-// be dropped on any thread).
+// Per device: the cache of freed blocks and the bytes in use, behind one mutex (tensors may
+// be dropped on any thread). The cached bytes are the cache's own count.
 struct DeviceBlocks {
   std::mutex mutex;
   BlockCache cache;
-  MemoryStats stats;
+  int64_t in_use = 0, peak_in_use = 0;
   void count(int64_t in_use_change) {  // with the mutex held
-    stats.in_use += in_use_change;
-    stats.peak_in_use = std::max(stats.peak_in_use, stats.in_use);
-    stats.cached = static_cast<int64_t>(cache.cached_bytes());
+    in_use += in_use_change;
+    peak_in_use = std::max(peak_in_use, in_use);
   }
 };
 
@@ -143,7 +142,6 @@ void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
     {
       std::lock_guard<std::mutex> lock(blocks.mutex);
       idle = blocks.cache.drain();
-      blocks.count(0);
     }
     for (const auto& [p, size] : idle) SY_CUDA_CHECK(cudaFreeAsync(p, cudaStreamPerThread));
     err = cudaMallocAsync(&block, want, cudaStreamPerThread);
@@ -153,12 +151,12 @@ void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
     int64_t in_use = 0;
     {
       std::lock_guard<std::mutex> lock(blocks.mutex);
-      in_use = blocks.stats.in_use;
+      in_use = blocks.in_use;
     }
     SY_CHECK(false) << "cannot allocate " << want / double(1 << 20) << " MiB on cuda:" << device
                     << " (" << in_use / double(1 << 30)
                     << " GiB held by tensors): " << cudaGetErrorString(err)
-                    << ". Lower train.micro_batch or model.max_seq_len, or use more GPUs "
+                    << ". Lower train.micro_batch or model.seq_len, or use more GPUs "
                        "(parallel.expert_parallel_size).";
   }
   std::lock_guard<std::mutex> lock(blocks.mutex);
@@ -181,7 +179,9 @@ MemoryStats memory_stats(Device device) {
   if (device.is_cuda()) {
     DeviceBlocks& blocks = device_blocks(device.index);
     std::lock_guard<std::mutex> lock(blocks.mutex);
-    return blocks.stats;
+    return {.in_use = blocks.in_use,
+            .peak_in_use = blocks.peak_in_use,
+            .cached = static_cast<int64_t>(blocks.cache.cached_bytes())};
   }
 #endif
   (void)device;

@@ -123,12 +123,11 @@ void dispatch_float(DType dtype, const char* what, F&& f) {
   }
 }
 
-// Stream-ordered scratch memory for a launcher (reductions' partial sums, sort buffers):
-// taken from the same cudaMallocAsync pool as tensors and given back on the stream, so
-// it costs no synchronisation.
-// On the per-thread stream the bytes come from the tensor allocator's cache of freed
-// blocks (kernels/block_cache.h: scratch sizes repeat every step, and a pool call costs the
-// host microseconds); on a side stream, from the pool, ordered on that stream.
+// Stream-ordered scratch memory for a launcher (reductions' partial sums, sort buffers,
+// tables), costing no synchronisation. On the per-thread stream it is a tensor block from the
+// allocator's cache of freed blocks (kernels/block_cache.h: scratch sizes repeat every step,
+// and a pool call costs the host microseconds); on a side stream it comes from the
+// cudaMallocAsync pool, ordered on that stream.
 class Scratch {
  public:
   explicit Scratch(size_t bytes) {
