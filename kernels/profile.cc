@@ -40,12 +40,14 @@ State& state() {
 }
 
 #ifdef SWITCHYARD_HAVE_CUDA
+void add_event(State& s) {
+  cudaEvent_t e;
+  SY_CUDA_CHECK(cudaEventCreate(&e));
+  s.events.push_back(e);
+}
+
 cudaEvent_t next_event(State& s) {
-  if (s.events_used == s.events.size()) {
-    cudaEvent_t e;
-    SY_CUDA_CHECK(cudaEventCreate(&e));
-    s.events.push_back(e);
-  }
+  if (s.events_used == s.events.size()) add_event(s);
   return s.events[s.events_used++];
 }
 #endif
@@ -69,11 +71,7 @@ void open(Device device) {
     }
     cuda::set_device(device.index);
     constexpr size_t kPrepared = 1024;  // a step of the 1B benchmark uses about 340
-    while (s.events.size() < kPrepared) {
-      cudaEvent_t e;
-      SY_CUDA_CHECK(cudaEventCreate(&e));
-      s.events.push_back(e);
-    }
+    while (s.events.size() < kPrepared) add_event(s);
   }
 #endif
 }

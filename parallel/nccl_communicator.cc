@@ -107,8 +107,7 @@ void check_on(Device device, const char* op, const Tensor& a, const Tensor& b) {
 
 void NcclCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
   if (!tensor.device().is_cuda()) return host_->all_reduce(tensor, op);
-  SY_CHECK(tensor.device() == device_)
-      << "all_reduce: tensor on " << tensor.device().str() << ", communicator on " << device_.str();
+  check_on(device_, "all_reduce", tensor, tensor);
   if (tensor.numel() == 0) return;
   if (tensor.dtype() == DType::kBF16) {
     Tensor wide = widened(tensor);

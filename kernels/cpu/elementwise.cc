@@ -16,10 +16,7 @@ void scale_(const Tensor& x, float s) {
   for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] *= s;
 }
 
-void fill_(const Tensor& x, float v) {
-  float* p = x.data<float>();
-  for (int64_t i = 0, n = x.numel(); i < n; ++i) p[i] = v;
-}
+void fill_(const Tensor& x, float v) { x.fill_(v); }
 
 void concat_cols(const Tensor& out, const Tensor& a, const Tensor& b) {
   const int64_t rows = a.dim(0), ca = a.dim(1), cb = b.dim(1);

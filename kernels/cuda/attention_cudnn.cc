@@ -178,11 +178,6 @@ void run(const Built& built, int device, std::unordered_map<int64_t, void*>& pac
            "running");
 }
 
-int use(const Tensor& t) {
-  set_device(t.device().index);
-  return t.device().index;
-}
-
 }  // namespace
 
 bool cudnn_attention_takes(std::initializer_list<const Tensor*> tensors) {
@@ -199,7 +194,8 @@ bool cudnn_attention_takes(std::initializer_list<const Tensor*> tensors) {
 
 void cudnn_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                              const Tensor& v) {
-  const int device = use(q);
+  const int device = q.device().index;
+  set_device(device);
   const Shape4 s = shape_of(q, k);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.raw()}, {kK, k.raw()}, {kV, v.raw()}, {kO, out.raw()}, {kStats, lse.raw()}};
@@ -209,7 +205,8 @@ void cudnn_attention_forward(const Tensor& out, const Tensor& lse, const Tensor&
 void cudnn_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
                               const Tensor& dout, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& out, const Tensor& lse) {
-  const int device = use(q);
+  const int device = q.device().index;
+  set_device(device);
   const Shape4 s = shape_of(q, k);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.raw()},       {kK, k.raw()},   {kV, v.raw()},   {kO, out.raw()}, {kDO, dout.raw()},
