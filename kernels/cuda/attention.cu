@@ -480,7 +480,8 @@ void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, co
   const Dims dm = dims_of(q, k);
   if (out.numel() == 0) return;
   use_device(q);
-  if (cudnn_attention_takes({&q, &k, &v, &out})) return cudnn_attention_forward(out, lse, q, k, v);
+  if (cudnn_attention_takes({&q, &k, &v, &out}, false))
+    return cudnn_attention_forward(out, lse, q, k, v);
   if (tensor_core_attention_takes({&q, &k, &v, &out})) {
     return tensor_core_attention_forward(out, lse, q, k, v);
   }
@@ -496,7 +497,7 @@ void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, co
   const Dims dm = dims_of(q, k);
   if (dk.numel() == 0) return;  // no keys: no queries either (Tq <= Tk)
   use_device(q);
-  if (cudnn_attention_takes({&q, &k, &v, &out, &dout, &dq, &dk, &dv})) {
+  if (cudnn_attention_takes({&q, &k, &v, &out, &dout, &dq, &dk, &dv}, true)) {
     return cudnn_attention_backward(dq, dk, dv, dout, q, k, v, out, lse);
   }
   if (tensor_core_attention_takes({&q, &k, &v, &out, &dout, &dq, &dk, &dv})) {

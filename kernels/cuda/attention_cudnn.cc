@@ -1,13 +1,14 @@
 // Causal attention through cuDNN's fused scaled-dot-product attention (its graph API, via the
-// vendored header-only cudnn-frontend in third_party/): the opt-in third way for bf16 training
-// shapes (Tq == Tk), chosen with SWITCHYARD_ATTENTION=cudnn (kernels/cuda/attention_tc.h).
+// vendored header-only cudnn-frontend in third_party/): the default for bf16 training shapes
+// (Tq == Tk) where the build has it (kernels/cuda/attention_tc.h). A shape cuDNN refuses (its
+// graph does not validate or build, e.g. T = 1) is remembered and goes to our own kernels.
 // Same contract as kernels/attention.h: q [B, T, H, hd], k and v [B, T, Hkv, hd], out like q,
 // lse [B, H, T] f32 (cuDNN's softmax statistics: the log-sum-exp of the scaled scores), the
 // backward writing dq, dk, dv. Layouts go to cuDNN as strides of its [B, H, T, hd] view, so
 // nothing is transposed. The backward asks for cuDNN's deterministic algorithm: a run repeats
 // bit for bit, as our own kernels do.
-// One cuDNN handle per device; one built graph per (device, shape, direction), kept for the
-// process (building one costs milliseconds; a run has a few shapes).
+// One cuDNN handle per device; one built graph (or refusal) per (device, shape, direction),
+// kept for the process (building one costs milliseconds; a run has a few shapes).
 #include <cudnn.h>
 #include <cudnn_frontend.h>
 
@@ -18,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <tuple>
 #include <unordered_map>
 
@@ -37,11 +39,10 @@ namespace fe = cudnn_frontend;
         << #expr << ": " << cudnnGetErrorString(sy_cudnn_status_); \
   } while (0)
 
-// A cudnn-frontend step that failed: what cuDNN said, and how to get going again.
+// A cudnn-frontend step that failed at run time: what cuDNN said, and how to get going again.
 void fe_check(fe::error_t status, const char* step) {
-  SY_CHECK(!status.is_bad()) << "cuDNN attention (SWITCHYARD_ATTENTION=cudnn), " << step << ": "
-                             << status.get_message()
-                             << ". Unset SWITCHYARD_ATTENTION to use the built-in kernels.";
+  SY_CHECK(!status.is_bad()) << "cuDNN attention, " << step << ": " << status.get_message()
+                             << ". SWITCHYARD_ATTENTION=tc uses the built-in kernels instead.";
 }
 
 cudnnHandle_t handle_for(int device) {
@@ -89,9 +90,11 @@ void as_stats(const std::shared_ptr<fe::graph::Tensor_attributes>& t, const Shap
       .set_stride({s.h * s.t, s.t, 1, 1});
 }
 
+// A graph ready to run, or (graph null) cuDNN's reason for refusing the shape.
 struct Built {
   std::shared_ptr<fe::graph::Graph> graph;
   int64_t workspace = 0;
+  std::string refusal;
 };
 
 std::shared_ptr<fe::graph::Graph> new_graph() {
@@ -103,13 +106,21 @@ std::shared_ptr<fe::graph::Graph> new_graph() {
 }
 
 Built finish(std::shared_ptr<fe::graph::Graph> g, cudnnHandle_t handle) {
-  fe_check(g->validate(), "validating the graph");
-  fe_check(g->build_operation_graph(handle), "building the operation graph");
-  fe_check(g->create_execution_plans({fe::HeurMode_t::A}), "asking for execution plans");
-  fe_check(g->check_support(handle), "this shape is not supported");
-  fe_check(g->build_plans(handle), "building the plans");
-  Built built{std::move(g), 0};
-  fe_check(built.graph->get_workspace_size(built.workspace), "sizing the workspace");
+  Built built;
+  // Each step only after the one before it succeeded; the first failure is the refusal.
+  auto step = [&](const char* what, auto&& call) {
+    if (!built.refusal.empty()) return;
+    fe::error_t status = call();
+    if (status.is_bad()) built.refusal = std::string(what) + ": " + status.get_message();
+  };
+  step("validating the graph", [&] { return g->validate(); });
+  step("building the operation graph", [&] { return g->build_operation_graph(handle); });
+  step("asking for execution plans",
+       [&] { return g->create_execution_plans({fe::HeurMode_t::A}); });
+  step("checking support", [&] { return g->check_support(handle); });
+  step("building the plans", [&] { return g->build_plans(handle); });
+  step("sizing the workspace", [&] { return g->get_workspace_size(built.workspace); });
+  if (built.refusal.empty()) built.graph = std::move(g);
   return built;
 }
 
@@ -166,7 +177,11 @@ Shape4 shape_of(const Tensor& q, const Tensor& k) {
   return {q.dim(0), q.dim(1), q.dim(2), k.dim(2), q.dim(3)};
 }
 
-void run(const Built& built, int device, std::unordered_map<int64_t, void*>& pack) {
+void run(const Built& built, int device, std::unordered_map<int64_t, void*>& pack,
+         const Shape4& s) {
+  SY_CHECK(built.graph) << "cuDNN attention refused B " << s.b << " T " << s.t << " H " << s.h
+                        << " Hkv " << s.hkv << " hd " << s.hd << " (" << built.refusal
+                        << "); cudnn_attention_takes sends such shapes to the built-in kernels";
   cudnnHandle_t handle = handle_for(device);
   SY_CUDNN_CHECK(cudnnSetStream(handle, stream()));
   // The workspace from the tensor allocator (its blocks are ordered on the per-thread stream,
@@ -180,7 +195,7 @@ void run(const Built& built, int device, std::unordered_map<int64_t, void*>& pac
 
 }  // namespace
 
-bool cudnn_attention_takes(std::initializer_list<const Tensor*> tensors) {
+bool cudnn_attention_takes(std::initializer_list<const Tensor*> tensors, bool backward) {
   if (attention_kernels() != AttentionKernels::kCudnn) return false;
   const Tensor& q = **tensors.begin();
   const Tensor& k = **(tensors.begin() + 1);
@@ -189,7 +204,8 @@ bool cudnn_attention_takes(std::initializer_list<const Tensor*> tensors) {
   for (const Tensor* t : tensors) {
     if (reinterpret_cast<uintptr_t>(t->data<bf16>()) % 16 != 0) return false;
   }
-  return true;
+  // The graph is built (or refused) here, once per shape; running it then finds it cached.
+  return graph_for(q.device().index, shape_of(q, k), backward).graph != nullptr;
 }
 
 void cudnn_attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
@@ -199,7 +215,7 @@ void cudnn_attention_forward(const Tensor& out, const Tensor& lse, const Tensor&
   const Shape4 s = shape_of(q, k);
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.raw()}, {kK, k.raw()}, {kV, v.raw()}, {kO, out.raw()}, {kStats, lse.raw()}};
-  run(graph_for(device, s, false), device, pack);
+  run(graph_for(device, s, false), device, pack, s);
 }
 
 void cudnn_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv,
@@ -211,7 +227,7 @@ void cudnn_attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& 
   std::unordered_map<int64_t, void*> pack = {
       {kQ, q.raw()},       {kK, k.raw()},   {kV, v.raw()},   {kO, out.raw()}, {kDO, dout.raw()},
       {kStats, lse.raw()}, {kDQ, dq.raw()}, {kDK, dk.raw()}, {kDV, dv.raw()}};
-  run(graph_for(device, s, true), device, pack);
+  run(graph_for(device, s, true), device, pack, s);
 }
 
 }  // namespace sy::cuda

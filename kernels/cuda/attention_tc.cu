@@ -752,15 +752,24 @@ void backward_with(const Tensor& dq, const Tensor& dk, const Tensor& dv, const T
   }
 }
 
+// cuDNN's fused attention where the build has it (measured faster than ours in the training
+// step: bench/device_run.sh bench), else our tensor-core kernels.
+constexpr AttentionKernels kDefaultKernels =
+#ifdef SWITCHYARD_HAVE_CUDNN_ATTENTION
+    AttentionKernels::kCudnn;
+#else
+    AttentionKernels::kTensorCore;
+#endif
+
 AttentionKernels kernels_from_env() {
   const char* value = std::getenv("SWITCHYARD_ATTENTION");
-  if (value == nullptr || *value == '\0' || std::strcmp(value, "tc") == 0) {
-    return AttentionKernels::kTensorCore;
-  }
+  if (value == nullptr || *value == '\0') return kDefaultKernels;
+  if (std::strcmp(value, "tc") == 0) return AttentionKernels::kTensorCore;
   if (std::strcmp(value, "cudnn") == 0) return AttentionKernels::kCudnn;
   SY_CHECK(std::strcmp(value, "simt") == 0)
-      << "SWITCHYARD_ATTENTION must be 'tc' (tensor cores, the default), 'simt' (CUDA-core "
-         "kernels) or 'cudnn' (cuDNN's fused attention for bf16 training shapes), got '"
+      << "SWITCHYARD_ATTENTION must be 'cudnn' (cuDNN's fused attention for bf16 training "
+         "shapes, the default where the build has it), 'tc' (our tensor-core kernels) or 'simt' "
+         "(our CUDA-core kernels), got '"
       << value << "'";
   return AttentionKernels::kSimt;
 }
@@ -776,7 +785,7 @@ AttentionKernels attention_kernels() { return chosen_kernels().load(); }
 
 #ifndef SWITCHYARD_HAVE_CUDNN_ATTENTION
 // This build left kernels/cuda/attention_cudnn.cc out (CMake found no cudnn.h or NVRTC).
-bool cudnn_attention_takes(std::initializer_list<const Tensor*>) {
+bool cudnn_attention_takes(std::initializer_list<const Tensor*>, bool) {
   SY_CHECK(attention_kernels() != AttentionKernels::kCudnn)
       << "SWITCHYARD_ATTENTION=cudnn, but this build has no cuDNN attention (CMake found no "
          "cudnn.h or no NVRTC); unset it, or rebuild where the CUDA toolkit has both";

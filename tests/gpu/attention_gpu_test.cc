@@ -21,6 +21,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iterator>
 #include <ostream>
@@ -79,11 +80,15 @@ Inputs make_inputs(const Case& c, std::mt19937_64& rng) {
           rounded(random_normal({c.batch, c.tq, c.heads, c.hd}, rng), c.dtype)};
 }
 
-// True when the case runs on the tensor-core kernels (kernels/cuda/attention_tc.h).
+// True when the case may run on tensor cores (ours, or cuDNN's for the training shapes it
+// takes; kernels/cuda/attention_tc.h), which are held to the looser bf16 bound.
 bool on_tensor_cores([[maybe_unused]] const Case& c) {
 #ifdef SWITCHYARD_HAVE_CUDA
-  return c.dtype == DType::kBF16 && (c.hd == 64 || c.hd == 128) &&
-         cuda::attention_kernels() == cuda::AttentionKernels::kTensorCore;
+  if (c.dtype != DType::kBF16) return false;
+  const cuda::AttentionKernels kernels = cuda::attention_kernels();
+  if (kernels == cuda::AttentionKernels::kCudnn && c.tq == c.tk && c.hd % 8 == 0 && c.hd <= 256)
+    return true;
+  return (c.hd == 64 || c.hd == 128) && kernels != cuda::AttentionKernels::kSimt;
 #else
   return false;
 #endif
@@ -290,6 +295,26 @@ void expect_path_agrees_with_simt(const Case& c, cuda::AttentionKernels path, bo
   EXPECT_TRUE(close_to(other.dk, simt.dk, c.dtype, true)) << "dk";
   EXPECT_TRUE(close_to(other.dv, simt.dv, c.dtype, true)) << "dv";
 }
+
+#ifdef SWITCHYARD_HAVE_CUDNN_ATTENTION
+// cuDNN is the default where the build has it; it takes the benchmark's training shape, and a
+// shape whose graph it refuses (T = 1) goes to our kernels instead of failing.
+TEST(AttentionGpu, CudnnTakesTrainingShapesAndHandsBackWhatItRefuses) {
+  SKIP_WITHOUT_GPU();
+  if (std::getenv("SWITCHYARD_ATTENTION") == nullptr) {
+    EXPECT_EQ(cuda::attention_kernels(), cuda::AttentionKernels::kCudnn) << "the default";
+  }
+  KernelsChosen chosen(cuda::AttentionKernels::kCudnn);
+  const Device gpu = Device::cuda(0);
+  for (auto [t, taken] : {std::pair{int64_t{256}, true}, {int64_t{1}, false}}) {
+    const Tensor q = Tensor::zeros({2, t, 4, 64}, DType::kBF16, gpu);
+    const Tensor out = Tensor::zeros(q.shape(), DType::kBF16, gpu);
+    EXPECT_EQ(cuda::cudnn_attention_takes({&q, &q, &q, &out}, false), taken) << "T " << t;
+    EXPECT_EQ(cuda::cudnn_attention_takes({&q, &q, &q, &out, &out, &out, &out, &out}, true), taken)
+        << "T " << t << " backward";
+  }
+}
+#endif
 
 class AttentionKernelsAgree : public ::testing::TestWithParam<Case> {};
 
