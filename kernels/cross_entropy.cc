@@ -59,4 +59,28 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const 
   no_kernel("cross_entropy_backward", logits.device());
 }
 
+void cross_entropy_forward_backward(const Tensor& losses, const Tensor& lse, const Tensor& dlogits,
+                                    const Tensor& dlosses, const Tensor& logits,
+                                    const Tensor& targets, int ignore_index) {
+  check_cross_entropy(logits, targets,
+                      {{&losses, "cross_entropy losses"},
+                       {&lse, "cross_entropy lse"},
+                       {&dlosses, "cross_entropy dlosses"}});
+  check_shape(dlogits, logits.shape(), "cross_entropy dlogits");
+  check_dtype(dlogits, logits.dtype(), "cross_entropy dlogits");
+  check_same_device({&losses, &lse, &dlogits, &dlosses, &logits, &targets},
+                    "cross_entropy_forward_backward");
+  if (logits.device().is_cpu()) {
+    return cpu::cross_entropy_forward_backward(losses, lse, dlogits, dlosses, logits, targets,
+                                               ignore_index);
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (logits.device().is_cuda()) {
+    return cuda::cross_entropy_forward_backward(losses, lse, dlogits, dlosses, logits, targets,
+                                                ignore_index);
+  }
+#endif
+  no_kernel("cross_entropy_forward_backward", logits.device());
+}
+
 }  // namespace sy

@@ -7,6 +7,9 @@
 // Backward: dlogits[n, :] = dlosses[n] * (softmax(logits[n, :]) - onehot(targets[n])), zero
 // for ignored rows; written (=). dlogits may alias logits (the backward then overwrites the
 // logits in place, so the vocabulary-sized buffer exists once).
+// Forward and backward together (cross_entropy_forward_backward), for a caller that knows
+// dlosses before the losses: losses, lse and dlogits as the two ops write them, with the same
+// aliasing allowed; on CUDA each row of logits is then read once and its gradient written once.
 // Dtypes: f32; on CUDA logits and dlogits may be bf16 (alike). losses, lse, dlosses are f32
 // everywhere, and the row statistics accumulate in fp32.
 #include "kernels/tensor.h"
@@ -16,11 +19,17 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
                            const Tensor& targets, int ignore_index);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
                             const Tensor& lse, const Tensor& targets, int ignore_index);
+void cross_entropy_forward_backward(const Tensor& losses, const Tensor& lse, const Tensor& dlogits,
+                                    const Tensor& dlosses, const Tensor& logits,
+                                    const Tensor& targets, int ignore_index);
 namespace cpu {
 void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor& logits,
                            const Tensor& targets, int ignore_index);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
                             const Tensor& lse, const Tensor& targets, int ignore_index);
+void cross_entropy_forward_backward(const Tensor& losses, const Tensor& lse, const Tensor& dlogits,
+                                    const Tensor& dlosses, const Tensor& logits,
+                                    const Tensor& targets, int ignore_index);
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/cross_entropy.cu; defined in CUDA builds only.
@@ -28,5 +37,8 @@ void cross_entropy_forward(const Tensor& losses, const Tensor& lse, const Tensor
                            const Tensor& targets, int ignore_index);
 void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const Tensor& logits,
                             const Tensor& lse, const Tensor& targets, int ignore_index);
+void cross_entropy_forward_backward(const Tensor& losses, const Tensor& lse, const Tensor& dlogits,
+                                    const Tensor& dlosses, const Tensor& logits,
+                                    const Tensor& targets, int ignore_index);
 }  // namespace cuda
 }  // namespace sy

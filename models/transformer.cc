@@ -160,8 +160,8 @@ Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
     const Tensor h = hn.rows(r0, r1), t = tgt.rows(r0, r1), l = lse.rows(0, r1 - r0);
     Tensor logits = Tensor::empty({r1 - r0, vocab}, hn.dtype(), dev);
     matmul(logits, h, head.w(), false, true);
-    cross_entropy_forward(losses.rows(r0, r1), l, logits, t, kIgnoreIndex);
-    cross_entropy_backward(logits, dlosses.rows(r0, r1), logits, l, t, kIgnoreIndex);  // in place
+    cross_entropy_forward_backward(losses.rows(r0, r1), l, logits, dlosses.rows(r0, r1), logits, t,
+                                   kIgnoreIndex);  // the gradient in place of the logits
     matmul_backward(dhn.rows(r0, r1), head.grad, logits, h, head.w(), false, true, 0.0f,
                     take_grad_beta(head));
   }

@@ -64,4 +64,12 @@ void cross_entropy_backward(const Tensor& dlogits, const Tensor& dlosses, const 
   }
 }
 
+// Forward, then backward from the lse just written (dlogits may alias logits, as there).
+void cross_entropy_forward_backward(const Tensor& losses, const Tensor& lse, const Tensor& dlogits,
+                                    const Tensor& dlosses, const Tensor& logits,
+                                    const Tensor& targets, int ignore_index) {
+  cpu::cross_entropy_forward(losses, lse, logits, targets, ignore_index);
+  cpu::cross_entropy_backward(dlogits, dlosses, logits, lse, targets, ignore_index);
+}
+
 }  // namespace sy::cpu

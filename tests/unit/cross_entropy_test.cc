@@ -1,5 +1,6 @@
 // cross_entropy: losses and lse against a double reference, dlogits against finite
-// differences (ignored rows included), in-place backward, ignore_index, and logits near 1000.
+// differences (ignored rows included), in-place backward, ignore_index, and logits near 1000;
+// the fused forward + backward against the two ops, in place and not.
 #include "kernels/cross_entropy.h"
 
 #include <algorithm>
@@ -94,6 +95,37 @@ TEST_P(CrossEntropyTest, BackwardMatchesFiniteDifferencesAndWorksInPlace) {
   Tensor in_place = logits.clone();
   cross_entropy_backward(in_place, dlosses, in_place, lse, targets, kIgnore);
   EXPECT_TRUE(all_close(in_place, dlogits, 0, 0));
+}
+
+TEST_P(CrossEntropyTest, ForwardBackwardEqualsForwardThenBackward) {
+  auto [n, vocab] = GetParam();
+  auto rng = rng_for_test();
+  Tensor logits = random_normal({n, vocab}, rng, 2.0f), targets = make_targets(n, vocab, rng);
+  Tensor dlosses = random_normal({n}, rng);
+  Tensor losses = Tensor::empty({n}), lse = Tensor::empty({n}), dlogits = Tensor::empty({n, vocab});
+  cross_entropy_forward(losses, lse, logits, targets, kIgnore);
+  cross_entropy_backward(dlogits, dlosses, logits, lse, targets, kIgnore);
+
+  auto nan = [](const Shape& shape) {  // outputs start as NaN, so they must be written
+    Tensor t = Tensor::empty(shape);
+    t.fill_(std::numeric_limits<float>::quiet_NaN());
+    return t;
+  };
+  Tensor fused_losses = nan({n}), fused_lse = nan({n}), fused_dlogits = nan({n, vocab});
+  cross_entropy_forward_backward(fused_losses, fused_lse, fused_dlogits, dlosses, logits, targets,
+                                 kIgnore);
+  EXPECT_TRUE(all_close(fused_losses, losses, 0, 0));
+  EXPECT_TRUE(all_close(fused_lse, lse, 0, 0));
+  EXPECT_TRUE(all_close(fused_dlogits, dlogits, 0, 0));
+
+  Tensor in_place = logits.clone();
+  fused_losses = nan({n});
+  fused_lse = nan({n});
+  cross_entropy_forward_backward(fused_losses, fused_lse, in_place, dlosses, in_place, targets,
+                                 kIgnore);
+  EXPECT_TRUE(all_close(fused_losses, losses, 0, 0)) << "in place";
+  EXPECT_TRUE(all_close(fused_lse, lse, 0, 0)) << "in place";
+  EXPECT_TRUE(all_close(in_place, dlogits, 0, 0)) << "in place";
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, CrossEntropyTest,
