@@ -10,7 +10,10 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
+#include <bit>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <utility>
 #include <vector>
@@ -237,6 +240,63 @@ int64_t count(const Shape& shape) {
   return n;
 }
 
+#ifdef SWITCHYARD_HAVE_CUDA
+// Pinned host memory for a copy that must not wait for the GPU's queue to drain. The event,
+// recorded after the copy that last used the block, says when the block may be rewritten.
+struct PinnedBlock {
+  void* host = nullptr;
+  size_t capacity = 0;
+  cudaEvent_t done = nullptr;  // on the device the block serves
+  bool recorded = false;
+
+  PinnedBlock() = default;
+  PinnedBlock(const PinnedBlock&) = delete;
+  PinnedBlock& operator=(const PinnedBlock&) = delete;
+  ~PinnedBlock() {
+    // At thread exit; the runtime may already be going away, so nothing is checked.
+    if (recorded) cudaEventSynchronize(done);
+    if (done) cudaEventDestroy(done);
+    if (host) cudaFreeHost(host);
+  }
+  // Waits for the block's last copy (long done, as a rule), then makes room for `bytes`.
+  // The block's device is current.
+  void prepare(size_t bytes) {
+    if (recorded) SY_CUDA_CHECK(cudaEventSynchronize(done));
+    recorded = false;
+    if (done == nullptr) SY_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
+    if (capacity < bytes) {
+      if (host) SY_CUDA_CHECK(cudaFreeHost(host));
+      host = nullptr;
+      capacity = std::bit_ceil(std::max(bytes, size_t{4096}));
+      SY_CUDA_CHECK(cudaMallocHost(&host, capacity));
+    }
+  }
+  void record(cudaStream_t stream) {
+    SY_CUDA_CHECK(cudaEventRecord(done, stream));
+    recorded = true;
+  }
+};
+
+// This thread's staging for uploads to `device`: a ring of blocks, each reused after the
+// ring has gone round (its copy is then long done; if not, the reuse waits for it).
+PinnedBlock& next_upload_block(int device) {
+  constexpr size_t kRing = 16;
+  struct Ring {
+    std::array<PinnedBlock, kRing> blocks;
+    size_t next = 0;
+  };
+  thread_local std::map<int, Ring> rings;
+  Ring& ring = rings[device];
+  return ring.blocks[ring.next++ % kRing];
+}
+
+// This thread's spare blocks for readbacks to the host from `device`.
+std::vector<std::unique_ptr<PinnedBlock>>& readback_blocks(int device) {
+  thread_local std::map<int, std::vector<std::unique_ptr<PinnedBlock>>> spare;
+  return spare[device];
+}
+#endif
+
 void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size_t bytes) {
   if (bytes == 0) return;
   if (dst_dev.is_cpu() && src_dev.is_cpu()) {
@@ -244,6 +304,19 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     return;
   }
 #ifdef SWITCHYARD_HAVE_CUDA
+  if (dst_dev.is_cuda() && src_dev.is_cpu() && bytes <= kStagedUploadBytes) {
+    // Through pinned memory, ordered on the destination's stream like an op: the GPU keeps
+    // running what is queued (token ids, the balancing gradient, parameter updates).
+    profile::HostTimer timer("copy to the GPU (staged, no wait)");
+    cuda::set_device(dst_dev.index);
+    const cudaStream_t stream = cuda::stream();
+    PinnedBlock& block = next_upload_block(dst_dev.index);
+    block.prepare(bytes);
+    std::memcpy(block.host, src, bytes);
+    SY_CUDA_CHECK(cudaMemcpyAsync(dst, block.host, bytes, cudaMemcpyHostToDevice, stream));
+    block.record(stream);
+    return;
+  }
   // On the ops' stream (a StreamFanout piece's copy is ordered with that piece's work).
   const cudaStream_t stream = cuda::stream();
   if (dst_dev.is_cuda() && dst_dev == src_dev) {
@@ -369,7 +442,8 @@ void Tensor::zero_() const {
     std::memset(raw(), 0, nbytes());
   } else {
 #ifdef SWITCHYARD_HAVE_CUDA
-    SY_CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), cudaStreamPerThread));
+    cuda::set_device(device_.index);  // its stream: a StreamFanout piece's own, like any op
+    SY_CUDA_CHECK(cudaMemsetAsync(raw(), 0, nbytes(), cuda::stream()));
 #endif
   }
 }
@@ -398,6 +472,78 @@ std::vector<int32_t> Tensor::to_i32_vector() const {
   Tensor host = to(Device::cpu());
   const int32_t* p = host.data<int32_t>();
   return std::vector<int32_t>(p, p + numel_);
+}
+
+// --- HostReadback ---------------------------------------------------------------------------
+
+struct HostReadback::Staged {
+#ifdef SWITCHYARD_HAVE_CUDA
+  std::unique_ptr<PinnedBlock> block;
+  int device = 0;
+  size_t bytes = 0;
+#endif
+};
+
+HostReadback::HostReadback(const Tensor& src)
+    : shape_(src.shape()), dtype_(src.dtype()), collected_(false) {
+  if (src.device().is_cpu()) {
+    host_ = src.clone();
+    return;
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  staged_ = std::make_unique<Staged>();
+  staged_->device = src.device().index;
+  staged_->bytes = src.nbytes();
+  cuda::set_device(staged_->device);
+  auto& spare = readback_blocks(staged_->device);
+  if (spare.empty()) {
+    staged_->block = std::make_unique<PinnedBlock>();
+  } else {
+    staged_->block = std::move(spare.back());
+    spare.pop_back();
+  }
+  staged_->block->prepare(staged_->bytes);
+  if (staged_->bytes > 0) {
+    SY_CUDA_CHECK(cudaMemcpyAsync(staged_->block->host, src.raw(), staged_->bytes,
+                                  cudaMemcpyDeviceToHost, cuda::stream()));
+  }
+  staged_->block->record(cuda::stream());
+#else
+  SY_CHECK(false) << "this build has no CUDA";
+#endif
+}
+
+HostReadback::HostReadback() = default;
+HostReadback::HostReadback(HostReadback&&) noexcept = default;
+HostReadback& HostReadback::operator=(HostReadback&&) noexcept = default;
+
+HostReadback::~HostReadback() {
+#ifdef SWITCHYARD_HAVE_CUDA
+  // Never collected: the block goes back with its event (the next user waits on it).
+  if (staged_ && staged_->block)
+    readback_blocks(staged_->device).push_back(std::move(staged_->block));
+#endif
+}
+
+Tensor HostReadback::wait() {
+  SY_CHECK(!collected_) << "HostReadback collected twice (or never queued)";
+  collected_ = true;
+  if (!staged_) return std::move(host_);
+#ifdef SWITCHYARD_HAVE_CUDA
+  Tensor out = Tensor::empty(shape_, dtype_, Device::cpu());
+  {
+    profile::HostTimer timer("copy to host (waits for its copy only)");
+    SY_CUDA_CHECK(cudaEventSynchronize(staged_->block->done));
+  }
+  staged_->block->recorded = false;
+  if (staged_->bytes > 0) std::memcpy(out.raw(), staged_->block->host, staged_->bytes);
+  readback_blocks(staged_->device).push_back(std::move(staged_->block));
+  staged_.reset();
+  return out;
+#else
+  SY_CHECK(false) << "this build has no CUDA";
+  return Tensor();
+#endif
 }
 
 bf16 f32_to_bf16(float x) {

@@ -80,7 +80,9 @@ class Tensor {
   void zero_() const;
   void fill_(float value) const;  // f32 only
   // Same shape and dtype, any devices. Within one GPU the copy is queued on the ops' stream
-  // like any op; with a host side (or two GPUs) it has completed when this returns.
+  // like any op. Host to GPU: up to kStagedUploadBytes go through pinned memory and are
+  // queued the same way (the source may be reused at once; nothing waits for the GPU); more
+  // has completed when this returns, as has a copy to the host or between two GPUs.
   void copy_from(const Tensor& src) const;
 
   std::vector<float> to_f32_vector() const;  // any float dtype, any device
@@ -93,6 +95,32 @@ class Tensor {
   int64_t numel_ = 0;
   DType dtype_ = DType::kF32;
   Device device_;
+};
+
+// The largest host-to-GPU copy that is staged in pinned memory rather than waited for.
+inline constexpr size_t kStagedUploadBytes = size_t{4} << 20;
+
+// A copy of a tensor to the host that is queued now and collected later: on a GPU it goes on
+// the ops' stream into pinned memory, and wait() blocks until that copy has landed, not until
+// the whole queue has drained, so work queued after it keeps the GPU busy while the host
+// waits. A CPU tensor is copied at once. Collect it on the thread that queued it.
+class HostReadback {
+ public:
+  HostReadback();
+  explicit HostReadback(const Tensor& src);
+  HostReadback(HostReadback&&) noexcept;
+  HostReadback& operator=(HostReadback&&) noexcept;
+  ~HostReadback();
+  // The copy (a CPU tensor of the source's shape and dtype); once only.
+  Tensor wait();
+
+ private:
+  struct Staged;
+  Tensor host_;
+  Shape shape_;
+  DType dtype_ = DType::kF32;
+  bool collected_ = true;  // false from queueing until wait()
+  std::unique_ptr<Staged> staged_;
 };
 
 // bf16 storage type, bit-compatible with __nv_bfloat16.

@@ -348,8 +348,7 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
     swiglu_backward(dh, da, h_);  // every expert's rows at once, as in the forward
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul_backward(dxp_local.rows(lo, hi), expert_slice(w13_.grad, e), dh.rows(lo, hi),
-                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f,
-                      beta13);
+                      xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true, 0.0f, beta13);
     });
   }
   return dxp_local;
@@ -371,9 +370,11 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
   weights_ = Tensor::empty({n, k}, DType::kF32, dev);
   topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
-  // Queued now, read after the experts are queued: the GPU works while the host waits.
+  // Queued now, with their copy to the host: the plan's wait for the expert counts below
+  // outlasts both, so reading them after the experts are queued waits for nothing.
   Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
   routing_stats(seq_stats, indices_, scores_, logits_);
+  HostReadback seq_stats_read(seq_stats);
   // The shared experts need no routing: queue them before the plan's wait for the expert
   // counts, so the GPU has their GEMMs to run while the host waits and then issues.
   Tensor shared_out;
@@ -408,7 +409,8 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   // queued above), combined here from one small [B, 2E + 1] copy. Local sums first; then one
   // all-reduce over the world makes f, P and the token counts those of the global batch.
   const int64_t b_count = layout.batch, t_count = layout.seq;
-  const std::vector<float> st = seq_stats.to_f32_vector();
+  const Tensor st_host = seq_stats_read.wait();
+  const float* st = st_host.data<float>();
   auto stat = [&](int64_t b, int64_t col) { return double(st[b * (2 * e_count + 1) + col]); };
   // [counts (E) | score sums (E) | tokens | sequences]
   std::vector<double> global(2 * e_count + 2, 0.0);

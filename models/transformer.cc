@@ -168,17 +168,33 @@ Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
   return losses;
 }
 
-// The sum of per-token losses, in double, in token order (one wait for the device).
+// The sum of per-token losses (f32, on the host), in double, in token order.
 double loss_sum(const Tensor& losses) {
   double sum = 0;
-  for (float v : losses.to_f32_vector()) sum += v;
+  const float* p = losses.data<float>();
+  for (int64_t i = 0; i < losses.numel(); ++i) sum += p[i];
   return sum;
 }
 
 }  // namespace
 
+LossTerms QueuedLoss::wait() {
+  LossTerms terms;
+  for (size_t k = 0; k < heads_.size(); ++k) {
+    const double term = heads_[k].scale * loss_sum(heads_[k].losses.wait());
+    (k == 0 ? terms.lm : terms.mtp) += term;
+  }
+  terms.aux = aux_;
+  return terms;
+}
+
 LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targets,
                                         const LossScales& scales) {
+  return queue_forward_backward(inputs, targets, scales).wait();
+}
+
+QueuedLoss Transformer::queue_forward_backward(const Tensor& inputs, const Tensor& targets,
+                                               const LossScales& scales) {
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
   SY_CHECK(static_cast<int>(scales.mtp.size()) == spec_.mtp_modules)
@@ -196,7 +212,7 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
     balance_before += m->stats().aux_loss + m->stats().seq_aux_loss + m->stats().z_loss;
   }
 
-  LossTerms terms;
+  QueuedLoss queued;
   // Ids and targets (the MTP modules' shifted ones too) go to the device before any work of
   // this step is queued, once: a host-to-device copy waits for the GPU, so copies later in
   // the step would drain the queue. The embedding's backward reuses the ids.
@@ -265,15 +281,15 @@ LossTerms Transformer::forward_backward(const Tensor& inputs, const Tensor& targ
   }
   embed_backward(inputs_dev, trunk_backward(dh0));
   store_.finish_grads();
-  terms.lm = scales.lm * loss_sum(lm_losses);
+  queued.heads_.push_back({HostReadback(lm_losses), scales.lm});
   for (size_t k = 0; k < mtp_losses.size(); ++k)
-    terms.mtp += scales.mtp[k] * loss_sum(mtp_losses[k]);
+    queued.heads_.push_back({HostReadback(mtp_losses[k]), scales.mtp[k]});
 
   double balance_after = 0;
   for (MoeFfn* m : moes)
     balance_after += m->stats().aux_loss + m->stats().seq_aux_loss + m->stats().z_loss;
-  terms.aux = balance_after - balance_before;
-  return terms;
+  queued.aux_ = balance_after - balance_before;
+  return queued;
 }
 
 Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {

@@ -36,6 +36,23 @@ struct LossTerms {
   double total() const { return lm + mtp + aux; }
 };
 
+// The loss terms of a queued forward_backward: the balancing terms are known when it returns,
+// the per-token losses are on their way to the host (HostReadback), so the caller can queue
+// more (the optimizer) before waiting for them.
+class QueuedLoss {
+ public:
+  LossTerms wait();  // once
+
+ private:
+  friend class Transformer;
+  struct Head {
+    HostReadback losses;  // per token, f32
+    double scale = 0;
+  };
+  std::vector<Head> heads_;  // the main head, then each MTP module
+  double aux_ = 0;
+};
+
 // Target-token counts of a micro-batch: the main head's, and each MTP module's.
 struct TargetCounts {
   int64_t lm = 0;
@@ -58,6 +75,9 @@ class Transformer {
   // One micro-batch: forward, losses, backward. Gradients accumulate into the store.
   // inputs, targets: i32 [B, T]; targets == kIgnoreIndex carry no loss.
   LossTerms forward_backward(const Tensor& inputs, const Tensor& targets, const LossScales& scales);
+  // The same, returning as soon as the backward is queued (the training loop's form).
+  QueuedLoss queue_forward_backward(const Tensor& inputs, const Tensor& targets,
+                                    const LossScales& scales);
 
   // Forward only (no MTP): logits f32 [B, T, V], or [B, 1, V] of the last position.
   Tensor logits(const Tensor& inputs, bool last_position_only);

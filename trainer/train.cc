@@ -262,19 +262,18 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
 
   // Ranks started with different configs would compute different things: refuse, before
   // the device choice that every rank must make alike.
-  SY_RETURN_IF_ERROR(check_same_on_all_ranks(host_world, "the resolved config",
-                                             resolved_experiment_text(config)));
+  SY_RETURN_IF_ERROR(
+      check_same_on_all_ranks(host_world, "the resolved config", resolved_experiment_text(config)));
   SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, host_world));
   const ModelSpec spec = model_spec_from_config(config);
   const auto& tc = config.train();
   cpu::set_cpu_threads(tc.cpu_threads());
   const int64_t steps = tc.steps(), micro = tc.micro_batch(), accum = tc.grad_accum();
-  SY_ASSIGN_OR_RETURN(
-      ProcessGrid grid,
-      ProcessGrid::create(
-          host_world, config.parallel().expert_parallel_size(),
-          spec.has_moe() ? spec.moe.num_experts : config.parallel().expert_parallel_size(),
-          device));
+  SY_ASSIGN_OR_RETURN(ProcessGrid grid,
+                      ProcessGrid::create(host_world, config.parallel().expert_parallel_size(),
+                                          spec.has_moe() ? spec.moe.num_experts
+                                                         : config.parallel().expert_parallel_size(),
+                                          device));
   // Every collective from here on goes through the grid's world, which carries this
   // device's tensors (NCCL between GPUs).
   Communicator& world = grid.world();
@@ -406,13 +405,10 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       scales.mtp.push_back(counts[1 + k] > 0 ? lambda / spec.mtp_modules / counts[1 + k] : 0.0);
     scales.balance = 1.0 / accum;
 
-    std::vector<double> terms(3, 0.0);  // lm, mtp, aux: this rank's shares of the global loss
-    for (const TokenBatch& b : batches) {
-      LossTerms t = model.forward_backward(b.inputs, b.targets, scales);
-      terms[0] += t.lm;
-      terms[1] += t.mtp;
-      terms[2] += t.aux;
-    }
+    // The losses reach the host while the optimizer is queued: nothing waits for them here.
+    std::vector<QueuedLoss> queued;
+    for (const TokenBatch& b : batches)
+      queued.push_back(model.queue_forward_backward(b.inputs, b.targets, scales));
     {
       profile::Scope region("grad_sync");
       grad_sync.sync();
@@ -423,6 +419,13 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       profile::Scope region("optimizer");
       norm = optimizer.step(static_cast<float>(lr));
       for (MoeFfn* m : model.moe_layers()) m->update_bias();
+    }
+    std::vector<double> terms(3, 0.0);  // lm, mtp, aux: this rank's shares of the global loss
+    for (QueuedLoss& q : queued) {
+      const LossTerms t = q.wait();
+      terms[0] += t.lm;
+      terms[1] += t.mtp;
+      terms[2] += t.aux;
     }
     world.all_reduce_host(terms, ReduceOp::kSum);
     if (profiled) profile::sync(device);

@@ -49,6 +49,26 @@ TEST(Tensor, Bf16RoundsToNearestEven) {
   }
 }
 
+// On the CPU a HostReadback copies at once: later writes to the source do not reach it.
+TEST(Tensor, HostReadbackOfACpuTensorIsACopy) {
+  Tensor t = Tensor::empty({2, 3});
+  t.fill_(1.5f);
+  HostReadback read(t);
+  t.fill_(-2.0f);
+  const Tensor got = read.wait();
+  EXPECT_EQ(got.shape(), (Shape{2, 3}));
+  for (int i = 0; i < 6; ++i) EXPECT_EQ(got.data<float>()[i], 1.5f);
+  EXPECT_NE(got.raw(), t.raw());
+}
+
+TEST(TensorDeathTest, HostReadbackCollectedOnce) {
+  HostReadback read(Tensor::zeros({4}));
+  read.wait();
+  EXPECT_DEATH(read.wait(), "HostReadback collected twice");
+  HostReadback never;
+  EXPECT_DEATH(never.wait(), "HostReadback collected twice \\(or never queued\\)");
+}
+
 TEST(TensorDeathTest, MisuseAbortsWithAMessage) {
   Tensor t = Tensor::empty({2, 3});
   EXPECT_DEATH(t.data<int32_t>(), "tensor is f32, asked for i32");
