@@ -16,8 +16,8 @@
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
-#          (train.profile_step), without and with one MTP module, and MTP off once more with
-#          SWITCHYARD_ATTENTION=cudnn (cuDNN's fused attention)
+#          (train.profile_step), without and with one MTP module (BENCH_AB / BENCH_AB_ENV: one
+#          more MTP-off run with those settings)
 #   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
 #          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
 #          largest gaps, GPU time per kernel (the trace itself comes back as trace.csv.gz)
@@ -43,7 +43,8 @@ fi
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 summary="$out/summary.txt"
 : >"$summary"
-note() { echo "$*" | tee -a "$summary"; }
+t_start=$(date +%s)
+note() { echo "[$(( $(date +%s) - t_start )) s] $*" | tee -a "$summary"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$summary"
 start=$(date +%s)
@@ -131,12 +132,15 @@ if want bench; then
     grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
-  # cuDNN's fused attention (opt-in, kernels/cuda/attention_cudnn.cc) in the same step.
-  SWITCHYARD_ATTENTION=cudnn build-dev/switchyard train --config configs/bench_moe_1b.textproto \
-    --run_dir /tmp/bench_cudnn --set "mtp { num_modules: 0 } $(bench_run profile_step: 6)" \
-    >"$out/bench_moe_1b_cudnn.log" 2>&1
-  note "bench_moe_1b MTP 0, SWITCHYARD_ATTENTION=cudnn: exit $?"
-  grep -E '^step [5-8]/|^attn\.core|error' "$out/bench_moe_1b_cudnn.log" | tee -a "$summary"
+  # An A/B of the step with other settings, when asked (BENCH_AB: a --set string, e.g. for
+  # the optimizer; BENCH_AB_ENV: environment, e.g. SWITCHYARD_ATTENTION=tc).
+  if [ -n "${BENCH_AB:-}${BENCH_AB_ENV:-}" ]; then
+    env ${BENCH_AB_ENV:-} build-dev/switchyard train --config configs/bench_moe_1b.textproto \
+      --run_dir /tmp/bench_ab --set "mtp { num_modules: 0 } $(bench_run profile_step: 6) ${BENCH_AB:-}" \
+      >"$out/bench_moe_1b_ab.log" 2>&1
+    note "bench_moe_1b MTP 0 with '${BENCH_AB_ENV:-}' '${BENCH_AB:-}': exit $?"
+    grep -E '^step [3-8]/|^peak|^(attn|moe|head|optimizer)|error' "$out/bench_moe_1b_ab.log" | tee -a "$summary"
+  fi
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
 fi
 
@@ -169,7 +173,7 @@ if want oracle; then
 fi
 
 if want torch; then
-  for mtp in 0 1; do
+  for mtp in ${TORCH_MTP:-0 1}; do  # TORCH_MTP=0: the MTP-off figure only (a shorter call)
     python3 bench/torch_bench.py --config configs/bench_moe_1b.textproto --mtp $mtp \
       >"$out/torch_mtp$mtp.log" 2>&1
     note "torch_bench MTP $mtp: exit $?"
