@@ -1,11 +1,12 @@
 // Elementwise and layout glue on the GPU, f32 or bf16 (one type per call, fp32 arithmetic):
 // add (out may alias a or b), scale_, concat_cols / split_cols (row-wise copies), and
-// sum_squares in double. sum_squares is deterministic: each block sums a fixed slice in
-// double, then one block adds the block sums in order, so a gradient norm is the same on
-// every run. add moves 16-byte vectors (8 bf16 or 4 f32 per load) where out, a and b are
+// sum_squares in double (deterministic; its notes are with its kernels, at the end of the file).
+// add moves 16-byte vectors (8 bf16 or 4 f32 per load) where out, a and b are
 // 16-byte aligned, and the last n mod 8 (or 4) elements one at a time: scalar 2-byte
 // accesses left most of the bandwidth unused. Each thread reads its elements of a and b
 // before it writes the same elements of out, so out may alias a or b on both paths.
+#include <vector>
+
 #include "kernels/cuda/common.cuh"
 #include "kernels/elementwise.h"
 
@@ -72,36 +73,6 @@ __global__ void split_cols_kernel(T* da, T* db, const T* dout, int64_t rows, int
       db[r * cb + c - ca] = dout[i];
     }
   }
-}
-
-// Tree sum of one double per thread (blockDim.x == kThreads); thread 0 gets the total.
-__device__ double block_sum_double(double v) {
-  __shared__ double shared[kThreads];
-  shared[threadIdx.x] = v;
-  __syncthreads();
-  for (int half = kThreads / 2; half > 0; half /= 2) {
-    if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
-    __syncthreads();
-  }
-  return shared[0];
-}
-
-template <typename T>
-__global__ void sum_squares_kernel(double* partial, const T* x, int64_t n) {
-  double s = 0.0;
-  SY_GRID_STRIDE(i, n) {
-    const double v = to_f32(x[i]);
-    s += v * v;
-  }
-  s = block_sum_double(s);
-  if (threadIdx.x == 0) partial[blockIdx.x] = s;
-}
-
-__global__ void sum_partials_kernel(double* out, const double* partial, int64_t blocks) {
-  double s = 0.0;
-  for (int64_t b = threadIdx.x; b < blocks; b += blockDim.x) s += partial[b];
-  s = block_sum_double(s);
-  if (threadIdx.x == 0) *out = s;
 }
 
 template <typename TOut, typename TIn>
@@ -177,38 +148,6 @@ void split_cols(const Tensor& da, const Tensor& db, const Tensor& dout) {
   });
 }
 
-namespace {
-// Queues the deterministic two-kernel sum of squares of x into *result (device memory).
-void enqueue_sum_squares(const Tensor& x, double* result) {
-  const int64_t n = x.numel();
-  const unsigned blocks = std::min<unsigned>(grid_for(n), 4 * sm_count());
-  Scratch partial(blocks * sizeof(double));
-  dispatch_float(x.dtype(), "sum_squares", [&](auto tag) {
-    using T = decltype(tag);
-    sum_squares_kernel<T><<<blocks, kThreads, 0, stream()>>>(partial.as<double>(), ptr<T>(x), n);
-    launch_check("sum_squares_kernel");
-  });
-  sum_partials_kernel<<<1, kThreads, 0, stream()>>>(result, partial.as<double>(), blocks);
-  launch_check("sum_partials_kernel");
-}
-}  // namespace
-
-double sum_squares(const Tensor& x) { return sum_squares_each({x})[0]; }
-
-std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
-  std::vector<double> out(xs.size(), 0.0);
-  if (xs.empty()) return out;
-  use_device(xs[0]);
-  Scratch results(xs.size() * sizeof(double));
-  SY_CUDA_CHECK(cudaMemsetAsync(results.as<double>(), 0, xs.size() * sizeof(double), stream()));
-  for (size_t i = 0; i < xs.size(); ++i)
-    if (xs[i].numel() > 0) enqueue_sum_squares(xs[i], results.as<double>() + i);
-  SY_CUDA_CHECK(cudaMemcpyAsync(out.data(), results.as<double>(), xs.size() * sizeof(double),
-                                cudaMemcpyDeviceToHost, stream()));
-  SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  return out;
-}
-
 void cast(const Tensor& out, const Tensor& x) {
   const int64_t n = x.numel();
   if (n == 0) return;
@@ -223,5 +162,173 @@ void cast(const Tensor& out, const Tensor& x) {
     });
   });
 }
+
+namespace {
+
+// --- sum of squares ---------------------------------------------------------------------------
+//
+// sum_squares_each covers a list of tensors (a model's gradients) in two launches, however many
+// there are: one launch pair per tensor left the GPU idle between ~150 small kernels. Each tensor
+// is cut into chunks of kSquaresChunk elements; block k of the first kernel sums chunk k's
+// squares in double into partial[k], finding its tensor by binary search in a table of the
+// tensors (one entry per tensor, a staged upload: no per-chunk list to build on the host), then
+// block t of the second adds up tensor t's partials into out[t]. Both sums
+// have a fixed shape (which thread takes which elements, then a tree over the block), so a
+// tensor's sum is the same bits on every run, whatever other tensors share the call and whether
+// or not its data is 16-byte aligned. Against one double sum in index order (the CPU's) only the
+// order differs: the square of an f32 or bf16 value is exact in double, and a sum of N positive
+// terms is off by less than N 2^-53 relative.
+
+// Elements per chunk, one block's share: a multiple of every vector width, so each chunk of a
+// 16-byte aligned tensor starts 16-byte aligned. 64K elements (256 KB of f32) keep a block busy
+// long enough to hide its start; a 1.2B-parameter model makes ~18K chunks.
+constexpr int64_t kSquaresChunk = int64_t{1} << 16;
+
+struct SquaresEntry {
+  const void* x;  // null when empty
+  int64_t n;
+  int64_t first_chunk;  // its chunks: [first_chunk, the next entry's first_chunk or the total)
+  int32_t bf16;         // else f32
+  int32_t vectorized;   // x 16-byte aligned: Vec loads
+};
+
+// Tree sum of one double per thread (blockDim.x == kThreads); every thread gets the total.
+__device__ double block_sum_double(double v) {
+  __shared__ double shared[kThreads];
+  __syncthreads();  // the previous call's total may still be being read
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (int half = kThreads / 2; half > 0; half /= 2) {
+    if (threadIdx.x < half) shared[threadIdx.x] += shared[threadIdx.x + half];
+    __syncthreads();
+  }
+  return shared[0];
+}
+
+// This thread's share of the squares of x[begin, end): groups of W consecutive elements (one
+// Vec), group g to thread g mod blockDim.x, each group in element order. Vector and scalar
+// loads take the same elements in the same order, so alignment does not change the sum; the
+// squares are exact in double, so neither does contraction into fused multiply-adds.
+template <typename T>
+__device__ double thread_squares(const T* x, int64_t begin, int64_t end, bool vectorized) {
+  constexpr int W = Vec<T>::kWidth;
+  const int64_t stride = int64_t{W} * blockDim.x;
+  int64_t i = begin + int64_t{W} * threadIdx.x;
+  double s = 0.0;
+  if (vectorized) {
+    const int64_t whole_end = begin + (end - begin) / W * W;
+#pragma unroll 4
+    for (; i < whole_end; i += stride) {
+      Vec<T> v;
+      v.raw = *reinterpret_cast<const uint4*>(x + i);
+#pragma unroll
+      for (int e = 0; e < W; ++e) {
+        const double d = to_f32(v.x[e]);
+        s += d * d;
+      }
+    }
+  }
+  // Every group when not vectorized; else the one past the last whole group, if it is ours.
+  for (; i < end; i += stride) {
+    for (int64_t j = i; j < min(i + W, end); ++j) {
+      const double d = to_f32(x[j]);
+      s += d * d;
+    }
+  }
+  return s;
+}
+
+__global__ void chunk_squares_kernel(double* partial, const SquaresEntry* entries,
+                                     int64_t num_entries, int64_t num_chunks) {
+  for (int64_t k = blockIdx.x; k < num_chunks; k += gridDim.x) {
+    // Chunk k's tensor: the last entry starting at or before it (an empty tensor starts where
+    // the next one does, so it is passed over).
+    int64_t lo = 0, hi = num_entries - 1;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (entries[mid].first_chunk <= k) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    const SquaresEntry e = entries[lo];
+    const int64_t begin = (k - e.first_chunk) * kSquaresChunk;
+    const int64_t end = min(e.n, begin + kSquaresChunk);
+    const double s =
+        e.bf16 ? thread_squares(static_cast<const __nv_bfloat16*>(e.x), begin, end, e.vectorized)
+               : thread_squares(static_cast<const float*>(e.x), begin, end, e.vectorized);
+    const double total = block_sum_double(s);
+    if (threadIdx.x == 0) partial[k] = total;
+  }
+}
+
+// out[t] = tensor t's partials added up (0 for an empty tensor), one block per tensor.
+__global__ void tensor_squares_kernel(double* out, const double* partial,
+                                      const SquaresEntry* entries, int64_t num_entries,
+                                      int64_t num_chunks) {
+  for (int64_t t = blockIdx.x; t < num_entries; t += gridDim.x) {
+    const int64_t end = t + 1 < num_entries ? entries[t + 1].first_chunk : num_chunks;
+    double s = 0.0;
+    for (int64_t k = entries[t].first_chunk + threadIdx.x; k < end; k += blockDim.x)
+      s += partial[k];
+    s = block_sum_double(s);
+    if (threadIdx.x == 0) out[t] = s;
+  }
+}
+
+}  // namespace
+
+void sum_squares_each(const std::vector<Tensor>& xs, double* out) {
+  if (xs.empty()) return;
+  use_device(xs[0]);
+  const auto num_entries = static_cast<int64_t>(xs.size());
+  static_assert(sizeof(SquaresEntry) % 4 == 0);
+  const Tensor host_table =
+      Tensor::empty({num_entries * static_cast<int64_t>(sizeof(SquaresEntry) / 4)}, DType::kI32);
+  auto* entries = static_cast<SquaresEntry*>(host_table.raw());
+  int64_t num_chunks = 0;
+  for (size_t i = 0; i < xs.size(); ++i) {
+    const Tensor& x = xs[i];
+    SY_CHECK(x.dtype() == DType::kF32 || x.dtype() == DType::kBF16)
+        << "sum_squares_each xs[" << i << "] is " << dtype_name(x.dtype())
+        << ", expected f32 or bf16";
+    SY_CHECK(x.device() == xs[0].device())
+        << "sum_squares_each xs[" << i << "] is on " << x.device().str() << ", xs[0] on "
+        << xs[0].device().str();
+    const int64_t n = x.numel();
+    const void* data = n > 0 ? x.raw() : nullptr;
+    entries[i] = SquaresEntry{data, n, num_chunks, x.dtype() == DType::kBF16,
+                              data != nullptr && aligned16({data})};
+    num_chunks += (n + kSquaresChunk - 1) / kSquaresChunk;
+  }
+  // A staged upload (queued behind the work that writes the tensors; nothing waits), freed
+  // stream-ordered after the kernels have read it, as the partials are.
+  const Tensor table = host_table.to(xs[0].device());
+  const auto* device_entries = static_cast<const SquaresEntry*>(table.raw());
+  Scratch partial(static_cast<size_t>(num_chunks) * sizeof(double));
+  if (num_chunks > 0) {
+    chunk_squares_kernel<<<row_grid(num_chunks), kThreads, 0, stream()>>>(
+        partial.as<double>(), device_entries, num_entries, num_chunks);
+    launch_check("chunk_squares_kernel");
+  }
+  tensor_squares_kernel<<<row_grid(num_entries), kThreads, 0, stream()>>>(
+      out, partial.as<const double>(), device_entries, num_entries, num_chunks);
+  launch_check("tensor_squares_kernel");
+}
+
+std::vector<double> sum_squares_each(const std::vector<Tensor>& xs) {
+  std::vector<double> out(xs.size(), 0.0);
+  if (xs.empty()) return out;
+  use_device(xs[0]);
+  Scratch results(xs.size() * sizeof(double));
+  sum_squares_each(xs, results.as<double>());
+  SY_CUDA_CHECK(cudaMemcpyAsync(out.data(), results.as<double>(), xs.size() * sizeof(double),
+                                cudaMemcpyDeviceToHost, stream()));
+  SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
+  return out;
+}
+
+double sum_squares(const Tensor& x) { return sum_squares_each({x})[0]; }
 
 }  // namespace sy::cuda

@@ -9,9 +9,17 @@
 // Tolerances. add, scale_, concat, split: one fp32 operation (or a copy) per element, then
 // the same rounding to the dtype: exact (0). sum_squares: double sums in a different order:
 // rtol 1e-10 (positive terms; the bound on N of them is N 2^-53).
+//
+// sum_squares_each, many tensors in one call (two launches for all): f32 and bf16 mixed, sizes
+// around its chunks (65536 elements) and vector widths, empty tensors, views that start off 16
+// bytes. Against the CPU's double sums: rtol 1e-9 (each side off by at most N 2^-53 relative,
+// 1.2e-10 for the largest N, 2^20). Bit for bit: a second run, the same values at aligned
+// addresses, each tensor alone (sum_squares), and the sums left in device memory.
 #include <cstring>
 #include <limits>
+#include <string>
 #include <tuple>
+#include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/elementwise.h"
@@ -96,6 +104,65 @@ TEST_P(ElementwiseGpuTest, SumSquaresMatchesCpu) {
   const double got = sum_squares(on_gpu(x, dt()));
   EXPECT_NEAR(got, expected, 1e-10 * expected);
   EXPECT_EQ(got, sum_squares(on_gpu(x, dt()))) << "two runs differ";
+}
+
+TEST(SumSquaresEachGpuTest, ManyTensorsMatchCpuBitForBitAcrossRunsAlignmentAndCalls) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  struct Spec {
+    int64_t n;
+    DType dtype;
+    int64_t shift;  // elements into a longer buffer: 4 or 2 bytes each, off 16 unless 0
+  };
+  constexpr DType kF32 = DType::kF32, kBF16 = DType::kBF16;
+  // Empty tensors among the others and last.
+  std::vector<Spec> specs = {{1, kF32, 0},
+                             {0, kF32, 0},
+                             {3, kBF16, 0},
+                             {7, kF32, 1},
+                             {0, kBF16, 0},
+                             {1000, kBF16, 1},
+                             {65535, kF32, 0},
+                             {65536, kBF16, 0},
+                             {65537, kF32, 3},
+                             {65537, kBF16, 5},
+                             {300001, kF32, 1},
+                             {(1 << 20) + 7, kBF16, 0},
+                             {(1 << 20) + 5, kF32, 2},
+                             {0, kF32, 0}};
+  // Many small tensors, as a model's norms: many table entries of one partial chunk each.
+  for (int64_t i = 0; i < 40; ++i) specs.push_back({2 * i + 1, i % 2 ? kBF16 : kF32, i % 3});
+  std::vector<Tensor> shifted, aligned;
+  std::vector<double> expected;
+  for (const Spec& s : specs) {
+    const Tensor x = rounded(random_normal({s.n}, rng, 3.0f), s.dtype);
+    expected.push_back(sum_squares(x));  // the CPU: double, in index order
+    shifted.push_back(on_gpu_shifted(x, s.dtype, s.shift));
+    aligned.push_back(on_gpu(x, s.dtype));
+  }
+  const std::vector<double> got = sum_squares_each(shifted);
+  ASSERT_EQ(got.size(), specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const std::string where = "tensor " + std::to_string(i) + ": " + std::to_string(specs[i].n) +
+                              " " + dtype_name(specs[i].dtype) + " shifted by " +
+                              std::to_string(specs[i].shift);
+    EXPECT_NEAR(got[i], expected[i], 1e-9 * expected[i]) << where;
+    if (specs[i].n == 0) {
+      EXPECT_EQ(got[i], 0.0) << where;
+    }
+    EXPECT_EQ(sum_squares(shifted[i]), got[i]) << "alone, " << where;
+  }
+  EXPECT_EQ(sum_squares_each(shifted), got) << "a second run differs";
+  EXPECT_EQ(sum_squares_each(aligned), got) << "the sums depend on alignment";
+#ifdef SWITCHYARD_HAVE_CUDA
+  // 8-byte slots on the GPU, read back as doubles.
+  const Tensor out = Tensor::empty({static_cast<int64_t>(specs.size())}, DType::kI64, kGpu);
+  cuda::sum_squares_each(shifted, static_cast<double*>(out.raw()));
+  const Tensor host = out.to(Device::cpu());
+  std::vector<double> left_on_gpu(specs.size());
+  std::memcpy(left_on_gpu.data(), host.raw(), specs.size() * sizeof(double));
+  EXPECT_EQ(left_on_gpu, got) << "the device-memory form differs";
+#endif
 }
 
 // cast: f32 -> bf16 must round exactly as the CPU does (nearest even), bf16 -> f32 is exact.
