@@ -1,4 +1,4 @@
-// One AdamW step: argument checks and device dispatch.
+// One AdamW step: argument checks and device dispatch; the clip scale on the host.
 #include "kernels/adamw.h"
 
 #include <ostream>
@@ -42,12 +42,26 @@ void check_arguments(const Tensor& param, const Tensor& grad, const Tensor& m, c
   if (copy.defined()) check(copy, DType::kBF16, "copy");
 }
 
+// A scale in device memory is for CUDA tensors, and replaces grad_scale rather than multiplying it.
+void check_grad_scale(const AdamWParams& p, const Device& device, const char* what) {
+  if (!p.grad_scale_device) return;
+  SY_CHECK(device.is_cuda()) << what << ": grad_scale_device is set for tensors on " << device.str()
+                             << "; it is read by the CUDA kernels only";
+  SY_CHECK(p.grad_scale == 1.0f) << what << ": grad_scale is " << p.grad_scale
+                                 << " and grad_scale_device is set; pass one or the other";
+}
+
 }  // namespace
+
+float clip_scale(double norm, float clip) {
+  return clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+}
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy) {
   check_arguments(param, grad, m, v, copy, -1);
   SY_CHECK(p.step >= 1) << "adamw step " << p.step << " (steps count from 1)";
+  check_grad_scale(p, param.device(), "adamw");
   if (param.device().is_cpu()) return cpu::adamw_step(param, grad, m, v, p, copy);
 #ifdef SWITCHYARD_HAVE_CUDA
   if (param.device().is_cuda()) return cuda::adamw_step(param, grad, m, v, p, copy);
@@ -71,6 +85,7 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
   }
   if (tensors.empty()) return;
   const Device device = tensors[0].param.device();
+  check_grad_scale(p, device, "adamw_step_many");
   if (device.is_cpu()) return cpu::adamw_step_many(tensors, p);
 #ifdef SWITCHYARD_HAVE_CUDA
   if (device.is_cuda()) return cuda::adamw_step_many(tensors, p);

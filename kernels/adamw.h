@@ -4,7 +4,10 @@
 //   m_hat = m / (1 - beta1^step);  v_hat = v / (1 - beta2^step)
 //   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
 // step counts from 1. Which parameters decay is the optimizer's choice (pass 0 to skip).
-// g is grad * grad_scale (gradient clipping folded into the update; grad is not written).
+// g is grad * grad_scale (gradient clipping folded into the update; grad is not written), the
+// scale a host number or, on CUDA, a float in device memory that earlier work on the stream
+// writes (grad_scale_device: the optimizer computes the clip scale there and queues the update
+// without waiting for the gradient norm).
 // With `copy` (bf16, same shape) the updated parameter is also written there, rounded: the
 // compute copy a bf16 model reads, refreshed in the same pass over memory.
 #include <cstdint>
@@ -22,7 +25,14 @@ struct AdamWParams {
   float weight_decay = 0.0f;
   int64_t step = 1;
   float grad_scale = 1.0f;
+  // CUDA only: when set, the scale is read from here when the kernel runs, and grad_scale
+  // must be left at 1.
+  const float* grad_scale_device = nullptr;
 };
+
+// Gradient clipping's scale, for AdamWParams::grad_scale: clip / (norm + 1e-6) when clip > 0 and
+// the gradients' global L2 norm exceeds it, else 1. In double, rounded once to float.
+float clip_scale(double norm, float clip);
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy = Tensor());
@@ -52,5 +62,13 @@ namespace cuda {
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                 const AdamWParams& p, const Tensor& copy);
 void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p);
+// clip_scale on the GPU, for AdamWParams::grad_scale_device: from squares (device memory, n
+// doubles: each gradient tensor's sum of squares), norm = sqrt(a + b) with a the sum of
+// squares[0, split) and b that of squares[split, n), each added in index order (the
+// optimizer's dense and expert parts, summed as its host code sums them), then *scale (device
+// memory) = clip_scale(norm, clip), the same bits as on the host. One small launch on stream(),
+// on the current GPU (the squares' and the scale's).
+void clip_scale_from_squares(const double* squares, int64_t n, int64_t split, float clip,
+                             float* scale);
 }  // namespace cuda
 }  // namespace sy

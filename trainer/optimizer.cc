@@ -33,28 +33,43 @@ AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings,
     }
     slots_.push_back(std::move(slot));
   }
+  for (bool expert : {false, true}) {
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if ((slots_[i].param->group == SyncGroup::kExpert) == expert) norm_order_.push_back(i);
+    if (!expert) num_dense_ = norm_order_.size();
+  }
+  // With one EP rank (or none) no other rank's squares are needed (dense gradients are the same
+  // everywhere after the sync), so the GPU can compute the clip scale itself.
+  const bool one_ep_rank = !parallel_.ep || parallel_.ep->size() == 1;
+  if (one_ep_rank && !slots_.empty() && slots_[0].param->grad.device().is_cuda()) {
+    gpu_squares_and_scale_ = Tensor::empty({static_cast<int64_t>(slots_.size()) + 1}, DType::kI64,
+                                           slots_[0].param->grad.device());
+  }
 }
 
-double AdamW::grad_norm() const {
-  // Dense gradients are identical on every rank after the sync: count them once. Each EP rank
-  // holds different experts: sum their squares over the EP group.
+std::vector<Tensor> AdamW::grads_in_norm_order() const {
   std::vector<Tensor> grads;
-  for (const Slot& s : slots_) grads.push_back(s.param->grad);
-  const std::vector<double> squares = sum_squares_each(grads);  // one wait for all
+  grads.reserve(norm_order_.size());
+  for (size_t i : norm_order_) grads.push_back(slots_[i].param->grad);
+  return grads;
+}
+
+double AdamW::norm_from_squares(std::span<const double> squares) const {
+  // Dense gradients are identical on every rank after the sync: count them once. Each EP rank
+  // holds different experts: sum their squares over the EP group. Each part is added in slot
+  // order, and clip_scale_from_squares adds them the same way on the GPU.
   double dense = 0, expert = 0;
-  for (size_t i = 0; i < slots_.size(); ++i)
-    (slots_[i].param->group == SyncGroup::kExpert ? expert : dense) += squares[i];
+  for (size_t i = 0; i < squares.size(); ++i) (i < num_dense_ ? dense : expert) += squares[i];
   if (parallel_.ep) parallel_.ep->all_reduce_host({&expert, 1}, ReduceOp::kSum);
   return std::sqrt(dense + expert);
 }
 
+double AdamW::grad_norm() const {
+  return norm_from_squares(sum_squares_each(grads_in_norm_order()));  // one wait for all
+}
+
 double AdamW::step(float lr) {
   store_.finish_grads();  // a parameter no backward reached since zero_grad has gradient 0
-  const double norm = grad_norm();
-  // Clipping scales the gradients inside the update (they are left as computed).
-  float factor = 1.0f;
-  if (settings_.grad_clip > 0 && norm > settings_.grad_clip)
-    factor = static_cast<float>(settings_.grad_clip / (norm + 1e-6));
   ++steps_;
   // Owners write the bf16 compute copies in the same pass; with ZeRO-1 the other ranks get
   // new values by broadcast, and their copies are re-derived on the next forward.
@@ -73,12 +88,35 @@ double AdamW::step(float lr) {
                      .copy = s.param->compute,
                      .weight_decay = s.param->decay ? settings_.weight_decay : 0.0f});
   }
-  adamw_step_many(owned, {.lr = lr,
-                          .beta1 = settings_.beta1,
-                          .beta2 = settings_.beta2,
-                          .eps = settings_.eps,
-                          .step = steps_,
-                          .grad_scale = factor});
+  // Clipping scales the gradients inside the update (they are left as computed).
+  AdamWParams params{.lr = lr,
+                     .beta1 = settings_.beta1,
+                     .beta2 = settings_.beta2,
+                     .eps = settings_.eps,
+                     .step = steps_};
+  double norm = 0;
+  if (gpu_squares_and_scale_.defined()) {
+#ifdef SWITCHYARD_HAVE_CUDA
+    // The squares, the scale and the update run back to back on the GPU: the update's table is
+    // built and uploaded while the squares are summed, and the host waits for the squares (for
+    // the norm it returns) only once everything is queued.
+    const int64_t n = gpu_squares_and_scale_.numel() - 1;
+    auto* squares = static_cast<double*>(gpu_squares_and_scale_.raw());
+    auto* scale = reinterpret_cast<float*>(squares + n);
+    cuda::sum_squares_each(grads_in_norm_order(), squares);
+    cuda::clip_scale_from_squares(squares, n, static_cast<int64_t>(num_dense_), settings_.grad_clip,
+                                  scale);
+    HostReadback squares_read(gpu_squares_and_scale_.rows(0, n));
+    params.grad_scale_device = scale;
+    adamw_step_many(owned, params);
+    const Tensor host = squares_read.wait();
+    norm = norm_from_squares({static_cast<const double*>(host.raw()), static_cast<size_t>(n)});
+#endif
+  } else {
+    norm = grad_norm();
+    params.grad_scale = clip_scale(norm, settings_.grad_clip);
+    adamw_step_many(owned, params);
+  }
   for (Slot& s : slots_) {
     if (s.group) {
       s.group->broadcast(s.param->value, s.owner);

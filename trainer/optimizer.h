@@ -3,6 +3,7 @@
 // weight decay on the parameters marked for it. Non-trainable entries (routing bias) are
 // skipped. Its state (moments and step count) round-trips through checkpoints exactly.
 #include <cstdint>
+#include <span>
 #include <string>
 #include <utility>
 #include <vector>
@@ -45,7 +46,9 @@ class AdamW {
   // there is an ep group).
   double grad_norm() const;
   // Clips (when grad_clip > 0 and the norm exceeds it), then takes one step at `lr`.
-  // Returns the gradient norm before clipping.
+  // Returns the gradient norm before clipping. On a GPU with one EP rank (or none), the clip
+  // scale is computed there and the update queued before the host waits for the norm; the
+  // parameters, moments and norm are the same bits as the host's way.
   double step(float lr);
   int64_t steps_taken() const { return steps_; }
 
@@ -64,10 +67,21 @@ class AdamW {
     bool owned;
     Tensor m, v;  // allocated only when owned
   };
+  // The gradients in the order the norm adds them: the dense slots', then the expert slots'.
+  std::vector<Tensor> grads_in_norm_order() const;
+  // The norm from each gradient's sum of squares, in that order (collective when there is an
+  // ep group).
+  double norm_from_squares(std::span<const double> squares) const;
+
   ParamStore& store_;
   OptimizerSettings settings_;
   OptimizerParallel parallel_;
   std::vector<Slot> slots_;
+  std::vector<size_t> norm_order_;  // indices into slots_: the dense ones, then the expert ones
+  size_t num_dense_ = 0;
+  // When the GPU computes the clip scale: 8-byte slots there for each gradient's sum of
+  // squares (in the norm's order), then the scale. Undefined: the host computes it.
+  Tensor gpu_squares_and_scale_;
   int64_t steps_ = 0;
 };
 

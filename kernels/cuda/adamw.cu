@@ -11,6 +11,11 @@
 // (tensor, chunk index) into pinned memory, uploads it with one asynchronous copy, and each
 // block of the kernel updates chunks of kChunk elements with 16-byte loads and stores where the
 // tensor's pointers allow them.
+//
+// The clip scale can come from device memory (AdamWParams::grad_scale_device), written by
+// clip_scale_kernel from the gradients' squares: the optimizer then queues the squares, the
+// scale and the update back to back, and builds and uploads the update's table while the GPU
+// sums the squares, instead of waiting for the norm on the host first.
 #include <cmath>
 #include <cstddef>
 #include <map>
@@ -25,6 +30,7 @@ namespace {
 // What every element of one step shares.
 struct StepConstants {
   float lr, beta1, beta2, eps, correction1, correction2, grad_scale;
+  const float* grad_scale_device;  // when set, grad_scale is read from here (with_scale)
 };
 
 StepConstants step_constants(const AdamWParams& p) {
@@ -34,7 +40,15 @@ StepConstants step_constants(const AdamWParams& p) {
           p.eps,
           static_cast<float>(1.0 - std::pow(double{p.beta1}, p.step)),
           static_cast<float>(1.0 - std::pow(double{p.beta2}, p.step)),
-          p.grad_scale};
+          p.grad_scale,
+          p.grad_scale_device};
+}
+
+// The constants with the scale in place: the one a kernel was given, or the one earlier work
+// on the stream wrote to device memory (the same float either way, so the same update).
+__device__ __forceinline__ StepConstants with_scale(StepConstants c) {
+  if (c.grad_scale_device) c.grad_scale = *c.grad_scale_device;
+  return c;
 }
 
 // One element: updates m and v in place and returns the new parameter. The expression and its
@@ -60,7 +74,8 @@ __device__ __forceinline__ void adamw_at(int64_t i, float* w, const float* g, fl
 }
 
 __global__ void adamw_kernel(float* w, const float* g, float* m, float* v, __nv_bfloat16* copy,
-                             int64_t n, float weight_decay, StepConstants c) {
+                             int64_t n, float weight_decay, StepConstants constants) {
+  const StepConstants c = with_scale(constants);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     adamw_at(i, w, g, m, v, copy, weight_decay, c);
@@ -94,7 +109,8 @@ struct alignas(8) Bf16x4 {
 };
 
 __global__ void adamw_many_kernel(const TensorEntry* tensors, const ChunkEntry* chunks,
-                                  int64_t num_chunks, StepConstants c) {
+                                  int64_t num_chunks, StepConstants constants) {
+  const StepConstants c = with_scale(constants);
   for (int64_t k = blockIdx.x; k < num_chunks; k += gridDim.x) {
     const ChunkEntry chunk = chunks[k];
     const TensorEntry t = tensors[chunk.tensor];
@@ -173,6 +189,31 @@ TableStaging& table_staging(int device) {
   return staging[device];
 }
 
+// --- the clip scale -----------------------------------------------------------------------------
+
+// clip_scale (kernels/adamw.cc) from the squares, with the host's operations in the host's
+// order: each part added up in index order, then the sqrt, the comparison and the division in
+// double (IEEE-rounded on the GPU too; no multiply to contract) and one rounding to float.
+// One block: its threads stage the squares in shared memory, thread 0 adds them.
+__global__ void clip_scale_kernel(const double* squares, int64_t n, int64_t split, float clip,
+                                  float* scale) {
+  __shared__ double staged[kThreads];
+  double a = 0.0, b = 0.0;
+  for (int64_t base = 0; base < n; base += kThreads) {
+    if (base + threadIdx.x < n) staged[threadIdx.x] = squares[base + threadIdx.x];
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      for (int64_t i = base; i < min(n, base + kThreads); ++i)
+        (i < split ? a : b) += staged[i - base];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    const double norm = sqrt(a + b);
+    *scale = clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+  }
+}
+
 }  // namespace
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
@@ -235,6 +276,13 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
   adamw_many_kernel<<<row_grid(num_chunks), kThreads, 0, stream()>>>(device_entries, device_chunks,
                                                                      num_chunks, step_constants(p));
   launch_check("adamw_many_kernel");
+}
+
+void clip_scale_from_squares(const double* squares, int64_t n, int64_t split, float clip,
+                             float* scale) {
+  SY_CHECK(0 <= split && split <= n) << "clip_scale_from_squares split " << split << " of " << n;
+  clip_scale_kernel<<<1, kThreads, 0, stream()>>>(squares, n, split, clip, scale);
+  launch_check("clip_scale_kernel");
 }
 
 }  // namespace sy::cuda

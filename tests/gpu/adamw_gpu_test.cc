@@ -12,14 +12,30 @@
 // difference is fused multiply-adds, a few ulps over five steps, while a missed or doubled
 // update moves a parameter by ~lr = 3e-3). Against the single-tensor CUDA launch: bit for bit
 // (both update each element with the same device function).
-// Skips without a GPU.
+//
+// The clip scale computed on the GPU (clip_scale_from_squares, read by the update through
+// grad_scale_device) against the host's clip_scale of the host's norm, with clipping off,
+// inactive and active: the same float, and the same parameters, moments and copies, bit for
+// bit. Then the optimizer, which takes that path on one GPU, against itself sent down the host
+// path (a two-rank EP group whose host sums add nothing): the same norms, parameters, compute
+// copies and moments, bit for bit, over steps with and without clipping, and again on a second
+// run. Skips without a GPU.
 #include <cmath>
+#include <cstring>
+#include <memory>
+#include <span>
+#include <string>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/adamw.h"
+#include "kernels/elementwise.h"
+#include "models/param_store.h"
+#include "parallel/communicator.h"
 #include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
+#include "trainer/optimizer.h"
 
 namespace sy {
 namespace {
@@ -191,6 +207,188 @@ TEST(AdamwManyGpuTest, StepsMatchCpuAndSingleTensorLaunches) {
                             Tensor::zeros(grown(s.shape, s.copy_offset - s.shape[0])), 0, 0))
           << "rows before the copy, " << where;
       EXPECT_TRUE(all_close(e.many_copy_base, e.single_copy_base, 0, 0)) << "copy, " << where;
+    }
+  }
+}
+
+#ifdef SWITCHYARD_HAVE_CUDA
+// Fresh AdamW state for `grad` on the GPU: random parameter and moments (v >= 0), and a bf16
+// copy for a matrix.
+AdamWTensors random_state(const Tensor& grad, float weight_decay, std::mt19937_64& rng) {
+  const Shape& shape = grad.shape();
+  Tensor v = random_normal(shape, rng, 0.1f);
+  for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] *= v.data<float>()[i];
+  return {.param = random_normal(shape, rng).to(kGpu),
+          .grad = grad,
+          .m = random_normal(shape, rng, 0.1f).to(kGpu),
+          .v = v.to(kGpu),
+          .copy = shape.size() >= 2 ? Tensor::zeros(shape, DType::kBF16, kGpu) : Tensor(),
+          .weight_decay = weight_decay};
+}
+
+AdamWTensors clone_state(const AdamWTensors& t) {
+  return {.param = t.param.clone(),
+          .grad = t.grad,
+          .m = t.m.clone(),
+          .v = t.v.clone(),
+          .copy = t.copy.defined() ? t.copy.clone() : Tensor(),
+          .weight_decay = t.weight_decay};
+}
+
+::testing::AssertionResult same_bits(const AdamWTensors& a, const AdamWTensors& b) {
+  for (auto [x, y, name] : {std::tuple{&a.param, &b.param, "param"}, std::tuple{&a.m, &b.m, "m"},
+                            std::tuple{&a.v, &b.v, "v"}, std::tuple{&a.copy, &b.copy, "copy"}}) {
+    if (!x->defined()) continue;
+    ::testing::AssertionResult same = all_close(*x, *y, 0, 0);
+    if (!same) return same << " (" << name << ")";
+  }
+  return ::testing::AssertionSuccess();
+}
+
+TEST(AdamwDeviceScaleGpuTest, MatchesTheHostScaleBitForBit) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  const std::vector<Shape> shapes = {{1}, {1000}, {0}, {33, 5}, {65537}, {7}, {300000}, {40001, 3}};
+  const auto n = static_cast<int64_t>(shapes.size());
+  const int64_t split = 4;  // the first four are "dense", the rest "expert"
+  std::vector<Tensor> grads;
+  for (const Shape& shape : shapes) grads.push_back(random_normal(shape, rng).to(kGpu));
+  // The host's way: squares read back, each part added in order, the norm, the scale.
+  const std::vector<double> squares = sum_squares_each(grads);
+  double dense = 0, expert = 0;
+  for (int64_t i = 0; i < n; ++i) (i < split ? dense : expert) += squares[i];
+  const double norm = std::sqrt(dense + expert);
+
+  // 8-byte slots on the GPU: the squares, then the scale.
+  const Tensor buffer = Tensor::empty({n + 1}, DType::kI64, kGpu);
+  auto* device_squares = static_cast<double*>(buffer.raw());
+  auto* device_scale = reinterpret_cast<float*>(device_squares + n);
+  const float active = static_cast<float>(norm / 3);
+  for (const float clip : {0.0f, static_cast<float>(2 * norm), active}) {
+    const float scale = clip_scale(norm, clip);
+    EXPECT_EQ(scale < 1.0f, clip == active) << "clip " << clip;
+    cuda::sum_squares_each(grads, device_squares);
+    cuda::clip_scale_from_squares(device_squares, n, split, clip, device_scale);
+    const Tensor host = buffer.to(Device::cpu());
+    float from_gpu = 0;
+    std::memcpy(&from_gpu, static_cast<const double*>(host.raw()) + n, sizeof(float));
+    EXPECT_EQ(from_gpu, scale) << "clip " << clip;
+
+    // Two copies of one state: the update with the host's number and with the GPU's.
+    std::vector<AdamWTensors> with_host, with_device;
+    for (size_t i = 0; i < grads.size(); ++i) {
+      with_host.push_back(random_state(grads[i], i % 2 ? 0.1f : 0.0f, rng));
+      with_device.push_back(clone_state(with_host.back()));
+    }
+    AdamWParams host_params{.lr = 3e-3f, .step = 3, .grad_scale = scale};
+    AdamWParams device_params{.lr = 3e-3f, .step = 3, .grad_scale_device = device_scale};
+    adamw_step_many(with_host, host_params);
+    adamw_step_many(with_device, device_params);
+    // One tensor alone: the single-tensor kernel reads the scale the same way.
+    const AdamWTensors& last = with_host.back();
+    AdamWTensors alone_host = clone_state(last), alone_device = clone_state(last);
+    adamw_step(alone_host.param, alone_host.grad, alone_host.m, alone_host.v, host_params,
+               alone_host.copy);
+    adamw_step(alone_device.param, alone_device.grad, alone_device.m, alone_device.v, device_params,
+               alone_device.copy);
+    for (size_t i = 0; i < grads.size(); ++i)
+      EXPECT_TRUE(same_bits(with_device[i], with_host[i])) << "entry " << i << ", clip " << clip;
+    EXPECT_TRUE(same_bits(alone_device, alone_host)) << "adamw_step, clip " << clip;
+  }
+}
+#endif
+
+// A group of two whose host sums add nothing, as if the other rank held experts with zero
+// gradients: it sends the optimizer down its host path (the expert squares summed over the EP
+// group on the host) to the norm one rank computes. The optimizer calls nothing else.
+class TwoRanksAddingNothing final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  void all_reduce_host(std::span<double>, ReduceOp) override {}
+  void all_reduce(const Tensor&, ReduceOp) override { unexpected("all_reduce"); }
+  void reduce_scatter(const Tensor&, const Tensor&, ReduceOp) override {
+    unexpected("reduce_scatter");
+  }
+  void all_gather(const Tensor&, const Tensor&) override { unexpected("all_gather"); }
+  void all_to_all_v(const Tensor&, const std::vector<int64_t>&, const Tensor&,
+                    const std::vector<int64_t>&) override {
+    unexpected("all_to_all_v");
+  }
+  std::vector<int64_t> exchange_counts(const std::vector<int64_t>&) override {
+    unexpected("exchange_counts");
+    return {};
+  }
+  void broadcast(const Tensor&, int) override { unexpected("broadcast"); }
+  void barrier() override { unexpected("barrier"); }
+  std::unique_ptr<Communicator> split(int, int) override {
+    unexpected("split");
+    return nullptr;
+  }
+  std::vector<std::string> all_gather_host(const std::string&) override {
+    unexpected("all_gather_host");
+    return {};
+  }
+
+ private:
+  static void unexpected(const char* what) { ADD_FAILURE() << "the optimizer called " << what; }
+};
+
+// Dense and expert parameters interleaved (the norm adds each group in registration order),
+// matrices with bf16 compute copies, one without decay and one frozen.
+void add_params(ParamStore& store) {
+  store.add("embed", {100, 33}, SyncGroup::kDense, Init::kNormal, 0.02f, true);
+  store.add("experts.w1", {4, 20001}, SyncGroup::kExpert, Init::kNormal, 0.02f, true);
+  store.add("norm", {33}, SyncGroup::kDense, Init::kOnes, 0, false);
+  store.add("experts.w2", {4, 333, 7}, SyncGroup::kExpert, Init::kNormal, 0.02f, true);
+  store.add("router.bias", {4}, SyncGroup::kDense, Init::kZeros, 0, false).trainable = false;
+  store.add("head", {33, 257}, SyncGroup::kDense, Init::kNormal, 0.02f, true);
+}
+
+TEST(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
+  SKIP_WITHOUT_GPU();
+  ParamStore gpu_clip(kGpu, DType::kBF16), gpu_clip_again(kGpu, DType::kBF16),
+      host_clip(kGpu, DType::kBF16);
+  for (ParamStore* store : {&gpu_clip, &gpu_clip_again, &host_clip}) {
+    add_params(*store);
+    store->initialize(7);
+  }
+  const OptimizerSettings settings{.weight_decay = 0.1f, .grad_clip = 1.0f};
+  TwoRanksAddingNothing ep;
+  AdamW on_gpu(gpu_clip, settings), on_gpu_again(gpu_clip_again, settings);
+  AdamW on_host(host_clip, settings, {.ep = &ep});
+  auto rng = rng_for_test();
+  for (int step = 1; step <= 4; ++step) {
+    // Odd steps: a norm in the hundreds, clipped. Even steps: ~0.03, not clipped.
+    const float grad_std = step % 2 ? 1.0f : 1e-4f;
+    std::vector<Param*> params[] = {gpu_clip.params(), gpu_clip_again.params(), host_clip.params()};
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      const Tensor grad = random_normal(params[0][i]->grad.shape(), rng, grad_std);
+      for (auto& store_params : params) {
+        store_params[i]->grad.copy_from(grad);
+        store_params[i]->grad_unwritten = false;
+      }
+    }
+    const double norm = on_gpu.step(3e-3f);
+    EXPECT_EQ(norm > settings.grad_clip, step % 2 == 1) << "step " << step;
+    EXPECT_EQ(on_host.step(3e-3f), norm) << "step " << step;
+    EXPECT_EQ(on_gpu_again.step(3e-3f), norm) << "step " << step;
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      const std::string where = params[0][i]->name + ", step " + std::to_string(step);
+      for (auto* other : {&params[1], &params[2]}) {
+        EXPECT_TRUE(all_close((*other)[i]->value, params[0][i]->value, 0, 0)) << where;
+        if (params[0][i]->compute.defined()) {
+          EXPECT_TRUE(all_close((*other)[i]->compute, params[0][i]->compute, 0, 0)) << where;
+        }
+      }
+    }
+    const auto state = on_gpu.state();
+    for (const AdamW* other : {&on_gpu_again, &on_host}) {
+      const auto other_state = other->state();
+      ASSERT_EQ(other_state.size(), state.size());
+      for (size_t i = 0; i < state.size(); ++i)
+        EXPECT_TRUE(all_close(other_state[i].second, state[i].second, 0, 0))
+            << state[i].first << ", step " << step;
     }
   }
 }

@@ -2,6 +2,8 @@
 // confirmed in double outside this code), random tensors against a double replica of the
 // update, and a zero gradient without decay leaving the parameter untouched. adamw_step_many:
 // the same updates as adamw_step one tensor at a time, and its argument checks naming the entry.
+// clip_scale: 1 when clipping is off or the norm is within the clip, else clip / (norm + 1e-6);
+// a scale in device memory is refused for CPU tensors.
 #include "kernels/adamw.h"
 
 #include <cmath>
@@ -174,6 +176,20 @@ TEST(AdamWManyDeathTest, ChecksNameTheEntry) {
   t = entries();
   EXPECT_DEATH(adamw_step_many(t, {.weight_decay = 0.1f}), "weight decay per entry");
   EXPECT_DEATH(adamw_step_many(t, {.step = 0}), "step 0 \\(steps count from 1\\)");
+  const float scale = 0.5f;
+  EXPECT_DEATH(adamw_step_many(t, {.grad_scale_device = &scale}),
+               "adamw_step_many: grad_scale_device is set for tensors on cpu");
+  EXPECT_DEATH(adamw_step(t[0].param, t[0].grad, t[0].m, t[0].v, {.grad_scale_device = &scale}),
+               "adamw: grad_scale_device is set for tensors on cpu");
+}
+
+TEST(ClipScaleTest, ScalesDownOnlyPastTheClip) {
+  EXPECT_EQ(clip_scale(5.0, 0.0f), 1.0f);  // clipping off
+  EXPECT_EQ(clip_scale(0.5, 1.0f), 1.0f);
+  EXPECT_EQ(clip_scale(1.0, 1.0f), 1.0f);  // at the clip: not past it
+  EXPECT_EQ(clip_scale(5.0, 1.0f), static_cast<float>(1.0 / (5.0 + 1e-6)));
+  EXPECT_EQ(clip_scale(4.0, 0.5f), static_cast<float>(0.5 / (4.0 + 1e-6)));
+  EXPECT_EQ(clip_scale(std::nan(""), 1.0f), 1.0f);  // a NaN norm is not past the clip
 }
 
 }  // namespace
