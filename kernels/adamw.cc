@@ -20,7 +20,8 @@ std::ostream& operator<<(std::ostream& os, const ArgName& a) {
   return os << "adamw_step_many tensors[" << a.entry << "]." << a.name;
 }
 
-// f32 param, grad, m, v of one shape, an optional bf16 copy of that shape, all on one device.
+// f32 param and grad, f32 or bf16 m and v (the same), an optional bf16 copy, all of one shape on
+// one device.
 void check_arguments(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                      const Tensor& copy, int64_t entry) {
   SY_CHECK(param.defined()) << ArgName{"param", entry} << " is undefined";
@@ -37,8 +38,11 @@ void check_arguments(const Tensor& param, const Tensor& grad, const Tensor& m, c
         << arg << " is on " << t.device().str() << ", the parameter on " << param.device().str();
   };
   check(grad, DType::kF32, "grad");
-  check(m, DType::kF32, "m");
-  check(v, DType::kF32, "v");
+  SY_CHECK(!m.defined() || m.dtype() == DType::kF32 || m.dtype() == DType::kBF16)
+      << ArgName{"m", entry} << " is " << dtype_name(m.dtype()) << ", expected f32 or bf16";
+  const DType moments = m.defined() ? m.dtype() : DType::kF32;
+  check(m, moments, "m");
+  check(v, moments, "v");
   if (copy.defined()) check(copy, DType::kBF16, "copy");
 }
 
@@ -82,6 +86,10 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
     SY_CHECK(t.param.device() == tensors[0].param.device())
         << ArgName{"param", entry} << " is on " << t.param.device().str() << ", tensors[0] on "
         << tensors[0].param.device().str();
+    // The GPU launch is compiled for one moment type.
+    SY_CHECK(t.m.dtype() == tensors[0].m.dtype())
+        << ArgName{"m", entry} << " is " << dtype_name(t.m.dtype()) << ", tensors[0].m "
+        << dtype_name(tensors[0].m.dtype()) << "; one moment dtype per call";
   }
   if (tensors.empty()) return;
   const Device device = tensors[0].param.device();

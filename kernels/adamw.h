@@ -1,11 +1,13 @@
 #pragma once
-// One AdamW step (decoupled weight decay, bias-corrected moments), all f32, same shape:
+// One AdamW step (decoupled weight decay, bias-corrected moments), computed in f32, same shape:
 //   m = beta1 m + (1 - beta1) g;  v = beta2 v + (1 - beta2) g^2
 //   m_hat = m / (1 - beta1^step);  v_hat = v / (1 - beta2^step)
 //   p -= lr * (m_hat / (sqrt(v_hat) + eps) + weight_decay * p)
-// step counts from 1. Which parameters decay is the optimizer's choice (pass 0 to skip).
-// g is grad * grad_scale (gradient clipping folded into the update; grad is not written), the
-// scale a host number or, on CUDA, a float in device memory that earlier work on the stream
+// step counts from 1. param and grad are f32; m and v are both f32 or both bf16 (DeepSeek-V3's
+// storage: read widened to f32, the update as above from the new f32 m and v, which are then
+// stored rounded to nearest even). Which parameters decay is the optimizer's choice (pass 0 to
+// skip). g is grad * grad_scale (gradient clipping folded into the update; grad is not written),
+// the scale a host number or, on CUDA, a float in device memory that earlier work on the stream
 // writes (grad_scale_device: the optimizer computes the clip scale there and queues the update
 // without waiting for the gradient norm).
 // With `copy` (bf16, same shape) the updated parameter is also written there, rounded: the
@@ -42,10 +44,10 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
 // Entries share p's lr, betas, eps, step and grad_scale; the weight decay is per entry (the
 // optimizer decays matrices, not norms or biases), so p.weight_decay must be 0: a value there
 // would be ambiguous. Every entry is checked as adamw_step checks its arguments (messages name
-// the entry: "adamw_step_many tensors[3].grad ..."), all entries on one device. Entries must
-// not overlap in memory (on the GPU they are updated concurrently).
+// the entry: "adamw_step_many tensors[3].grad ..."), all entries on one device with one moment
+// dtype. Entries must not overlap in memory (on the GPU they are updated concurrently).
 struct AdamWTensors {
-  Tensor param, grad, m, v;
+  Tensor param, grad, m, v;  // m, v: f32 or bf16
   Tensor copy;  // optional bf16 compute copy
   float weight_decay = 0.0f;
 };

@@ -338,7 +338,8 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
                                    .beta2 = static_cast<float>(o.beta2()),
                                    .eps = static_cast<float>(o.eps()),
                                    .weight_decay = static_cast<float>(o.weight_decay()),
-                                   .grad_clip = static_cast<float>(o.grad_clip())};
+                                   .grad_clip = static_cast<float>(o.grad_clip()),
+                                   .moment_dtype = moment_dtype_of(o.moment_dtype())};
   const OptimizerParallel opt_parallel{.world = &device_world,
                                        .ep = &t->grid_->ep(),
                                        .edp = &t->grid_->edp(),

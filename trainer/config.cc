@@ -832,6 +832,23 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   problems.positive_real("optimizer.eps", optimizer.eps());
   problems.non_negative_real("optimizer.weight_decay", optimizer.weight_decay(), "0 = off");
   problems.non_negative_real("optimizer.grad_clip", optimizer.grad_clip(), "0 = off");
+  if (optimizer.moment_dtype() == switchyard::OptimizerConfig::MOMENT_BF16) {
+    // A step changes a moment by (1 - beta) (sample - moment); a bf16 moment keeps 8 significant
+    // bits, and changes under half its ulp (0.2% to 0.4%) round back.
+    for (const auto& [field, beta] : {std::pair{"optimizer.beta1", optimizer.beta1()},
+                                      std::pair{"optimizer.beta2", optimizer.beta2()}}) {
+      if (beta > 0.99 && beta < 1) {  // 1 and above: unit_interval_open says so
+        problems.add(
+            {"optimizer.moment_dtype", field},
+            absl::StrCat("optimizer.moment_dtype = MOMENT_BF16 with ", field, " = ", beta,
+                         " > 0.99: with 1 - beta below ~1/100, a bf16 moment (8 significant bits) "
+                         "can no longer absorb the per-step change and stalls"),
+            absl::StrCat("set ", setting(field, "x"), " with x <= 0.99 (DeepSeek-V3 trains bf16 ",
+                         "moments with beta2 = 0.95), or ",
+                         setting("optimizer.moment_dtype", "MOMENT_F32")));
+      }
+    }
+  }
 
   const switchyard::TrainConfig& train = experiment.train();
   if (!rl || train.has_steps()) problems.positive("train.steps", train.steps());

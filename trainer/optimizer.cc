@@ -9,9 +9,15 @@
 
 namespace sy {
 
+DType moment_dtype_of(switchyard::OptimizerConfig::MomentDtype moments) {
+  return moments == switchyard::OptimizerConfig::MOMENT_BF16 ? DType::kBF16 : DType::kF32;
+}
+
 AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings,
              const OptimizerParallel& parallel)
     : store_(store), settings_(settings), parallel_(parallel) {
+  SY_CHECK(settings_.moment_dtype == DType::kF32 || settings_.moment_dtype == DType::kBF16)
+      << "AdamW moments in " << dtype_name(settings_.moment_dtype) << "; f32 or bf16";
   // Owners balance the state's size over each group's ranks, deterministically everywhere.
   std::map<Communicator*, std::vector<int64_t>> load;
   for (Param* p : store_.params()) {
@@ -28,8 +34,8 @@ AdamW::AdamW(ParamStore& store, const OptimizerSettings& settings,
       }
     }
     if (slot.owned) {
-      slot.m = Tensor::zeros(p->value.shape(), DType::kF32, p->value.device());
-      slot.v = Tensor::zeros(p->value.shape(), DType::kF32, p->value.device());
+      slot.m = Tensor::zeros(p->value.shape(), settings_.moment_dtype, p->value.device());
+      slot.v = Tensor::zeros(p->value.shape(), settings_.moment_dtype, p->value.device());
     }
     slots_.push_back(std::move(slot));
   }
@@ -150,12 +156,19 @@ absl::Status AdamW::load_state(const std::vector<std::pair<std::string, Tensor>>
       if (it == by_name.end()) {
         return absl::NotFoundError(absl::StrCat("optimizer state has no tensor '", name, "'"));
       }
-      if (it->second->shape() != dst->shape() || it->second->dtype() != DType::kF32) {
+      const Tensor& src = *it->second;
+      if (src.shape() != dst->shape()) {
         return absl::InvalidArgumentError(
-            absl::StrCat("optimizer tensor '", name, "' has shape ", shape_str(it->second->shape()),
+            absl::StrCat("optimizer tensor '", name, "' has shape ", shape_str(src.shape()),
                          ", the model expects ", shape_str(dst->shape())));
       }
-      dst->copy_from(*it->second);
+      if (src.dtype() != DType::kF32 && src.dtype() != DType::kBF16) {
+        return absl::InvalidArgumentError(absl::StrCat("optimizer tensor '", name, "' is ",
+                                                       dtype_name(src.dtype()),
+                                                       ", expected f32 or bf16"));
+      }
+      // Saved with the other moment dtype: widened, or rounded to nearest even, on the host.
+      dst->copy_from(src.dtype() == dst->dtype() ? src : src.to(Device::cpu()).to(dst->dtype()));
     }
   }
   steps_ = steps;

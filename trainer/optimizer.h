@@ -1,7 +1,8 @@
 #pragma once
-// AdamW over a ParamStore with fp32 moments, global-norm gradient clipping, and decoupled
-// weight decay on the parameters marked for it. Non-trainable entries (routing bias) are
-// skipped. Its state (moments and step count) round-trips through checkpoints exactly.
+// AdamW over a ParamStore with fp32 or bf16 moments (the update in fp32 either way), global-norm
+// gradient clipping, and decoupled weight decay on the parameters marked for it. Non-trainable
+// entries (routing bias) are skipped. Its state (moments and step count) round-trips through
+// checkpoints exactly.
 #include <cstdint>
 #include <span>
 #include <string>
@@ -9,6 +10,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "configs/switchyard.pb.h"
 #include "kernels/adamw.h"
 #include "models/param_store.h"
 #include "parallel/communicator.h"
@@ -21,7 +23,13 @@ struct OptimizerSettings {
   float eps = 1e-8f;
   float weight_decay = 0.1f;
   float grad_clip = 1.0f;  // 0: no clipping
+  // How m and v are stored: kF32, or kBF16 (rounded to nearest even after each update: 8 bytes
+  // per parameter less memory and traffic; needs betas <= 0.99, see OptimizerConfig).
+  DType moment_dtype = DType::kF32;
 };
+
+// OptimizerConfig's moment_dtype as the moments' tensor dtype.
+DType moment_dtype_of(switchyard::OptimizerConfig::MomentDtype moments);
 
 // The ranks an optimizer step involves. Null members mean one process.
 //   ep:    expert gradients' squared norms are summed over it (each EP rank holds different
@@ -52,10 +60,12 @@ class AdamW {
   double step(float lr);
   int64_t steps_taken() const { return steps_; }
 
-  // "adam_m.<param>" and "adam_v.<param>" tensors of the parameters this rank updates, for
-  // checkpoints (with zero1, only its shard).
+  // "adam_m.<param>" and "adam_v.<param>" tensors of the parameters this rank updates, in the
+  // moment dtype, for checkpoints (with zero1, only its shard).
   std::vector<std::pair<std::string, Tensor>> state() const;
-  // Restores what state() wrote; names and shapes must match this rank's parameters.
+  // Restores what state() wrote; names and shapes must match this rank's parameters. f32 and
+  // bf16 tensors are both accepted and converted to this optimizer's moment dtype, so a run can
+  // resume with the other one.
   absl::Status load_state(const std::vector<std::pair<std::string, Tensor>>& tensors,
                           int64_t steps);
 

@@ -300,7 +300,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
        .beta2 = static_cast<float>(config.optimizer().beta2()),
        .eps = static_cast<float>(config.optimizer().eps()),
        .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
-       .grad_clip = static_cast<float>(config.optimizer().grad_clip())},
+       .grad_clip = static_cast<float>(config.optimizer().grad_clip()),
+       .moment_dtype = moment_dtype_of(config.optimizer().moment_dtype())},
       {.world = &world, .ep = &grid.ep(), .edp = &grid.edp(), .zero1 = zero_stage == 1});
   std::vector<Tensor> dense_grads, expert_grads;
   for (Param* p : store.params()) {

@@ -1,16 +1,18 @@
-// AdamW on the GPU, elementwise over f32 param / grad / m / v (and the optional bf16 copy): m, v
-// updated from g, bias-corrected by 1 - beta^step (formed on the host in double, as the CPU
-// reference does), then p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p), the decay applied to the
-// parameter before this step's update (decoupled). Both launchers update each element with the
-// same function (adamw_element), so one tensor alone and the same tensor among many come out
-// bit for bit the same.
+// AdamW on the GPU, elementwise over f32 param / grad, f32 or bf16 m / v (and the optional bf16
+// copy): m, v updated from g, bias-corrected by 1 - beta^step (formed on the host in double, as
+// the CPU reference does), then p -= lr (m_hat / (sqrt(v_hat) + eps) + wd p), the decay applied
+// to the parameter before this step's update (decoupled). bf16 moments are widened on loading
+// and rounded to nearest even on storing, the update in between the f32 one, as on the CPU. Both
+// launchers update each element with the same function (adamw_element), so one tensor alone and
+// the same tensor among many come out bit for bit the same.
 //
 // adamw_step_many covers a whole model in one launch: the optimizer step is pure memory traffic
-// (28 bytes per element, 30 with the copy), and one launch per tensor left the GPU idle between
-// ~160 small kernels. The host writes a table of per-tensor descriptors and a list of chunks
-// (tensor, chunk index) into pinned memory, uploads it with one asynchronous copy, and each
-// block of the kernel updates chunks of kChunk elements with 16-byte loads and stores where the
-// tensor's pointers allow them.
+// (28 bytes per element with f32 moments, 20 with bf16 ones, 2 more with the copy), and one
+// launch per tensor left the GPU idle between ~160 small kernels. The host writes a table of
+// per-tensor descriptors and a list of chunks (tensor, chunk index) into pinned memory, uploads
+// it with one asynchronous copy, and each block of the kernel updates chunks of kChunk elements
+// four at a time (16-byte loads and stores of f32, 8-byte ones of bf16) where the tensor's
+// pointers allow them.
 //
 // The clip scale can come from device memory (AdamWParams::grad_scale_device), written by
 // clip_scale_kernel from the gradients' squares: the optimizer then queues the squares, the
@@ -62,19 +64,22 @@ __device__ __forceinline__ float adamw_element(float w, float g, float& m, float
   return w - c.lr * (m_hat / (sqrtf(v_hat) + c.eps) + weight_decay * w);
 }
 
-__device__ __forceinline__ void adamw_at(int64_t i, float* w, const float* g, float* m, float* v,
+// M: the moments' storage, float or __nv_bfloat16.
+template <typename M>
+__device__ __forceinline__ void adamw_at(int64_t i, float* w, const float* g, M* m, M* v,
                                          __nv_bfloat16* copy, float weight_decay,
                                          const StepConstants& c) {
-  float mi = m[i], vi = v[i];
+  float mi = to_f32(m[i]), vi = to_f32(v[i]);
   const float wi = adamw_element(w[i], g[i], mi, vi, weight_decay, c);
-  m[i] = mi;
-  v[i] = vi;
+  m[i] = from_f32<M>(mi);
+  v[i] = from_f32<M>(vi);
   w[i] = wi;
   if (copy) copy[i] = __float2bfloat16_rn(wi);
 }
 
-__global__ void adamw_kernel(float* w, const float* g, float* m, float* v, __nv_bfloat16* copy,
-                             int64_t n, float weight_decay, StepConstants constants) {
+template <typename M>
+__global__ void adamw_kernel(float* w, const float* g, M* m, M* v, __nv_bfloat16* copy, int64_t n,
+                             float weight_decay, StepConstants constants) {
   const StepConstants c = with_scale(constants);
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -88,32 +93,52 @@ __global__ void adamw_kernel(float* w, const float* g, float* m, float* v, __nv_
 // long enough to hide its start, and a 1.2B-parameter model still makes ~18K chunks to spread.
 constexpr int64_t kChunk = int64_t{1} << 16;
 
+template <typename M>
 struct TensorEntry {
   float* w;
   const float* g;
-  float* m;
-  float* v;
+  M* m;
+  M* v;
   __nv_bfloat16* copy;  // null: no compute copy
   int64_t n;
   float weight_decay;
-  int32_t vectorized;  // w, g, m, v 16-byte and copy 8-byte aligned: float4 loads and stores
+  // w, g 16-byte aligned, m, v aligned to four moments (16 bytes f32, 8 bf16), copy 8-byte
+  // aligned: four elements per load and store.
+  int32_t vectorized;
 };
 struct ChunkEntry {
   int32_t tensor;
   int32_t chunk;  // elements [chunk * kChunk, min(n, (chunk + 1) * kChunk))
 };
 
-// Four bf16 values for one 8-byte store.
+// Four bf16 values for one 8-byte load or store.
 struct alignas(8) Bf16x4 {
   __nv_bfloat162 lo, hi;
 };
 
-__global__ void adamw_many_kernel(const TensorEntry* tensors, const ChunkEntry* chunks,
+// Four consecutive elements, widened to f32 on loading and rounded to nearest even on storing:
+// one 16-byte access for f32, one 8-byte access for bf16.
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const Bf16x4 b = *reinterpret_cast<const Bf16x4*>(p);
+  return float4{__low2float(b.lo), __high2float(b.lo), __low2float(b.hi), __high2float(b.hi)};
+}
+__device__ __forceinline__ void store4(float* p, float4 x) { *reinterpret_cast<float4*>(p) = x; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 x) {
+  *reinterpret_cast<Bf16x4*>(p) =
+      Bf16x4{__nv_bfloat162(__float2bfloat16_rn(x.x), __float2bfloat16_rn(x.y)),
+             __nv_bfloat162(__float2bfloat16_rn(x.z), __float2bfloat16_rn(x.w))};
+}
+
+template <typename M>
+__global__ void adamw_many_kernel(const TensorEntry<M>* tensors, const ChunkEntry* chunks,
                                   int64_t num_chunks, StepConstants constants) {
   const StepConstants c = with_scale(constants);
   for (int64_t k = blockIdx.x; k < num_chunks; k += gridDim.x) {
     const ChunkEntry chunk = chunks[k];
-    const TensorEntry t = tensors[chunk.tensor];
+    const TensorEntry<M> t = tensors[chunk.tensor];
     const int64_t begin = static_cast<int64_t>(chunk.chunk) * kChunk;
     const int64_t end = min(t.n, begin + kChunk);
     int64_t scalar_begin = begin;
@@ -121,22 +146,18 @@ __global__ void adamw_many_kernel(const TensorEntry* tensors, const ChunkEntry* 
       scalar_begin = end - (end - begin) % 4;
       for (int64_t i = begin + 4 * static_cast<int64_t>(threadIdx.x); i < scalar_begin;
            i += 4 * static_cast<int64_t>(blockDim.x)) {
-        float4 w = *reinterpret_cast<const float4*>(t.w + i);
-        const float4 g = *reinterpret_cast<const float4*>(t.g + i);
-        float4 m = *reinterpret_cast<const float4*>(t.m + i);
-        float4 v = *reinterpret_cast<const float4*>(t.v + i);
+        float4 w = load4(t.w + i);
+        const float4 g = load4(t.g + i);
+        float4 m = load4(t.m + i);
+        float4 v = load4(t.v + i);
         w.x = adamw_element(w.x, g.x, m.x, v.x, t.weight_decay, c);
         w.y = adamw_element(w.y, g.y, m.y, v.y, t.weight_decay, c);
         w.z = adamw_element(w.z, g.z, m.z, v.z, t.weight_decay, c);
         w.w = adamw_element(w.w, g.w, m.w, v.w, t.weight_decay, c);
-        *reinterpret_cast<float4*>(t.m + i) = m;
-        *reinterpret_cast<float4*>(t.v + i) = v;
-        *reinterpret_cast<float4*>(t.w + i) = w;
-        if (t.copy) {
-          *reinterpret_cast<Bf16x4*>(t.copy + i) =
-              Bf16x4{__nv_bfloat162(__float2bfloat16_rn(w.x), __float2bfloat16_rn(w.y)),
-                     __nv_bfloat162(__float2bfloat16_rn(w.z), __float2bfloat16_rn(w.w))};
-        }
+        store4(t.m + i, m);
+        store4(t.v + i, v);
+        store4(t.w + i, w);
+        if (t.copy) store4(t.copy + i, w);
       }
     }
     // The tail of a vectorized chunk (fewer than 4), or all of a chunk that is not aligned.
@@ -221,13 +242,21 @@ void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const 
   const int64_t n = param.numel();
   if (n == 0) return;
   use_device(param);
-  adamw_kernel<<<grid_for(n), kThreads, 0, stream()>>>(
-      ptr<float>(param), ptr<float>(grad), ptr<float>(m), ptr<float>(v),
-      copy.defined() ? ptr<__nv_bfloat16>(copy) : nullptr, n, p.weight_decay, step_constants(p));
+  dispatch_float(m.dtype(), "adamw moments", [&](auto moment) {
+    using M = decltype(moment);
+    adamw_kernel<M><<<grid_for(n), kThreads, 0, stream()>>>(
+        ptr<float>(param), ptr<float>(grad), ptr<M>(m), ptr<M>(v),
+        copy.defined() ? ptr<__nv_bfloat16>(copy) : nullptr, n, p.weight_decay, step_constants(p));
+  });
   launch_check("adamw_kernel");
 }
 
-void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) {
+namespace {
+
+// adamw_step_many with moments of type M (all entries': adamw_step_many checks them).
+template <typename M>
+void adamw_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) {
+  using Entry = TensorEntry<M>;
   int64_t num_chunks = 0;
   for (const AdamWTensors& t : tensors) num_chunks += (t.param.numel() + kChunk - 1) / kChunk;
   if (num_chunks == 0) return;
@@ -235,29 +264,29 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
   const int device = use_device(tensors[0].param);
 
   // One buffer: the tensor entries, then the chunk entries (both 8-byte aligned).
-  static_assert(sizeof(TensorEntry) % alignof(ChunkEntry) == 0);
-  const size_t tensor_bytes = tensors.size() * sizeof(TensorEntry);
+  static_assert(sizeof(Entry) % alignof(ChunkEntry) == 0);
+  const size_t tensor_bytes = tensors.size() * sizeof(Entry);
   const size_t bytes = tensor_bytes + static_cast<size_t>(num_chunks) * sizeof(ChunkEntry);
   TableStaging& staging = table_staging(device);
   std::byte* host = staging.reserve(bytes);
-  auto* entries = reinterpret_cast<TensorEntry*>(host);
+  auto* entries = reinterpret_cast<Entry*>(host);
   auto* chunks = reinterpret_cast<ChunkEntry*>(host + tensor_bytes);
   int64_t k = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const AdamWTensors& t = tensors[i];
     const int64_t n = t.param.numel();
-    TensorEntry e{};  // an empty tensor's entry stays zero: no chunk refers to it
+    Entry e{};  // an empty tensor's entry stays zero: no chunk refers to it
     if (n > 0) {
-      e = TensorEntry{ptr<float>(t.param),
-                      ptr<float>(t.grad),
-                      ptr<float>(t.m),
-                      ptr<float>(t.v),
-                      t.copy.defined() ? ptr<__nv_bfloat16>(t.copy) : nullptr,
-                      n,
-                      t.weight_decay,
-                      0};
-      e.vectorized = aligned(e.w, 16) && aligned(e.g, 16) && aligned(e.m, 16) && aligned(e.v, 16) &&
-                     aligned(e.copy, 8);
+      e = Entry{ptr<float>(t.param),
+                ptr<float>(t.grad),
+                ptr<M>(t.m),
+                ptr<M>(t.v),
+                t.copy.defined() ? ptr<__nv_bfloat16>(t.copy) : nullptr,
+                n,
+                t.weight_decay,
+                0};
+      e.vectorized = aligned(e.w, 16) && aligned(e.g, 16) && aligned(e.m, 4 * sizeof(M)) &&
+                     aligned(e.v, 4 * sizeof(M)) && aligned(e.copy, 8);
     }
     entries[i] = e;
     const int64_t n_chunks = (n + kChunk - 1) / kChunk;
@@ -270,12 +299,20 @@ void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams
   // Stream-ordered on stream(), as the launch: freed after the kernel has read it.
   Scratch table(bytes);
   staging.upload(table.as<std::byte>(), bytes);
-  const auto* device_entries = table.as<const TensorEntry>();
+  const auto* device_entries = table.as<const Entry>();
   const auto* device_chunks =
       reinterpret_cast<const ChunkEntry*>(table.as<std::byte>() + tensor_bytes);
-  adamw_many_kernel<<<row_grid(num_chunks), kThreads, 0, stream()>>>(device_entries, device_chunks,
-                                                                     num_chunks, step_constants(p));
+  adamw_many_kernel<M><<<row_grid(num_chunks), kThreads, 0, stream()>>>(
+      device_entries, device_chunks, num_chunks, step_constants(p));
   launch_check("adamw_many_kernel");
+}
+
+}  // namespace
+
+void adamw_step_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) {
+  if (tensors.empty()) return;
+  dispatch_float(tensors[0].m.dtype(), "adamw_step_many moments",
+                 [&](auto moment) { adamw_many<decltype(moment)>(tensors, p); });
 }
 
 void clip_scale_from_squares(const double* squares, int64_t n, int64_t split, float clip,

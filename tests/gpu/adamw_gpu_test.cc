@@ -19,8 +19,26 @@
 // bit. Then the optimizer, which takes that path on one GPU, against itself sent down the host
 // path (a two-rank EP group whose host sums add nothing): the same norms, parameters, compute
 // copies and moments, bit for bit, over steps with and without clipping, and again on a second
-// run. Skips without a GPU.
+// run, with f32 moments and with bf16 ones.
+//
+// bf16 moments: the GPU and the CPU compute the same f32 update from the same widened moments,
+// but a fused multiply-add can put an f32 moment on the other side of a bf16 rounding boundary,
+// and the stored moment is then one bf16 ulp (2^-8 to 2^-7 relative) from the CPU's, a difference
+// later steps carry on. So each step is checked from one state: the CPU takes the step from the
+// state the GPU had before it. The parameter (updated from the moments before rounding) as in
+// the f32 tests; the copy, the GPU's parameter rounded, exactly; m and v element by element
+// equal, one bf16 ulp apart, or within 1e-6 of the tensor's largest magnitude (the f32 tests'
+// absolute floor: where beta1 m and (1 - beta1) g nearly cancel, a fused multiply-add moves the
+// tiny result by many of its own ulps), and at most 1 in 1000 (+ 1) not equal: an f32 difference
+// of a few ulps crosses a rounding boundary ~2^-14 of the time, while rounding other than to
+// nearest even puts about half of them off. Single-tensor and many-tensor launches, the host's
+// scale and the device's, and a repeat of the same launch: bit for bit.
+// Sizes around the chunks and the four-element groups, and views whose moments start off 8 bytes
+// (the scalar path) or on 8 bytes but off 16 (the vector path: four bf16 moments are 8 bytes).
+// Skips without a GPU.
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <memory>
 #include <span>
@@ -211,6 +229,253 @@ TEST(AdamwManyGpuTest, StepsMatchCpuAndSingleTensorLaunches) {
   }
 }
 
+// --- bf16 moments -------------------------------------------------------------------------------
+
+// bf16 values as integers in their order (sign and magnitude to a signed number): neighbours
+// differ by 1, and +0 and -0 are both 0.
+int32_t bf16_order(bf16 x) { return x.bits & 0x8000 ? -(x.bits & 0x7fff) : x.bits; }
+
+// bf16 moments `gpu` against `cpu`: each element equal, one bf16 ulp apart, or within 1e-6 of
+// the largest |cpu|; at most 1 + numel / 1000 of them not equal.
+::testing::AssertionResult moments_close(const Tensor& gpu, const Tensor& cpu) {
+  const Tensor a = gpu.to(Device::cpu()), b = cpu.to(Device::cpu());
+  if (a.dtype() != DType::kBF16 || b.dtype() != DType::kBF16) {
+    return ::testing::AssertionFailure()
+           << dtype_name(a.dtype()) << " against " << dtype_name(b.dtype()) << ", expected bf16";
+  }
+  if (a.shape() != b.shape()) {
+    return ::testing::AssertionFailure()
+           << "shape " << shape_str(a.shape()) << " != expected " << shape_str(b.shape());
+  }
+  double peak = 0;
+  for (int64_t i = 0; i < b.numel(); ++i)
+    peak = std::max(peak, std::fabs(double{bf16_to_f32(b.data<bf16>()[i])}));
+  int64_t off = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const bf16 x = a.data<bf16>()[i], y = b.data<bf16>()[i];
+    const int32_t ulps = std::abs(bf16_order(x) - bf16_order(y));
+    const double apart = std::fabs(double{bf16_to_f32(x)} - double{bf16_to_f32(y)});
+    if (ulps > 1 && apart > 1e-6 * peak) {
+      return ::testing::AssertionFailure()
+             << "element " << i << ": " << bf16_to_f32(x) << " against " << bf16_to_f32(y) << ", "
+             << ulps << " bf16 ulps apart";
+    }
+    off += ulps > 0;
+  }
+  const int64_t allowed = 1 + a.numel() / 1000;
+  if (off > allowed) {
+    return ::testing::AssertionFailure()
+           << off << " of " << a.numel() << " elements differ, more than " << allowed;
+  }
+  return ::testing::AssertionSuccess();
+}
+
+// Random moments as bf16 (v >= 0), on the CPU.
+Tensor random_m_bf16(const Shape& shape, std::mt19937_64& rng) {
+  return random_normal(shape, rng, 0.1f).to(DType::kBF16);
+}
+Tensor random_v_bf16(const Shape& shape, std::mt19937_64& rng) {
+  Tensor v = random_normal(shape, rng, 0.1f);
+  for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] *= v.data<float>()[i];
+  return v.to(DType::kBF16);
+}
+
+// The scale in device memory, as the optimizer leaves it for grad_scale_device.
+struct DeviceScale {
+  Tensor buffer = Tensor::empty({1}, DType::kF32, kGpu);
+  AdamWParams params(AdamWParams p) const {
+    buffer.copy_from(Tensor::from_f32({p.grad_scale}, {1}));
+    p.grad_scale = 1.0f;
+    p.grad_scale_device = buffer.data<float>();
+    return p;
+  }
+};
+
+class AdamwBf16MomentsGpuTest : public ::testing::TestWithParam<int64_t> {};
+
+TEST_P(AdamwBf16MomentsGpuTest, StepsMatchCpuFromTheSameState) {
+  SKIP_WITHOUT_GPU();
+  const int64_t n = GetParam();
+  auto rng = rng_for_test();
+  Tensor gparam = random_normal({n}, rng).to(kGpu);
+  Tensor gm = random_m_bf16({n}, rng).to(kGpu), gv = random_v_bf16({n}, rng).to(kGpu);
+  Tensor gcopy = Tensor::empty({n}, DType::kBF16, kGpu);
+  // The same steps with the scale read from device memory.
+  Tensor dparam = gparam.clone(), dm = gm.clone(), dv = gv.clone();
+  Tensor dcopy = Tensor::empty({n}, DType::kBF16, kGpu);
+  const DeviceScale device_scale;
+  AdamWParams p;
+  p.lr = 3e-3f;
+  for (int64_t step = 1; step <= 5; ++step) {
+    p.step = step;
+    p.weight_decay = step % 2 ? 0.1f : 0.0f;
+    p.grad_scale = step % 3 ? 1.0f : 0.3f;
+    const Tensor grad = random_normal({n}, rng), gpu_grad = grad.to(kGpu);
+    // The CPU steps from the GPU's state.
+    Tensor param = gparam.to(Device::cpu()), m = gm.to(Device::cpu()), v = gv.to(Device::cpu());
+    adamw_step(param, grad, m, v, p);
+    adamw_step(gparam, gpu_grad, gm, gv, p, gcopy);
+    adamw_step(dparam, gpu_grad, dm, dv, device_scale.params(p), dcopy);
+    const std::string where = "after step " + std::to_string(step);
+    EXPECT_TRUE(all_close(gparam, param, 1e-5, 1e-6)) << "param " << where;
+    EXPECT_TRUE(moments_close(gm, m)) << "m " << where;
+    EXPECT_TRUE(moments_close(gv, v)) << "v " << where;
+    EXPECT_TRUE(all_close(gcopy.to(Device::cpu()).to(DType::kF32),
+                          gparam.to(Device::cpu()).to(DType::kBF16).to(DType::kF32), 0, 0))
+        << "copy " << where;
+    for (auto [x, y, name] : {std::tuple{&dparam, &gparam, "param"}, std::tuple{&dm, &gm, "m"},
+                              std::tuple{&dv, &gv, "v"}, std::tuple{&dcopy, &gcopy, "copy"}}) {
+      EXPECT_TRUE(all_close(*x, *y, 0, 0)) << name << " with the device scale, " << where;
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Sizes, AdamwBf16MomentsGpuTest,
+                         ::testing::Values(int64_t{1}, int64_t{7}, int64_t{1000}, int64_t{100003},
+                                           int64_t{(1 << 22) + 3}));
+
+// One entry of the bf16-moment many-tensor test: param and grad are rows [offset, ...) of
+// tensors `offset` rows longer, m and v rows [moment_offset, ...), the copy rows [copy_offset,
+// ...).
+struct Bf16EntrySpec {
+  Shape shape;
+  int64_t offset = 0;
+  int64_t moment_offset = 0;
+  int64_t copy_offset = 0;
+  bool copy = true;
+  float weight_decay = 0.1f;
+};
+
+// One entry's state on the GPU, whole tensors (the views are taken per step).
+struct Bf16State {
+  Tensor param, m, v, copy;
+};
+
+struct Bf16Entry {
+  Bf16EntrySpec spec;
+  // The many-tensor launch with the host's scale (the one the CPU checks), the single-tensor
+  // launches, the many-tensor launch with the device's scale, and that launch again.
+  Bf16State many, single, device, repeat;
+};
+
+Bf16Entry make_bf16_entry(const Bf16EntrySpec& spec, std::mt19937_64& rng) {
+  const Tensor param = random_normal(grown(spec.shape, spec.offset), rng);
+  const Tensor m = random_m_bf16(grown(spec.shape, spec.moment_offset), rng);
+  const Tensor v = random_v_bf16(grown(spec.shape, spec.moment_offset), rng);
+  auto state = [&] {
+    return Bf16State{param.to(kGpu), m.to(kGpu), v.to(kGpu),
+                     spec.copy
+                         ? Tensor::zeros(grown(spec.shape, spec.copy_offset), DType::kBF16, kGpu)
+                         : Tensor()};
+  };
+  return {spec, state(), state(), state(), state()};
+}
+
+AdamWTensors views(const Bf16State& s, const Bf16EntrySpec& spec, const Tensor& grad) {
+  return {.param = view_from(s.param, spec.offset),
+          .grad = grad,
+          .m = view_from(s.m, spec.moment_offset),
+          .v = view_from(s.v, spec.moment_offset),
+          .copy = spec.copy ? view_from(s.copy, spec.copy_offset) : Tensor(),
+          .weight_decay = spec.weight_decay};
+}
+
+TEST(AdamwManyBf16MomentsGpuTest, StepsMatchCpuFromTheSameStateAndEachOther) {
+  SKIP_WITHOUT_GPU();
+  auto rng = rng_for_test();
+  std::vector<Bf16EntrySpec> specs = {
+      {.shape = {1}},
+      {.shape = {3}, .copy = false, .weight_decay = 0.0f},
+      {.shape = {0}},
+      {.shape = {1000}, .weight_decay = 0.0f},
+      {.shape = {65537}, .copy = false},  // two chunks, the second one element
+      {.shape = {300000}},
+      {.shape = {262147}, .weight_decay = 0.0f},  // a tail of 3 after four full chunks
+      // Moments off 8 bytes (one row of three bf16: 6): the scalar path, 2 chunks.
+      {.shape = {40001, 3}, .moment_offset = 1},
+      // Moments on 8 bytes and off 16 (one row of four bf16), param and grad on 16 (one row of
+      // four f32), the copy on 8: the vector path through views.
+      {.shape = {20001, 4}, .offset = 1, .moment_offset = 1, .copy_offset = 1},
+      // Param and grad off 16 bytes (one row of two f32: 8), moments on 8 (two rows of two
+      // bf16): the scalar path.
+      {.shape = {30001, 2}, .offset = 1, .moment_offset = 2},
+      // Only the copy off 8 bytes (4): still the scalar path.
+      {.shape = {20000, 2}, .copy_offset = 1},
+  };
+  // Many small tensors, as a model's norms and biases: a long table of one-chunk entries.
+  for (int64_t i = 0; i < 50; ++i)
+    specs.push_back(
+        {.shape = {2 * i + 1}, .copy = i % 3 != 0, .weight_decay = i % 2 ? 0.1f : 0.0f});
+  std::vector<Bf16Entry> entries;
+  for (const Bf16EntrySpec& spec : specs) entries.push_back(make_bf16_entry(spec, rng));
+
+  const DeviceScale device_scale;
+  AdamWParams p;
+  p.lr = 3e-3f;
+  for (int64_t step = 1; step <= 5; ++step) {
+    p.step = step;
+    p.grad_scale = step % 3 ? 1.0f : 0.3f;
+    std::vector<Bf16State> before;  // the CPU's starting point: the many-tensor launch's state
+    std::vector<AdamWTensors> many, device, repeat;
+    for (Bf16Entry& e : entries) {
+      const Bf16EntrySpec& s = e.spec;
+      const Tensor grad_base = random_normal(grown(s.shape, s.offset), rng);
+      const Tensor gpu_grad = view_from(grad_base.to(kGpu), s.offset);
+      const Bf16State cpu{e.many.param.to(Device::cpu()), e.many.m.to(Device::cpu()),
+                          e.many.v.to(Device::cpu()), Tensor()};
+      AdamWParams own = p;
+      own.weight_decay = s.weight_decay;
+      Bf16EntrySpec no_copy = s;
+      no_copy.copy = false;
+      const AdamWTensors c = views(cpu, no_copy, view_from(grad_base, s.offset));
+      adamw_step(c.param, c.grad, c.m, c.v, own);
+      before.push_back(cpu);
+      const AdamWTensors one = views(e.single, s, gpu_grad);
+      adamw_step(one.param, one.grad, one.m, one.v, own, one.copy);
+      many.push_back(views(e.many, s, gpu_grad));
+      device.push_back(views(e.device, s, gpu_grad));
+      repeat.push_back(views(e.repeat, s, gpu_grad));
+    }
+    adamw_step_many(many, p);
+    adamw_step_many(device, device_scale.params(p));
+    adamw_step_many(repeat, device_scale.params(p));
+
+    for (size_t i = 0; i < entries.size(); ++i) {
+      const Bf16Entry& e = entries[i];
+      const Bf16EntrySpec& s = e.spec;
+      const Bf16State& cpu = before[i];  // updated in place: the CPU's step
+      const std::string where = "entry " + std::to_string(i) + " " + shape_str(s.shape) +
+                                " after step " + std::to_string(step);
+      // Whole tensors: the rows outside the views must be untouched on both sides.
+      EXPECT_TRUE(close_to(e.many.param, cpu.param, 1e-6, 1e-6)) << "param, " << where;
+      EXPECT_TRUE(moments_close(e.many.m, cpu.m)) << "m, " << where;
+      EXPECT_TRUE(moments_close(e.many.v, cpu.v)) << "v, " << where;
+      for (const auto& [other, name] :
+           {std::pair{&e.single, "single-tensor launch"}, std::pair{&e.device, "device scale"},
+            std::pair{&e.repeat, "repeat"}}) {
+        EXPECT_TRUE(all_close(other->param, e.many.param, 0, 0))
+            << "param, " << name << ", " << where;
+        EXPECT_TRUE(all_close(other->m, e.many.m, 0, 0)) << "m, " << name << ", " << where;
+        EXPECT_TRUE(all_close(other->v, e.many.v, 0, 0)) << "v, " << name << ", " << where;
+        if (s.copy)
+          EXPECT_TRUE(all_close(other->copy, e.many.copy, 0, 0))
+              << "copy, " << name << ", " << where;
+      }
+      if (!s.copy) continue;
+      // The copy is the updated parameter rounded to nearest even, and nothing outside it.
+      const Tensor copy = e.many.copy.to(Device::cpu()).to(DType::kF32);
+      EXPECT_TRUE(all_close(
+          view_from(copy, s.copy_offset),
+          view_from(e.many.param, s.offset).to(Device::cpu()).to(DType::kBF16).to(DType::kF32), 0,
+          0))
+          << "copy, " << where;
+      EXPECT_TRUE(all_close(copy.rows(0, s.copy_offset),
+                            Tensor::zeros(grown(s.shape, s.copy_offset - s.shape[0])), 0, 0))
+          << "rows before the copy, " << where;
+    }
+  }
+}
+
 #ifdef SWITCHYARD_HAVE_CUDA
 // Fresh AdamW state for `grad` on the GPU: random parameter and moments (v >= 0), and a bf16
 // copy for a matrix.
@@ -345,7 +610,9 @@ void add_params(ParamStore& store) {
   store.add("head", {33, 257}, SyncGroup::kDense, Init::kNormal, 0.02f, true);
 }
 
-TEST(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
+class AdamWOptimizerGpuTest : public ::testing::TestWithParam<DType> {};
+
+TEST_P(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
   SKIP_WITHOUT_GPU();
   ParamStore gpu_clip(kGpu, DType::kBF16), gpu_clip_again(kGpu, DType::kBF16),
       host_clip(kGpu, DType::kBF16);
@@ -353,7 +620,8 @@ TEST(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
     add_params(*store);
     store->initialize(7);
   }
-  const OptimizerSettings settings{.weight_decay = 0.1f, .grad_clip = 1.0f};
+  const OptimizerSettings settings{
+      .weight_decay = 0.1f, .grad_clip = 1.0f, .moment_dtype = GetParam()};
   TwoRanksAddingNothing ep;
   AdamW on_gpu(gpu_clip, settings), on_gpu_again(gpu_clip_again, settings);
   AdamW on_host(host_clip, settings, {.ep = &ep});
@@ -383,6 +651,7 @@ TEST(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
       }
     }
     const auto state = on_gpu.state();
+    for (const auto& [name, t] : state) EXPECT_EQ(t.dtype(), GetParam()) << name;
     for (const AdamW* other : {&on_gpu_again, &on_host}) {
       const auto other_state = other->state();
       ASSERT_EQ(other_state.size(), state.size());
@@ -392,6 +661,10 @@ TEST(AdamWOptimizerGpuTest, ClipScaleOnTheGpuMatchesTheHostPathBitForBit) {
     }
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Moments, AdamWOptimizerGpuTest,
+                         ::testing::Values(DType::kF32, DType::kBF16),
+                         [](const auto& info) { return std::string(dtype_name(info.param)); });
 
 }  // namespace
 }  // namespace sy

@@ -298,6 +298,29 @@ TEST(ConfigTest, ReportsEveryProblemOnItsOwnLine) {
   EXPECT_TRUE(has_line(status, "--set #2", {"train.micro_batch: "}));
 }
 
+// bf16 moments stall when 1 - beta is below ~1/100: betas up to 0.99 pass, above it the message
+// names the edit that broke the rule and says both ways out.
+TEST(ConfigTest, Bf16MomentsNeedBetasAtMost099) {
+  for (const char* fragment : {"optimizer { moment_dtype: MOMENT_BF16 }",
+                               "optimizer { moment_dtype: MOMENT_BF16 beta1: 0.99 beta2: 0.99 }",
+                               "optimizer { moment_dtype: MOMENT_F32 beta2: 0.999 }"}) {
+    absl::Status status = load_experiment(kTiny, {fragment}).status();
+    EXPECT_TRUE(status.ok()) << fragment << ": " << status;
+  }
+  absl::Status status = load_experiment(kTiny, {"optimizer { moment_dtype: MOMENT_BF16 }",
+                                                "optimizer { beta2: 0.999 }"})
+                            .status();
+  EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(has_line(status, "--set #2 'optimizer { beta2: 0.999 }':1:13: optimizer.beta2: ",
+                       {"optimizer.moment_dtype = MOMENT_BF16 with optimizer.beta2 = 0.999",
+                        "stalls; set optimizer { beta2: x } with x <= 0.99",
+                        "or optimizer { moment_dtype: MOMENT_F32 }"}));
+  // beta 1 is already out of [0, 1): one line for it, not two.
+  status = load_experiment(kTiny, {"optimizer { moment_dtype: MOMENT_BF16 beta2: 1 }"}).status();
+  EXPECT_TRUE(has_line(status, "--set #1", {"optimizer.beta2: must be in [0, 1)"}));
+  EXPECT_FALSE(absl::StrContains(status.message(), "stalls")) << status;
+}
+
 TEST(ConfigTest, DenseModelNeedsNoExperts) {
   absl::StatusOr<Experiment> experiment =
       load_experiment(kTiny, {"model { first_k_dense: 2 } moe { num_experts: 0 top_k: 0 }"});
@@ -386,6 +409,12 @@ INSTANTIATE_TEST_SUITE_P(
         RuleCase{"WeightDecay", "optimizer { weight_decay: -1 }", "optimizer.weight_decay",
                  "must be >= 0"},
         RuleCase{"GradClip", "optimizer { grad_clip: -1 }", "optimizer.grad_clip", "must be >= 0"},
+        RuleCase{"Bf16MomentsBeta2", "optimizer { moment_dtype: MOMENT_BF16 beta2: 0.999 }",
+                 "optimizer.moment_dtype",
+                 "MOMENT_BF16 with optimizer.beta2 = 0.999 > 0.99: with 1 - beta below ~1/100, a "
+                 "bf16 moment (8 significant bits) can no longer absorb the per-step change"},
+        RuleCase{"Bf16MomentsBeta1", "optimizer { moment_dtype: MOMENT_BF16 beta1: 0.995 }",
+                 "optimizer.moment_dtype", "MOMENT_BF16 with optimizer.beta1 = 0.995 > 0.99"},
         RuleCase{"WarmupAtMostSteps", "schedule { warmup_steps: 4001 }", "schedule.warmup_steps",
                  "exceeds train.steps = 4000"},
         RuleCase{"WarmupNonNegative", "schedule { warmup_steps: -1 }", "schedule.warmup_steps",

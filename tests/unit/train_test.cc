@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -97,8 +98,11 @@ absl::Status run(const switchyard::Experiment& config, const std::string& dir,
   return train(config, {.run_dir = dir, .resume = resume}, log);
 }
 
-TEST(Train, ResumeIsBitIdenticalToAnUninterruptedRun) {
-  const auto config = small_config();
+// With f32 moments and with bf16 ones (their checkpoints hold bf16 tensors, read back exactly).
+class ResumeTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ResumeTest, ResumeIsBitIdenticalToAnUninterruptedRun) {
+  const auto config = small_config(GetParam());
   const std::string full = fresh_dir("full"), resumed = fresh_dir("resumed");
   ASSERT_TRUE(run(config, full).ok());
 
@@ -133,6 +137,12 @@ TEST(Train, ResumeIsBitIdenticalToAnUninterruptedRun) {
     EXPECT_EQ(t.to_f32_vector(), wb->tensors.at(name).to_f32_vector()) << name;
   }
 }
+
+INSTANTIATE_TEST_SUITE_P(Moments, ResumeTest,
+                         ::testing::Values("", "optimizer { moment_dtype: MOMENT_BF16 }"),
+                         [](const auto& info) {
+                           return std::string(info.param.empty() ? "F32Moments" : "Bf16Moments");
+                         });
 
 TEST(Train, LossFallsAndTheRunDirectoryHoldsConfigMetricsAndCheckpoints) {
   const auto config =
@@ -281,6 +291,29 @@ TEST_F(BrokenCheckpoint, MissingOrCorruptManifest) {
   EXPECT_TRUE(absl::StrContains(s.message(), "missing manifest.json")) << s;
 }
 
+// The dtype of the moments in a checkpoint's optimizer file ("" when a tensor is missing or the
+// file does not load).
+std::string moment_dtype_in(const std::string& checkpoint) {
+  auto file = load_safetensors(checkpoint + "/optimizer-rank0.safetensors");
+  if (!file.ok() || !file->tensors.count("adam_m.embed.weight")) return "";
+  return dtype_name(file->tensors.at("adam_m.embed.weight").dtype());
+}
+
+// An f32-moment checkpoint resumes with bf16 moments (rounded on loading), and that run's
+// checkpoint, which holds bf16 moments, resumes with f32 ones again (widened).
+TEST_F(BrokenCheckpoint, ResumesWithTheOtherMomentDtype) {
+  EXPECT_EQ(moment_dtype_in(ckpt_), "f32");
+  absl::Status s = resume("optimizer { moment_dtype: MOMENT_BF16 }");
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(moment_dtype_in(dir_ + "/checkpoints/step_00000007"), "bf16");
+  s = run(small_config("train { steps: 9 }"), dir_, true);
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_EQ(moment_dtype_in(dir_ + "/checkpoints/step_00000009"), "f32");
+  for (const Json& line : read_metrics(dir_)) {
+    if (const Json* loss = line.find("loss")) EXPECT_TRUE(std::isfinite(loss->as_double()));
+  }
+}
+
 TEST_F(BrokenCheckpoint, LatestPointsNowhere) {
   std::ofstream(dir_ + "/checkpoints/latest", std::ios::trunc) << "step_00000099\n";
   absl::Status s = resume();
@@ -389,6 +422,89 @@ TEST(AdamWOptimizer, ClipsToTheGlobalNormAndSkipsFrozenState) {
       opt.load_state({{"adam_m.a", Tensor::zeros({3})}, {"adam_v.a", Tensor::zeros({2})}}, 1);
   EXPECT_TRUE(absl::StrContains(bad.message(), "adam_m.a")) << bad;
   EXPECT_TRUE(absl::StrContains(bad.message(), "[3]")) << bad;
+  bad = opt.load_state(
+      {{"adam_m.a", Tensor::zeros({2}, DType::kI32)}, {"adam_v.a", Tensor::zeros({2})}}, 1);
+  EXPECT_TRUE(absl::StrContains(bad.message(), "'adam_m.a' is i32, expected f32 or bf16")) << bad;
+}
+
+// Two parameters (one decayed), no clipping: each step is adamw_step on each with the settings'
+// decay, which the expectations below replay.
+void add_two_params(ParamStore& store) {
+  store.add("a", {5}, SyncGroup::kDense, Init::kNormal, 0.5f, true);
+  store.add("b", {3, 7}, SyncGroup::kDense, Init::kNormal, 0.5f, false);
+  store.initialize(11);
+}
+void set_grads(ParamStore& store, std::mt19937_64& rng) {
+  for (Param* p : store.params()) {
+    p->grad.copy_from(testing::random_normal(p->grad.shape(), rng));
+    p->grad_unwritten = false;
+  }
+}
+
+// Checkpointed state moves between moment dtypes: f32 moments load into a bf16-moment optimizer
+// rounded to nearest even, and its next step is adamw_step from those rounded moments; bf16
+// moments load into an f32-moment optimizer widened exactly, and state() gives each in its own
+// dtype.
+TEST(AdamWOptimizer, StateLoadsIntoEitherMomentDtype) {
+  const OptimizerSettings f32{.weight_decay = 0.1f, .grad_clip = 0};
+  OptimizerSettings bf16_moments = f32;
+  bf16_moments.moment_dtype = DType::kBF16;
+  ParamStore first, second, third;
+  for (ParamStore* store : {&first, &second, &third}) add_two_params(*store);
+  auto rng = testing::rng_for_test();
+  AdamW opt32(first, f32);
+  for (int step = 0; step < 2; ++step) {
+    set_grads(first, rng);
+    opt32.step(1e-2f);
+  }
+  const auto saved32 = opt32.state();
+  for (const auto& [name, t] : saved32) EXPECT_EQ(t.dtype(), DType::kF32) << name;
+
+  // f32 -> bf16, at the point where the f32 run stopped.
+  for (size_t i = 0; i < first.params().size(); ++i)
+    second.params()[i]->value.copy_from(first.params()[i]->value);
+  AdamW opt16(second, bf16_moments);
+  ASSERT_TRUE(opt16.load_state(saved32, opt32.steps_taken()).ok());
+  EXPECT_EQ(opt16.steps_taken(), 2);
+  const auto loaded16 = opt16.state();
+  ASSERT_EQ(loaded16.size(), saved32.size());
+  for (size_t i = 0; i < saved32.size(); ++i) {
+    EXPECT_EQ(loaded16[i].first, saved32[i].first);
+    EXPECT_EQ(loaded16[i].second.dtype(), DType::kBF16) << saved32[i].first;
+    EXPECT_EQ(loaded16[i].second.to_f32_vector(),
+              saved32[i].second.to(DType::kBF16).to_f32_vector())
+        << saved32[i].first;
+  }
+  // Its third step, replayed on copies with the kernel.
+  set_grads(second, rng);
+  std::vector<Tensor> expected;
+  for (size_t i = 0; i < second.params().size(); ++i) {
+    const Param* p = second.params()[i];
+    Tensor value = p->value.clone();
+    adamw_step(value, p->grad, loaded16[2 * i].second.clone(), loaded16[2 * i + 1].second.clone(),
+               {.lr = 1e-2f, .weight_decay = p->decay ? 0.1f : 0.0f, .step = 3});
+    expected.push_back(value);
+  }
+  opt16.step(1e-2f);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_TRUE(testing::all_close(second.params()[i]->value, expected[i], 0, 0))
+        << second.params()[i]->name;
+  }
+
+  // bf16 -> f32.
+  const auto saved16 = opt16.state();
+  AdamW opt32_again(third, f32);
+  ASSERT_TRUE(opt32_again.load_state(saved16, opt16.steps_taken()).ok());
+  const auto loaded32 = opt32_again.state();
+  ASSERT_EQ(loaded32.size(), saved16.size());
+  for (size_t i = 0; i < saved16.size(); ++i) {
+    EXPECT_EQ(loaded32[i].second.dtype(), DType::kF32) << saved16[i].first;
+    EXPECT_EQ(loaded32[i].second.to_f32_vector(), saved16[i].second.to_f32_vector())
+        << saved16[i].first;
+  }
+  set_grads(third, rng);
+  opt32_again.step(1e-2f);
+  EXPECT_EQ(opt32_again.steps_taken(), 4);
 }
 
 }  // namespace
