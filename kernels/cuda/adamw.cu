@@ -54,14 +54,21 @@ __device__ __forceinline__ StepConstants with_scale(StepConstants c) {
 }
 
 // One element: updates m and v in place and returns the new parameter. The expression and its
-// order are the CPU reference's (kernels/cpu/adamw.cc).
+// order are the CPU reference's (kernels/cpu/adamw.cc), each product and sum rounded on its own:
+// __fmul_rn / __fadd_rn are never contracted into fused multiply-adds, which the compiler
+// otherwise forms differently in the two kernels' contexts (on the H200 a bf16-moment step then
+// differed by an ulp between adamw_kernel and adamw_many_kernel, and a moment landed on the
+// other side of a bf16 rounding boundary). Unfused, every launcher computes the same roundings,
+// and the same as the CPU, which does not fuse either.
 __device__ __forceinline__ float adamw_element(float w, float g, float& m, float& v,
                                                float weight_decay, const StepConstants& c) {
-  const float gi = g * c.grad_scale;
-  m = c.beta1 * m + (1.0f - c.beta1) * gi;
-  v = c.beta2 * v + (1.0f - c.beta2) * gi * gi;
-  const float m_hat = m / c.correction1, v_hat = v / c.correction2;
-  return w - c.lr * (m_hat / (sqrtf(v_hat) + c.eps) + weight_decay * w);
+  const float gi = __fmul_rn(g, c.grad_scale);
+  m = __fadd_rn(__fmul_rn(c.beta1, m), __fmul_rn(1.0f - c.beta1, gi));
+  v = __fadd_rn(__fmul_rn(c.beta2, v), __fmul_rn(__fmul_rn(1.0f - c.beta2, gi), gi));
+  const float m_hat = __fdiv_rn(m, c.correction1), v_hat = __fdiv_rn(v, c.correction2);
+  const float step = __fadd_rn(__fdiv_rn(m_hat, __fadd_rn(__fsqrt_rn(v_hat), c.eps)),
+                               __fmul_rn(weight_decay, w));
+  return __fsub_rn(w, __fmul_rn(c.lr, step));
 }
 
 // M: the moments' storage, float or __nv_bfloat16.
