@@ -10,7 +10,6 @@
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <bit>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -19,6 +18,7 @@
 #include <vector>
 
 #include "kernels/block_cache.h"
+#include "kernels/cuda/pinned_block.h"
 #include "kernels/cuda/stream_state.h"
 #endif
 
@@ -241,41 +241,7 @@ int64_t count(const Shape& shape) {
 }
 
 #ifdef SWITCHYARD_HAVE_CUDA
-// Pinned host memory for a copy that must not wait for the GPU's queue to drain. The event,
-// recorded after the copy that last used the block, says when the block may be rewritten.
-struct PinnedBlock {
-  void* host = nullptr;
-  size_t capacity = 0;
-  cudaEvent_t done = nullptr;  // on the device the block serves
-  bool recorded = false;
-
-  PinnedBlock() = default;
-  PinnedBlock(const PinnedBlock&) = delete;
-  PinnedBlock& operator=(const PinnedBlock&) = delete;
-  ~PinnedBlock() {
-    // At thread exit; the runtime may already be going away, so nothing is checked.
-    if (recorded) cudaEventSynchronize(done);
-    if (done) cudaEventDestroy(done);
-    if (host) cudaFreeHost(host);
-  }
-  // Waits for the block's last copy (long done, as a rule), then makes room for `bytes`.
-  // The block's device is current.
-  void prepare(size_t bytes) {
-    if (recorded) SY_CUDA_CHECK(cudaEventSynchronize(done));
-    recorded = false;
-    if (done == nullptr) SY_CUDA_CHECK(cudaEventCreateWithFlags(&done, cudaEventDisableTiming));
-    if (capacity < bytes) {
-      if (host) SY_CUDA_CHECK(cudaFreeHost(host));
-      host = nullptr;
-      capacity = std::bit_ceil(std::max(bytes, size_t{4096}));
-      SY_CUDA_CHECK(cudaMallocHost(&host, capacity));
-    }
-  }
-  void record(cudaStream_t stream) {
-    SY_CUDA_CHECK(cudaEventRecord(done, stream));
-    recorded = true;
-  }
-};
+using cuda::PinnedBlock;
 
 // This thread's staging for uploads to `device`: a ring of blocks, each reused after the
 // ring has gone round (its copy is then long done; if not, the reuse waits for it).

@@ -25,6 +25,7 @@
 
 #include "kernels/adamw.h"
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/pinned_block.h"
 
 namespace sy::cuda {
 namespace {
@@ -66,8 +67,8 @@ __device__ __forceinline__ float adamw_element(float w, float g, float& m, float
   m = __fadd_rn(__fmul_rn(c.beta1, m), __fmul_rn(1.0f - c.beta1, gi));
   v = __fadd_rn(__fmul_rn(c.beta2, v), __fmul_rn(__fmul_rn(1.0f - c.beta2, gi), gi));
   const float m_hat = __fdiv_rn(m, c.correction1), v_hat = __fdiv_rn(v, c.correction2);
-  const float step = __fadd_rn(__fdiv_rn(m_hat, __fadd_rn(__fsqrt_rn(v_hat), c.eps)),
-                               __fmul_rn(weight_decay, w));
+  const float step =
+      __fadd_rn(__fdiv_rn(m_hat, __fadd_rn(__fsqrt_rn(v_hat), c.eps)), __fmul_rn(weight_decay, w));
   return __fsub_rn(w, __fmul_rn(c.lr, step));
 }
 
@@ -176,44 +177,10 @@ __global__ void adamw_many_kernel(const TensorEntry<M>* tensors, const ChunkEntr
 bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 // Pinned host memory the table is written into, one per thread and device. Its upload runs
-// asynchronously, so a call waits for the previous call's upload (an event recorded after it)
-// before rewriting the memory; that upload is long done by then, a whole step earlier.
-class TableStaging {
- public:
-  TableStaging() = default;
-  TableStaging(const TableStaging&) = delete;
-  TableStaging& operator=(const TableStaging&) = delete;
-  ~TableStaging() {
-    // At thread exit; nothing is waiting on either any more.
-    if (uploaded_) cudaEventDestroy(uploaded_);
-    if (host_) cudaFreeHost(host_);
-  }
-  // Host memory for `bytes`, free to write.
-  std::byte* reserve(size_t bytes) {
-    if (uploaded_) SY_CUDA_CHECK(cudaEventSynchronize(uploaded_));
-    if (bytes > capacity_) {
-      if (host_) SY_CUDA_CHECK(cudaFreeHost(host_));
-      host_ = nullptr;
-      SY_CUDA_CHECK(cudaMallocHost(&host_, bytes));
-      capacity_ = bytes;
-    }
-    return static_cast<std::byte*>(host_);
-  }
-  // Copies the first `bytes` to `device_dst` on stream(), after the work already queued there.
-  void upload(void* device_dst, size_t bytes) {
-    SY_CUDA_CHECK(cudaMemcpyAsync(device_dst, host_, bytes, cudaMemcpyHostToDevice, stream()));
-    if (!uploaded_) SY_CUDA_CHECK(cudaEventCreateWithFlags(&uploaded_, cudaEventDisableTiming));
-    SY_CUDA_CHECK(cudaEventRecord(uploaded_, stream()));
-  }
-
- private:
-  void* host_ = nullptr;
-  size_t capacity_ = 0;
-  cudaEvent_t uploaded_ = nullptr;  // created on, and recorded on streams of, this device
-};
-
-TableStaging& table_staging(int device) {
-  thread_local std::map<int, TableStaging> staging;
+// asynchronously, so a call waits for the previous call's upload before rewriting the memory
+// (PinnedBlock::prepare); that upload is long done by then, a whole step earlier.
+PinnedBlock& table_staging(int device) {
+  thread_local std::map<int, PinnedBlock> staging;
   return staging[device];
 }
 
@@ -274,8 +241,8 @@ void adamw_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) 
   static_assert(sizeof(Entry) % alignof(ChunkEntry) == 0);
   const size_t tensor_bytes = tensors.size() * sizeof(Entry);
   const size_t bytes = tensor_bytes + static_cast<size_t>(num_chunks) * sizeof(ChunkEntry);
-  TableStaging& staging = table_staging(device);
-  std::byte* host = staging.reserve(bytes);
+  PinnedBlock& staging = table_staging(device);
+  auto* host = static_cast<std::byte*>(staging.prepare(bytes));
   auto* entries = reinterpret_cast<Entry*>(host);
   auto* chunks = reinterpret_cast<ChunkEntry*>(host + tensor_bytes);
   int64_t k = 0;
@@ -305,7 +272,9 @@ void adamw_many(const std::vector<AdamWTensors>& tensors, const AdamWParams& p) 
 
   // Stream-ordered on stream(), as the launch: freed after the kernel has read it.
   Scratch table(bytes);
-  staging.upload(table.as<std::byte>(), bytes);
+  SY_CUDA_CHECK(cudaMemcpyAsync(table.as<std::byte>(), staging.host, bytes, cudaMemcpyHostToDevice,
+                                stream()));
+  staging.record(stream());
   const auto* device_entries = table.as<const Entry>();
   const auto* device_chunks =
       reinterpret_cast<const ChunkEntry*>(table.as<std::byte>() + tensor_bytes);
