@@ -157,6 +157,7 @@ const Case kShapes[] = {
     {1, 17, 100, 6, 3, 100, DType::kF32},     // decode, hd 100 in the 128 path
     {1, 65, 65, 2, 1, 256, DType::kF32},      // hd 256
     {1, 50, 50, 2, 2, 200, DType::kF32},      // hd 200 in the 256 path
+    {8, 9, 9, 4, 2, 24, DType::kF32},         // the default run's (tiny.textproto), hd 24
 };
 
 // bf16 only, head dims 64 and 128: the tensor-core kernels. Their tiles are 128 queries x 64
