@@ -168,8 +168,9 @@ Tensor head_loss_and_grad(const Tensor& hn, Param& head, const Tensor& targets, 
   return losses;
 }
 
-// The sum of per-token losses (f32, on the host), in double, in token order.
-double loss_sum(const Tensor& losses) {
+// The sum of per-token losses (f32), in double, in token order (a device's are copied first).
+double loss_sum(const Tensor& device_or_host_losses) {
+  const Tensor losses = device_or_host_losses.to(Device::cpu());
   double sum = 0;
   const float* p = losses.data<float>();
   for (int64_t i = 0; i < losses.numel(); ++i) sum += p[i];
@@ -424,9 +425,7 @@ std::pair<double, int64_t> Transformer::eval_loss(const Tensor& inputs, const Te
   Tensor lse = Tensor::empty({n}, DType::kF32, lg.device());
   cross_entropy_forward(losses, lse, lg.view({n, spec_.vocab_size}),
                         targets.to(lg.device()).view({n}), kIgnoreIndex);
-  double sum = 0;
-  for (float v : losses.to_f32_vector()) sum += v;
-  return {sum, count_valid(targets)};
+  return {loss_sum(losses), count_valid(targets)};
 }
 
 }  // namespace sy
