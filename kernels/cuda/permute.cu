@@ -193,9 +193,14 @@ __global__ void permute_forward_vec_kernel(T* out, const T* x, const int32_t* ro
   }
 }
 
+// out[n] = the sum over j < k of weight_j * src[slot_row[n * k + j]] (rows < 0 skipped), a
+// weight of 1 where `weights` is null, each product and sum rounded on its own (so an
+// unweighted row is added as it is): the gather of the permute's backward and of the
+// unpermute's forward, one warp per token row in 16-byte vectors.
 template <typename T>
-__global__ void permute_backward_vec_kernel(T* dx, const T* dout, const int32_t* slot_row,
-                                            int64_t tokens, int64_t d, int k) {
+__device__ __forceinline__ void gather_rows_vec(T* out, const T* src, const float* weights,
+                                                const int32_t* slot_row, int64_t tokens, int64_t d,
+                                                int k) {
   constexpr int W = Vec<T>::kWidth;
   const int64_t dv = d / W;
   SY_WARP_ROWS(n, tokens) {
@@ -204,36 +209,11 @@ __global__ void permute_backward_vec_kernel(T* dx, const T* dout, const int32_t*
       float acc[W] = {};
       for (int j = 0; j < k; ++j) {
         if (rows[j] < 0) continue;
+        const float wj = weights ? weights[n * k + j] : 1.0f;
         Vec<T> v;
-        v.raw = reinterpret_cast<const uint4*>(dout + static_cast<int64_t>(rows[j]) * d)[c];
+        v.raw = reinterpret_cast<const uint4*>(src + static_cast<int64_t>(rows[j]) * d)[c];
 #pragma unroll
-        for (int w = 0; w < W; ++w) acc[w] += to_f32(v.x[w]);
-      }
-      Vec<T> o;
-#pragma unroll
-      for (int w = 0; w < W; ++w) o.x[w] = from_f32<T>(acc[w]);
-      reinterpret_cast<uint4*>(dx + n * d)[c] = o.raw;
-    }
-  }
-}
-
-template <typename T>
-__global__ void unpermute_forward_vec_kernel(T* out, const T* y, const float* weights,
-                                             const int32_t* slot_row, int64_t tokens, int64_t d,
-                                             int k) {
-  constexpr int W = Vec<T>::kWidth;
-  const int64_t dv = d / W;
-  SY_WARP_ROWS(n, tokens) {
-    const int32_t* rows = slot_row + n * k;
-    const float* wt = weights + n * k;
-    for (int64_t c = threadIdx.x % 32; c < dv; c += 32) {
-      float acc[W] = {};
-      for (int j = 0; j < k; ++j) {
-        if (rows[j] < 0) continue;
-        Vec<T> v;
-        v.raw = reinterpret_cast<const uint4*>(y + static_cast<int64_t>(rows[j]) * d)[c];
-#pragma unroll
-        for (int w = 0; w < W; ++w) acc[w] = __fadd_rn(acc[w], __fmul_rn(wt[j], to_f32(v.x[w])));
+        for (int w = 0; w < W; ++w) acc[w] = __fadd_rn(acc[w], __fmul_rn(wj, to_f32(v.x[w])));
       }
       Vec<T> o;
 #pragma unroll
@@ -241,6 +221,19 @@ __global__ void unpermute_forward_vec_kernel(T* out, const T* y, const float* we
       reinterpret_cast<uint4*>(out + n * d)[c] = o.raw;
     }
   }
+}
+
+template <typename T>
+__global__ void permute_backward_vec_kernel(T* dx, const T* dout, const int32_t* slot_row,
+                                            int64_t tokens, int64_t d, int k) {
+  gather_rows_vec(dx, dout, nullptr, slot_row, tokens, d, k);
+}
+
+template <typename T>
+__global__ void unpermute_forward_vec_kernel(T* out, const T* y, const float* weights,
+                                             const int32_t* slot_row, int64_t tokens, int64_t d,
+                                             int k) {
+  gather_rows_vec(out, y, weights, slot_row, tokens, d, k);
 }
 
 template <typename T>
