@@ -66,6 +66,27 @@ __device__ __forceinline__ void merge(float& m, float& s, float m2, float s2) {
   m = mx;
 }
 
+// Merges every thread's running (max, sum) over the block: each warp by shuffles, then every
+// warp merges the warps' results itself (merge is symmetric, so all threads end with the same
+// bits and no broadcast is needed). shared_m / shared_s hold 32 floats; a barrier must
+// separate this from any earlier reader of them.
+__device__ __forceinline__ void block_merge(float& m, float& s, float* shared_m, float* shared_s) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+  for (int o = 16; o > 0; o >>= 1) {
+    merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  }
+  if (lane == 0) {
+    shared_m[warp] = m;
+    shared_s[warp] = s;
+  }
+  __syncthreads();
+  m = lane < warps ? shared_m[lane] : -INFINITY;
+  s = lane < warps ? shared_s[lane] : 0.0f;
+  for (int o = 16; o > 0; o >>= 1) {
+    merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
+  }
+}
+
 template <typename T>
 __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T* logits,
                                              const int32_t* targets, int64_t n, int64_t vocab,
@@ -83,28 +104,13 @@ __global__ void cross_entropy_forward_kernel(float* losses, float* lse, const T*
         s += expf(x - m);
       }
     });
-    for (int o = 16; o > 0; o >>= 1) {
-      merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    }
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
     __syncthreads();  // the previous row's readers are done with shared_*
-    if (lane == 0) {
-      shared_m[warp] = m;
-      shared_s[warp] = s;
-    }
-    __syncthreads();
-    if (warp == 0) {
-      m = lane < warps ? shared_m[lane] : -INFINITY;
-      s = lane < warps ? shared_s[lane] : 0.0f;
-      for (int o = 16; o > 0; o >>= 1) {
-        merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-      }
-      if (lane == 0) {
-        const float row_lse = m + logf(s);
-        lse[row] = row_lse;
-        const int64_t target = target_of(targets, row, vocab, ignore_index);
-        losses[row] = target < 0 ? 0.0f : row_lse - to_f32(xr[target]);
-      }
+    block_merge(m, s, shared_m, shared_s);
+    if (threadIdx.x == 0) {
+      const float row_lse = m + logf(s);
+      lse[row] = row_lse;
+      const int64_t target = target_of(targets, row, vocab, ignore_index);
+      losses[row] = target < 0 ? 0.0f : row_lse - to_f32(xr[target]);
     }
   }
 }
@@ -182,7 +188,6 @@ __global__ void __launch_bounds__(kRowThreads)
   constexpr float kLog2e = 1.4426950408889634f;
   extern __shared__ uint4 staged[];
   __shared__ float shared_m[32], shared_s[32];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
     const T* xr = logits + row * vocab;
     T* dxr = dlogits + row * vocab;
@@ -212,21 +217,7 @@ __global__ void __launch_bounds__(kRowThreads)
     if (i < head) absorb(m, s, {to_f32(sr[i])});
     if (ti < vocab) absorb(m, s, {to_f32(sr[ti])});
 
-    // Every warp finishes the reduction itself (merge is symmetric, so all threads get the
-    // same bits), saving a broadcast.
-    for (int o = 16; o > 0; o >>= 1) {
-      merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    }
-    if (lane == 0) {
-      shared_m[warp] = m;
-      shared_s[warp] = s;
-    }
-    __syncthreads();
-    m = lane < warps ? shared_m[lane] : -INFINITY;
-    s = lane < warps ? shared_s[lane] : 0.0f;
-    for (int o = 16; o > 0; o >>= 1) {
-      merge(m, s, __shfl_xor_sync(0xffffffffu, m, o), __shfl_xor_sync(0xffffffffu, s, o));
-    }
+    block_merge(m, s, shared_m, shared_s);  // every thread gets the row's (max, sum)
     const float row_lse = m + logf(s);
     const int64_t target = target_of(targets, row, vocab, ignore_index);
     if (threadIdx.x == 0) {
