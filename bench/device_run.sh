@@ -16,8 +16,9 @@
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
-#          (train.profile_step), without and with one MTP module (BENCH_AB / BENCH_AB_ENV: one
-#          more MTP-off run with those settings)
+#          (train.profile_step), without and with one MTP module (BENCH_MTP="0": MTP off
+#          only; BENCH_AB / BENCH_AB_ENV: one more MTP-off run with those settings, or one per
+#          ';'-separated BENCH_AB_ENV entry, e.g. "SWITCHYARD_GEMM_TUNE=8;SWITCHYARD_GEMM_WORKSPACE_MB=0")
 #   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
 #          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
 #          largest gaps, GPU time per kernel (the trace itself comes back as trace.csv.gz)
@@ -125,7 +126,7 @@ PY
 fi
 
 if want bench; then
-  for mtp in 0 1; do
+  for mtp in ${BENCH_MTP:-0 1}; do
     build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench$mtp" \
       --set "mtp { num_modules: $mtp } $(bench_run profile_step: 6)" >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
     note "bench_moe_1b MTP $mtp (random tokens): exit $?"
@@ -135,11 +136,15 @@ if want bench; then
   # An A/B of the step with other settings, when asked (BENCH_AB: a --set string, e.g. for
   # the optimizer; BENCH_AB_ENV: environment, e.g. SWITCHYARD_ATTENTION=tc).
   if [ -n "${BENCH_AB:-}${BENCH_AB_ENV:-}" ]; then
-    env ${BENCH_AB_ENV:-} build-dev/switchyard train --config configs/bench_moe_1b.textproto \
-      --run_dir /tmp/bench_ab --set "mtp { num_modules: 0 } $(bench_run profile_step: 6) ${BENCH_AB:-}" \
-      >"$out/bench_moe_1b_ab.log" 2>&1
-    note "bench_moe_1b MTP 0 with '${BENCH_AB_ENV:-}' '${BENCH_AB:-}': exit $?"
-    grep -E '^step [3-8]/|^peak|^(attn|moe|head|optimizer)|error' "$out/bench_moe_1b_ab.log" | tee -a "$summary"
+    IFS=';' read -r -a ab_envs <<<"${BENCH_AB_ENV:-}"
+    [ ${#ab_envs[@]} -gt 0 ] || ab_envs=("")
+    for i in "${!ab_envs[@]}"; do
+      env ${ab_envs[$i]} build-dev/switchyard train --config configs/bench_moe_1b.textproto \
+        --run_dir /tmp/bench_ab$i --set "mtp { num_modules: 0 } $(bench_run profile_step: 6) ${BENCH_AB:-}" \
+        >"$out/bench_moe_1b_ab$i.log" 2>&1
+      note "bench_moe_1b MTP 0 with '${ab_envs[$i]}' '${BENCH_AB:-}': exit $?"
+      grep -E '^step [3-8]/|^peak|^(attn|moe|head|optimizer)|error' "$out/bench_moe_1b_ab$i.log" | tee -a "$summary"
+    done
   fi
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
 fi
