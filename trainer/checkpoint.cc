@@ -247,7 +247,8 @@ absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamSto
                           load_safetensors((fs::path(dir) / experts_file(i)).string()));
       shards.push_back(std::move(shard));
     }
-    SafetensorsFile joined{.path = (fs::path(dir) / experts_file(0)).string()};
+    SafetensorsFile joined;
+    joined.path = (fs::path(dir) / experts_file(0)).string();
     for (const auto& [name, first] : shards[0].tensors) {
       Shape shape = first.shape();
       for (size_t i = 1; i < shards.size(); ++i) {
