@@ -7,7 +7,10 @@ MFU, peak memory and the switchyard / PyTorch ratio.
     python3 bench/compare.py --switchyard sy_mtp0.log sy_mtp1.log --torch pt_mtp0.log pt_mtp1.log
 
 Switchyard's tokens/s is the median over its step lines after the first --skip steps (the
-warm-up), leaving out a step that was profiled ("profile of step N"). Both sides' FLOPs per
+warm-up), leaving out a step that was profiled ("profile of step N") and the step after it:
+the profiled step ends with the GPU drained, so the next step's clock, which stops when its
+losses reach the host, leaves out that step's optimizer (it reads ~50 ms where a steady step
+takes ~60 on the 1B benchmark). Both sides' FLOPs per
 token use torch_bench.py's formula with their own active-parameter counts, so a mismatch in
 the models shows up as a difference in the "active" column.
 """
@@ -42,7 +45,8 @@ def read_switchyard(path, skip):
                 peak = float(match.group(1))
     if model is None:
         raise SystemExit(f"compare: {path} has no 'model: ...' line; is it a switchyard train log?")
-    kept = [rate for step, rate in rates.items() if step > skip and step not in profiled]
+    left_out = profiled | {step + 1 for step in profiled}
+    kept = [rate for step, rate in rates.items() if step > skip and step not in left_out]
     if not kept:
         raise SystemExit(f"compare: {path} has no step lines after step {skip}")
     model.update(tokens_per_s=statistics.median(kept), steps=len(kept), peak_mem_gib=peak)

@@ -111,9 +111,10 @@ fi
 
 # The benchmark's data and train settings. The PyTorch side trains on uniform random tokens;
 # so does this, from an llm.c-layout shard (the arithmetic task's few distinct tokens would
-# skew the routing and the expert GEMMs). 8 steps: the first warms allocator pools and
-# cuBLASLt's algorithm cache. bench_run's arguments: more train settings.
-bench_run() { echo "train { steps: 8 log_interval: 1 $* } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }"; }
+# skew the routing and the expert GEMMs). 12 steps: the first warms allocator pools and
+# cuBLASLt's algorithm cache; compare.py takes the median of steps 3-12 but the profiled
+# step 6 and the one after it. bench_run's arguments: more train settings.
+bench_run() { echo "train { steps: 12 log_interval: 1 $* } schedule { warmup_steps: 1 } data { source: DATA_SHARDS train_shards: \"/tmp/random_tokens.bin\" } checkpoint { interval: 0 }"; }
 if want bench || want trace; then
   python3 - <<'PY'
 import random, struct
@@ -130,7 +131,7 @@ if want bench; then
     build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench$mtp" \
       --set "mtp { num_modules: $mtp } $(bench_run profile_step: 6)" >"$out/bench_moe_1b_mtp$mtp.log" 2>&1
     note "bench_moe_1b MTP $mtp (random tokens): exit $?"
-    grep -E '^(model|step [5-8]/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
+    grep -E '^(model|step ([5-9]|1[0-2])/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
   # An A/B of the step with other settings, when asked (BENCH_AB: a --set string, e.g. for
@@ -143,7 +144,7 @@ if want bench; then
         --run_dir /tmp/bench_ab$i --set "mtp { num_modules: 0 } $(bench_run profile_step: 6) ${BENCH_AB:-}" \
         >"$out/bench_moe_1b_ab$i.log" 2>&1
       note "bench_moe_1b MTP 0 with '${ab_envs[$i]}' '${BENCH_AB:-}': exit $?"
-      grep -E '^step [3-8]/|^peak|^(attn|moe|head|optimizer)|error' "$out/bench_moe_1b_ab$i.log" | tee -a "$summary"
+      grep -E '^step ([3-9]|1[0-2])/|^peak|^(attn|moe|head|optimizer)|error' "$out/bench_moe_1b_ab$i.log" | tee -a "$summary"
     done
   fi
   nvidia-smi --query-gpu=memory.used --format=csv >>"$summary"
@@ -155,7 +156,7 @@ if want trace; then
       build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir /tmp/bench_trace \
       --set "mtp { num_modules: 0 } $(bench_run)" >"$out/bench_trace.log" 2>&1
     note "bench_moe_1b MTP 0 under the CUPTI trace: exit $?"
-    grep -E '^step [5-8]/|cupti_trace' "$out/bench_trace.log" | tee -a "$summary"
+    grep -E '^step ([5-9]|1[0-2])/|cupti_trace' "$out/bench_trace.log" | tee -a "$summary"
     python3 bench/trace_report.py /tmp/trace.csv >"$out/trace_report.txt" 2>&1
     note "trace_report: exit $?"
     tee -a "$summary" <"$out/trace_report.txt"
