@@ -16,6 +16,7 @@ the models shows up as a difference in the "active" column.
 """
 import argparse
 import json
+import os
 import re
 import statistics
 import sys
@@ -54,6 +55,9 @@ def read_switchyard(path, skip):
 
 
 def read_torch(path):
+    if not os.path.exists(path):  # e.g. TORCH_MTP=0: that figure was not run
+        print(f"compare: {path} does not exist; its figure is left out")
+        return []
     results = []
     with open(path) as f:
         for line in f:
