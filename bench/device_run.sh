@@ -18,7 +18,7 @@
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module (BENCH_MTP="0": MTP off
 #          only; BENCH_AB / BENCH_AB_ENV: one more MTP-off run with those settings, or one per
-#          ';'-separated BENCH_AB_ENV entry, e.g. "SWITCHYARD_GEMM_TUNE=8;SWITCHYARD_GEMM_WORKSPACE_MB=0")
+#          ';'-separated BENCH_AB_ENV entry, e.g. "SWITCHYARD_ATTENTION=tc;SWITCHYARD_EXPERT_GEMMS=batched")
 #   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
 #          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
 #          largest gaps, GPU time per kernel (the trace itself comes back as trace.csv.gz)
@@ -185,8 +185,18 @@ if want torch; then
     note "torch_bench MTP $mtp: exit $?"
     tail -2 "$out/torch_mtp$mtp.log" | tee -a "$summary"
   done
-  python3 bench/compare.py --switchyard "$out"/bench_moe_1b_mtp0.log "$out"/bench_moe_1b_mtp1.log \
-    --torch "$out"/torch_mtp0.log "$out"/torch_mtp1.log 2>&1 | tee -a "$summary"
+  # The figures this call ran on both sides (BENCH_MTP and TORCH_MTP may leave some out).
+  sy_logs=() torch_logs=()
+  for mtp in ${TORCH_MTP:-0 1}; do
+    torch_logs+=("$out/torch_mtp$mtp.log")
+    [ -f "$out/bench_moe_1b_mtp$mtp.log" ] && sy_logs+=("$out/bench_moe_1b_mtp$mtp.log")
+  done
+  if [ ${#sy_logs[@]} -gt 0 ]; then
+    python3 bench/compare.py --switchyard "${sy_logs[@]}" --torch "${torch_logs[@]}" 2>&1 |
+      tee -a "$summary"
+  else
+    note "compare: no switchyard bench log for MTP ${TORCH_MTP:-0 1} in this call (add the bench stage)"
+  fi
 fi
 
 # Everything but the summary in one archive (the device tool brings back a few files only).
