@@ -19,7 +19,60 @@ void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, con
   check_same_device({&out, &x, &positions}, op);
 }
 
+// A table from rope_table for x [B, T, H, hd]: f32 [B*T, hd/2, 2] on x's device.
+void check_table(const Tensor& out, const Tensor& x, const Tensor& table, const char* op) {
+  SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
+                          << ", expected [B, T, H, head_dim]";
+  check_float(x, "rope input");
+  check_shape(out, x.shape(), "rope output");
+  check_dtype(out, x.dtype(), "rope output");
+  SY_CHECK(table.defined()) << op << ": the table is undefined (build it with rope_table)";
+  check_shape(table, {x.dim(0) * x.dim(1), x.dim(3) / 2, 2}, "rope table");
+  check_dtype(table, DType::kF32, "rope table");
+  check_same_device({&out, &x, &table}, op);
+}
+
+void rotate_with_table(const Tensor& out, const Tensor& x, const Tensor& table, float sign,
+                       const char* op) {
+  check_table(out, x, table, op);
+  if (x.device().is_cpu()) return cpu::rope_rotate(out, x, table, sign);
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (x.device().is_cuda()) return cuda::rope_rotate(out, x, table, sign);
+#endif
+  no_kernel(op, x.device());
+}
+
 }  // namespace
+
+Tensor rope_table(const Tensor& positions, int64_t head_dim, float theta) {
+  SY_CHECK(positions.ndim() == 2) << "rope_table: positions have shape "
+                                  << shape_str(positions.shape()) << ", expected [B, T]";
+  check_dtype(positions, DType::kI32, "rope_table positions");
+  SY_CHECK(head_dim > 0 && head_dim % 2 == 0)
+      << "rope_table: head_dim " << head_dim << "; rotary pairs need an even, positive head_dim";
+  Tensor table =
+      Tensor::empty({positions.numel(), head_dim / 2, 2}, DType::kF32, positions.device());
+  if (positions.device().is_cpu()) {
+    cpu::rope_table(table, positions, theta);
+    return table;
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (positions.device().is_cuda()) {
+    cuda::rope_table(table, positions, theta);
+    return table;
+  }
+#endif
+  no_kernel("rope_table", positions.device());
+  return table;
+}
+
+void rope_forward(const Tensor& out, const Tensor& x, const Tensor& table) {
+  rotate_with_table(out, x, table, 1.0f, "rope_forward");
+}
+
+void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& table) {
+  rotate_with_table(dx, dout, table, -1.0f, "rope_backward");
+}
 
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta) {
   check_rope(out, x, positions, "rope_forward");

@@ -5,18 +5,33 @@
 // positions let a KV-cache decode and left-padded batches use the same op).
 // out may alias x. Backward rotates by the negative angle: dx written (=); may alias dout.
 // Dtypes: f32; on CUDA also bf16 (input and output alike; the rotation runs in fp32).
+//
+// rope_table: the cosine and sine of every (token, pair index) angle for `positions`, head
+// dim hd and theta, f32 [B*T, hd/2, 2] (cos, sin) on the positions' device, each formed from
+// the angle in double and rounded once: the values the ops above form for themselves. A
+// model builds it once per batch (TokenLayout) and its layers' rotations take it in place of
+// positions and theta, instead of each forming the same values again (a 1B-parameter step
+// did so 32 times). The results are the same bits either way.
 #include "kernels/tensor.h"
 
 namespace sy {
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta);
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta);
+Tensor rope_table(const Tensor& positions, int64_t head_dim, float theta);
+void rope_forward(const Tensor& out, const Tensor& x, const Tensor& table);
+void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& table);
 namespace cpu {
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta);
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta);
+void rope_table(const Tensor& table, const Tensor& positions, float theta);
+// sign +1: the forward rotation; -1: the backward one.
+void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float sign);
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/rope.cu; defined in CUDA builds only.
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta);
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta);
+void rope_table(const Tensor& table, const Tensor& positions, float theta);
+void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float sign);
 }  // namespace cuda
 }  // namespace sy

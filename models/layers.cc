@@ -132,8 +132,13 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
   k_ = linear(n_, wk_).view({b, t, kv, hd});
   v_ = linear(n_, wv_).view({b, t, kv, hd});
-  rope_forward(q_, q_, layout.positions, spec_.rope_theta);
-  rope_forward(k_, k_, layout.positions, spec_.rope_theta);
+  if (layout.rope.defined()) {
+    rope_forward(q_, q_, layout.rope);
+    rope_forward(k_, k_, layout.rope);
+  } else {
+    rope_forward(q_, q_, layout.positions, spec_.rope_theta);
+    rope_forward(k_, k_, layout.positions, spec_.rope_theta);
+  }
   Tensor keys = k_, values = v_;
   if (cache) {
     // Append along each sequence: as [B, L * kv * hd] rows, that is a column concatenation.
@@ -174,8 +179,13 @@ Tensor Attention::backward(const Tensor& dy) {
   Tensor dv = Tensor::empty(v_.shape(), dt, dy.device());
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
   region.emplace("attn.qkv.bwd");
-  rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
-  rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
+  if (layout_.rope.defined()) {
+    rope_backward(dq, dq, layout_.rope);
+    rope_backward(dk, dk, layout_.rope);
+  } else {
+    rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
+    rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
+  }
   Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);

@@ -30,6 +30,9 @@ struct TokenLayout {
   int64_t batch = 0;
   int64_t seq = 0;
   Tensor positions;  // i32 [B, T]
+  // rope_table(positions, head_dim, rope_theta) when the model built it (once per batch, for
+  // every layer's rotations); undefined: the rotations form their angles from positions.
+  Tensor rope;
   int64_t tokens() const { return batch * seq; }
 };
 

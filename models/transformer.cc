@@ -8,6 +8,7 @@
 #include "kernels/embedding.h"
 #include "kernels/matmul.h"
 #include "kernels/profile.h"
+#include "kernels/rope.h"
 
 namespace sy {
 namespace {
@@ -91,6 +92,7 @@ TokenLayout Transformer::layout_for(const Tensor& inputs) const {
   int32_t* p = pos.data<int32_t>();
   for (int64_t i = 0; i < layout.tokens(); ++i) p[i] = static_cast<int32_t>(i % layout.seq);
   layout.positions = pos.to(store_.device());
+  layout.rope = rope_table(layout.positions, spec_.head_dim(), spec_.rope_theta);
   return layout;
 }
 

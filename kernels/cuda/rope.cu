@@ -6,59 +6,65 @@
 // angle at positions in the thousands is off by ~1e-4 rad), once per (token, pair index i),
 // and used for that pair in every head.
 //
-// The op is bound by memory. Where hd/2 is a whole number of 16-byte vectors (8 bf16 or 4
-// f32) and x and out are 16-byte aligned, a first kernel writes the (cos, sin) of every
-// (token, i) to a scratch table, one thread each (the double-precision sines are then spread
-// over the whole GPU, not stacked at the start of the threads that move the data), and a
-// second one rotates: one thread per (token, group of kHeadsAtOnce heads, W = 8 or 4
+// The op is bound by memory. A first kernel writes the (cos, sin) of every (token, i) to a
+// table, one thread each (the double-precision sines are then spread over the whole GPU, not
+// stacked at the start of the threads that move the data): into scratch for the op with
+// positions, into the caller's tensor for rope_table. A second one rotates with the table.
+// Where hd/2 is a whole number of 16-byte vectors (8 bf16 or 4 f32) and x, out and the table
+// are 16-byte aligned, one thread per (token, group of kHeadsAtOnce heads, W = 8 or 4
 // consecutive pairs) reads the W (cos, sin) once and, for each of its heads, x[i0 .. i0+W)
-// and x[i0+hd/2 .. i0+hd/2+W) as two 16-byte vectors. Otherwise one thread per (token, i)
-// forms its angle and moves scalars through every head. On both paths a thread reads its
-// elements before it writes the same elements, and no two threads touch one element, so
-// out may alias x.
+// and x[i0+hd/2 .. i0+hd/2+W) as two 16-byte vectors; otherwise one thread per (token, i)
+// moves scalars through every head. The backward's sign multiplies the sine (exactly). On
+// both paths a thread reads its elements before it writes the same elements, and no two
+// threads touch one element, so out may alias x.
 #include "kernels/cuda/common.cuh"
 #include "kernels/rope.h"
 
 namespace sy::cuda {
 namespace {
 
+// cs[r, i] = (cos, sin) of positions[r] * theta^(-2i/hd), the CPU reference's expressions.
+// kShared: the block's threads share theta^(-2i/hd) through shared memory
+// (hd <= kMaxVecHeadDim); otherwise each thread forms its own.
+template <bool kShared>
+__global__ void rope_angles_kernel(float2* cs, const int32_t* positions, int64_t rows, int64_t hd,
+                                   double theta) {
+  extern __shared__ double inv_freq[];  // [hd / 2] when kShared
+  const int64_t half = hd / 2;
+  if constexpr (kShared) {
+    for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
+      inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+    }
+    __syncthreads();
+  }
+  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < rows * half;
+       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t i = t % half;
+    const double f = kShared ? inv_freq[i]
+                             : pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
+    const double angle = positions[t / half] * f;
+    double sin_d, cos_d;
+    sincos(angle, &sin_d, &cos_d);
+    cs[t] = make_float2(static_cast<float>(cos_d), static_cast<float>(sin_d));
+  }
+}
+
+// The scalar rotation: one thread per (token, i) through every head.
 template <typename T>
-__global__ void rope_kernel(T* out, const T* x, const int32_t* positions, int64_t rows,
-                            int64_t heads, int64_t hd, double theta, double sign) {
+__global__ void rope_table_kernel(T* out, const T* x, const float2* cs, int64_t rows,
+                                  int64_t heads, int64_t hd, float sign) {
   const int64_t half = hd / 2;
   for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < rows * half;
        t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = t / half, i = t % half;
-    const double angle =
-        positions[r] * pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
-    double sin_d, cos_d;
-    sincos(angle, &sin_d, &cos_d);
-    const float c = static_cast<float>(cos_d), s = static_cast<float>(sign * sin_d);
+    const float2 v = cs[t];
+    const float c = v.x, s = sign * v.y;
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t base = (r * heads + h) * hd;
       const float x0 = to_f32(x[base + i]), x1 = to_f32(x[base + i + half]);
       out[base + i] = from_f32<T>(x0 * c - x1 * s);
       out[base + i + half] = from_f32<T>(x0 * s + x1 * c);
     }
-  }
-}
-
-// cs[r, i] = (cos, sign * sin) of positions[r] * theta^(-2i/hd), the same expressions as
-// rope_kernel's. The block's threads share theta^(-2i/hd) through shared memory.
-__global__ void rope_angles_kernel(float2* cs, const int32_t* positions, int64_t rows, int64_t hd,
-                                   double theta, double sign) {
-  extern __shared__ double inv_freq[];  // [hd / 2]
-  const int64_t half = hd / 2;
-  for (int64_t i = threadIdx.x; i < half; i += blockDim.x) {
-    inv_freq[i] = pow(theta, -2.0 * static_cast<double>(i) / static_cast<double>(hd));
-  }
-  __syncthreads();
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; t < rows * half;
-       t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const double angle = positions[t / half] * inv_freq[t % half];
-    double sin_d, cos_d;
-    sincos(angle, &sin_d, &cos_d);
-    cs[t] = make_float2(static_cast<float>(cos_d), static_cast<float>(sign * sin_d));
   }
 }
 
@@ -70,7 +76,7 @@ constexpr int64_t kMaxVecHeadDim = 4096;
 
 template <typename T>
 __global__ void rope_vec_kernel(T* out, const T* x, const float2* cs, int64_t rows, int64_t heads,
-                                int64_t hd) {
+                                int64_t hd, float sign) {
   constexpr int W = Vec<T>::kWidth;
   const int64_t half = hd / 2, vectors = half / W;
   const int64_t head_groups = (heads + kHeadsAtOnce - 1) / kHeadsAtOnce;
@@ -84,9 +90,9 @@ __global__ void rope_vec_kernel(T* out, const T* x, const float2* cs, int64_t ro
     for (int q = 0; q < W / 2; ++q) {
       const float4 v = *reinterpret_cast<const float4*>(cs + r * half + i0 + 2 * q);
       c[2 * q] = v.x;
-      s[2 * q] = v.y;
+      s[2 * q] = sign * v.y;
       c[2 * q + 1] = v.z;
-      s[2 * q + 1] = v.w;
+      s[2 * q + 1] = sign * v.w;
     }
     Vec<T> lo[kHeadsAtOnce], hi[kHeadsAtOnce];
 #pragma unroll
@@ -115,40 +121,72 @@ __global__ void rope_vec_kernel(T* out, const T* x, const float2* cs, int64_t ro
   }
 }
 
-void rotate(const Tensor& out, const Tensor& x, const Tensor& positions, float theta, double sign) {
+// The (cos, sin) table of `positions` for head dim hd into cs ([rows, hd/2] float2).
+void fill_table(float2* cs, const Tensor& positions, int64_t rows, int64_t hd, float theta) {
+  const int64_t half = hd / 2;
+  if (hd <= kMaxVecHeadDim) {
+    rope_angles_kernel<true><<<grid_for(rows * half), kThreads, half * sizeof(double), stream()>>>(
+        cs, ptr<int32_t>(positions), rows, hd, static_cast<double>(theta));
+  } else {
+    rope_angles_kernel<false><<<grid_for(rows * half), kThreads, 0, stream()>>>(
+        cs, ptr<int32_t>(positions), rows, hd, static_cast<double>(theta));
+  }
+  launch_check("rope_angles_kernel");
+}
+
+// Rotation of x by sign * the angles in cs: the vector kernel where hd/2 is a whole number of
+// 16-byte vectors and out, x and cs are 16-byte aligned, else the scalar one.
+template <typename T>
+void rotate_with(const Tensor& out, const Tensor& x, const float2* cs, float sign) {
+  const int64_t rows = x.dim(0) * x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
+  // The vector kernel reads W (cos, sin) pairs as float4s: the table must be 16-byte aligned.
+  if (vectorizable<T>(half, {out.raw(), x.raw(), cs})) {
+    const int64_t threads =
+        rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (half / Vec<T>::kWidth);
+    rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(ptr<T>(out), ptr<T>(x), cs,
+                                                                   rows, heads, hd, sign);
+    launch_check("rope_vec_kernel");
+    return;
+  }
+  rope_table_kernel<T><<<grid_for(rows * half), kThreads, 0, stream()>>>(ptr<T>(out), ptr<T>(x),
+                                                                        cs, rows, heads, hd, sign);
+  launch_check("rope_table_kernel");
+}
+
+// The op with positions: the table into scratch, then the rotation with it (the same
+// kernels as with a caller's table, so the same bits).
+void rotate(const Tensor& out, const Tensor& x, const Tensor& positions, float theta, float sign) {
   const int64_t rows = x.dim(0) * x.dim(1), heads = x.dim(2), hd = x.dim(3);
   if (rows == 0 || heads == 0 || hd == 0) return;
   use_device(x);
-  dispatch_float(x.dtype(), "rope input", [&](auto tag) {
-    using T = decltype(tag);
-    const int64_t half = hd / 2;
-    if (hd <= kMaxVecHeadDim && vectorizable<T>(half, {out.raw(), x.raw()})) {
-      Scratch cs(static_cast<size_t>(rows * half) * sizeof(float2));
-      rope_angles_kernel<<<grid_for(rows * half), kThreads, half * sizeof(double), stream()>>>(
-          cs.as<float2>(), ptr<int32_t>(positions), rows, hd, static_cast<double>(theta), sign);
-      launch_check("rope_angles_kernel");
-      const int64_t threads =
-          rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (half / Vec<T>::kWidth);
-      rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(
-          ptr<T>(out), ptr<T>(x), cs.as<float2>(), rows, heads, hd);
-      launch_check("rope_vec_kernel");
-      return;
-    }
-    rope_kernel<T><<<grid_for(rows * (hd / 2)), kThreads, 0, stream()>>>(
-        ptr<T>(out), ptr<T>(x), ptr<int32_t>(positions), rows, heads, hd,
-        static_cast<double>(theta), sign);
-    launch_check("rope_kernel");
-  });
+  Scratch cs(static_cast<size_t>(rows * (hd / 2)) * sizeof(float2));
+  fill_table(cs.as<float2>(), positions, rows, hd, theta);
+  dispatch_float(x.dtype(), "rope input",
+                 [&](auto tag) { rotate_with<decltype(tag)>(out, x, cs.as<float2>(), sign); });
 }
 
 }  // namespace
 
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta) {
-  rotate(out, x, positions, theta, 1.0);
+  rotate(out, x, positions, theta, 1.0f);
 }
 
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta) {
-  rotate(dx, dout, positions, theta, -1.0);
+  rotate(dx, dout, positions, theta, -1.0f);
+}
+
+void rope_table(const Tensor& table, const Tensor& positions, float theta) {
+  const int64_t rows = table.dim(0), hd = 2 * table.dim(1);
+  if (rows == 0 || hd == 0) return;
+  use_device(table);
+  fill_table(reinterpret_cast<float2*>(table.data<float>()), positions, rows, hd, theta);
+}
+
+void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float sign) {
+  if (x.numel() == 0) return;
+  use_device(x);
+  dispatch_float(x.dtype(), "rope input",
+                 [&](auto tag) { rotate_with<decltype(tag)>(out, x, reinterpret_cast<float2*>(table.data<float>()), sign); });
 }
 
 }  // namespace sy::cuda

@@ -1,7 +1,8 @@
 // Rotary embedding on CUDA against the CPU op on the same random inputs and positions (up
 // to 8192, where an f32 angle would already be visibly off), for the smallest head, odd
 // head counts and lengths, f32 and bf16, out-of-place and in place (out aliasing x), forward
-// and backward. The shapes reach both paths of kernels/cuda/rope.cu: the vector kernels
+// and backward, with the op's own angles and with a table from rope_table (the same bits).
+// The shapes reach both paths of kernels/cuda/rope.cu: the vector kernels
 // (hd/2 a whole number of 16-byte vectors: 8 bf16 or 4 f32; heads 64 and 128, one vector
 // of pairs a thread (hd 16 bf16, 8 f32), head counts that are and are not multiples of the
 // 4 heads a thread rotates, 4096 tokens of one sequence) and the scalar kernel (other head
@@ -64,7 +65,26 @@ void expect_matches_cpu(const Shape& shape, DType dt, bool shift_x, bool shift_o
     EXPECT_TRUE(all_close(out, rounded(expected, dt), rtol, atol)) << "backward " << backward;
     EXPECT_TRUE(all_close(in_place, rounded(expected, dt), rtol, atol))
         << "in place, backward " << backward;
+
+    // With a table built once (rope_table): the op's own results, bit for bit.
+    const Tensor table = rope_table(gpos, shape[3], kTheta);
+    Tensor with_table = on_gpu_shifted(filled(shape, kNaN), dt, shift_out);
+    Tensor table_in_place = on_gpu_shifted(x, dt, shift_x || shift_out);
+    if (backward) {
+      rope_backward(with_table, on_gpu_shifted(x, dt, shift_x), table);
+      rope_backward(table_in_place, table_in_place, table);
+    } else {
+      rope_forward(with_table, on_gpu_shifted(x, dt, shift_x), table);
+      rope_forward(table_in_place, table_in_place, table);
+    }
+    EXPECT_TRUE(all_close(with_table, out, 0, 0)) << "table, backward " << backward;
+    EXPECT_TRUE(all_close(table_in_place, in_place, 0, 0))
+        << "table in place, backward " << backward;
   }
+  // The table itself against the CPU's: both round double cosines and sines once; the two
+  // libraries' double results may differ in their last bit, so allow one float ulp.
+  EXPECT_TRUE(all_close(rope_table(gpos, shape[3], kTheta), rope_table(positions, shape[3], kTheta),
+                        0, 1.2e-7));
 }
 
 using Param = std::tuple<Shape, DType>;  // [B, T, H, hd], dtype
@@ -106,7 +126,10 @@ INSTANTIATE_TEST_SUITE_P(
                                          Shape{2, 5, 2, 6}, Shape{3, 129, 5, 128},
                                          Shape{3, 11, 9, 16}, Shape{2, 33, 8, 64},
                                          Shape{1, 19, 17, 128}, Shape{2, 5, 1, 4},
-                                         Shape{1, 4096, 3, 128}, Shape{2, 2048, 16, 64}),
+                                         Shape{1, 4096, 3, 128}, Shape{2, 2048, 16, 64},
+                                         // hd over 4096: angles without shared memory (f32:
+                                         // the vector rotation; bf16: the scalar one).
+                                         Shape{1, 3, 2, 8200}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     param_name);
 

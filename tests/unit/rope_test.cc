@@ -111,6 +111,50 @@ TEST_P(RopeTest, RotationProperties) {
   EXPECT_TRUE(all_close(out, x, 0, 0));
 }
 
+// The table holds each angle's (cos, sin) rounded once from double, and rotating with it
+// gives the positions path's results bit for bit, forward, backward and in place.
+TEST_P(RopeTest, TableMatchesTheAnglesAndTheRotations) {
+  auto [b, t, h, hd] = GetParam();
+  auto rng = rng_for_test();
+  Tensor x = random_normal(shape(), rng), pos = positions(rng);
+  const Tensor table = rope_table(pos, hd, kTheta);
+  ASSERT_EQ(table.shape(), (Shape{b * t, hd / 2, 2}));
+  const std::vector<float> cs = table.to_f32_vector();
+  const std::vector<int32_t> vp = pos.to_i32_vector();
+  for (int r = 0; r < b * t; ++r) {
+    for (int i = 0; i < hd / 2; ++i) {
+      const double angle = vp[r] * std::pow(double{kTheta}, -2.0 * i / hd);
+      ASSERT_EQ(cs[(r * hd / 2 + i) * 2], static_cast<float>(std::cos(angle))) << r << ", " << i;
+      ASSERT_EQ(cs[(r * hd / 2 + i) * 2 + 1], static_cast<float>(std::sin(angle)))
+          << r << ", " << i;
+    }
+  }
+  for (bool backward : {false, true}) {
+    Tensor want = Tensor::empty(shape()), got = Tensor::empty(shape()), in_place = x.clone();
+    if (backward) {
+      rope_backward(want, x, pos, kTheta);
+      rope_backward(got, x, table);
+      rope_backward(in_place, in_place, table);
+    } else {
+      rope_forward(want, x, pos, kTheta);
+      rope_forward(got, x, table);
+      rope_forward(in_place, in_place, table);
+    }
+    EXPECT_TRUE(all_close(got, want, 0, 0)) << "backward " << backward;
+    EXPECT_TRUE(all_close(in_place, want, 0, 0)) << "in place, backward " << backward;
+  }
+}
+
+TEST(RopeDeathTest, TableChecksNameWhatToFix) {
+  const Tensor pos = Tensor::zeros({2, 3}, DType::kI32);
+  const Tensor x = Tensor::zeros({2, 3, 4, 8}), out = Tensor::zeros({2, 3, 4, 8});
+  EXPECT_DEATH(rope_table(pos, 7, kTheta), "head_dim 7; rotary pairs need an even");
+  EXPECT_DEATH(rope_table(Tensor::zeros({6}, DType::kI32), 8, kTheta),
+               "positions have shape \\[6\\], expected \\[B, T\\]");
+  EXPECT_DEATH(rope_forward(out, x, rope_table(pos, 6, kTheta)), "rope table");
+  EXPECT_DEATH(rope_backward(out, x, Tensor()), "the table is undefined \\(build it with rope_table\\)");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, RopeTest,
                          ::testing::Values(std::make_tuple(1, 1, 1, 2), std::make_tuple(2, 3, 4, 8),
                                            std::make_tuple(1, 5, 3, 6),
