@@ -59,6 +59,9 @@ if want gpu; then
   ctest --test-dir build-dev -L gpu --output-on-failure >"$out/gpu_tests.log" 2>&1
   note "gpu tests: exit $? ($(grep -E 'tests passed|tests failed' "$out/gpu_tests.log"))"
   grep -E '^\s*[0-9]+/[0-9]+ Test.*(Failed|Exception|Timeout)' "$out/gpu_tests.log" | tee -a "$summary"
+  # The GEMMs again with cuBLASLt planning no workspace (the algorithms that knob picks).
+  SWITCHYARD_GEMM_WORKSPACE_MB=0 build-dev/matmul_gpu_test >"$out/matmul_no_workspace.log" 2>&1
+  note "matmul test with SWITCHYARD_GEMM_WORKSPACE_MB=0: exit $? ($(grep -E '^\[  (PASSED|FAILED)' "$out/matmul_no_workspace.log" | head -2 | tr '\n' ' '))"
 fi
 if want cpu; then
   ctest --test-dir build-dev -L 'unit|mpi' -j 8 >"$out/cpu_tests.log" 2>&1

@@ -16,6 +16,7 @@
 #include <compare>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <mutex>
 
@@ -44,6 +45,24 @@ __global__ void scale_kernel(T* c, int64_t n, float beta) {
 }
 
 constexpr size_t kWorkspaceBytes = size_t{32} << 20;  // cuBLAS's recommendation for Hopper
+
+// The workspace the heuristic may plan for: SWITCHYARD_GEMM_WORKSPACE_MB (0 to 32, default 32).
+// With 0 it picks only algorithms without one: on the H200, ~250 of a 1B step's GEMMs are
+// "coop" kernels that cuBLASLt precedes with a 4-byte memset of their workspace, a kernel and
+// a dependent launch gap each; this is the knob to measure whether the others are as fast.
+size_t planned_workspace_bytes() {
+  static const size_t bytes = [] {
+    const char* text = std::getenv("SWITCHYARD_GEMM_WORKSPACE_MB");
+    if (text == nullptr || *text == 0) return kWorkspaceBytes;
+    char* end = nullptr;
+    const long mb = std::strtol(text, &end, 10);
+    SY_CHECK(*end == 0 && mb >= 0 && (size_t{1} << 20) * mb <= kWorkspaceBytes)
+        << "SWITCHYARD_GEMM_WORKSPACE_MB=" << text << ": expected a whole number from 0 to "
+        << (kWorkspaceBytes >> 20);
+    return static_cast<size_t>(mb) << 20;
+  }();
+  return bytes;
+}
 
 struct DeviceState {
   cublasLtHandle_t handle = nullptr;
@@ -196,7 +215,7 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
     profile::HostTimer timer(why);
     Preference pref;
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref.h));
-    const size_t workspace = kWorkspaceBytes;
+    const size_t workspace = planned_workspace_bytes();
     SY_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
         pref.h, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
     for (auto [attr, value] : {std::pair{CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, align_b},
@@ -234,8 +253,8 @@ void gemm(const Tensor& c, const Tensor& a, const Tensor& b, bool trans_a, bool 
   }
   auto run = [&] {
     return cublasLtMatmul(ctx.handle, op.h, &alpha, b.raw(), first.h, a.raw(), second.h, &beta,
-                          c.raw(), out.h, c.raw(), out.h, &algo, ctx.workspace, kWorkspaceBytes,
-                          stream());
+                          c.raw(), out.h, c.raw(), out.h, &algo, ctx.workspace,
+                          planned_workspace_bytes(), stream());
   };
   cublasStatus_t status = run();
   if (cached && status != CUBLAS_STATUS_SUCCESS) {
