@@ -35,7 +35,7 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
 }
 
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy, const Tensor& x,
-                      const Tensor& weight, const Tensor& rstd) {
+                      const Tensor& weight, const Tensor& rstd, const Tensor& residual) {
   const int64_t n = rmsnorm_rows(x, weight);
   check_shape(dx, x.shape(), "rmsnorm dx");
   check_dtype(dx, x.dtype(), "rmsnorm dx");
@@ -46,9 +46,16 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
   check_shape(rstd, {n}, "rmsnorm rstd");
   check_dtype(rstd, DType::kF32, "rmsnorm rstd");
   check_same_device({&dx, &dweight, &dy, &x, &weight, &rstd}, "rmsnorm_backward");
-  if (x.device().is_cpu()) return cpu::rmsnorm_backward(dx, dweight, dy, x, weight, rstd);
+  if (residual.defined()) {
+    check_shape(residual, x.shape(), "rmsnorm residual");
+    check_dtype(residual, x.dtype(), "rmsnorm residual");
+    check_same_device({&dx, &residual}, "rmsnorm_backward");
+  }
+  if (x.device().is_cpu())
+    return cpu::rmsnorm_backward(dx, dweight, dy, x, weight, rstd, residual);
 #ifdef SWITCHYARD_HAVE_CUDA
-  if (x.device().is_cuda()) return cuda::rmsnorm_backward(dx, dweight, dy, x, weight, rstd);
+  if (x.device().is_cuda())
+    return cuda::rmsnorm_backward(dx, dweight, dy, x, weight, rstd, residual);
 #endif
   no_kernel("rmsnorm_backward", x.device());
 }

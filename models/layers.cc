@@ -103,9 +103,9 @@ Tensor RmsNorm::forward(const Tensor& x) {
   return y;
 }
 
-Tensor RmsNorm::backward(const Tensor& dy) {
+Tensor RmsNorm::backward(const Tensor& dy, const Tensor& residual) {
   Tensor dx = Tensor::empty(dy.shape(), dy.dtype(), dy.device());
-  rmsnorm_backward(dx, grad_to_add(weight_), dy, x_, weight_.value, rstd_);
+  rmsnorm_backward(dx, grad_to_add(weight_), dy, x_, weight_.value, rstd_, residual);
   return dx;
 }
 
@@ -166,7 +166,7 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   return linear(o_.view({b * t, spec_.n_heads * hd}), wo_);
 }
 
-Tensor Attention::backward(const Tensor& dy) {
+Tensor Attention::backward(const Tensor& dy, const Tensor& residual) {
   const int64_t n = layout_.tokens();
   Tensor o2 = o_.view({n, o_.numel() / n});
   const DType dt = dy.dtype();
@@ -190,7 +190,7 @@ Tensor Attention::backward(const Tensor& dy) {
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);
   linear_backward(dn, wv_, dv.view({n, dv.numel() / n}), n_, 1.0f);
-  return norm_.backward(dn);
+  return norm_.backward(dn, residual);
 }
 
 // --- SwiGLU MLP ------------------------------------------------------------------------------
@@ -230,9 +230,9 @@ Tensor DenseFfn::forward(const Tensor& x, const TokenLayout&) {
   return mlp_.forward(norm_.forward(x));
 }
 
-Tensor DenseFfn::backward(const Tensor& dy) {
+Tensor DenseFfn::backward(const Tensor& dy, const Tensor& residual) {
   profile::Scope region("ffn.bwd");
-  return norm_.backward(mlp_.backward(dy));
+  return norm_.backward(mlp_.backward(dy), residual);
 }
 
 // --- Mixture of experts ----------------------------------------------------------------------
@@ -473,7 +473,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
   return out;
 }
 
-Tensor MoeFfn::backward(const Tensor& dy) {
+Tensor MoeFfn::backward(const Tensor& dy, const Tensor& residual) {
   const MoeSpec& m = spec_.moe;
   const Device dev = dy.device();
 
@@ -508,7 +508,7 @@ Tensor MoeFfn::backward(const Tensor& dy) {
                     static_cast<float>(loss_scale_ * m.z_loss_coef / tokens_global_));
   }
   linear_backward(dn, router_, dlogits, n_, 1.0f);
-  return norm_.backward(dn);
+  return norm_.backward(dn, residual);
 }
 
 void MoeFfn::update_bias() {
@@ -554,15 +554,9 @@ Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache
 }
 
 Tensor Block::backward(const Tensor& dout) {
-  Tensor dh = ffn_->backward(dout);
-  {
-    profile::Scope region("residual.bwd");
-    add_(dh, dout);
-  }
-  Tensor dx = attn_.backward(dh);
-  profile::Scope region("residual.bwd");
-  add_(dx, dh);
-  return dx;
+  // Each residual connection's gradient joins its sublayer's in the pre-norm's backward.
+  Tensor dh = ffn_->backward(dout, dout);
+  return attn_.backward(dh, dh);
 }
 
 }  // namespace sy

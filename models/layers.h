@@ -2,8 +2,9 @@
 // The transformer's sublayers as explicit forward/backward pairs (no autograd tape).
 // A forward with `save` keeps what its backward needs in the module; the next backward
 // consumes it. Every sublayer owns its pre-norm: it computes f(RMSNorm(x)), and its
-// backward returns the gradient with respect to x through that path only (the residual is
-// the block's business). Parameter gradients accumulate into the ParamStore.
+// backward returns the gradient with respect to x through that path, plus the residual
+// gradient the block hands it (added in the pre-norm's backward pass, so the residual stream
+// costs no pass of its own). Parameter gradients accumulate into the ParamStore.
 #include <memory>
 #include <string>
 #include <vector>
@@ -41,8 +42,9 @@ class RmsNorm {
  public:
   RmsNorm(ParamStore& store, const std::string& name, int dim, float eps);
   Tensor forward(const Tensor& x);
-  // dx written; the gain's gradient accumulates.
-  Tensor backward(const Tensor& dy);
+  // dx written (plus `residual` when given, in the same pass: kernels/rmsnorm.h); the gain's
+  // gradient accumulates.
+  Tensor backward(const Tensor& dy, const Tensor& residual = Tensor());
 
  private:
   Param& weight_;
@@ -64,7 +66,9 @@ class Attention {
   // With a cache, x holds only the new positions (layout.positions says where they sit): their
   // keys and values are appended to the cache and the queries attend to all of it.
   Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
-  Tensor backward(const Tensor& dy);
+  // With `residual`, returns the gradient with respect to x plus residual (added in the
+  // pre-norm's backward pass).
+  Tensor backward(const Tensor& dy, const Tensor& residual = Tensor());
 
  private:
   const ModelSpec& spec_;
@@ -79,7 +83,10 @@ class FeedForward {
  public:
   virtual ~FeedForward() = default;
   virtual Tensor forward(const Tensor& x, const TokenLayout& layout) = 0;
-  virtual Tensor backward(const Tensor& dy) = 0;
+  // The gradient with respect to x, plus `residual` when it is defined (added in the
+  // pre-norm's backward pass: a block's residual stream without a pass of its own).
+  virtual Tensor backward(const Tensor& dy, const Tensor& residual) = 0;
+  Tensor backward(const Tensor& dy) { return backward(dy, Tensor()); }
 };
 
 // SwiGLU MLP on already-normalised input: y = W2 (silu(W1 n) * (W3 n)), W1 and W3 stacked as
@@ -100,7 +107,8 @@ class DenseFfn : public FeedForward {
  public:
   DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
   Tensor forward(const Tensor& x, const TokenLayout& layout) override;
-  Tensor backward(const Tensor& dy) override;
+  using FeedForward::backward;
+  Tensor backward(const Tensor& dy, const Tensor& residual) override;
 
  private:
   RmsNorm norm_;
@@ -147,7 +155,8 @@ class MoeFfn : public FeedForward {
   MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec,
          const ModelParallel& parallel = {});
   Tensor forward(const Tensor& x, const TokenLayout& layout) override;
-  Tensor backward(const Tensor& dy) override;
+  using FeedForward::backward;
+  Tensor backward(const Tensor& dy, const Tensor& residual) override;
 
   // Balancing terms enter the loss multiplied by this (1 / micro-batches per step).
   void set_loss_scale(float scale) { loss_scale_ = scale; }

@@ -263,8 +263,7 @@ QueuedLoss Transformer::queue_forward_backward(const Tensor& inputs, const Tenso
   Tensor carry;
   for (size_t k = mtp_.size(); k-- > 0;) {
     MtpModule& m = mtp_[k];
-    Tensor dhk = m.out_norm->backward(states[k].dout);
-    if (carry.defined()) add_(dhk, carry);
+    Tensor dhk = m.out_norm->backward(states[k].dout, carry);  // + carry, when defined
     Tensor dz = m.block->backward(dhk);
     Tensor dcat = Tensor::empty({n, 2 * d}, dt, dev);
     matmul_backward(dcat, m.proj->grad, dz, states[k].cat, m.proj->w(), false, true, 0.0f,
@@ -279,8 +278,7 @@ QueuedLoss Transformer::queue_forward_backward(const Tensor& inputs, const Tenso
   Tensor dh0;
   {
     profile::Scope region("final_norm.bwd");
-    dh0 = final_norm_->backward(dhn);
-    if (carry.defined()) add_(dh0, carry);
+    dh0 = final_norm_->backward(dhn, carry);  // + carry, when defined
   }
   embed_backward(inputs_dev, trunk_backward(dh0));
   store_.finish_grads();

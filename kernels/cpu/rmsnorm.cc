@@ -27,7 +27,7 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
 }
 
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy, const Tensor& x,
-                      const Tensor& weight, const Tensor& rstd) {
+                      const Tensor& weight, const Tensor& rstd, const Tensor& residual) {
   const int64_t d = x.dim(-1), n = rstd.numel();
   const float* px = x.data<float>();
   const float* pdy = dy.data<float>();
@@ -35,6 +35,7 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
   const float* pr = rstd.data<float>();
   float* pdx = dx.data<float>();
   float* dw = dweight.data<float>();
+  const float* res = residual.defined() ? residual.data<float>() : nullptr;
   for (int64_t row = 0; row < n; ++row) {
     const float* xr = px + row * d;
     const float* dyr = pdy + row * d;
@@ -46,7 +47,11 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
     }
     const float c = static_cast<float>(s / d) * r * r;
     float* dxr = pdx + row * d;
-    for (int64_t j = 0; j < d; ++j) dxr[j] = r * (dyr[j] * w[j] - xr[j] * c);
+    for (int64_t j = 0; j < d; ++j) {
+      float v = r * (dyr[j] * w[j] - xr[j] * c);
+      if (res) v += res[row * d + j];  // read before dx is written: res may be dx
+      dxr[j] = v;
+    }
   }
 }
 

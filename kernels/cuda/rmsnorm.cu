@@ -2,6 +2,7 @@
 // x, y, dy, dx are f32 or bf16 (one type per call); weight, dweight and rstd are f32, and
 // every sum accumulates in fp32. With r = rstd and s = sum_j dy_j w_j x_j the backward is
 //   dx_j = r (dy_j w_j - x_j r^2 s / D)   (written),   dweight_j += sum_rows dy_j x_j r.
+// With a residual, its element is added to dx_j in fp32 before dx_j's one rounding.
 //
 // The op moves a few bytes per flop, so it runs at the speed its rows cross memory. Where D
 // is a whole number of 16-byte vectors (8 bf16 or 4 f32) and x, y, dy, dx and weight are
@@ -54,8 +55,8 @@ __global__ void rmsnorm_forward_kernel(T* y, float* rstd, const T* x, const floa
 // sums to partial[b, :].
 template <typename T>
 __global__ void rmsnorm_backward_kernel(T* dx, float* partial, const T* dy, const T* x,
-                                        const float* weight, const float* rstd, int64_t n,
-                                        int64_t d, int64_t chunk) {
+                                        const float* weight, const float* rstd,
+                                        const T* residual, int64_t n, int64_t d, int64_t chunk) {
   __shared__ float shared[32];
   const int64_t begin = blockIdx.x * chunk, end = min(n, begin + chunk);
   float* part = partial + blockIdx.x * d;
@@ -74,7 +75,9 @@ __global__ void rmsnorm_backward_kernel(T* dx, float* partial, const T* dy, cons
     const float c = s / static_cast<float>(d) * r * r;
     T* dxr = dx + row * d;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      dxr[j] = from_f32<T>(r * (to_f32(dyr[j]) * weight[j] - to_f32(xr[j]) * c));
+      float v = r * (to_f32(dyr[j]) * weight[j] - to_f32(xr[j]) * c);
+      if (residual) v += to_f32(residual[row * d + j]);  // read before written: may be dx
+      dxr[j] = from_f32<T>(v);
     }
   }
 }
@@ -201,7 +204,7 @@ template <typename T, int V, int G>
 __global__ void __launch_bounds__(kThreads,
                                   backward_min_blocks<V, rows_at_once(V, G), Vec<T>::kWidth>())
     rmsnorm_backward_vec_kernel(T* dx, float* partial, const T* dy, const T* x, const float* weight,
-                                const float* rstd, int64_t n, int64_t d) {
+                                const float* rstd, const T* residual, int64_t n, int64_t d) {
   constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G, K = rows_at_once(V, G);
   __shared__ float shared[32];
   // The warps' column sums, added in warp order (G = 1 only: with G > 1 a thread's columns
@@ -266,11 +269,15 @@ __global__ void __launch_bounds__(kThreads,
         if (c < dv) {
           float w[W];
           load_weights(w, weight, c);
+          // The residual's vector, read before dx's is written (it may be dx).
+          Vec<T> res;
+          if (residual) res.raw = load_vector(residual + row * d + c * W);
           Vec<T> o;
 #pragma unroll
           for (int e = 0; e < W; ++e) {
-            o.x[e] =
-                from_f32<T>(r[i] * (to_f32(dyv[i][k].x[e]) * w[e] - to_f32(xv[i][k].x[e]) * cr));
+            float v = r[i] * (to_f32(dyv[i][k].x[e]) * w[e] - to_f32(xv[i][k].x[e]) * cr);
+            if (residual) v += to_f32(res.x[e]);
+            o.x[e] = from_f32<T>(v);
           }
           store_vector(dx + row * d + c * W, o.raw);
         }
@@ -424,14 +431,17 @@ void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const
 }
 
 void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy, const Tensor& x,
-                      const Tensor& weight, const Tensor& rstd) {
+                      const Tensor& weight, const Tensor& rstd, const Tensor& residual) {
   const int64_t d = x.dim(-1), n = rstd.numel();
   if (n == 0 || d == 0) return;
   use_device(x);
   dispatch_float(x.dtype(), "rmsnorm x", [&](auto tag) {
     using T = decltype(tag);
     const RowLayout layout = row_layout(d / Vec<T>::kWidth);
-    if (layout.warps && vectorizable<T>(d, {dx.raw(), dy.raw(), x.raw(), weight.raw()})) {
+    const T* res = residual.defined() ? ptr<T>(residual) : nullptr;
+    if (layout.warps &&
+        vectorizable<T>(d, {dx.raw(), dy.raw(), x.raw(), weight.raw(),
+                            residual.defined() ? residual.raw() : nullptr})) {
       dispatch_layout(layout, [&](auto v, auto g) {
         constexpr int V = decltype(v)::value, G = decltype(g)::value;
         auto kernel = rmsnorm_backward_vec_kernel<T, V, G>;
@@ -446,7 +456,7 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
         Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
         kernel<<<static_cast<unsigned>(blocks), threads, 0, stream()>>>(
             ptr<T>(dx), partial.as<float>(), ptr<T>(dy), ptr<T>(x), ptr<float>(weight),
-            ptr<float>(rstd), n, d);
+            ptr<float>(rstd), res, n, d);
         launch_check("rmsnorm_backward_vec_kernel");
         add_partials(dweight, partial.as<float>(), blocks, d);
       });
@@ -459,7 +469,7 @@ void rmsnorm_backward(const Tensor& dx, const Tensor& dweight, const Tensor& dy,
     Scratch partial(static_cast<size_t>(blocks * d) * sizeof(float));
     rmsnorm_backward_kernel<T><<<static_cast<unsigned>(blocks), row_threads(d), 0, stream()>>>(
         ptr<T>(dx), partial.as<float>(), ptr<T>(dy), ptr<T>(x), ptr<float>(weight),
-        ptr<float>(rstd), n, d, chunk);
+        ptr<float>(rstd), res, n, d, chunk);
     launch_check("rmsnorm_backward_kernel");
     add_partials(dweight, partial.as<float>(), blocks, d);
   });

@@ -7,7 +7,9 @@
 // (widths that are no whole number of 16-byte vectors, rows too wide for the vector
 // kernels, and inputs, outputs or weights that start off a 16-byte boundary). dx is checked
 // to be written (the GPU buffer starts as NaN), dweight to accumulate onto a non-zero
-// start, and the weight gradient to be bit-identical across two runs. Skips without a GPU.
+// start, and the weight gradient to be bit-identical across two runs. The backward with a
+// residual added (in place, as the model uses it) is checked on every case. Skips without a
+// GPU.
 //
 // Tolerances. f32: the GPU sums in fp32 in a different order from the CPU's double sums:
 // rtol 1e-5, atol 1e-5 (values are O(1); dweight sums N rows: atol 1e-5 sqrt(N)). bf16: y
@@ -73,6 +75,15 @@ void expect_matches_cpu(const Shape& shape, DType dt, Misaligned misaligned) {
   rmsnorm_backward(gdx, gdw, gdy, gx, gw, rstd.to(kGpu));
   EXPECT_TRUE(all_close(gdx, rounded(dx, dt), act_rtol, act_atol));
   EXPECT_TRUE(all_close(gdw, dweight, 1e-5, 1e-5 * std::sqrt(static_cast<double>(n)) + 1e-5));
+
+  // With a residual (as the output's buffer, so also in place): dx + residual, rounded once.
+  Tensor residual = rounded(random_normal(shape, rng), dt);
+  Tensor with_residual = dx.clone(), cpu_dw = dweight_start.clone();
+  rmsnorm_backward(with_residual, cpu_dw, dy, x, weight, rstd, residual);
+  Tensor gres = on_gpu_shifted(residual, dt, shift_out), gdw2 = dweight_start.to(kGpu);
+  rmsnorm_backward(gres, gdw2, gdy, gx, gw, rstd.to(kGpu), gres);
+  EXPECT_TRUE(all_close(gres, rounded(with_residual, dt), act_rtol, act_atol)) << "residual";
+  EXPECT_TRUE(all_close(gdw2, gdw, 0, 0)) << "residual: dweight as without";
 }
 
 using Param = std::tuple<Shape, DType>;

@@ -74,6 +74,38 @@ TEST_P(RmsnormTest, BackwardMatchesFiniteDifferences) {
   EXPECT_TRUE(grad_check(loss, weight, Tensor::from_f32(inc, {d}), rng));
 }
 
+// With a residual, dx is the plain backward's plus the residual, bit for bit in f32, also when
+// the residual is dx itself; dweight is the same.
+TEST_P(RmsnormTest, BackwardAddsTheResidual) {
+  auto rng = rng_for_test();
+  const int64_t n = rows(), d = this->d();
+  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
+  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
+  rmsnorm_forward(y, rstd, x, weight, kEps);
+  Tensor dy = random_normal(GetParam(), rng), residual = random_normal(GetParam(), rng);
+
+  Tensor plain = Tensor::empty(GetParam()), dw_plain = Tensor::zeros({d});
+  rmsnorm_backward(plain, dw_plain, dy, x, weight, rstd);
+  std::vector<float> want = plain.to_f32_vector();
+  const std::vector<float> r = residual.to_f32_vector();
+  for (size_t i = 0; i < want.size(); ++i) want[i] += r[i];
+
+  Tensor fused = Tensor::empty(GetParam()), dw_fused = Tensor::zeros({d});
+  rmsnorm_backward(fused, dw_fused, dy, x, weight, rstd, residual);
+  EXPECT_TRUE(all_close(fused, Tensor::from_f32(want, GetParam()), 0, 0));
+  EXPECT_TRUE(all_close(dw_fused, dw_plain, 0, 0));
+  Tensor in_place = residual.clone(), dw_in_place = Tensor::zeros({d});
+  rmsnorm_backward(in_place, dw_in_place, dy, x, weight, rstd, in_place);
+  EXPECT_TRUE(all_close(in_place, fused, 0, 0));
+}
+
+TEST(RmsnormDeathTest, ResidualMustMatchDx) {
+  const Tensor x = Tensor::zeros({2, 8}), w = Tensor::zeros({8}), rstd = Tensor::zeros({2});
+  const Tensor dx = Tensor::zeros({2, 8}), dw = Tensor::zeros({8});
+  EXPECT_DEATH(rmsnorm_backward(dx, dw, x, x, w, rstd, Tensor::zeros({2, 7})),
+               "rmsnorm residual");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, RmsnormTest,
                          ::testing::Values(Shape{1, 8}, Shape{3, 7}, Shape{2, 5, 16},
                                            Shape{2, 3, 1, 33}, Shape{17, 64}));
