@@ -20,16 +20,25 @@ int64_t rmsnorm_rows(const Tensor& x, const Tensor& weight) {
 }  // namespace
 
 void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight,
-                     float eps) {
+                     float eps, const Tensor& residual, const Tensor& sum) {
   const int64_t n = rmsnorm_rows(x, weight);
   check_shape(y, x.shape(), "rmsnorm y");
   check_dtype(y, x.dtype(), "rmsnorm y");
   check_shape(rstd, {n}, "rmsnorm rstd");
   check_dtype(rstd, DType::kF32, "rmsnorm rstd");
   check_same_device({&y, &rstd, &x, &weight}, "rmsnorm_forward");
-  if (x.device().is_cpu()) return cpu::rmsnorm_forward(y, rstd, x, weight, eps);
+  SY_CHECK(residual.defined() == sum.defined())
+      << "rmsnorm_forward: a residual needs a sum to write x + residual to, and a sum a residual";
+  if (residual.defined()) {
+    check_shape(residual, x.shape(), "rmsnorm residual");
+    check_dtype(residual, x.dtype(), "rmsnorm residual");
+    check_shape(sum, x.shape(), "rmsnorm sum");
+    check_dtype(sum, x.dtype(), "rmsnorm sum");
+    check_same_device({&x, &residual, &sum}, "rmsnorm_forward");
+  }
+  if (x.device().is_cpu()) return cpu::rmsnorm_forward(y, rstd, x, weight, eps, residual, sum);
 #ifdef SWITCHYARD_HAVE_CUDA
-  if (x.device().is_cuda()) return cuda::rmsnorm_forward(y, rstd, x, weight, eps);
+  if (x.device().is_cuda()) return cuda::rmsnorm_forward(y, rstd, x, weight, eps, residual, sum);
 #endif
   no_kernel("rmsnorm_forward", x.device());
 }

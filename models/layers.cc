@@ -95,11 +95,11 @@ float output_std(const ModelSpec& spec) {
 RmsNorm::RmsNorm(ParamStore& store, const std::string& name, int dim, float eps)
     : weight_(store.add(name, {dim}, SyncGroup::kDense, Init::kOnes, 0.0f, false)), eps_(eps) {}
 
-Tensor RmsNorm::forward(const Tensor& x) {
-  x_ = x;
+Tensor RmsNorm::forward(const Tensor& x, const Tensor& residual, const Tensor& sum) {
+  x_ = residual.defined() ? sum : x;  // the normalized input, for the backward
   rstd_ = Tensor::empty({x.numel() / x.dim(-1)}, DType::kF32, x.device());
   Tensor y = Tensor::empty(x.shape(), x.dtype(), x.device());
-  rmsnorm_forward(y, rstd_, x, weight_.value, eps_);
+  rmsnorm_forward(y, rstd_, x, weight_.value, eps_, residual, sum);
   return y;
 }
 
@@ -225,9 +225,10 @@ DenseFfn::DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec
       mlp_(store, prefix + "mlp.", spec.d_model, spec.dense_ffn_hidden, spec.init_std,
            output_std(spec)) {}
 
-Tensor DenseFfn::forward(const Tensor& x, const TokenLayout&) {
+Tensor DenseFfn::forward(const Tensor& x, const TokenLayout&, const Tensor& residual,
+                         const Tensor& sum) {
   profile::Scope region("ffn");
-  return mlp_.forward(norm_.forward(x));
+  return mlp_.forward(norm_.forward(x, residual, sum));
 }
 
 Tensor DenseFfn::backward(const Tensor& dy, const Tensor& residual) {
@@ -364,13 +365,14 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
   return dxp_local;
 }
 
-Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout) {
+Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
+                       const Tensor& sum) {
   const MoeSpec& m = spec_.moe;
   const int64_t n = x.dim(0), e_count = m.num_experts, k = m.top_k;
   const Device dev = x.device();
   layout_ = layout;
   std::optional<profile::Scope> region(std::in_place, "moe.route");
-  n_ = norm_.forward(x);
+  n_ = norm_.forward(x, residual, sum);
 
   // Route.
   const DType dt = n_.dtype();
@@ -540,13 +542,10 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
 }
 
 Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
-  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
   Tensor a = attn_.forward(x, layout, cache);
-  {
-    profile::Scope region("residual");
-    add(h, x, a);
-  }
-  Tensor f = ffn_->forward(h, layout);
+  // h = x + a, the residual stream, written by the FFN's pre-norm in its own pass.
+  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor f = ffn_->forward(x, layout, a, h);
   profile::Scope region("residual");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
   add(out, h, f);

@@ -41,7 +41,9 @@ struct TokenLayout {
 class RmsNorm {
  public:
   RmsNorm(ParamStore& store, const std::string& name, int dim, float eps);
-  Tensor forward(const Tensor& x);
+  // With `residual`: normalizes x + residual, written to `sum` in the same pass
+  // (kernels/rmsnorm.h).
+  Tensor forward(const Tensor& x, const Tensor& residual = Tensor(), const Tensor& sum = Tensor());
   // dx written (plus `residual` when given, in the same pass: kernels/rmsnorm.h); the gain's
   // gradient accumulates.
   Tensor backward(const Tensor& dy, const Tensor& residual = Tensor());
@@ -82,7 +84,13 @@ class Attention {
 class FeedForward {
  public:
   virtual ~FeedForward() = default;
-  virtual Tensor forward(const Tensor& x, const TokenLayout& layout) = 0;
+  // With `residual`, the sublayer's input is x + residual, which its pre-norm's pass writes
+  // to `sum` (the block's residual stream).
+  virtual Tensor forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
+                         const Tensor& sum) = 0;
+  Tensor forward(const Tensor& x, const TokenLayout& layout) {
+    return forward(x, layout, Tensor(), Tensor());
+  }
   // The gradient with respect to x, plus `residual` when it is defined (added in the
   // pre-norm's backward pass: a block's residual stream without a pass of its own).
   virtual Tensor backward(const Tensor& dy, const Tensor& residual) = 0;
@@ -106,7 +114,9 @@ class SwigluMlp {
 class DenseFfn : public FeedForward {
  public:
   DenseFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
-  Tensor forward(const Tensor& x, const TokenLayout& layout) override;
+  using FeedForward::forward;
+  Tensor forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
+                 const Tensor& sum) override;
   using FeedForward::backward;
   Tensor backward(const Tensor& dy, const Tensor& residual) override;
 
@@ -154,7 +164,9 @@ class MoeFfn : public FeedForward {
  public:
   MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& spec,
          const ModelParallel& parallel = {});
-  Tensor forward(const Tensor& x, const TokenLayout& layout) override;
+  using FeedForward::forward;
+  Tensor forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
+                 const Tensor& sum) override;
   using FeedForward::backward;
   Tensor backward(const Tensor& dy, const Tensor& residual) override;
 

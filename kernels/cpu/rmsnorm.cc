@@ -9,9 +9,15 @@
 namespace sy::cpu {
 
 void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight,
-                     float eps) {
+                     float eps, const Tensor& residual, const Tensor& sum) {
   const int64_t d = x.dim(-1), n = rstd.numel();
-  const float* px = x.data<float>();
+  if (residual.defined()) {  // h = x + residual first (sum may alias either), then its norm
+    const float* a = x.data<float>();
+    const float* b = residual.data<float>();
+    float* h = sum.data<float>();
+    for (int64_t i = 0; i < n * d; ++i) h[i] = a[i] + b[i];
+  }
+  const float* px = (residual.defined() ? sum : x).data<float>();
   const float* w = weight.data<float>();
   float* py = y.data<float>();
   float* pr = rstd.data<float>();

@@ -2,7 +2,9 @@
 // x, y, dy, dx are f32 or bf16 (one type per call); weight, dweight and rstd are f32, and
 // every sum accumulates in fp32. With r = rstd and s = sum_j dy_j w_j x_j the backward is
 //   dx_j = r (dy_j w_j - x_j r^2 s / D)   (written),   dweight_j += sum_rows dy_j x_j r.
-// With a residual, its element is added to dx_j in fp32 before dx_j's one rounding.
+// With a residual, its element is added to dx_j in fp32 before dx_j's one rounding. The
+// forward with a residual first forms h = x + residual per element (fp32, rounded to T),
+// writes it to `sum` and normalizes h: the values an add kernel and then the norm give.
 //
 // The op moves a few bytes per flop, so it runs at the speed its rows cross memory. Where D
 // is a whole number of 16-byte vectors (8 bf16 or 4 f32) and x, y, dy, dx and weight are
@@ -30,17 +32,31 @@
 namespace sy::cuda {
 namespace {
 
+// x + residual rounded to T: the residual stream's add.
+template <typename T>
+__device__ __forceinline__ T residual_sum(T x, T residual) {
+  return from_f32<T>(to_f32(x) + to_f32(residual));
+}
+
+// With residual (and sum): h = x + residual is written to sum in the first pass over the row
+// and the second pass reads it back (the same thread's elements).
 template <typename T>
 __global__ void rmsnorm_forward_kernel(T* y, float* rstd, const T* x, const float* weight,
-                                       int64_t n, int64_t d, float eps) {
+                                       const T* residual, T* sum, int64_t n, int64_t d,
+                                       float eps) {
   __shared__ float shared[32];
   for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
-    const T* xr = x + row * d;
     float ss = 0.0f;
     for (int64_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const float v = to_f32(xr[j]);
+      T h = x[row * d + j];
+      if (residual) {
+        h = residual_sum(h, residual[row * d + j]);
+        sum[row * d + j] = h;
+      }
+      const float v = to_f32(h);
       ss += v * v;
     }
+    const T* xr = (residual ? sum : x) + row * d;
     ss = block_sum(ss, shared);
     const float r = 1.0f / sqrtf(ss / static_cast<float>(d) + eps);
     T* yr = y + row * d;
@@ -134,8 +150,8 @@ __device__ __forceinline__ float row_sum(float v, float* shared) {
 // the K from there plus grid * groups * K, and so on.
 template <typename T, int V, int G>
 __global__ void __launch_bounds__(kThreads)
-    rmsnorm_forward_vec_kernel(T* y, float* rstd, const T* x, const float* weight, int64_t n,
-                               int64_t d, float eps) {
+    rmsnorm_forward_vec_kernel(T* y, float* rstd, const T* x, const float* weight,
+                               const T* residual, T* sum, int64_t n, int64_t d, float eps) {
   constexpr int W = Vec<T>::kWidth, kGroupThreads = 32 * G, K = rows_at_once(V, G);
   __shared__ float shared[32];
   const int t = threadIdx.x % kGroupThreads;
@@ -152,6 +168,22 @@ __global__ void __launch_bounds__(kThreads)
         const int c = k * kGroupThreads + t;
         v[i][k].raw = row0 + i < n && c < dv ? load_vector(x + (row0 + i) * d + c * W)
                                              : make_uint4(0, 0, 0, 0);
+      }
+    }
+    if (residual) {  // h = x + residual, stored to sum, normalized below
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int c = k * kGroupThreads + t;
+          if (row0 + i < n && c < dv) {
+            Vec<T> b;
+            b.raw = load_vector(residual + (row0 + i) * d + c * W);
+#pragma unroll
+            for (int e = 0; e < W; ++e) v[i][k].x[e] = residual_sum(v[i][k].x[e], b.x[e]);
+            store_vector(sum + (row0 + i) * d + c * W, v[i][k].raw);
+          }
+        }
       }
     }
     float ss[K];
@@ -406,26 +438,28 @@ void add_partials(const Tensor& dweight, const float* partial, int64_t rows, int
 }  // namespace
 
 void rmsnorm_forward(const Tensor& y, const Tensor& rstd, const Tensor& x, const Tensor& weight,
-                     float eps) {
+                     float eps, const Tensor& residual, const Tensor& sum) {
   const int64_t d = x.dim(-1), n = rstd.numel();
   if (n == 0) return;
   use_device(x);
   dispatch_float(x.dtype(), "rmsnorm x", [&](auto tag) {
     using T = decltype(tag);
     const RowLayout layout = row_layout(d / Vec<T>::kWidth);
-    if (layout.warps && vectorizable<T>(d, {y.raw(), x.raw(), weight.raw()})) {
+    const T* res = residual.defined() ? ptr<T>(residual) : nullptr;
+    T* h = sum.defined() ? ptr<T>(sum) : nullptr;
+    if (layout.warps && vectorizable<T>(d, {y.raw(), x.raw(), weight.raw(), res, h})) {
       dispatch_layout(layout, [&](auto v, auto g) {
         constexpr int V = decltype(v)::value, G = decltype(g)::value;
         const int groups = groups_per_block(G), rows_per_block = groups * rows_at_once(V, G);
         rmsnorm_forward_vec_kernel<T, V, G>
             <<<row_grid((n + rows_per_block - 1) / rows_per_block), 32 * G * groups, 0, stream()>>>(
-                ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), n, d, eps);
+                ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), res, h, n, d, eps);
         launch_check("rmsnorm_forward_vec_kernel");
       });
       return;
     }
     rmsnorm_forward_kernel<T><<<row_grid(n), row_threads(d), 0, stream()>>>(
-        ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), n, d, eps);
+        ptr<T>(y), ptr<float>(rstd), ptr<T>(x), ptr<float>(weight), res, h, n, d, eps);
     launch_check("rmsnorm_forward_kernel");
   });
 }

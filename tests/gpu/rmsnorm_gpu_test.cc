@@ -69,6 +69,25 @@ void expect_matches_cpu(const Shape& shape, DType dt, Misaligned misaligned) {
   EXPECT_TRUE(all_close(gy, rounded(y, dt), act_rtol, act_atol));
   EXPECT_TRUE(all_close(grstd, rstd, 1e-5, 1e-6));
 
+  // The forward of x + residual, the sum written in the same pass: against the CPU on the
+  // sum rounded as the GPU stores it (the sum itself to within its one rounding).
+  {
+    const Tensor a = rounded(random_normal(shape, rng), dt);
+    std::vector<float> hv = x.to_f32_vector();
+    const std::vector<float> av = a.to_f32_vector();
+    for (size_t i = 0; i < hv.size(); ++i) hv[i] += av[i];
+    const Tensor h = rounded(Tensor::from_f32(hv, shape), dt);
+    Tensor hy = Tensor::empty(shape), hrstd = Tensor::empty({n});
+    rmsnorm_forward(hy, hrstd, h, weight, kEps);
+    Tensor gsum = on_gpu_shifted(filled(shape, kNaN), dt, shift_out);
+    Tensor gy2 = on_gpu_shifted(filled(shape, kNaN), dt, shift_out);
+    Tensor grstd2 = filled({n}, kNaN).to(kGpu);
+    rmsnorm_forward(gy2, grstd2, gx, gw, kEps, on_gpu(a, dt), gsum);
+    EXPECT_TRUE(all_close(gsum, h, 0, 0)) << "sum";
+    EXPECT_TRUE(all_close(gy2, rounded(hy, dt), act_rtol, act_atol)) << "y of the sum";
+    EXPECT_TRUE(all_close(grstd2, hrstd, 1e-5, 1e-6)) << "rstd of the sum";
+  }
+
   // The backward from the CPU's rstd, so that it is checked on its own.
   Tensor gdx = on_gpu_shifted(filled(shape, kNaN), dt, shift_out), gdw = dweight_start.to(kGpu);
   Tensor gdy = on_gpu_shifted(dy, dt, misaligned == Misaligned::kDy);

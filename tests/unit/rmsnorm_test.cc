@@ -99,11 +99,40 @@ TEST_P(RmsnormTest, BackwardAddsTheResidual) {
   EXPECT_TRUE(all_close(in_place, fused, 0, 0));
 }
 
+// With a residual, the forward normalizes x + residual and writes that sum: the same bits as
+// adding first, also when the sum is written over x.
+TEST_P(RmsnormTest, ForwardAddsTheResidualFirst) {
+  auto rng = rng_for_test();
+  const int64_t n = rows(), d = this->d();
+  Tensor x = random_normal(GetParam(), rng), residual = random_normal(GetParam(), rng);
+  Tensor weight = random_normal({d}, rng);
+  std::vector<float> h = x.to_f32_vector();
+  const std::vector<float> r = residual.to_f32_vector();
+  for (size_t i = 0; i < h.size(); ++i) h[i] += r[i];
+  const Tensor want_sum = Tensor::from_f32(h, GetParam());
+  Tensor want = Tensor::empty(GetParam()), want_rstd = Tensor::empty({n});
+  rmsnorm_forward(want, want_rstd, want_sum, weight, kEps);
+
+  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n}), sum = Tensor::empty(GetParam());
+  rmsnorm_forward(y, rstd, x, weight, kEps, residual, sum);
+  EXPECT_TRUE(all_close(sum, want_sum, 0, 0));
+  EXPECT_TRUE(all_close(y, want, 0, 0));
+  EXPECT_TRUE(all_close(rstd, want_rstd, 0, 0));
+  Tensor over_x = x.clone();
+  rmsnorm_forward(y, rstd, over_x, weight, kEps, residual, over_x);
+  EXPECT_TRUE(all_close(over_x, want_sum, 0, 0));
+  EXPECT_TRUE(all_close(y, want, 0, 0));
+}
+
 TEST(RmsnormDeathTest, ResidualMustMatchDx) {
   const Tensor x = Tensor::zeros({2, 8}), w = Tensor::zeros({8}), rstd = Tensor::zeros({2});
   const Tensor dx = Tensor::zeros({2, 8}), dw = Tensor::zeros({8});
   EXPECT_DEATH(rmsnorm_backward(dx, dw, x, x, w, rstd, Tensor::zeros({2, 7})),
                "rmsnorm residual");
+  EXPECT_DEATH(rmsnorm_forward(dx, rstd, x, w, kEps, x, Tensor()),
+               "a residual needs a sum to write x \\+ residual to");
+  EXPECT_DEATH(rmsnorm_forward(dx, rstd, x, w, kEps, x, Tensor::zeros({2, 8}, DType::kI32)),
+               "rmsnorm sum");
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, RmsnormTest,
