@@ -30,6 +30,17 @@ Tensor linear(const Tensor& x, const Param& w, std::optional<DType> out = std::n
   return y;
 }
 
+// q or k [B, T, H, hd] rotated in place (backward: by the negative angles), with the batch's
+// (cos, sin) table when the model built one, else from the positions.
+void rotate_in_place(const Tensor& t, const TokenLayout& layout, float theta, bool backward) {
+  if (layout.rope.defined()) {
+    backward ? rope_backward(t, t, layout.rope) : rope_forward(t, t, layout.rope);
+  } else {
+    backward ? rope_backward(t, t, layout.positions, theta)
+             : rope_forward(t, t, layout.positions, theta);
+  }
+}
+
 // Backward of y = x W^T: dW (fp32) accumulates; dx is written (beta_x = 0) or accumulated (1).
 // dy takes x's dtype first if it differs (the f32 router gradient under bf16 compute).
 void linear_backward(const Tensor& dx, Param& w, const Tensor& dy, const Tensor& x,
@@ -132,13 +143,8 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
   k_ = linear(n_, wk_).view({b, t, kv, hd});
   v_ = linear(n_, wv_).view({b, t, kv, hd});
-  if (layout.rope.defined()) {
-    rope_forward(q_, q_, layout.rope);
-    rope_forward(k_, k_, layout.rope);
-  } else {
-    rope_forward(q_, q_, layout.positions, spec_.rope_theta);
-    rope_forward(k_, k_, layout.positions, spec_.rope_theta);
-  }
+  rotate_in_place(q_, layout, spec_.rope_theta, false);
+  rotate_in_place(k_, layout, spec_.rope_theta, false);
   Tensor keys = k_, values = v_;
   if (cache) {
     // Append along each sequence: as [B, L * kv * hd] rows, that is a column concatenation.
@@ -179,13 +185,8 @@ Tensor Attention::backward(const Tensor& dy, const Tensor& residual) {
   Tensor dv = Tensor::empty(v_.shape(), dt, dy.device());
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
   region.emplace("attn.qkv.bwd");
-  if (layout_.rope.defined()) {
-    rope_backward(dq, dq, layout_.rope);
-    rope_backward(dk, dk, layout_.rope);
-  } else {
-    rope_backward(dq, dq, layout_.positions, spec_.rope_theta);
-    rope_backward(dk, dk, layout_.positions, spec_.rope_theta);
-  }
+  rotate_in_place(dq, layout_, spec_.rope_theta, true);
+  rotate_in_place(dk, layout_, spec_.rope_theta, true);
   Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);
