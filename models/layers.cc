@@ -134,12 +134,13 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const ModelSp
       wo_(store.add(prefix + "attn.wo", {spec.d_model, spec.n_heads * spec.head_dim()},
                     SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {}
 
-Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
+Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache,
+                          const Tensor& residual, const Tensor& sum) {
   const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
   const int64_t kv = spec_.n_kv_heads;
   layout_ = layout;
   std::optional<profile::Scope> region(std::in_place, "attn.qkv");
-  n_ = norm_.forward(x);
+  n_ = norm_.forward(x, residual, sum);
   q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
   k_ = linear(n_, wk_).view({b, t, kv, hd});
   v_ = linear(n_, wv_).view({b, t, kv, hd});
@@ -543,14 +544,21 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
 }
 
 Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
-  Tensor a = attn_.forward(x, layout, cache);
-  // h = x + a, the residual stream, written by the FFN's pre-norm in its own pass.
-  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
-  Tensor f = ffn_->forward(x, layout, a, h);
+  const ResidualTerms terms = forward_terms(x, Tensor(), Tensor(), layout, cache);
   profile::Scope region("residual");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
-  add(out, h, f);
+  add(out, terms.h, terms.f);
   return out;
+}
+
+ResidualTerms Block::forward_terms(const Tensor& x, const Tensor& residual, const Tensor& sum,
+                                   const TokenLayout& layout, KvCache* cache) {
+  Tensor a = attn_.forward(x, layout, cache, residual, sum);
+  const Tensor& input = residual.defined() ? sum : x;
+  // h = input + a, the residual stream, written by the FFN's pre-norm in its own pass.
+  Tensor h = Tensor::empty(x.shape(), x.dtype(), x.device());
+  Tensor f = ffn_->forward(input, layout, a, h);
+  return {h, f};
 }
 
 Tensor Block::backward(const Tensor& dout) {

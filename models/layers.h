@@ -66,8 +66,10 @@ class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
   // With a cache, x holds only the new positions (layout.positions says where they sit): their
-  // keys and values are appended to the cache and the queries attend to all of it.
-  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
+  // keys and values are appended to the cache and the queries attend to all of it. With
+  // `residual`, the input is x + residual, written to `sum` by the pre-norm's pass.
+  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr,
+                 const Tensor& residual = Tensor(), const Tensor& sum = Tensor());
   // With `residual`, returns the gradient with respect to x plus residual (added in the
   // pre-norm's backward pass).
   Tensor backward(const Tensor& dy, const Tensor& residual = Tensor());
@@ -206,11 +208,22 @@ class MoeFfn : public FeedForward {
 };
 
 // Pre-norm transformer block: h = x + attn(x); out = h + ffn(h).
+// A block's output as the two terms of its residual stream, out = h + f, left for the next
+// pre-norm to add in its own pass (RmsNorm::forward with a residual).
+struct ResidualTerms {
+  Tensor h, f;
+};
+
 class Block {
  public:
   Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe,
         const ModelParallel& parallel = {});
+  // out = x + attention + FFN, summed.
   Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
+  // The same with the input given as x + residual (undefined: x alone), that sum written to
+  // `sum` by the attention's pre-norm, and the output left as its two terms.
+  ResidualTerms forward_terms(const Tensor& x, const Tensor& residual, const Tensor& sum,
+                              const TokenLayout& layout, KvCache* cache = nullptr);
   Tensor backward(const Tensor& dout);
   MoeFfn* moe() { return moe_; }
 

@@ -113,10 +113,21 @@ void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
 Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->w() : embed_.w(); }
 Param& Transformer::head_param() { return lm_head_ ? *lm_head_ : embed_; }
 
-Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout) {
-  Tensor h = embed(inputs);
-  for (auto& b : blocks_) h = b->forward(h, layout);
-  return h;
+Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0) {
+  Tensor x = embed(inputs), residual;  // a block's input is x + residual (undefined: x)
+  for (auto& b : blocks_) {
+    const Tensor sum =
+        residual.defined() ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
+    ResidualTerms terms = b->forward_terms(x, residual, sum, layout);
+    x = std::move(terms.h);
+    residual = std::move(terms.f);
+  }
+  profile::Scope region("final_norm");
+  const Tensor out =
+      residual.defined() ? Tensor::empty(x.shape(), x.dtype(), x.device()) : x;
+  Tensor hn = final_norm_->forward(x, residual, residual.defined() ? out : Tensor());
+  if (h0) *h0 = out;
+  return hn;
 }
 
 Tensor Transformer::trunk_backward(const Tensor& dh) {
@@ -229,12 +240,8 @@ QueuedLoss Transformer::queue_forward_backward(const Tensor& inputs, const Tenso
     states[k].targets = tgt.to(dev);
   }
   const Tensor inputs_dev = inputs.to(dev), targets_dev = targets.to(dev);
-  Tensor h0 = trunk_forward(inputs_dev, layout);
-  Tensor hn;
-  {
-    profile::Scope region("final_norm");
-    hn = final_norm_->forward(h0);
-  }
+  Tensor h0;
+  const Tensor hn = trunk_forward(inputs_dev, layout, &h0);
   Tensor dhn = Tensor::empty({n, d}, dt, dev);
   // Losses stay on the device until the whole backward is queued.
   const Tensor lm_losses =
@@ -297,7 +304,7 @@ Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
   store_.refresh_compute();
   const TokenLayout layout = layout_for(inputs);
   const Device dev = store_.device();
-  Tensor hn = final_norm_->forward(trunk_forward(inputs, layout));
+  Tensor hn = trunk_forward(inputs, layout);
   const int64_t b = layout.batch, t = layout.seq;
   Tensor rows = hn;
   if (last_position_only) {
@@ -345,7 +352,7 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
   const int64_t b = inputs.dim(0), t = inputs.dim(1), n = b * t, vocab = spec_.vocab_size;
   HeadState& s = head_state_;
   s.inputs = inputs;
-  s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
+  s.hn = trunk_forward(inputs, layout_for(inputs));
   s.logits = Tensor::empty({n, vocab}, DType::kF32, dev);
   matmul(s.logits, s.hn, head_weight(), false, true);
   s.inv_temperature = 1.0f / temperature;
@@ -399,7 +406,7 @@ Tensor Transformer::values(const Tensor& inputs) {
   store_.refresh_compute();
   HeadState& s = head_state_;
   s.inputs = inputs;
-  s.hn = final_norm_->forward(trunk_forward(inputs, layout_for(inputs)));
+  s.hn = trunk_forward(inputs, layout_for(inputs));
   Tensor v = Tensor::empty({inputs.numel(), 1}, DType::kF32, store_.device());
   matmul(v, s.hn, value_head_->w(), false, true);
   return v.to(Device::cpu()).view({inputs.dim(0), inputs.dim(1)});

@@ -125,7 +125,10 @@ class Transformer {
   void embed_backward(const Tensor& ids, const Tensor& d);
   Tensor head_weight() const;
   Param& head_param();
-  Tensor trunk_forward(const Tensor& inputs, const TokenLayout& layout);
+  // The embedding, every block and the final norm: returns the normalised output. The blocks
+  // hand their residual terms on unsummed, each next pre-norm adds them in its own pass, the
+  // final norm the last ones (writing the trunk's output, their sum, to *h0 when asked).
+  Tensor trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0 = nullptr);
   Tensor trunk_backward(const Tensor& dh);
 
   ModelSpec spec_;
