@@ -23,6 +23,8 @@ void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, con
 void check_table(const Tensor& out, const Tensor& x, const Tensor& table, const char* op) {
   SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
                           << ", expected [B, T, H, head_dim]";
+  SY_CHECK(x.dim(3) % 2 == 0) << op << ": head_dim " << x.dim(3)
+                              << " is odd; rotary pairs need an even head_dim";
   check_float(x, "rope input");
   check_shape(out, x.shape(), "rope output");
   check_dtype(out, x.dtype(), "rope output");

@@ -152,6 +152,8 @@ TEST(RopeDeathTest, TableChecksNameWhatToFix) {
   EXPECT_DEATH(rope_table(Tensor::zeros({6}, DType::kI32), 8, kTheta),
                "positions have shape \\[6\\], expected \\[B, T\\]");
   EXPECT_DEATH(rope_forward(out, x, rope_table(pos, 6, kTheta)), "rope table");
+  const Tensor odd = Tensor::zeros({2, 3, 4, 7});
+  EXPECT_DEATH(rope_forward(odd, odd, rope_table(pos, 6, kTheta)), "head_dim 7 is odd");
   EXPECT_DEATH(rope_backward(out, x, Tensor()), "the table is undefined \\(build it with rope_table\\)");
 }
 
