@@ -1,7 +1,7 @@
 // The balancing terms' per-token work on the GPU (see kernels/balance.h). routing_stats runs
-// one block per sequence: an integer shared-memory histogram for the counts (integer atomics
-// are exact), then per expert a fixed-order block reduction in double of p = s / sum(s), and
-// one of lse^2. The backwards are one thread per token row. No float atomics: bitwise
+// one block per (sequence, expert) for the fixed-order block reduction in double of
+// p = s / sum(s), and one more per sequence for an integer shared-memory histogram of the
+// counts (integer atomics are exact) and the reduction of lse^2. The backwards are one thread per token row. No float atomics: bitwise
 // identical run to run.
 #include "kernels/balance.h"
 #include "kernels/cuda/common.cuh"
@@ -44,27 +44,32 @@ __global__ void routing_rows_kernel(double* rinv, double* lse2, const float* sco
   }
 }
 
-// Block b: sequence b's rows [b T, (b + 1) T). Dynamic shared memory: E ints.
+// Block (b, j): sequence b's rows [b T, (b + 1) T); for j < e expert j's score sum, for j = e
+// the counts (dynamic shared memory: E ints) and the lse^2 sum. One block per (sequence, column)
+// instead of one per sequence walking the experts in turn: the same sums in the same order
+// (so the same bits), over E + 1 times as many blocks.
 __global__ void routing_stats_kernel(float* stats, const int32_t* indices, const float* scores,
                                      const double* rinv, const double* lse2, int64_t t_count, int k,
                                      int e) {
   extern __shared__ int counts[];
   __shared__ double partial[32];
   const int64_t b = blockIdx.x, first = b * t_count;
+  const int j = static_cast<int>(blockIdx.y);
   float* out = stats + b * (2 * e + 1);
-  for (int j = threadIdx.x; j < e; j += blockDim.x) counts[j] = 0;
-  __syncthreads();
-  for (int64_t s = threadIdx.x; s < t_count * k; s += blockDim.x)
-    atomicAdd(&counts[indices[first * k + s]], 1);
-  __syncthreads();
-  for (int j = threadIdx.x; j < e; j += blockDim.x) out[j] = static_cast<float>(counts[j]);
-  for (int j = 0; j < e; ++j) {
+  if (j < e) {
     double acc = 0;
     for (int64_t t = threadIdx.x; t < t_count; t += blockDim.x)
       acc += scores[(first + t) * e + j] * rinv[first + t];
     acc = block_sum_double(acc, partial);
     if (threadIdx.x == 0) out[e + j] = static_cast<float>(acc);
+    return;
   }
+  for (int c = threadIdx.x; c < e; c += blockDim.x) counts[c] = 0;
+  __syncthreads();
+  for (int64_t s = threadIdx.x; s < t_count * k; s += blockDim.x)
+    atomicAdd(&counts[indices[first * k + s]], 1);
+  __syncthreads();
+  for (int c = threadIdx.x; c < e; c += blockDim.x) out[c] = static_cast<float>(counts[c]);
   double z = 0;
   for (int64_t t = threadIdx.x; t < t_count; t += blockDim.x) z += lse2[first + t];
   z = block_sum_double(z, partial);
@@ -112,8 +117,9 @@ void routing_stats(const Tensor& stats, const Tensor& indices, const Tensor& sco
       rinv.as<double>(), lse2.as<double>(), ptr<float>(scores), ptr<float>(logits), n, e);
   launch_check("routing_rows_kernel");
   SY_CHECK(b_count <= kMaxRowBlocks) << "routing_stats over " << b_count << " sequences";
-  routing_stats_kernel<<<static_cast<unsigned>(b_count), kStatsThreads, e * sizeof(int),
-                         stream()>>>(ptr<float>(stats), ptr<int32_t>(indices), ptr<float>(scores),
+  SY_CHECK(e < 65535) << "routing_stats over " << e << " experts";
+  const dim3 grid(static_cast<unsigned>(b_count), static_cast<unsigned>(e + 1));
+  routing_stats_kernel<<<grid, kStatsThreads, e * sizeof(int), stream()>>>(ptr<float>(stats), ptr<int32_t>(indices), ptr<float>(scores),
                                      rinv.as<double>(), lse2.as<double>(), n / b_count, k, e);
   launch_check("routing_stats_kernel");
 }
