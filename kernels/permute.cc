@@ -14,6 +14,9 @@ namespace {
 void check_plan(const DispatchPlan& plan, const char* op) {
   SY_CHECK(plan.slot_row.defined() && plan.row_slot.defined())
       << op << ": the dispatch plan is empty; build it with make_dispatch_plan";
+  SY_CHECK(plan.num_rows >= 0)
+      << op << ": the dispatch plan has a capacity and is not finished; call "
+      << "finish_dispatch_plan first (only a dropless plan's rows are known before)";
   check_dtype(plan.slot_row, DType::kI32, "plan slot_row");
   check_dtype(plan.row_slot, DType::kI32, "plan row_slot");
   check_shape(plan.slot_row, {plan.num_tokens * plan.top_k}, "plan slot_row");
@@ -44,14 +47,14 @@ int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int top_k, i
   return static_cast<int64_t>(std::ceil(exact));
 }
 
-DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
   SY_CHECK(indices.defined() && indices.ndim() == 2)
       << "make_dispatch_plan: indices must be [N, k], got " << shape_str(indices.shape());
   check_dtype(indices, DType::kI32, "make_dispatch_plan indices");
   SY_CHECK(num_experts > 0) << "make_dispatch_plan: " << num_experts << " experts";
 #ifdef SWITCHYARD_HAVE_CUDA
-  // Checks the indices on the device and reports any outside [0, E).
-  if (indices.device().is_cuda()) return cuda::make_dispatch_plan(indices, num_experts, capacity);
+  // Checks the indices on the device; finish_dispatch_plan reports any outside [0, E).
+  if (indices.device().is_cuda()) return cuda::start_dispatch_plan(indices, num_experts, capacity);
 #endif
   if (!indices.device().is_cpu()) no_kernel("make_dispatch_plan", indices.device());
   const int32_t* idx = indices.data<int32_t>();
@@ -62,6 +65,19 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
         << " is not an expert in [0, " << num_experts << ")";
   }
   return cpu::make_dispatch_plan(indices, num_experts, capacity);
+}
+
+void finish_dispatch_plan(DispatchPlan& plan) {
+  if (plan.ready()) return;
+#ifdef SWITCHYARD_HAVE_CUDA
+  cuda::finish_dispatch_plan(plan);
+#endif
+}
+
+DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+  DispatchPlan plan = start_dispatch_plan(indices, num_experts, capacity);
+  finish_dispatch_plan(plan);
+  return plan;
 }
 
 namespace {

@@ -16,6 +16,7 @@
 // dout, dx, dy) f32, or on CUDA all bf16 (sums in fp32). The plan lives on the indices'
 // device; on CUDA its host vectors cost one small device-to-host copy.
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "kernels/tensor.h"
@@ -34,11 +35,26 @@ struct DispatchPlan {
   std::vector<int64_t> expert_offsets;  // [E + 1] exclusive prefix sum of expert_counts
   Tensor slot_row;                      // i32 [N*k], -1 for a dropped slot
   Tensor row_slot;                      // i32 [M]
+  // Between start_dispatch_plan and finish_dispatch_plan on a GPU: the offsets' copy to the
+  // host, on its way. Until then the host vectors are empty, and num_rows is N*k for a
+  // dropless plan (capacity < 0) and -1 for one with a capacity.
+  std::shared_ptr<HostReadback> pending;
+  bool ready() const { return pending == nullptr; }
   int64_t num_dropped() const { return num_tokens * top_k - num_rows; }
 };
 
 // indices i32 [N, k] with values in [0, num_experts).
 DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+
+// make_dispatch_plan in two halves, so the GPU has work while the host waits for the expert
+// counts: start_dispatch_plan queues the plan's device part and the copy of its offsets;
+// finish_dispatch_plan waits for that copy only, fills the host vectors (and num_rows) and
+// reports indices outside [0, E). A dropless plan's slot_row and row_slot are complete once
+// queued, so the permutes may be queued in between; with a capacity they refuse an unfinished
+// plan. Indices outside [0, E) are dropped on the device and reported by finish_dispatch_plan,
+// before which rows that used them hold slot 0. On the CPU start does all the work.
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+void finish_dispatch_plan(DispatchPlan& plan);
 
 // Row groups between the compact layout (group g at rows [offsets[g], offsets[g + 1])) and a
 // padded one of G blocks of `block` rows (group g at rows [g * block, g * block + count)),
@@ -66,7 +82,8 @@ void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& 
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/permute.cu; defined in CUDA builds only.
-DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+void finish_dispatch_plan(DispatchPlan& plan);
 void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
 void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);
 void unpermute_forward(const Tensor& out, const Tensor& y, const Tensor& weights,

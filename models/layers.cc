@@ -384,8 +384,21 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
   weights_ = Tensor::empty({n, k}, DType::kF32, dev);
   topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
-  // Queued now, with their copy to the host: the plan's wait for the expert counts below
-  // outlasts both, so reading them after the experts are queued waits for nothing.
+  // The plan's device part and the copy of its expert counts first; then, while that copy
+  // travels and the host waits for it, the GPU has the permute (a dropless plan's rows are
+  // known without the counts), the load statistics and the shared experts to run.
+  plan_ = start_dispatch_plan(indices_, m.num_experts,
+                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
+  Tensor xp;
+  auto permute = [&] {
+    region.emplace("moe.dispatch");
+    xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
+    permute_forward(xp, n_, plan_);
+    region.emplace("moe.route");
+  };
+  if (plan_.num_rows >= 0) permute();
+  // Queued now, with their copy to the host: read after the experts are queued, they wait for
+  // nothing.
   Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
   routing_stats(seq_stats, indices_, scores_, logits_);
   HostReadback seq_stats_read(seq_stats);
@@ -397,14 +410,12 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
     shared_out = shared_->forward(n_);
     region.emplace("moe.route");
   }
-  plan_ = make_dispatch_plan(indices_, m.num_experts,
-                             expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
+  finish_dispatch_plan(plan_);
+  if (!xp.defined()) permute();  // with a capacity the kept rows are known only now
 
   // Experts: rows go to the ranks owning their experts, through the experts (experts_forward)
   // and back.
   region.emplace("moe.dispatch");
-  Tensor xp = Tensor::empty({plan_.num_rows, spec_.d_model}, dt, dev);
-  permute_forward(xp, n_, plan_);
   dispatcher_.plan(plan_.expert_counts);
   xp_local_ = dispatcher_.to_experts(xp);
   region.emplace("moe.experts");

@@ -8,14 +8,15 @@
 //      time; __match_any_sync finds the lanes with the same expert, so each slot gets its
 //      rank among the chunk's earlier slots of that expert. The chunk's per-expert counts go
 //      to a [chunks, E] table.
-//   2. offsets: one thread per expert turns its column of the table into chunk bases (an
+//   2. offsets: one warp per expert turns its column of the table into chunk bases (an
 //      exclusive scan over chunks) and its total, capped at the capacity; then one thread
 //      scans the capped totals over experts.
-//   3. the host copies the E + 1 offsets back (one small synchronising copy: the row count
-//      sizes row_slot and the host vectors are part of the plan);
-//   4. place: slot s of expert e has rank base[chunk, e] + local rank; it is kept when the
-//      rank is below the capacity, at row offset[e] + rank.
-// Indices outside [0, E) are counted in step 1 and reported by the host after step 3.
+//   3. place: slot s of expert e has rank base[chunk, e] + local rank; it is kept when the
+//      rank is below the capacity, at row offset[e] + rank;
+//   4. the host collects the E + 1 offsets, copied back after step 2 (finish_dispatch_plan
+//      waits for that copy alone, so the GPU can run the place and what follows meanwhile).
+// Indices outside [0, E) are counted in step 1, dropped in step 3 and reported by the host in
+// step 4.
 //
 // permute gathers token rows into plan order; permute's backward sums, per token, its kept
 // rows in slot order j = 0..k-1 (the CPU's order, no atomics, so results repeat bit for bit).
@@ -67,18 +68,31 @@ __global__ void plan_rank_kernel(const int32_t* expert, int64_t slots, int exper
 }
 
 // One block. chunk_counts [chunks, E] becomes each chunk's base rank per expert;
-// offsets [E + 1] gets the exclusive prefix sum of the capped per-expert totals.
+// offsets [E + 1] gets the exclusive prefix sum of the capped per-expert totals. One warp per
+// expert scans its column 32 chunks at a time (integer sums: exact, in any order), then one
+// thread scans the capped totals over experts.
 __global__ void plan_offsets_kernel(int32_t* chunk_counts, int64_t chunks, int experts,
-                                    int64_t capacity, int64_t* offsets) {
-  for (int e = threadIdx.x; e < experts; e += blockDim.x) {
-    int64_t total = 0;
-    for (int64_t c = 0; c < chunks; ++c) {
+                                    int64_t capacity, int64_t* offsets, int32_t* row_slot,
+                                    int64_t slots) {
+  const int lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  // Rows of slots whose index was outside [0, E) are never placed: slot 0 stands in for them
+  // until finish_dispatch_plan reports the indices.
+  for (int64_t r = threadIdx.x; r < slots; r += blockDim.x) row_slot[r] = 0;
+  for (int e = threadIdx.x / 32; e < experts; e += warps) {
+    int64_t total = 0;  // the column's sum over the chunks before this piece
+    for (int64_t c0 = 0; c0 < chunks; c0 += 32) {
+      const int64_t c = c0 + lane;
       int32_t* count = chunk_counts + c * experts + e;
-      const int32_t n = *count;
-      *count = static_cast<int32_t>(total);
-      total += n;
+      const int64_t n = c < chunks ? *count : 0;
+      int64_t inclusive = n;
+      for (int o = 1; o < 32; o <<= 1) {
+        const int64_t up = __shfl_up_sync(0xffffffffu, inclusive, o);
+        if (lane >= o) inclusive += up;
+      }
+      if (c < chunks) *count = static_cast<int32_t>(total + inclusive - n);
+      total += __shfl_sync(0xffffffffu, inclusive, 31);
     }
-    offsets[e + 1] = capacity < 0 ? total : min(total, capacity);
+    if (lane == 0) offsets[e + 1] = capacity < 0 ? total : min(total, capacity);
   }
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -93,6 +107,10 @@ __global__ void plan_place_kernel(const int32_t* expert, int64_t slots, int expe
   for (int64_t s = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; s < slots;
        s += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int e = expert[s];
+    if (e < 0 || e >= experts) {  // counted by plan_rank_kernel, reported by the host
+      slot_row[s] = -1;
+      continue;
+    }
     const int64_t r = chunk_base[s / kPlanChunk * experts + e] + rank[s];
     const bool kept = capacity < 0 || r < capacity;
     const int32_t row = kept ? static_cast<int32_t>(offsets[e] + r) : -1;
@@ -281,7 +299,7 @@ int row_threads(int64_t d) {
 
 }  // namespace
 
-DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
   SY_CHECK(num_experts <= kMaxPlanExperts) << "make_dispatch_plan on CUDA takes at most "
                                            << kMaxPlanExperts << " experts, got " << num_experts;
   SY_CHECK(indices.numel() < (1LL << 31))
@@ -298,8 +316,8 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
   Scratch rank(static_cast<size_t>(slots) * sizeof(int32_t));
   Scratch chunk_counts(static_cast<size_t>(chunks * num_experts) * sizeof(int32_t));
   // offsets [E + 1], then the count of indices outside [0, E).
-  Scratch summary(static_cast<size_t>(num_experts + 2) * sizeof(int64_t));
-  int64_t* offsets = summary.as<int64_t>();
+  Tensor summary = Tensor::empty({num_experts + 2}, DType::kI64, device);
+  int64_t* offsets = summary.data<int64_t>();
   SY_CUDA_CHECK(cudaMemsetAsync(offsets, 0, (num_experts + 2) * sizeof(int64_t), stream()));
   if (chunks > 0) {
     plan_rank_kernel<<<static_cast<unsigned>(chunks), 32, num_experts * sizeof(int32_t),
@@ -308,26 +326,14 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
         reinterpret_cast<unsigned long long*>(offsets + num_experts + 1));
     launch_check("plan_rank_kernel");
   }
-  plan_offsets_kernel<<<1, kThreads, 0, stream()>>>(chunk_counts.as<int32_t>(), chunks, num_experts,
-                                                    capacity, offsets);
-  launch_check("plan_offsets_kernel");
-
-  std::vector<int64_t> host(num_experts + 2);
-  SY_CUDA_CHECK(cudaMemcpyAsync(host.data(), offsets, host.size() * sizeof(int64_t),
-                                cudaMemcpyDeviceToHost, stream()));
-  SY_CUDA_CHECK(cudaStreamSynchronize(stream()));
-  SY_CHECK(host[num_experts + 1] == 0)
-      << "make_dispatch_plan: " << host[num_experts + 1] << " of " << slots
-      << " expert indices are outside [0, " << num_experts << ")";
-  plan.expert_offsets.assign(host.begin(), host.begin() + num_experts + 1);
-  plan.expert_counts.resize(num_experts);
-  for (int e = 0; e < num_experts; ++e) {
-    plan.expert_counts[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
-  }
-  plan.num_rows = plan.expert_offsets[num_experts];
-
+  // row_slot is sized for every slot kept; finish_dispatch_plan trims it to the kept rows.
   plan.slot_row = Tensor::empty({slots}, DType::kI32, device);
-  plan.row_slot = Tensor::empty({plan.num_rows}, DType::kI32, device);
+  plan.row_slot = Tensor::empty({slots}, DType::kI32, device);
+  plan_offsets_kernel<<<1, 1024, 0, stream()>>>(chunk_counts.as<int32_t>(), chunks, num_experts,
+                                                capacity, offsets, ptr<int32_t>(plan.row_slot),
+                                                slots);
+  launch_check("plan_offsets_kernel");
+  plan.pending = std::make_shared<HostReadback>(summary);
   if (slots > 0) {
     plan_place_kernel<<<grid_for(slots), kThreads, 0, stream()>>>(
         ptr<int32_t>(indices), slots, num_experts, capacity, rank.as<int32_t>(),
@@ -335,7 +341,26 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
         ptr<int32_t>(plan.row_slot));
     launch_check("plan_place_kernel");
   }
+  plan.num_rows = capacity < 0 ? slots : -1;
   return plan;
+}
+
+void finish_dispatch_plan(DispatchPlan& plan) {
+  const Tensor summary = plan.pending->wait();
+  plan.pending.reset();
+  const int num_experts = plan.num_experts;
+  const int64_t* host = summary.data<int64_t>();
+  const int64_t slots = plan.num_tokens * plan.top_k;
+  SY_CHECK(host[num_experts + 1] == 0)
+      << "make_dispatch_plan: " << host[num_experts + 1] << " of " << slots
+      << " expert indices are outside [0, " << num_experts << ")";
+  plan.expert_offsets.assign(host, host + num_experts + 1);
+  plan.expert_counts.resize(num_experts);
+  for (int e = 0; e < num_experts; ++e) {
+    plan.expert_counts[e] = plan.expert_offsets[e + 1] - plan.expert_offsets[e];
+  }
+  plan.num_rows = plan.expert_offsets[num_experts];
+  plan.row_slot = plan.row_slot.rows(0, plan.num_rows);
 }
 
 void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan) {

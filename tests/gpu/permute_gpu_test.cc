@@ -122,6 +122,46 @@ TEST_P(PermuteGpuTest, ForwardAndBackwardMatchCpu) {
   }
 }
 
+// The plan in two halves, as the MoE layer queues it: a dropless plan's permute may be queued
+// before finish_dispatch_plan and gives the CPU's rows; a plan with a capacity refuses that;
+// once finished, the plan is the CPU's.
+TEST_P(PermuteGpuTest, StartedPlanPermutesBeforeItsCountsArrive) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  auto rng = rng_for_test();
+  const Tensor indices = random_ints({c.n, c.k}, 0, c.experts, rng);
+  const Tensor x = random_normal({c.n, c.d}, rng);
+  const DispatchPlan cpu = make_dispatch_plan(indices, c.experts, c.capacity);
+  Tensor expected = Tensor::empty({cpu.num_rows, c.d});
+  permute_forward(expected, x, cpu);
+
+  DispatchPlan gpu = start_dispatch_plan(indices.to(kGpu), c.experts, c.capacity);
+  EXPECT_FALSE(gpu.ready());
+  EXPECT_TRUE(gpu.expert_counts.empty());
+  Tensor out;
+  if (c.capacity < 0) {
+    EXPECT_EQ(gpu.num_rows, c.n * c.k);
+    out = Tensor::empty({gpu.num_rows, c.d}, DType::kF32, kGpu);
+    permute_forward(out, x.to(kGpu), gpu);
+  } else {
+    EXPECT_EQ(gpu.num_rows, -1);
+  }
+  finish_dispatch_plan(gpu);
+  EXPECT_TRUE(gpu.ready());
+  EXPECT_EQ(gpu.num_rows, cpu.num_rows);
+  EXPECT_EQ(gpu.expert_counts, cpu.expert_counts);
+  EXPECT_EQ(gpu.expert_offsets, cpu.expert_offsets);
+  EXPECT_EQ(gpu.slot_row.to_i32_vector(), cpu.slot_row.to_i32_vector());
+  EXPECT_EQ(gpu.row_slot.to_i32_vector(), cpu.row_slot.to_i32_vector());
+  if (!out.defined()) {
+    out = Tensor::empty({gpu.num_rows, c.d}, DType::kF32, kGpu);
+    permute_forward(out, x.to(kGpu), gpu);
+  }
+  EXPECT_TRUE(all_close(out.to(Device::cpu()), expected, 0.0, 0.0));
+  finish_dispatch_plan(gpu);  // a finished plan: nothing to do
+  EXPECT_EQ(gpu.num_rows, cpu.num_rows);
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, PermuteGpuTest,
                          ::testing::Values(Case{1, 1, 4, -1, 8},        // a single token
                                            Case{1, 2, 8, -1, 5},        // one token, top-2
@@ -168,6 +208,31 @@ TEST(PermuteGpu, RepeatsBitForBit) {
       EXPECT_TRUE(same_bits(runs[0][i], runs[1][i])) << dtype_name(dtype) << " output " << i;
     }
   }
+}
+
+// Bad input on the GPU: an index outside [0, E) is reported when the plan is finished (the
+// device part drops it, so nothing is written out of bounds), and a plan with a capacity
+// cannot be used before it is finished. Death tests re-run the binary (threadsafe style), so
+// the child starts CUDA afresh.
+TEST(PermuteGpu, BadIndicesAndUnfinishedPlansAreRefused) {
+  SKIP_WITHOUT_GPU();
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  const Tensor bad = Tensor::from_i32({0, 1, 3, 2, -1, 0}, {3, 2}).to(kGpu);
+  EXPECT_DEATH(make_dispatch_plan(bad, 3, -1), "2 of 6 expert indices are outside \\[0, 3\\)");
+  EXPECT_DEATH(
+      {
+        DispatchPlan plan = start_dispatch_plan(bad, 3, -1);
+        finish_dispatch_plan(plan);
+      },
+      "outside \\[0, 3\\)");
+  const Tensor good = Tensor::from_i32({0, 1, 2, 2, 1, 0}, {3, 2}).to(kGpu);
+  EXPECT_DEATH(
+      {
+        DispatchPlan plan = start_dispatch_plan(good, 3, 1);
+        Tensor out = Tensor::empty({2, 8}, DType::kF32, kGpu);
+        permute_forward(out, Tensor::zeros({3, 8}).to(kGpu), plan);
+      },
+      "not finished; call finish_dispatch_plan first");
 }
 
 }  // namespace

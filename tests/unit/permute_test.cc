@@ -18,6 +18,7 @@ namespace {
 using testing::all_close;
 using testing::grad_check;
 using testing::random_normal;
+using testing::random_ints;
 using testing::rng_for_test;
 using testing::weighted_sum;
 
@@ -228,6 +229,29 @@ TEST(DispatchPlan, RejectsAnIndexOutsideTheExperts) {
   EXPECT_DEATH(make_dispatch_plan(indices, 3, -1), "indices\\[1, 0\\] = 3 is not an expert");
   Tensor negative = Tensor::from_i32({0, -1}, {1, 2});
   EXPECT_DEATH(make_dispatch_plan(negative, 3, -1), "= -1 is not an expert");
+}
+
+// On the CPU start_dispatch_plan does all the work: the plan is ready, the same as
+// make_dispatch_plan's, and finishing it changes nothing. A plan whose rows are not known yet
+// (a GPU plan with a capacity, before finish_dispatch_plan) is refused by the permutes.
+TEST(DispatchPlan, StartedOnTheCpuIsFinished) {
+  auto rng = rng_for_test();
+  const Tensor indices = random_ints({50, 2}, 0, 5, rng);
+  const DispatchPlan made = make_dispatch_plan(indices, 5, 12);
+  DispatchPlan started = start_dispatch_plan(indices, 5, 12);
+  EXPECT_TRUE(started.ready());
+  finish_dispatch_plan(started);
+  EXPECT_EQ(started.num_rows, made.num_rows);
+  EXPECT_EQ(started.expert_counts, made.expert_counts);
+  EXPECT_EQ(started.expert_offsets, made.expert_offsets);
+  EXPECT_EQ(started.slot_row.to_i32_vector(), made.slot_row.to_i32_vector());
+  EXPECT_EQ(started.row_slot.to_i32_vector(), made.row_slot.to_i32_vector());
+
+  DispatchPlan unknown = made;
+  unknown.num_rows = -1;
+  Tensor out = Tensor::empty({made.num_rows, 3});
+  EXPECT_DEATH(permute_forward(out, random_normal({50, 3}, rng), unknown),
+               "permute_forward: the dispatch plan has a capacity and is not finished");
 }
 
 TEST(ExpertCapacity, IsTheCeilingOfFactorTimesSlotsPerExpert) {
