@@ -34,6 +34,40 @@ __global__ void embedding_forward_kernel(TOut* out, const int32_t* ids, const TT
   }
 }
 
+// Four consecutive elements of a row, widened to f32 (one 16-byte load of f32, 8 bytes of
+// bf16) and narrowed on storing, rounded to nearest even as from_f32 does.
+struct alignas(8) Bf16x4 {
+  __nv_bfloat162 lo, hi;
+};
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const Bf16x4 b = *reinterpret_cast<const Bf16x4*>(p);
+  return float4{__low2float(b.lo), __high2float(b.lo), __low2float(b.hi), __high2float(b.hi)};
+}
+__device__ __forceinline__ void store4(float* p, float4 x) { *reinterpret_cast<float4*>(p) = x; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 x) {
+  *reinterpret_cast<Bf16x4*>(p) =
+      Bf16x4{__nv_bfloat162(__float2bfloat16_rn(x.x), __float2bfloat16_rn(x.y)),
+             __nv_bfloat162(__float2bfloat16_rn(x.z), __float2bfloat16_rn(x.w))};
+}
+
+// One block per row (a row-stride loop past the grid), four elements a thread: the id is read
+// and checked once per thread and row, not once per element, and no division per element.
+template <typename TOut, typename TTable>
+__global__ void embedding_forward_vec_kernel(TOut* out, const int32_t* ids, const TTable* table,
+                                             int64_t n, int64_t d, int64_t vocab) {
+  for (int64_t row = blockIdx.x; row < n; row += gridDim.x) {
+    const int32_t id = ids[row];
+    check_id(id, vocab, row);
+    const TTable* src = table + static_cast<int64_t>(id) * d;
+    TOut* dst = out + row * d;
+    for (int64_t c = 4 * static_cast<int64_t>(threadIdx.x); c < d; c += 4 * blockDim.x)
+      store4(dst + c, load4(src + c));
+  }
+}
+
 __global__ void iota_kernel(int32_t* p, int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -99,6 +133,18 @@ void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table
     dispatch_float(table.dtype(), "embedding table", [&](auto table_tag) {
       using TOut = decltype(out_tag);
       using TTable = decltype(table_tag);
+      // Rows of whole groups of four with every group aligned for its vector access.
+      const auto aligned = [](const void* p, size_t bytes) {
+        return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+      };
+      if (d % 4 == 0 && aligned(out.raw(), 4 * sizeof(TOut)) &&
+          aligned(table.raw(), 4 * sizeof(TTable))) {
+        const int threads = static_cast<int>(std::min<int64_t>(kThreads, (d / 4 + 31) / 32 * 32));
+        embedding_forward_vec_kernel<TOut, TTable><<<row_grid(n), threads, 0, stream()>>>(
+            ptr<TOut>(out), ptr<int32_t>(ids), ptr<TTable>(table), n, d, vocab);
+        launch_check("embedding_forward_vec_kernel");
+        return;
+      }
       embedding_forward_kernel<TOut, TTable><<<grid_for(n * d), kThreads, 0, stream()>>>(
           ptr<TOut>(out), ptr<int32_t>(ids), ptr<TTable>(table), n, d, vocab);
       launch_check("embedding_forward_kernel");
