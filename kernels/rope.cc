@@ -44,7 +44,32 @@ void rotate_with_table(const Tensor& out, const Tensor& x, const Tensor& table, 
   no_kernel(op, x.device());
 }
 
+void rotate_qk(const Tensor& q, const Tensor& k, const Tensor& table, float sign,
+               const char* op) {
+  check_table(q, q, table, op);
+  check_table(k, k, table, op);
+  check_dtype(k, q.dtype(), "rope k");
+  check_same_device({&q, &k}, op);
+  if (q.device().is_cpu()) {
+    cpu::rope_rotate(q, q, table, sign);
+    cpu::rope_rotate(k, k, table, sign);
+    return;
+  }
+#ifdef SWITCHYARD_HAVE_CUDA
+  if (q.device().is_cuda()) return cuda::rope_rotate_qk(q, k, table, sign);
+#endif
+  no_kernel(op, q.device());
+}
+
 }  // namespace
+
+void rope_forward_qk(const Tensor& q, const Tensor& k, const Tensor& table) {
+  rotate_qk(q, k, table, 1.0f, "rope_forward_qk");
+}
+
+void rope_backward_qk(const Tensor& dq, const Tensor& dk, const Tensor& table) {
+  rotate_qk(dq, dk, table, -1.0f, "rope_backward_qk");
+}
 
 Tensor rope_table(const Tensor& positions, int64_t head_dim, float theta) {
   SY_CHECK(positions.ndim() == 2) << "rope_table: positions have shape "

@@ -12,6 +12,10 @@
 // model builds it once per batch (TokenLayout) and its layers' rotations take it in place of
 // positions and theta, instead of each forming the same values again (a 1B-parameter step
 // did so 32 times). The results are the same bits either way.
+//
+// rope_forward_qk / rope_backward_qk: an attention's q [B, T, H, hd] and k [B, T, Hkv, hd]
+// rotated in place with one table; on CUDA in one launch instead of two, the same bits as
+// rope_forward / rope_backward on each.
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -20,6 +24,8 @@ void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions
 Tensor rope_table(const Tensor& positions, int64_t head_dim, float theta);
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& table);
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& table);
+void rope_forward_qk(const Tensor& q, const Tensor& k, const Tensor& table);
+void rope_backward_qk(const Tensor& dq, const Tensor& dk, const Tensor& table);
 namespace cpu {
 void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, float theta);
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta);
@@ -33,5 +39,8 @@ void rope_forward(const Tensor& out, const Tensor& x, const Tensor& positions, f
 void rope_backward(const Tensor& dx, const Tensor& dout, const Tensor& positions, float theta);
 void rope_table(const Tensor& table, const Tensor& positions, float theta);
 void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float sign);
+// q and k rotated in place by sign * the table's angles, in one launch where both take the
+// vector kernel.
+void rope_rotate_qk(const Tensor& q, const Tensor& k, const Tensor& table, float sign);
 }  // namespace cuda
 }  // namespace sy

@@ -30,14 +30,18 @@ Tensor linear(const Tensor& x, const Param& w, std::optional<DType> out = std::n
   return y;
 }
 
-// q or k [B, T, H, hd] rotated in place (backward: by the negative angles), with the batch's
-// (cos, sin) table when the model built one, else from the positions.
-void rotate_in_place(const Tensor& t, const TokenLayout& layout, float theta, bool backward) {
+// q [B, T, H, hd] and k [B, T, Hkv, hd] rotated in place (backward: by the negative angles),
+// with the batch's (cos, sin) table when the model built one (both in one launch), else from
+// the positions.
+void rotate_in_place(const Tensor& q, const Tensor& k, const TokenLayout& layout, float theta,
+                     bool backward) {
   if (layout.rope.defined()) {
-    backward ? rope_backward(t, t, layout.rope) : rope_forward(t, t, layout.rope);
-  } else {
-    backward ? rope_backward(t, t, layout.positions, theta)
-             : rope_forward(t, t, layout.positions, theta);
+    backward ? rope_backward_qk(q, k, layout.rope) : rope_forward_qk(q, k, layout.rope);
+    return;
+  }
+  for (const Tensor* t : {&q, &k}) {
+    backward ? rope_backward(*t, *t, layout.positions, theta)
+             : rope_forward(*t, *t, layout.positions, theta);
   }
 }
 
@@ -144,8 +148,7 @@ Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* c
   q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
   k_ = linear(n_, wk_).view({b, t, kv, hd});
   v_ = linear(n_, wv_).view({b, t, kv, hd});
-  rotate_in_place(q_, layout, spec_.rope_theta, false);
-  rotate_in_place(k_, layout, spec_.rope_theta, false);
+  rotate_in_place(q_, k_, layout, spec_.rope_theta, false);
   Tensor keys = k_, values = v_;
   if (cache) {
     // Append along each sequence: as [B, L * kv * hd] rows, that is a column concatenation.
@@ -186,8 +189,7 @@ Tensor Attention::backward(const Tensor& dy, const Tensor& residual) {
   Tensor dv = Tensor::empty(v_.shape(), dt, dy.device());
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
   region.emplace("attn.qkv.bwd");
-  rotate_in_place(dq, layout_, spec_.rope_theta, true);
-  rotate_in_place(dk, layout_, spec_.rope_theta, true);
+  rotate_in_place(dq, dk, layout_, spec_.rope_theta, true);
   Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);

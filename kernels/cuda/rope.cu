@@ -74,14 +74,32 @@ constexpr int kHeadsAtOnce = 4;
 // rope_angles_kernel keeps theta^(-2i/hd) for every i < hd/2 in shared memory.
 constexpr int64_t kMaxVecHeadDim = 4096;
 
+// One tensor of a rope_vec_kernel launch: x rotated into out, `heads` heads a row.
 template <typename T>
-__global__ void rope_vec_kernel(T* out, const T* x, const float2* cs, int64_t rows, int64_t heads,
+struct RopeOperand {
+  T* out;
+  const T* x;
+  int64_t heads;
+};
+
+// Threads [0, rows * groups(a) * vectors) rotate a, the next rows * groups(b) * vectors rotate
+// b (b.heads 0: none), so an attention's q and k take one launch.
+template <typename T>
+__global__ void rope_vec_kernel(RopeOperand<T> a, RopeOperand<T> b, const float2* cs, int64_t rows,
                                 int64_t hd, float sign) {
   constexpr int W = Vec<T>::kWidth;
   const int64_t half = hd / 2, vectors = half / W;
-  const int64_t head_groups = (heads + kHeadsAtOnce - 1) / kHeadsAtOnce;
-  for (int64_t t = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
-       t < rows * head_groups * vectors; t += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+  const int64_t groups_a = (a.heads + kHeadsAtOnce - 1) / kHeadsAtOnce;
+  const int64_t groups_b = (b.heads + kHeadsAtOnce - 1) / kHeadsAtOnce;
+  const int64_t threads_a = rows * groups_a * vectors;
+  for (int64_t u = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+       u < threads_a + rows * groups_b * vectors;
+       u += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const bool first = u < threads_a;
+    const int64_t t = first ? u : u - threads_a;
+    const int64_t heads = first ? a.heads : b.heads, head_groups = first ? groups_a : groups_b;
+    const T* x = first ? a.x : b.x;
+    T* out = first ? a.out : b.out;
     const int64_t i0 = (t % vectors) * W, h0 = (t / vectors) % head_groups * kHeadsAtOnce;
     const int64_t r = t / vectors / head_groups;
     // W (cos, sin) pairs: 8 bytes each, 16-byte aligned (i0 is a multiple of W).
@@ -137,14 +155,18 @@ void fill_table(float2* cs, const Tensor& positions, int64_t rows, int64_t hd, f
 // Rotation of x by sign * the angles in cs: the vector kernel where hd/2 is a whole number of
 // 16-byte vectors and out, x and cs are 16-byte aligned, else the scalar one.
 template <typename T>
+int64_t vec_threads(int64_t rows, int64_t heads, int64_t hd) {
+  return rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (hd / 2 / Vec<T>::kWidth);
+}
+
+template <typename T>
 void rotate_with(const Tensor& out, const Tensor& x, const float2* cs, float sign) {
   const int64_t rows = x.dim(0) * x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
   // The vector kernel reads W (cos, sin) pairs as float4s: the table must be 16-byte aligned.
   if (vectorizable<T>(half, {out.raw(), x.raw(), cs})) {
-    const int64_t threads =
-        rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (half / Vec<T>::kWidth);
-    rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(ptr<T>(out), ptr<T>(x), cs,
-                                                                   rows, heads, hd, sign);
+    rope_vec_kernel<T><<<grid_for(vec_threads<T>(rows, heads, hd)), kThreads, 0, stream()>>>(
+        RopeOperand<T>{ptr<T>(out), ptr<T>(x), heads}, RopeOperand<T>{nullptr, nullptr, 0}, cs,
+        rows, hd, sign);
     launch_check("rope_vec_kernel");
     return;
   }
@@ -187,6 +209,26 @@ void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float 
   use_device(x);
   dispatch_float(x.dtype(), "rope input",
                  [&](auto tag) { rotate_with<decltype(tag)>(out, x, reinterpret_cast<float2*>(table.data<float>()), sign); });
+}
+
+void rope_rotate_qk(const Tensor& q, const Tensor& k, const Tensor& table, float sign) {
+  if (q.numel() + k.numel() == 0) return;
+  use_device(q);
+  const auto* cs = reinterpret_cast<const float2*>(table.data<float>());
+  dispatch_float(q.dtype(), "rope input", [&](auto tag) {
+    using T = decltype(tag);
+    const int64_t rows = q.dim(0) * q.dim(1), hd = q.dim(3);
+    if (!vectorizable<T>(hd / 2, {q.raw(), k.raw(), cs})) {  // the scalar kernel, one each
+      rotate_with<T>(q, q, cs, sign);
+      rotate_with<T>(k, k, cs, sign);
+      return;
+    }
+    const int64_t threads = vec_threads<T>(rows, q.dim(2), hd) + vec_threads<T>(rows, k.dim(2), hd);
+    rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(
+        RopeOperand<T>{ptr<T>(q), ptr<T>(q), q.dim(2)}, RopeOperand<T>{ptr<T>(k), ptr<T>(k), k.dim(2)},
+        cs, rows, hd, sign);
+    launch_check("rope_vec_kernel");
+  });
 }
 
 }  // namespace sy::cuda

@@ -12,6 +12,7 @@
 // (the GPU may fuse a multiply-add): rtol 1e-5, atol 1e-5 on O(1) values. bf16: outputs are
 // rounded to bf16 (relative step 2^-8): rtol 1e-2, atol 1e-2.
 #include <cstring>
+#include <string>
 #include <limits>
 #include <tuple>
 
@@ -132,6 +133,47 @@ INSTANTIATE_TEST_SUITE_P(
                                          Shape{1, 3, 2, 8200}),
                        ::testing::Values(DType::kF32, DType::kBF16)),
     param_name);
+
+// An attention's q and k rotated together (rope_forward_qk / rope_backward_qk: one launch of
+// the vector kernel where both can take it) give the bits of rotating each alone, for MHA and
+// GQA head counts (k's threads start where q's end, mid-block), head counts that are not
+// multiples of 4, and a head size that takes the scalar kernel (two launches then).
+TEST(RopeGpu, QAndKTogetherEqualEachAlone) {
+  SKIP_WITHOUT_GPU();
+  constexpr float kTheta = 10000.0f;
+  struct QkCase {
+    int64_t b, t, heads, kv_heads, hd;
+  };
+  for (const QkCase& c : {QkCase{2, 2048, 16, 16, 64}, QkCase{3, 37, 8, 2, 64},
+                          QkCase{1, 19, 17, 5, 128}, QkCase{2, 9, 3, 1, 16},
+                          QkCase{2, 5, 4, 2, 6}}) {
+    for (DType dt : {DType::kF32, DType::kBF16}) {
+      auto rng = rng_for_test();
+      const Tensor q = on_gpu(random_normal({c.b, c.t, c.heads, c.hd}, rng), dt);
+      const Tensor k = on_gpu(random_normal({c.b, c.t, c.kv_heads, c.hd}, rng), dt);
+      const Tensor table =
+          rope_table(random_ints({c.b, c.t}, 0, 8192, rng).to(kGpu), c.hd, kTheta);
+      for (bool backward : {false, true}) {
+        const Tensor q1 = q.clone(), k1 = k.clone(), q2 = q.clone(), k2 = k.clone();
+        if (backward) {
+          rope_backward(q1, q1, table);
+          rope_backward(k1, k1, table);
+          rope_backward_qk(q2, k2, table);
+        } else {
+          rope_forward(q1, q1, table);
+          rope_forward(k1, k1, table);
+          rope_forward_qk(q2, k2, table);
+        }
+        const std::string what = std::string(dtype_name(dt)) + " H" + std::to_string(c.heads) +
+                                 " Hkv" + std::to_string(c.kv_heads) + " hd" +
+                                 std::to_string(c.hd) + " backward " + std::to_string(backward);
+        EXPECT_TRUE(all_close(q2, q1, 0, 0)) << "q, " << what;
+        EXPECT_TRUE(all_close(k2, k1, 0, 0)) << "k, " << what;
+        EXPECT_FALSE(all_close(q2, q, 0, 0)) << "q was not rotated, " << what;
+      }
+    }
+  }
+}
 
 }  // namespace
 }  // namespace sy

@@ -157,6 +157,32 @@ TEST(RopeDeathTest, TableChecksNameWhatToFix) {
   EXPECT_DEATH(rope_backward(out, x, Tensor()), "the table is undefined \\(build it with rope_table\\)");
 }
 
+// q and k together: each rotated as alone (GQA: k has fewer heads); what must match is named.
+TEST(RopeQk, EqualsEachAloneAndChecksItsInputs) {
+  auto rng = rng_for_test();
+  const Tensor pos = random_ints({2, 5}, 0, 4096, rng);
+  const Tensor table = rope_table(pos, 8, kTheta);
+  const Tensor q = random_normal({2, 5, 4, 8}, rng), k = random_normal({2, 5, 2, 8}, rng);
+  for (bool backward : {false, true}) {
+    const Tensor q1 = q.clone(), k1 = k.clone(), q2 = q.clone(), k2 = k.clone();
+    if (backward) {
+      rope_backward(q1, q1, pos, kTheta);
+      rope_backward(k1, k1, pos, kTheta);
+      rope_backward_qk(q2, k2, table);
+    } else {
+      rope_forward(q1, q1, pos, kTheta);
+      rope_forward(k1, k1, pos, kTheta);
+      rope_forward_qk(q2, k2, table);
+    }
+    EXPECT_TRUE(all_close(q2, q1, 0, 0)) << "backward " << backward;
+    EXPECT_TRUE(all_close(k2, k1, 0, 0)) << "backward " << backward;
+  }
+  EXPECT_DEATH(rope_forward_qk(q, Tensor::zeros({2, 5, 2, 6}), table), "rope table");
+  EXPECT_DEATH(rope_forward_qk(q, Tensor::zeros({2, 5, 2}), table),
+               "expected \\[B, T, H, head_dim\\]");
+  EXPECT_DEATH(rope_backward_qk(q, Tensor::zeros({2, 5, 2, 8}, DType::kBF16), table), "is bf16");
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, RopeTest,
                          ::testing::Values(std::make_tuple(1, 1, 1, 2), std::make_tuple(2, 3, 4, 8),
                                            std::make_tuple(1, 5, 3, 6),
