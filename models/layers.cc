@@ -1,7 +1,6 @@
 #include "models/layers.h"
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstdlib>
 #include <optional>
@@ -86,41 +85,14 @@ ExpertGemms expert_gemms_from_env() {
   return ExpertGemms::kAuto;
 }
 
-// How fan_out_experts orders experts over its streams. balanced (the default): the largest
-// expert first, each to the stream with the fewest rows so far (longest processing time
-// first), so that with uneven routing no stream runs on long after the others; index: expert
-// order, round robin. Either way each expert's work is the same, so the results are too.
-bool balanced_expert_streams() {
-  const char* v = std::getenv("SWITCHYARD_EXPERT_STREAMS");
-  if (v == nullptr || *v == '\0' || std::string_view(v) == "balanced") return true;
-  SY_CHECK(std::string_view(v) == "index")
-      << "SWITCHYARD_EXPERT_STREAMS=" << v << ": use balanced or index";
-  return false;
-}
-
 // Runs fn(e, lo, hi) for every local expert e with rows [lo, hi) (off: [experts + 1] row
 // offsets), the experts spread over kExpertStreams streams; they must write disjoint memory.
 template <typename Fn>
 void fan_out_experts(Device dev, const std::vector<int64_t>& off, Fn fn) {
   StreamFanout fanout(dev, kExpertStreams);
-  std::vector<int> order;
   for (int e = 0; e + 1 < static_cast<int>(off.size()); ++e) {
-    if (off[e] != off[e + 1]) order.push_back(e);
-  }
-  if (!balanced_expert_streams() || !dev.is_cuda()) {
-    for (int e : order) {
-      fanout.select(e);
-      fn(e, off[e], off[e + 1]);
-    }
-    return;
-  }
-  auto rows = [&](int e) { return off[e + 1] - off[e]; };
-  std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return rows(a) > rows(b); });
-  std::array<int64_t, kExpertStreams> load{};
-  for (int e : order) {
-    const int s = static_cast<int>(std::min_element(load.begin(), load.end()) - load.begin());
-    load[s] += rows(e);
-    fanout.select(s);
+    if (off[e] == off[e + 1]) continue;
+    fanout.select(e);
     fn(e, off[e], off[e + 1]);
   }
 }
