@@ -6,7 +6,8 @@
 namespace sy {
 namespace {
 
-void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, const char* op) {
+// x [B, T, H, hd] with hd even, out of its shape and dtype.
+void check_rope_io(const Tensor& out, const Tensor& x, const char* op) {
   SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
                           << ", expected [B, T, H, head_dim]";
   SY_CHECK(x.dim(3) % 2 == 0) << op << ": head_dim " << x.dim(3)
@@ -14,6 +15,10 @@ void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, con
   check_float(x, "rope input");
   check_shape(out, x.shape(), "rope output");
   check_dtype(out, x.dtype(), "rope output");
+}
+
+void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, const char* op) {
+  check_rope_io(out, x, op);
   check_shape(positions, {x.dim(0), x.dim(1)}, "rope positions");
   check_dtype(positions, DType::kI32, "rope positions");
   check_same_device({&out, &x, &positions}, op);
@@ -21,13 +26,7 @@ void check_rope(const Tensor& out, const Tensor& x, const Tensor& positions, con
 
 // A table from rope_table for x [B, T, H, hd]: f32 [B*T, hd/2, 2] on x's device.
 void check_table(const Tensor& out, const Tensor& x, const Tensor& table, const char* op) {
-  SY_CHECK(x.ndim() == 4) << op << ": input has shape " << shape_str(x.shape())
-                          << ", expected [B, T, H, head_dim]";
-  SY_CHECK(x.dim(3) % 2 == 0) << op << ": head_dim " << x.dim(3)
-                              << " is odd; rotary pairs need an even head_dim";
-  check_float(x, "rope input");
-  check_shape(out, x.shape(), "rope output");
-  check_dtype(out, x.dtype(), "rope output");
+  check_rope_io(out, x, op);
   SY_CHECK(table.defined()) << op << ": the table is undefined (build it with rope_table)";
   check_shape(table, {x.dim(0) * x.dim(1), x.dim(3) / 2, 2}, "rope table");
   check_dtype(table, DType::kF32, "rope table");

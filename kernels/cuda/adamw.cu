@@ -119,27 +119,6 @@ struct ChunkEntry {
   int32_t chunk;  // elements [chunk * kChunk, min(n, (chunk + 1) * kChunk))
 };
 
-// Four bf16 values for one 8-byte load or store.
-struct alignas(8) Bf16x4 {
-  __nv_bfloat162 lo, hi;
-};
-
-// Four consecutive elements, widened to f32 on loading and rounded to nearest even on storing:
-// one 16-byte access for f32, one 8-byte access for bf16.
-__device__ __forceinline__ float4 load4(const float* p) {
-  return *reinterpret_cast<const float4*>(p);
-}
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
-  const Bf16x4 b = *reinterpret_cast<const Bf16x4*>(p);
-  return float4{__low2float(b.lo), __high2float(b.lo), __low2float(b.hi), __high2float(b.hi)};
-}
-__device__ __forceinline__ void store4(float* p, float4 x) { *reinterpret_cast<float4*>(p) = x; }
-__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 x) {
-  *reinterpret_cast<Bf16x4*>(p) =
-      Bf16x4{__nv_bfloat162(__float2bfloat16_rn(x.x), __float2bfloat16_rn(x.y)),
-             __nv_bfloat162(__float2bfloat16_rn(x.z), __float2bfloat16_rn(x.w))};
-}
-
 template <typename M>
 __global__ void adamw_many_kernel(const TensorEntry<M>* tensors, const ChunkEntry* chunks,
                                   int64_t num_chunks, StepConstants constants) {

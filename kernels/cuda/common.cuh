@@ -67,6 +67,27 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
+// Four bf16 values for one 8-byte load or store.
+struct alignas(8) Bf16x4 {
+  __nv_bfloat162 lo, hi;
+};
+
+// Four consecutive elements, widened to f32 on loading and rounded to nearest even on storing:
+// one 16-byte access for f32, one 8-byte access for bf16 (the pointer aligned to it).
+__device__ __forceinline__ float4 load4(const float* p) {
+  return *reinterpret_cast<const float4*>(p);
+}
+__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
+  const Bf16x4 b = *reinterpret_cast<const Bf16x4*>(p);
+  return float4{__low2float(b.lo), __high2float(b.lo), __low2float(b.hi), __high2float(b.hi)};
+}
+__device__ __forceinline__ void store4(float* p, float4 x) { *reinterpret_cast<float4*>(p) = x; }
+__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 x) {
+  *reinterpret_cast<Bf16x4*>(p) =
+      Bf16x4{__nv_bfloat162(__float2bfloat16_rn(x.x), __float2bfloat16_rn(x.y)),
+             __nv_bfloat162(__float2bfloat16_rn(x.z), __float2bfloat16_rn(x.w))};
+}
+
 // Eight bf16 or four f32 in one 16-byte word: one 128-bit load or store moves a vector. A
 // memory-bound kernel moving 2-byte scalars leaves most of the bandwidth unused.
 template <typename T>

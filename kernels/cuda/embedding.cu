@@ -34,25 +34,6 @@ __global__ void embedding_forward_kernel(TOut* out, const int32_t* ids, const TT
   }
 }
 
-// Four consecutive elements of a row, widened to f32 (one 16-byte load of f32, 8 bytes of
-// bf16) and narrowed on storing, rounded to nearest even as from_f32 does.
-struct alignas(8) Bf16x4 {
-  __nv_bfloat162 lo, hi;
-};
-__device__ __forceinline__ float4 load4(const float* p) {
-  return *reinterpret_cast<const float4*>(p);
-}
-__device__ __forceinline__ float4 load4(const __nv_bfloat16* p) {
-  const Bf16x4 b = *reinterpret_cast<const Bf16x4*>(p);
-  return float4{__low2float(b.lo), __high2float(b.lo), __low2float(b.hi), __high2float(b.hi)};
-}
-__device__ __forceinline__ void store4(float* p, float4 x) { *reinterpret_cast<float4*>(p) = x; }
-__device__ __forceinline__ void store4(__nv_bfloat16* p, float4 x) {
-  *reinterpret_cast<Bf16x4*>(p) =
-      Bf16x4{__nv_bfloat162(__float2bfloat16_rn(x.x), __float2bfloat16_rn(x.y)),
-             __nv_bfloat162(__float2bfloat16_rn(x.z), __float2bfloat16_rn(x.w))};
-}
-
 // One block per row (a row-stride loop past the grid), four elements a thread: the id is read
 // and checked once per thread and row, not once per element, and no division per element.
 template <typename TOut, typename TTable>
