@@ -153,8 +153,6 @@ __global__ void adamw_many_kernel(const TensorEntry<M>* tensors, const ChunkEntr
   }
 }
 
-bool aligned(const void* p, size_t bytes) { return reinterpret_cast<uintptr_t>(p) % bytes == 0; }
-
 // Pinned host memory the table is written into, one per thread and device. Its upload runs
 // asynchronously, so a call waits for the previous call's upload before rewriting the memory
 // (PinnedBlock::prepare); that upload is long done by then, a whole step earlier.

@@ -97,11 +97,16 @@ union Vec {
   T x[kWidth];
 };
 
+// Whether p is a multiple of `bytes` (the width of the accesses a kernel makes from it).
+inline bool aligned(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
 // Whether every base is 16-byte aligned, so that Vec loads and stores at whole-vector
 // offsets from it are legal.
 inline bool aligned16(std::initializer_list<const void*> bases) {
   for (const void* p : bases)
-    if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+    if (!aligned(p, 16)) return false;
   return true;
 }
 

@@ -115,9 +115,6 @@ void embedding_forward(const Tensor& out, const Tensor& ids, const Tensor& table
       using TOut = decltype(out_tag);
       using TTable = decltype(table_tag);
       // Rows of whole groups of four with every group aligned for its vector access.
-      const auto aligned = [](const void* p, size_t bytes) {
-        return reinterpret_cast<uintptr_t>(p) % bytes == 0;
-      };
       if (d % 4 == 0 && aligned(out.raw(), 4 * sizeof(TOut)) &&
           aligned(table.raw(), 4 * sizeof(TTable))) {
         const int threads = static_cast<int>(std::min<int64_t>(kThreads, (d / 4 + 31) / 32 * 32));
