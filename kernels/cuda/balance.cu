@@ -1,8 +1,8 @@
 // The balancing terms' per-token work on the GPU (see kernels/balance.h). routing_stats runs
 // one block per (sequence, expert) for the fixed-order block reduction in double of
 // p = s / sum(s), and one more per sequence for an integer shared-memory histogram of the
-// counts (integer atomics are exact) and the reduction of lse^2. The backwards are one thread per token row. No float atomics: bitwise
-// identical run to run.
+// counts (integer atomics are exact) and the reduction of lse^2. The backwards are one thread
+// per token row. No float atomics: bitwise identical run to run.
 #include "kernels/balance.h"
 #include "kernels/cuda/common.cuh"
 
@@ -119,8 +119,9 @@ void routing_stats(const Tensor& stats, const Tensor& indices, const Tensor& sco
   SY_CHECK(b_count <= kMaxRowBlocks) << "routing_stats over " << b_count << " sequences";
   SY_CHECK(e < 65535) << "routing_stats over " << e << " experts";
   const dim3 grid(static_cast<unsigned>(b_count), static_cast<unsigned>(e + 1));
-  routing_stats_kernel<<<grid, kStatsThreads, e * sizeof(int), stream()>>>(ptr<float>(stats), ptr<int32_t>(indices), ptr<float>(scores),
-                                     rinv.as<double>(), lse2.as<double>(), n / b_count, k, e);
+  routing_stats_kernel<<<grid, kStatsThreads, e * sizeof(int), stream()>>>(
+      ptr<float>(stats), ptr<int32_t>(indices), ptr<float>(scores), rinv.as<double>(),
+      lse2.as<double>(), n / b_count, k, e);
   launch_check("routing_stats_kernel");
 }
 

@@ -152,27 +152,35 @@ void fill_table(float2* cs, const Tensor& positions, int64_t rows, int64_t hd, f
   launch_check("rope_angles_kernel");
 }
 
-// Rotation of x by sign * the angles in cs: the vector kernel where hd/2 is a whole number of
-// 16-byte vectors and out, x and cs are 16-byte aligned, else the scalar one.
+// Rotation of x into out by sign * the angles in cs, and where given of x2 into out2 (an
+// attention's k beside its q, with the same B, T and hd): the vector kernel, one launch for
+// both, where hd/2 is a whole number of 16-byte vectors and every tensor and the table are
+// 16-byte aligned; else the scalar kernel, a launch each.
 template <typename T>
 int64_t vec_threads(int64_t rows, int64_t heads, int64_t hd) {
   return rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (hd / 2 / Vec<T>::kWidth);
 }
 
 template <typename T>
-void rotate_with(const Tensor& out, const Tensor& x, const float2* cs, float sign) {
-  const int64_t rows = x.dim(0) * x.dim(1), heads = x.dim(2), hd = x.dim(3), half = hd / 2;
+void rotate_with(const Tensor& out, const Tensor& x, const float2* cs, float sign,
+                 const Tensor* out2 = nullptr, const Tensor* x2 = nullptr) {
+  const int64_t rows = x.dim(0) * x.dim(1), hd = x.dim(3), half = hd / 2;
+  const RopeOperand<T> a{ptr<T>(out), ptr<T>(x), x.dim(2)};
+  const RopeOperand<T> b = x2 ? RopeOperand<T>{ptr<T>(*out2), ptr<T>(*x2), x2->dim(2)}
+                              : RopeOperand<T>{nullptr, nullptr, 0};
   // The vector kernel reads W (cos, sin) pairs as float4s: the table must be 16-byte aligned.
-  if (vectorizable<T>(half, {out.raw(), x.raw(), cs})) {
-    rope_vec_kernel<T><<<grid_for(vec_threads<T>(rows, heads, hd)), kThreads, 0, stream()>>>(
-        RopeOperand<T>{ptr<T>(out), ptr<T>(x), heads}, RopeOperand<T>{nullptr, nullptr, 0}, cs,
-        rows, hd, sign);
+  if (vectorizable<T>(half, {a.out, a.x, b.out, b.x, cs})) {  // null (no b) is aligned
+    const int64_t threads = vec_threads<T>(rows, a.heads, hd) + vec_threads<T>(rows, b.heads, hd);
+    rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(a, b, cs, rows, hd, sign);
     launch_check("rope_vec_kernel");
     return;
   }
-  rope_table_kernel<T><<<grid_for(rows * half), kThreads, 0, stream()>>>(ptr<T>(out), ptr<T>(x),
-                                                                        cs, rows, heads, hd, sign);
-  launch_check("rope_table_kernel");
+  for (const RopeOperand<T>& o : {a, b}) {
+    if (o.heads == 0) continue;
+    rope_table_kernel<T><<<grid_for(rows * half), kThreads, 0, stream()>>>(o.out, o.x, cs, rows,
+                                                                          o.heads, hd, sign);
+    launch_check("rope_table_kernel");
+  }
 }
 
 // The op with positions: the table into scratch, then the rotation with it (the same
@@ -207,28 +215,17 @@ void rope_table(const Tensor& table, const Tensor& positions, float theta) {
 void rope_rotate(const Tensor& out, const Tensor& x, const Tensor& table, float sign) {
   if (x.numel() == 0) return;
   use_device(x);
+  const auto* cs = reinterpret_cast<const float2*>(table.data<float>());
   dispatch_float(x.dtype(), "rope input",
-                 [&](auto tag) { rotate_with<decltype(tag)>(out, x, reinterpret_cast<float2*>(table.data<float>()), sign); });
+                 [&](auto tag) { rotate_with<decltype(tag)>(out, x, cs, sign); });
 }
 
 void rope_rotate_qk(const Tensor& q, const Tensor& k, const Tensor& table, float sign) {
   if (q.numel() + k.numel() == 0) return;
   use_device(q);
   const auto* cs = reinterpret_cast<const float2*>(table.data<float>());
-  dispatch_float(q.dtype(), "rope input", [&](auto tag) {
-    using T = decltype(tag);
-    const int64_t rows = q.dim(0) * q.dim(1), hd = q.dim(3);
-    if (!vectorizable<T>(hd / 2, {q.raw(), k.raw(), cs})) {  // the scalar kernel, one each
-      rotate_with<T>(q, q, cs, sign);
-      rotate_with<T>(k, k, cs, sign);
-      return;
-    }
-    const int64_t threads = vec_threads<T>(rows, q.dim(2), hd) + vec_threads<T>(rows, k.dim(2), hd);
-    rope_vec_kernel<T><<<grid_for(threads), kThreads, 0, stream()>>>(
-        RopeOperand<T>{ptr<T>(q), ptr<T>(q), q.dim(2)}, RopeOperand<T>{ptr<T>(k), ptr<T>(k), k.dim(2)},
-        cs, rows, hd, sign);
-    launch_check("rope_vec_kernel");
-  });
+  dispatch_float(q.dtype(), "rope input",
+                 [&](auto tag) { rotate_with<decltype(tag)>(q, q, cs, sign, &k, &k); });
 }
 
 }  // namespace sy::cuda
