@@ -1,6 +1,8 @@
 // Argument checks and device dispatch for causal grouped-query attention (see attention.h).
 #include "kernels/attention.h"
 
+#include <atomic>
+
 #include "kernels/dispatch.h"
 
 namespace sy {
@@ -33,7 +35,15 @@ void check_attention_args(const Tensor& q, const Tensor& k, const Tensor& v, con
   check_dtype(lse, DType::kF32, "attention lse");
 }
 
+std::atomic<bool>& deterministic_flag() {
+  static std::atomic<bool> deterministic{true};
+  return deterministic;
+}
+
 }  // namespace
+
+void set_attention_deterministic(bool deterministic) { deterministic_flag().store(deterministic); }
+bool attention_deterministic() { return deterministic_flag().load(); }
 
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v) {

@@ -11,6 +11,13 @@
 #include "kernels/tensor.h"
 
 namespace sy {
+// Whether the backward repeats bit for bit (true, the default). false lets cuDNN's fused
+// attention (the CUDA bf16 training path) accumulate dq with atomics: faster, but the last
+// bits depend on the order the additions land in. Our own kernels (CPU and CUDA) are
+// deterministic either way. Process-wide; the run sets it from Experiment.deterministic.
+void set_attention_deterministic(bool deterministic);
+bool attention_deterministic();
+
 void attention_forward(const Tensor& out, const Tensor& lse, const Tensor& q, const Tensor& k,
                        const Tensor& v);
 void attention_backward(const Tensor& dq, const Tensor& dk, const Tensor& dv, const Tensor& dout,

@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "kernels/attention.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/profile.h"
 #include "models/generate.h"
@@ -219,6 +220,7 @@ class JsonlWriter {
 }  // namespace
 
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world) {
+  set_attention_deterministic(config.deterministic());
   switch (config.device()) {
     case switchyard::Experiment::DEVICE_CPU:
       return choose_job_device(DeviceWish::kCpu, world);

@@ -30,7 +30,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
 // rank of `world` sees one, else the CPU on every rank. On GPUs each rank takes GPU
 // local_rank % (GPUs it sees); two ranks of a host on one GPU, or DEVICE_CUDA with a rank
 // that sees none, is an error naming the ranks (parallel/device_choice.h has the rule).
-// Collective over `world`: the same decision on every rank.
+// Collective over `world`: the same decision on every rank. Also applies the config's
+// process-wide kernel settings (config.deterministic), which every command that runs a model
+// takes from here.
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world);
 
 // The compute dtype on `device`: config.precision, where PRECISION_AUTO means bf16 on a GPU

@@ -5,8 +5,9 @@
 // Same contract as kernels/attention.h: q [B, T, H, hd], k and v [B, T, Hkv, hd], out like q,
 // lse [B, H, T] f32 (cuDNN's softmax statistics: the log-sum-exp of the scaled scores), the
 // backward writing dq, dk, dv. Layouts go to cuDNN as strides of its [B, H, T, hd] view, so
-// nothing is transposed. The backward asks for cuDNN's deterministic algorithm: a run repeats
-// bit for bit, as our own kernels do.
+// nothing is transposed. The backward asks for cuDNN's deterministic algorithm (a run repeats
+// bit for bit, as our own kernels do) unless set_attention_deterministic(false)
+// (Experiment.deterministic) lets it add dq with atomics.
 // One cuDNN handle per device; one built graph (or refusal) per (device, shape, direction),
 // kept for the process (building one costs milliseconds; a run has a few shapes).
 #include <cudnn.h>
@@ -23,6 +24,7 @@
 #include <tuple>
 #include <unordered_map>
 
+#include "kernels/attention.h"
 #include "kernels/cuda/attention_tc.h"
 #include "kernels/cuda/stream_state.h"
 #include "kernels/tensor.h"
@@ -140,7 +142,7 @@ Built build_forward(const Shape4& s, cudnnHandle_t handle) {
   return finish(std::move(g), handle);
 }
 
-Built build_backward(const Shape4& s, cudnnHandle_t handle) {
+Built build_backward(const Shape4& s, bool deterministic, cudnnHandle_t handle) {
   auto g = new_graph();
   auto q = input(*g, "q", kQ, s, s.h), k = input(*g, "k", kK, s, s.hkv),
        v = input(*g, "v", kV, s, s.hkv), o = input(*g, "o", kO, s, s.h),
@@ -151,7 +153,7 @@ Built build_backward(const Shape4& s, cudnnHandle_t handle) {
                         .set_name("attention backward")
                         .set_causal_mask(true)
                         .set_attn_scale(1.0f / std::sqrt(static_cast<float>(s.hd)))
-                        .set_deterministic_algorithm(true);
+                        .set_deterministic_algorithm(deterministic);
   auto [dq, dk, dv] = g->sdpa_backward(q, k, v, o, d_o, stats, attributes);
   output(dq, kDQ, s, s.h);
   output(dk, kDK, s, s.hkv);
@@ -159,16 +161,21 @@ Built build_backward(const Shape4& s, cudnnHandle_t handle) {
   return finish(std::move(g), handle);
 }
 
-// The built graph for (device, shape, direction), built on first use.
+// The built graph for (device, shape, direction, and for the backward whether it is
+// deterministic), built on first use.
 const Built& graph_for(int device, const Shape4& s, bool backward) {
   static std::mutex mutex;
-  static std::map<std::tuple<int, Shape4, bool>, Built> graphs;
+  static std::map<std::tuple<int, Shape4, bool, bool>, Built> graphs;
+  const bool deterministic = !backward || attention_deterministic();
   std::lock_guard<std::mutex> lock(mutex);
-  auto key = std::make_tuple(device, s, backward);
+  auto key = std::make_tuple(device, s, backward, deterministic);
   auto it = graphs.find(key);
   if (it == graphs.end()) {
     cudnnHandle_t handle = handle_for(device);
-    it = graphs.emplace(key, backward ? build_backward(s, handle) : build_forward(s, handle)).first;
+    it = graphs
+             .emplace(key, backward ? build_backward(s, deterministic, handle)
+                                    : build_forward(s, handle))
+             .first;
   }
   return it->second;
 }

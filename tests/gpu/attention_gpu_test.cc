@@ -232,6 +232,21 @@ TEST(AttentionGpu, RepeatsBitForBit) {
   }
 }
 
+// Sets whether attention's backward must be deterministic for one scope, then puts back the
+// previous setting.
+class DeterminismChosen {
+ public:
+  explicit DeterminismChosen(bool deterministic) : saved_(attention_deterministic()) {
+    set_attention_deterministic(deterministic);
+  }
+  ~DeterminismChosen() { set_attention_deterministic(saved_); }
+  DeterminismChosen(const DeterminismChosen&) = delete;
+  DeterminismChosen& operator=(const DeterminismChosen&) = delete;
+
+ private:
+  bool saved_;
+};
+
 #ifdef SWITCHYARD_HAVE_CUDA
 // Chooses the attention kernels for one scope, then puts back the previous choice.
 class KernelsChosen {
@@ -344,6 +359,23 @@ TEST_P(AttentionKernelsAgree, CudnnMatchesSimt) {
   expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
 }
 
+// The same with the backward free to add dq with atomics (Experiment.deterministic false): the
+// same bound, and deterministic again once the setting is put back (the default is true).
+TEST_P(AttentionKernelsAgree, CudnnWithAtomicsMatchesSimt) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+#ifndef SWITCHYARD_HAVE_CUDNN_ATTENTION
+  GTEST_SKIP() << "this build has no cuDNN attention (CMake found no cudnn.h or NVRTC)";
+#endif
+  if (c.tq != c.tk) GTEST_SKIP() << "a decode shape: cuDNN's path takes training shapes only";
+  EXPECT_TRUE(attention_deterministic()) << "the default";
+  {
+    DeterminismChosen atomics(false);
+    expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
+  }
+  EXPECT_TRUE(attention_deterministic());
+}
+
 INSTANTIATE_TEST_SUITE_P(Shapes, AttentionKernelsAgree, ::testing::ValuesIn(kTensorCoreShapes),
                          [](const ::testing::TestParamInfo<Case>& info) {
                            return ::testing::PrintToString(info.param);
@@ -381,14 +413,20 @@ TEST(AttentionGpu, ReportsThroughputOnTheBenchmarkShape) {
            kRepeats;
   };
   const double fwd_ms = time_ms([&] { attention_forward(out, lse, q, k, v); });
-  const double bwd_ms = time_ms([&] { attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
   const double fwd_flops = 4.0 * b * h * (t * t / 2.0) * hd;
-  std::printf(
-      "attention bf16 B%lld T%lld H%lld hd%lld: forward %.2f ms (%.1f TFLOP/s), "
-      "backward %.2f ms (%.1f TFLOP/s)\n",
-      static_cast<long long>(b), static_cast<long long>(t), static_cast<long long>(h),
-      static_cast<long long>(hd), fwd_ms, fwd_flops / fwd_ms * 1e-9, bwd_ms,
-      2.5 * fwd_flops / bwd_ms * 1e-9);
+  std::printf("attention bf16 B%lld T%lld H%lld hd%lld: forward %.2f ms (%.1f TFLOP/s)\n",
+              static_cast<long long>(b), static_cast<long long>(t), static_cast<long long>(h),
+              static_cast<long long>(hd), fwd_ms, fwd_flops / fwd_ms * 1e-9);
+  // The backward as the runs take it: deterministic (the default), and free to use atomics
+  // (Experiment.deterministic false; only cuDNN's path differs).
+  for (bool deterministic : {true, false}) {
+    DeterminismChosen chosen(deterministic);
+    const double bwd_ms =
+        time_ms([&] { attention_backward(dq, dk, dv, dout, q, k, v, out, lse); });
+    std::printf("  backward%s: %.2f ms (%.1f TFLOP/s)\n",
+                deterministic ? " (deterministic)" : " (atomics allowed)", bwd_ms,
+                2.5 * fwd_flops / bwd_ms * 1e-9);
+  }
 }
 
 }  // namespace

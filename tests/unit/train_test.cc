@@ -20,7 +20,9 @@
 #include "absl/strings/str_split.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
+#include "kernels/attention.h"
 #include "models/transformer.h"
+#include "parallel/local_communicator.h"
 #include "tests/testing/testing.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
@@ -399,6 +401,21 @@ TEST(Schedule, WarmupThenDecayToTheFloor) {
   EXPECT_NEAR(s.lr(9), 0.1 + 0.9 * (1 - 5.0 / 9.0), 1e-12);
   s.decay = Decay::kConstant;
   EXPECT_DOUBLE_EQ(s.lr(13), 1.0);
+}
+
+// Experiment.deterministic reaches the kernels through choose_device, which every command
+// that runs a model calls: false lets attention's backward use atomics (cuDNN's; the CPU's
+// kernels are deterministic either way), and the default puts determinism back.
+TEST(ChooseDevice, AppliesTheDeterministicSetting) {
+  LocalCommunicator alone;
+  switchyard::Experiment config;
+  config.set_device(switchyard::Experiment::DEVICE_CPU);
+  config.set_deterministic(false);
+  ASSERT_TRUE(choose_device(config, alone).ok());
+  EXPECT_FALSE(attention_deterministic());
+  config.clear_deterministic();
+  ASSERT_TRUE(choose_device(config, alone).ok());
+  EXPECT_TRUE(attention_deterministic()) << "the default";
 }
 
 TEST(AdamWOptimizer, ClipsToTheGlobalNormAndSkipsFrozenState) {
