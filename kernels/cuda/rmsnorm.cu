@@ -115,6 +115,11 @@ constexpr int kGroupsPerBlock = 8;  // with G = 1: a block of 8 warps, each on i
 // one short row's loads alone would leave the warp waiting on memory most of the time.
 constexpr int rows_at_once(int v, int g) { return g == 1 ? std::max(1, kMaxVectors / v) : 1; }
 
+// A hint that the line holding p will be loaded soon: L2 fetches it (no register, no result).
+__device__ __forceinline__ void prefetch_l2(const void* p) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+}
+
 __device__ __forceinline__ uint4 load_vector(const void* p) {
   return *reinterpret_cast<const uint4*>(p);
 }
@@ -266,6 +271,18 @@ __global__ void __launch_bounds__(kThreads,
         const bool in = row < n && c < dv;
         xv[i][k].raw = in ? load_vector(x + row * d + c * W) : make_uint4(0, 0, 0, 0);
         dyv[i][k].raw = in ? load_vector(dy + row * d + c * W) : make_uint4(0, 0, 0, 0);
+      }
+    }
+    // The residual is read only after the rows' sums (registers are short): ask L2 for its
+    // lines now, so that their latency passes during the reduction instead of after it.
+    if (residual) {
+#pragma unroll
+      for (int i = 0; i < K; ++i) {
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+          const int c = k * kGroupThreads + t;
+          if (row0 + i < n && c < dv) prefetch_l2(residual + (row0 + i) * d + c * W);
+        }
       }
     }
     float s[K];
