@@ -17,7 +17,9 @@
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module (BENCH_MTP="0": MTP off
-#          only; BENCH_AB / BENCH_AB_ENV: one more MTP-off run with those settings, or one per
+#          only; the config's figures are with attention's backward free to use atomics, as
+#          PyTorch's, and BENCH_DET_MTP (default "0") repeats them with deterministic: true;
+#          BENCH_AB / BENCH_AB_ENV: one more MTP-off run with those settings, or one per
 #          ';'-separated BENCH_AB_ENV entry, e.g. "SWITCHYARD_ATTENTION=tc;SWITCHYARD_EXPERT_GEMMS=batched")
 #   trace  the same run (MTP off, no profiled step) under bench/cupti_trace.cc, summarised by
 #          bench/trace_report.py: GPU busy and idle time per step, idle time by cause, the
@@ -137,6 +139,16 @@ if want bench; then
     grep -E '^(model|step ([5-9]|1[0-2])/|peak)' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"
     if [ "$mtp" = 0 ]; then sed -n '/^profile of step/,/^peak memory/p' "$out/bench_moe_1b_mtp$mtp.log" | tee -a "$summary"; fi
   done
+  # The config lets attention's backward use atomics, as PyTorch's SDPA does; the same figures
+  # bit-reproducible (deterministic: true, every other config's default), for BENCH_DET_MTP
+  # (default: MTP off only; "" for none).
+  for mtp in ${BENCH_DET_MTP-0}; do
+    build-dev/switchyard train --config configs/bench_moe_1b.textproto --run_dir "/tmp/bench_det$mtp" \
+      --set "deterministic: true mtp { num_modules: $mtp } $(bench_run profile_step: 6)" \
+      >"$out/bench_moe_1b_det_mtp$mtp.log" 2>&1
+    note "bench_moe_1b MTP $mtp, deterministic: true: exit $?"
+    grep -E '^step ([3-9]|1[0-2])/' "$out/bench_moe_1b_det_mtp$mtp.log" | tee -a "$summary"
+  done
   # An A/B of the step with other settings, when asked (BENCH_AB: a --set string, e.g. for
   # the optimizer; BENCH_AB_ENV: environment, e.g. SWITCHYARD_ATTENTION=tc).
   if [ -n "${BENCH_AB:-}${BENCH_AB_ENV:-}" ]; then
@@ -197,6 +209,17 @@ if want torch; then
   if [ ${#sy_logs[@]} -gt 0 ]; then
     python3 bench/compare.py --switchyard "${sy_logs[@]}" --torch "${torch_logs[@]}" 2>&1 |
       tee -a "$summary"
+    det_logs=() det_torch=()
+    for mtp in ${TORCH_MTP:-0 1}; do
+      if [ -f "$out/bench_moe_1b_det_mtp$mtp.log" ]; then
+        det_logs+=("$out/bench_moe_1b_det_mtp$mtp.log") det_torch+=("$out/torch_mtp$mtp.log")
+      fi
+    done
+    if [ ${#det_logs[@]} -gt 0 ]; then
+      echo "switchyard with deterministic: true (bit-identical runs):" | tee -a "$summary"
+      python3 bench/compare.py --switchyard "${det_logs[@]}" --torch "${det_torch[@]}" 2>&1 |
+        tee -a "$summary"
+    fi
   else
     note "compare: no switchyard bench log for MTP ${TORCH_MTP:-0 1} in this call (add the bench stage)"
   fi
