@@ -348,7 +348,9 @@ TEST_P(AttentionKernelsAgree, TensorCoreMatchesSimt) {
   expect_path_agrees_with_simt(GetParam(), cuda::AttentionKernels::kTensorCore, false);
 }
 
-// cuDNN's fused attention (SWITCHYARD_ATTENTION=cudnn), for the training shapes it takes.
+// cuDNN's fused attention (SWITCHYARD_ATTENTION=cudnn), for the training shapes it takes:
+// deterministic (the default), then with the backward free to add dq with atomics
+// (Experiment.deterministic false), held to the same bound; the setting is put back after.
 TEST_P(AttentionKernelsAgree, CudnnMatchesSimt) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
@@ -356,20 +358,10 @@ TEST_P(AttentionKernelsAgree, CudnnMatchesSimt) {
   GTEST_SKIP() << "this build has no cuDNN attention (CMake found no cudnn.h or NVRTC)";
 #endif
   if (c.tq != c.tk) GTEST_SKIP() << "a decode shape: cuDNN's path takes training shapes only";
-  expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
-}
-
-// The same with the backward free to add dq with atomics (Experiment.deterministic false): the
-// same bound, and deterministic again once the setting is put back (the default is true).
-TEST_P(AttentionKernelsAgree, CudnnWithAtomicsMatchesSimt) {
-  SKIP_WITHOUT_GPU();
-  const Case c = GetParam();
-#ifndef SWITCHYARD_HAVE_CUDNN_ATTENTION
-  GTEST_SKIP() << "this build has no cuDNN attention (CMake found no cudnn.h or NVRTC)";
-#endif
-  if (c.tq != c.tk) GTEST_SKIP() << "a decode shape: cuDNN's path takes training shapes only";
   EXPECT_TRUE(attention_deterministic()) << "the default";
+  expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
   {
+    SCOPED_TRACE("deterministic: false (atomics)");
     DeterminismChosen atomics(false);
     expect_path_agrees_with_simt(c, cuda::AttentionKernels::kCudnn, true);
   }
