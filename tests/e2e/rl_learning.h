@@ -88,15 +88,19 @@ inline RlLearning pretrain_then_rl(const std::string& name, const std::string& r
   return r;
 }
 
-// The checks both algorithms must pass: a starting policy that is clearly imperfect (over 3%
-// of held-out problems wrong greedily, over 7% when sampled), a held-out greedy error rate
-// that falls by at least a fifth, a sampled accuracy that rises by at least 1 point, and a
-// finite KL logged at every step. Measured at 2026-11-28's main (2048 problems; greedy error,
-// sampled accuracy): GRPO 4.9% -> 3.3%, 90.7% -> 92.6%; PPO 4.9% -> 3.0%, 90.7% -> 93.1%.
+// The checks both algorithms must pass: a starting policy that leaves RL room to show learning
+// (over 2% of held-out problems wrong greedily, about 40 of the 2048, and over 5% when
+// sampled), a held-out greedy error rate that falls by at least a fifth, a sampled accuracy
+// that rises by at least 1 point, and a finite KL logged at every step. The bars on the start
+// only guard the test's power: the pretraining's exact trajectory (the CPU's summation order)
+// moves the start by a point or so, as a legitimate kernel change did once (97.3% greedy),
+// so they sit well above the measured starts. Measured at 2026-11-28's main (2048 problems;
+// greedy error, sampled accuracy): GRPO 4.9% -> 3.3%, 90.7% -> 92.6%; PPO 4.9% -> 3.0%,
+// 90.7% -> 93.1%.
 inline void expect_learned(const RlLearning& r) {
   ASSERT_GT(r.steps, 0) << "the RL run logged no step";
-  EXPECT_LT(r.greedy_before, 0.97) << "the starting policy should be clearly imperfect";
-  EXPECT_LT(r.sampled_before, 0.93) << "the starting policy should be clearly imperfect";
+  EXPECT_LT(r.greedy_before, 0.98) << "the starting policy leaves RL too little room";
+  EXPECT_LT(r.sampled_before, 0.95) << "the starting policy leaves RL too little room";
   EXPECT_LE(1 - r.greedy_after, 0.8 * (1 - r.greedy_before))
       << "greedy error rate " << 1 - r.greedy_before << " -> " << 1 - r.greedy_after;
   EXPECT_GE(r.sampled_after, r.sampled_before + 0.01);
