@@ -152,15 +152,16 @@ void fill_table(float2* cs, const Tensor& positions, int64_t rows, int64_t hd, f
   launch_check("rope_angles_kernel");
 }
 
-// Rotation of x into out by sign * the angles in cs, and where given of x2 into out2 (an
-// attention's k beside its q, with the same B, T and hd): the vector kernel, one launch for
-// both, where hd/2 is a whole number of 16-byte vectors and every tensor and the table are
-// 16-byte aligned; else the scalar kernel, a launch each.
+// rope_vec_kernel's threads for one operand of `heads` heads.
 template <typename T>
 int64_t vec_threads(int64_t rows, int64_t heads, int64_t hd) {
   return rows * ((heads + kHeadsAtOnce - 1) / kHeadsAtOnce) * (hd / 2 / Vec<T>::kWidth);
 }
 
+// Rotation of x into out by sign * the angles in cs, and where given of x2 into out2 (an
+// attention's k beside its q, with the same B, T and hd): the vector kernel, one launch for
+// both, where hd/2 is a whole number of 16-byte vectors and every tensor and the table are
+// 16-byte aligned; else the scalar kernel, a launch each.
 template <typename T>
 void rotate_with(const Tensor& out, const Tensor& x, const float2* cs, float sign,
                  const Tensor* out2 = nullptr, const Tensor* x2 = nullptr) {
