@@ -27,15 +27,23 @@ class RmsnormTest : public ::testing::TestWithParam<Shape> {
     for (int64_t s : GetParam()) n *= s;
     return n / d();
   }
+  // Fresh x and weight (drawn in that order) and the forward's y and rstd on them.
+  struct Forwarded {
+    Tensor x, weight, y, rstd;
+  };
+  Forwarded forward(std::mt19937_64& rng) const {
+    Forwarded f{random_normal(GetParam(), rng), random_normal({d()}, rng),
+                Tensor::empty(GetParam()), Tensor::empty({rows()})};
+    rmsnorm_forward(f.y, f.rstd, f.x, f.weight, kEps);
+    return f;
+  }
 };
 
 // Rows of up to 64 elements: f32 against double stays within rtol 1e-5 / atol 1e-6.
 TEST_P(RmsnormTest, ForwardMatchesDoubleReference) {
   auto rng = rng_for_test();
   const int64_t n = rows(), d = this->d();
-  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
-  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
-  rmsnorm_forward(y, rstd, x, weight, kEps);
+  auto [x, weight, y, rstd] = forward(rng);
 
   std::vector<float> vx = x.to_f32_vector(), w = weight.to_f32_vector();
   std::vector<double> expected_y(n * d), expected_rstd(n);
@@ -53,9 +61,7 @@ TEST_P(RmsnormTest, ForwardMatchesDoubleReference) {
 TEST_P(RmsnormTest, BackwardMatchesFiniteDifferences) {
   auto rng = rng_for_test();
   const int64_t n = rows(), d = this->d();
-  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
-  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
-  rmsnorm_forward(y, rstd, x, weight, kEps);
+  auto [x, weight, y, rstd] = forward(rng);
 
   Tensor dy = random_normal(GetParam(), rng);
   Tensor dx = Tensor::empty(GetParam());
@@ -79,9 +85,7 @@ TEST_P(RmsnormTest, BackwardMatchesFiniteDifferences) {
 TEST_P(RmsnormTest, BackwardAddsTheResidual) {
   auto rng = rng_for_test();
   const int64_t n = rows(), d = this->d();
-  Tensor x = random_normal(GetParam(), rng), weight = random_normal({d}, rng);
-  Tensor y = Tensor::empty(GetParam()), rstd = Tensor::empty({n});
-  rmsnorm_forward(y, rstd, x, weight, kEps);
+  auto [x, weight, y, rstd] = forward(rng);
   Tensor dy = random_normal(GetParam(), rng), residual = random_normal(GetParam(), rng);
 
   Tensor plain = Tensor::empty(GetParam()), dw_plain = Tensor::zeros({d});
