@@ -137,9 +137,11 @@ inline std::string train_on(int world_size, const switchyard::Experiment& config
   return dir;
 }
 
-// Losses and weights of `a` within atol + rtol |b| of `b`'s, element by element.
+// Losses and weights of `a` within atol + rtol |b| of `b`'s, element by element; the weights
+// within weight_atol + rtol |b| where weight_atol is given.
 inline void expect_same(const RunResult& a, const RunResult& b, double rtol, double atol,
-                        const std::string& what) {
+                        const std::string& what, double weight_atol = -1) {
+  if (weight_atol < 0) weight_atol = atol;
   ASSERT_EQ(a.losses.size(), b.losses.size()) << what;
   for (size_t i = 0; i < a.losses.size(); ++i)
     EXPECT_NEAR(a.losses[i], b.losses[i], atol + rtol * std::fabs(b.losses[i]))
@@ -147,7 +149,7 @@ inline void expect_same(const RunResult& a, const RunResult& b, double rtol, dou
   ASSERT_EQ(a.weights.size(), b.weights.size()) << what;
   for (const auto& [name, t] : b.weights) {
     ASSERT_TRUE(a.weights.count(name)) << what << ": " << name;
-    EXPECT_TRUE(all_close(a.weights.at(name), t, rtol, atol)) << what << ": " << name;
+    EXPECT_TRUE(all_close(a.weights.at(name), t, rtol, weight_atol)) << what << ": " << name;
   }
 }
 
