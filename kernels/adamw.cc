@@ -1,6 +1,8 @@
 // One AdamW step: argument checks and device dispatch; the clip scale on the host.
 #include "kernels/adamw.h"
 
+#include <cmath>
+#include <limits>
 #include <ostream>
 #include <utility>
 
@@ -58,6 +60,7 @@ void check_grad_scale(const AdamWParams& p, const Device& device, const char* wh
 }  // namespace
 
 float clip_scale(double norm, float clip) {
+  if (!std::isfinite(norm)) return std::numeric_limits<float>::quiet_NaN();
   return clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
 }
 

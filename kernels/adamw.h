@@ -33,7 +33,10 @@ struct AdamWParams {
 };
 
 // Gradient clipping's scale, for AdamWParams::grad_scale: clip / (norm + 1e-6) when clip > 0 and
-// the gradients' global L2 norm exceeds it, else 1. In double, rounded once to float.
+// the gradients' global L2 norm exceeds it, else 1. In double, rounded once to float. A norm
+// that is not finite gives NaN, and a NaN or infinite scale makes the step a no-op (param, m, v
+// and copy left as they were), so a diverged step queued on the GPU before the host sees its
+// norm changes nothing.
 float clip_scale(double norm, float clip);
 
 void adamw_step(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,

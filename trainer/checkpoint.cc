@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "trainer/json.h"
+#include "trainer/regular_file.h"
 #include "trainer/safetensors.h"
 
 namespace sy {
@@ -22,6 +23,10 @@ constexpr std::string_view kFormatName = "switchyard-checkpoint";
 std::string step_dir_name(int64_t step) { return absl::StrFormat("step_%08d", step); }
 
 absl::StatusOr<std::string> read_text(const std::string& path) {
+  // A FIFO would block the read forever; a missing file keeps the NotFound below.
+  std::error_code exists_error;
+  if (fs::exists(path, exists_error))
+    SY_RETURN_IF_ERROR(require_regular_file(path, "checkpoint file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) return absl::NotFoundError(absl::StrCat(path, ": cannot open"));
   std::ostringstream s;
@@ -61,7 +66,7 @@ std::string optimizer_file(int rank) {
 // What this rank writes: the dense parameters on rank 0 (with the experts when they are not
 // spread), its experts when it is the first rank of its EP index, its optimizer shard.
 absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layout,
-                              const ParamStore& store, const AdamW& optimizer) {
+                              const ParamStore& store, const AdamW* optimizer) {
   const int rank = world_rank(layout);
   const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
   std::vector<std::pair<std::string, Tensor>> dense, experts;
@@ -74,21 +79,22 @@ absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layou
   if (layout.expert_parallel > 1 && rank < layout.expert_parallel) {
     SY_RETURN_IF_ERROR(save_safetensors((dir / experts_file(rank)).string(), experts, meta));
   }
+  if (!optimizer) return absl::OkStatus();
   std::vector<std::pair<std::string, Tensor>> moments;
-  for (auto& [n, t] : optimizer.state()) moments.emplace_back(n, t.to(Device::cpu()));
+  for (auto& [n, t] : optimizer->state()) moments.emplace_back(n, t.to(Device::cpu()));
   return save_safetensors((dir / optimizer_file(rank)).string(), moments, meta);
 }
 
 // Rank 0's part: the manifest, the rename into place, `latest`, and pruning.
 absl::Status publish(const fs::path& root, const std::string& name, const CheckpointState& state,
-                     const AdamW& optimizer, int keep_last, const CheckpointLayout& layout) {
+                     const AdamW* optimizer, int keep_last, const CheckpointLayout& layout) {
   const fs::path tmp = root / (name + ".tmp");
   const fs::path final_dir = root / name;
   Json manifest = Json::Object{};
   manifest.set("format", std::string(kFormatName));
   manifest.set("version", kFormatVersion);
   manifest.set("step", state.step);
-  manifest.set("optimizer_steps", optimizer.steps_taken());
+  manifest.set("optimizer_steps", optimizer ? optimizer->steps_taken() : int64_t{0});
   manifest.set("seed", absl::StrCat(state.seed));  // a string: uint64 need not fit int64
   manifest.set("world_size", world_size(layout));
   manifest.set("expert_parallel", layout.expert_parallel);
@@ -126,9 +132,11 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
 
 }  // namespace
 
-absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
-                             const ParamStore& store, const AdamW& optimizer, int keep_last,
-                             const CheckpointLayout& layout) {
+namespace {
+
+absl::Status save(const std::string& run_dir, const CheckpointState& state,
+                  const ParamStore& store, const AdamW* optimizer, int keep_last,
+                  const CheckpointLayout& layout) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   const std::string name = step_dir_name(state.step);
   const fs::path tmp = root / (name + ".tmp");
@@ -147,9 +155,22 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
   return agree(layout, status);
 }
 
+}  // namespace
+
+absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
+                             const ParamStore& store, const AdamW& optimizer, int keep_last,
+                             const CheckpointLayout& layout) {
+  return save(run_dir, state, store, &optimizer, keep_last, layout);
+}
+
+absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store) {
+  return save(run_dir, CheckpointState{}, store, nullptr, 0, CheckpointLayout{});
+}
+
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
   const fs::path latest = fs::path(run_dir) / "checkpoints" / "latest";
   auto text = read_text(latest.string());
+  if (!text.ok() && text.status().code() != absl::StatusCode::kNotFound) return text.status();
   if (!text.ok()) {
     return absl::NotFoundError(absl::StrCat("no checkpoint in ", run_dir, " (", latest.string(),
                                             " is missing); start without --resume"));

@@ -47,6 +47,10 @@ absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& 
                              const ParamStore& store, const AdamW& optimizer, int keep_last,
                              const CheckpointLayout& layout = {});
 
+// A step-0 checkpoint of weights alone, one process, no optimizer state: what an imported
+// model starts from (generate, rl.init_checkpoint and init load it; a resume does not).
+absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store);
+
 // The newest checkpoint directory of a run (via `latest`), or NotFound.
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
 

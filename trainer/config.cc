@@ -21,6 +21,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "kernels/check.h"
+#include "trainer/regular_file.h"
 
 namespace sy {
 namespace {
@@ -243,6 +244,8 @@ absl::StatusOr<std::string> read_config_file(const std::string& path) {
     return absl::InvalidArgumentError(absl::StrCat(
         path, ": is a directory, not a config file; pass a .textproto file to --config"));
   }
+  // A FIFO (or a device) would block the read below forever.
+  SY_RETURN_IF_ERROR(require_regular_file(path, "config file"));
   std::ifstream in(path, std::ios::binary);
   if (!in) {
     return absl::PermissionDeniedError(absl::StrCat(
@@ -458,7 +461,14 @@ void validate_model(const switchyard::ModelConfig& model, Problems& problems) {
   problems.positive_real("model.norm_eps", model.norm_eps());
   problems.positive_real("model.init_std", model.init_std());
 
-  if (model.d_model() > 0 && model.n_heads() > 0) {
+  if (model.head_dim() < 0) {
+    problems.non_negative("model.head_dim", model.head_dim());
+  } else if (model.head_dim() % 2 != 0) {
+    problems.add({"model.head_dim"},
+                 absl::StrCat("model.head_dim = ", model.head_dim(),
+                              " is odd, but rotary embeddings rotate pairs of dims"),
+                 "set head_dim to an even number (or 0 for d_model / n_heads)");
+  } else if (model.head_dim() == 0 && model.d_model() > 0 && model.n_heads() > 0) {
     if (model.d_model() % model.n_heads() != 0) {
       problems.add({"model.d_model", "model.n_heads"},
                    absl::StrCat("model.d_model = ", model.d_model(),
@@ -857,6 +867,7 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   problems.non_negative("train.eval_interval", train.eval_interval());
   problems.positive("train.log_interval", train.log_interval());
   problems.non_negative("train.cpu_threads", train.cpu_threads());
+  problems.non_negative("train.max_skipped_steps", train.max_skipped_steps());
 
   const switchyard::ScheduleConfig& schedule = experiment.schedule();
   if (schedule.warmup_steps() < 0) {

@@ -120,8 +120,18 @@ double AdamW::step(float lr) {
 #endif
   } else {
     norm = grad_norm();
-    params.grad_scale = clip_scale(norm, settings_.grad_clip);
-    adamw_step_many(owned, params);
+    // Every rank sees the same norm (dense gradients are synced, expert squares summed over
+    // the EP group), so every rank skips alike.
+    if (std::isfinite(norm)) {
+      params.grad_scale = clip_scale(norm, settings_.grad_clip);
+      adamw_step_many(owned, params);
+    }
+  }
+  if (!std::isfinite(norm)) {
+    // Nothing was updated (on the GPU the clip scale came out NaN and the kernel left every
+    // element as it was): the step did not happen.
+    --steps_;
+    return norm;
   }
   for (Slot& s : slots_) {
     if (s.group) {

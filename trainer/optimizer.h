@@ -54,7 +54,9 @@ class AdamW {
   // there is an ep group).
   double grad_norm() const;
   // Clips (when grad_clip > 0 and the norm exceeds it), then takes one step at `lr`.
-  // Returns the gradient norm before clipping. On a GPU with one EP rank (or none), the clip
+  // Returns the gradient norm before clipping. A norm that is not finite (NaN or inf: the run
+  // diverged) updates nothing: parameters, moments and steps_taken() stay as they were, and
+  // the caller decides what to do about the skipped step. On a GPU with one EP rank (or none), the clip
   // scale is computed there and the update queued before the host waits for the norm; the
   // parameters, moments and norm are the same bits as the host's way.
   double step(float lr);

@@ -15,9 +15,11 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
-#include "kernels/hash.h"
 #include "absl/strings/str_format.h"
+#include "kernels/hash.h"
+#include "trainer/regular_file.h"
 #include "trainer/safetensors.h"
+#include "trainer/stop.h"
 
 namespace sy {
 
@@ -29,7 +31,6 @@ namespace {
 absl::Status shard_error(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat("token shard ", path, ": ", what));
 }
-
 
 // A keyed bijection on [0, n): a 4-round balanced Feistel network on the smallest even bit
 // width that covers n, cycle-walked until the value lands below n (the network permutes
@@ -67,34 +68,96 @@ class WindowShuffle {
 
 }  // namespace
 
-absl::Status write_shard(const std::string& path, std::span<const uint16_t> tokens) {
+namespace {
+
+template <typename T>
+absl::Status write_any_shard(const std::string& path, std::span<const T> tokens, int32_t magic,
+                             int32_t version) {
   if (tokens.size() > static_cast<size_t>(INT32_MAX))
     return shard_error(path, absl::StrCat(tokens.size(),
                                           " tokens are more than a shard header "
                                           "can count (",
                                           INT32_MAX, ")"));
   int32_t header[kShardHeaderInts] = {};
-  header[0] = kShardMagic;
-  header[1] = kShardVersion;
+  header[0] = magic;
+  header[1] = version;
   header[2] = static_cast<int32_t>(tokens.size());
   std::string_view pieces[] = {{reinterpret_cast<const char*>(header), sizeof(header)},
                                {reinterpret_cast<const char*>(tokens.data()), tokens.size_bytes()}};
   return write_file_atomically(path, pieces);
 }
 
+}  // namespace
+
+absl::Status write_shard(const std::string& path, std::span<const uint16_t> tokens) {
+  return write_any_shard(path, tokens, kShardMagic, kShardVersion);
+}
+
+absl::Status write_wide_shard(const std::string& path, std::span<const uint32_t> tokens) {
+  return write_any_shard(path, tokens, kWideShardMagic, kWideShardVersion);
+}
+
+namespace {
+
+// Reads exactly `bytes` at `offset`, or says how much of the shard is missing.
+absl::Status read_exactly(int fd, const std::string& path, void* out, size_t bytes, off_t offset) {
+  auto* dst = static_cast<char*>(out);
+  size_t done = 0;
+  while (done < bytes) {
+    const ssize_t n = ::pread(fd, dst + done, bytes - done, offset + static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return absl::ErrnoToStatus(errno, absl::StrCat("token shard ", path, ": read"));
+    if (n == 0) {
+      return absl::DataLossError(absl::StrCat(
+          "token shard ", path, ": the file ends at byte ", offset + static_cast<off_t>(done),
+          ", but its header promised ", bytes - done,
+          " bytes more; was it truncated or rewritten while the run used it? Restore the "
+          "shard (or write new shards to another directory) and resume"));
+    }
+    done += static_cast<size_t>(n);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status Shard::copy_tokens(int64_t begin, int64_t count, int32_t* out) const {
+  SY_CHECK(begin >= 0 && count >= 0 && begin + count <= size())
+      << path_ << ": tokens [" << begin << ", " << begin + count << ") of " << size();
+  const size_t width = wide_ ? sizeof(uint32_t) : sizeof(uint16_t);
+  const off_t offset = static_cast<off_t>(kShardHeaderBytes + begin * static_cast<int64_t>(width));
+  if (wide_) {
+    // uint32 ids below 2^31 (a vocabulary fits int32) read in place, bit for bit.
+    return read_exactly(*fd_, path_, out, static_cast<size_t>(count) * width, offset);
+  }
+  std::vector<uint16_t> narrow(static_cast<size_t>(count));
+  SY_RETURN_IF_ERROR(read_exactly(*fd_, path_, narrow.data(), narrow.size() * width, offset));
+  std::copy(narrow.begin(), narrow.end(), out);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<Shard> read_shard(const std::string& path) {
-  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  SY_RETURN_IF_ERROR(require_regular_file(path, "token shard"));
+  // O_NONBLOCK: should the path become a FIFO after the check, the open still returns.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
   if (fd < 0)
     return absl::ErrnoToStatus(errno, absl::StrCat("token shard ", path, ": cannot open"));
   struct stat st;
   int stat_rc = ::fstat(fd, &st);
   int stat_errno = errno;
+  if (stat_rc == 0 && !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    return require_regular_file(path, "token shard");
+  }
+  auto owned_fd = std::shared_ptr<const int>(new int(fd), [](const int* f) {
+    ::close(*f);
+    delete f;
+  });
   size_t size = stat_rc == 0 ? static_cast<size_t>(st.st_size) : 0;
   void* map = MAP_FAILED;
   if (stat_rc == 0 && size >= static_cast<size_t>(kShardHeaderBytes))
     map = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fd, 0);
   int map_errno = errno;
-  ::close(fd);  // the mapping keeps the file open
   if (stat_rc != 0)
     return absl::ErrnoToStatus(stat_errno, absl::StrCat("token shard ", path, ": cannot stat"));
   if (size < static_cast<size_t>(kShardHeaderBytes))
@@ -102,32 +165,42 @@ absl::StatusOr<Shard> read_shard(const std::string& path) {
                                           kShardHeaderBytes, "-byte header"));
   if (map == MAP_FAILED)
     return absl::ErrnoToStatus(map_errno, absl::StrCat("token shard ", path, ": cannot mmap"));
+  auto mapping = std::shared_ptr<const void>(
+      map, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
+  // The header through pread too: the file may have shrunk since the fstat.
+  int32_t header[kShardHeaderInts];
+  SY_RETURN_IF_ERROR(read_exactly(fd, path, header, sizeof(header), 0));
 
   Shard shard;
   shard.path_ = path;
-  shard.mapping_ = std::shared_ptr<const void>(
-      map, [size](const void* p) { ::munmap(const_cast<void*>(p), size); });
-  const auto* header = static_cast<const int32_t*>(map);
-  if (header[0] != kShardMagic)
-    return shard_error(path, absl::StrCat("bad magic number ", header[0], ", expected ",
-                                          kShardMagic, " (not an llm.c-style token shard?)"));
-  if (header[1] != kShardVersion)
-    return shard_error(path, absl::StrCat("unsupported version ", header[1],
-                                          "; switchyard reads "
-                                          "version ",
-                                          kShardVersion, " (uint16 tokens)"));
+  shard.fd_ = std::move(owned_fd);
+  shard.mapping_ = std::move(mapping);
+  if (header[0] != kShardMagic && header[0] != kWideShardMagic)
+    return shard_error(
+        path, absl::StrCat("bad magic number ", header[0], ", expected ", kShardMagic, " or ",
+                           kWideShardMagic, " (not an llm.c-style token shard?)"));
+  shard.wide_ = header[0] == kWideShardMagic;
+  const int32_t version = shard.wide_ ? kWideShardVersion : kShardVersion;
+  if (header[1] != version)
+    return shard_error(path, absl::StrCat("unsupported version ", header[1], " for magic ",
+                                          header[0], "; switchyard reads version ", version,
+                                          shard.wide_ ? " (uint32 tokens)" : " (uint16 tokens)"));
   int64_t count = header[2];
   if (count < 0) return shard_error(path, absl::StrCat("negative token count ", count));
   uint64_t body = size - kShardHeaderBytes;
-  uint64_t expected = static_cast<uint64_t>(count) * sizeof(uint16_t);
+  uint64_t expected =
+      static_cast<uint64_t>(count) * (shard.wide_ ? sizeof(uint32_t) : sizeof(uint16_t));
   if (body != expected)
     return shard_error(
         path, absl::StrCat("the header says ", count, " tokens (", expected,
                            " bytes) but the body has ", body, " bytes",
                            body < expected ? " (truncated?)" : " (extra bytes after the tokens)"));
-  shard.tokens_ = {
-      reinterpret_cast<const uint16_t*>(static_cast<const char*>(map) + kShardHeaderBytes),
-      static_cast<size_t>(count)};
+  const char* body_start = static_cast<const char*>(map) + kShardHeaderBytes;
+  if (shard.wide_)
+    shard.wide_tokens_ = {reinterpret_cast<const uint32_t*>(body_start),
+                          static_cast<size_t>(count)};
+  else
+    shard.tokens_ = {reinterpret_cast<const uint16_t*>(body_start), static_cast<size_t>(count)};
   return shard;
 }
 
@@ -152,14 +225,26 @@ absl::StatusOr<ShardLoader> ShardLoader::open(const ShardLoaderOptions& options)
   loader.window_starts_.push_back(0);
   for (const std::string& path : paths) {
     SY_ASSIGN_OR_RETURN(Shard shard, read_shard(path));
-    std::span<const uint16_t> tokens = shard.tokens();
-    auto bad = std::find_if(tokens.begin(), tokens.end(),
-                            [&](uint16_t t) { return t >= options.vocab_size; });
-    if (bad != tokens.end())
-      return shard_error(path, absl::StrCat("token ", *bad, " at position ", bad - tokens.begin(),
-                                            " is >= vocab_size ", options.vocab_size,
-                                            " (tokenized for another vocabulary?)"));
-    int64_t n = static_cast<int64_t>(tokens.size());
+    SY_RETURN_IF_ERROR(check_stop(absl::StrCat("opening token shards (at ", path, ")")));
+    // Every token below the vocabulary, read in chunks with pread (never through the mapping:
+    // a shard truncated meanwhile is an error, not a SIGBUS).
+    constexpr int64_t kChunk = int64_t{1} << 20;
+    std::vector<int32_t> chunk;
+    for (int64_t begin = 0; begin < shard.size(); begin += kChunk) {
+      chunk.resize(static_cast<size_t>(std::min(kChunk, shard.size() - begin)));
+      SY_RETURN_IF_ERROR(
+          shard.copy_tokens(begin, static_cast<int64_t>(chunk.size()), chunk.data()));
+      for (size_t i = 0; i < chunk.size(); ++i) {
+        // Wide tokens past INT32_MAX read as negative int32: compare them unsigned.
+        const int64_t t = static_cast<int64_t>(static_cast<uint32_t>(chunk[i]));
+        if (t >= options.vocab_size)
+          return shard_error(
+              path, absl::StrCat("token ", t, " at position ", begin + static_cast<int64_t>(i),
+                                 " is >= vocab_size ", options.vocab_size,
+                                 " (tokenized for another vocabulary?)"));
+      }
+    }
+    int64_t n = shard.size();
     int64_t windows = n > 0 ? (n - 1) / options.seq_len : 0;
     loader.window_starts_.push_back(loader.window_starts_.back() + windows);
     loader.shards_.push_back(std::move(shard));
@@ -180,7 +265,7 @@ int64_t ShardLoader::window_of(int64_t epoch, int64_t index) const {
       shuffle(static_cast<uint64_t>(index * options_.world_size + options_.rank)));
 }
 
-TokenBatch ShardLoader::next_batch(int64_t batch_size) {
+absl::StatusOr<TokenBatch> ShardLoader::next_batch(int64_t batch_size) {
   SY_CHECK(batch_size > 0) << "batch_size " << batch_size;
   const int64_t T = options_.seq_len;
   TokenBatch batch;
@@ -192,12 +277,14 @@ TokenBatch ShardLoader::next_batch(int64_t batch_size) {
     int64_t window = window_of(position_.epoch, position_.index++);
     size_t s = std::upper_bound(window_starts_.begin(), window_starts_.end(), window) -
                window_starts_.begin() - 1;
-    std::span<const uint16_t> tokens =
-        shards_[s].tokens().subspan((window - window_starts_[s]) * T, T + 1);
+    const int64_t begin = (window - window_starts_[s]) * T;
     int32_t* in = batch.inputs.data<int32_t>() + row * T;
     int32_t* tg = batch.targets.data<int32_t>() + row * T;
-    std::copy(tokens.begin(), tokens.end() - 1, in);
-    std::copy(tokens.begin() + 1, tokens.end(), tg);
+    // One read of the window's T + 1 tokens; targets are the inputs shifted by one.
+    window_tokens_.resize(static_cast<size_t>(T + 1));
+    SY_RETURN_IF_ERROR(shards_[s].copy_tokens(begin, T + 1, window_tokens_.data()));
+    std::copy_n(window_tokens_.begin(), T, in);
+    std::copy_n(window_tokens_.begin() + 1, T, tg);
   }
   return batch;
 }

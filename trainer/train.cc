@@ -1,9 +1,7 @@
 #include "trainer/train.h"
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <csignal>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -14,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/threads.h"
+#include "kernels/elementwise.h"
 #include "kernels/profile.h"
 #include "models/generate.h"
 #include "models/model_spec.h"
@@ -34,8 +33,57 @@ namespace sy {
 namespace fs = std::filesystem;
 namespace {
 
-std::atomic<bool> g_stop_requested{false};
-extern "C" void on_stop_signal(int) { g_stop_requested.store(true); }
+TrainStepHook g_after_backward_hook;
+
+// The first of `tensors` holding a NaN or an infinity, by name ("" when all are finite). One
+// host wait for all of them: a checkpoint's cost, not a step's. A sum of squares of finite f32
+// values stays far below double's range, so only a non-finite element makes it non-finite.
+std::string first_non_finite(const std::vector<std::pair<std::string, Tensor>>& tensors) {
+  std::vector<std::pair<Device, std::vector<size_t>>> by_device;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const Tensor& t = tensors[i].second;
+    if (t.numel() == 0) continue;
+    auto it = std::find_if(by_device.begin(), by_device.end(),
+                           [&](const auto& d) { return d.first == t.device(); });
+    if (it == by_device.end()) it = by_device.insert(by_device.end(), {t.device(), {}});
+    it->second.push_back(i);
+  }
+  size_t first = tensors.size();
+  for (const auto& [device, indices] : by_device) {
+    std::vector<Tensor> xs;
+    for (size_t i : indices) {
+      const Tensor& t = tensors[i].second;
+      if (t.dtype() == DType::kF32) {
+        xs.push_back(t);
+      } else {  // bf16 moments: widened (exactly) for the f32 reduction
+        Tensor wide = Tensor::empty(t.shape(), DType::kF32, t.device());
+        cast(wide, t);
+        xs.push_back(wide);
+      }
+    }
+    const std::vector<double> squares = sum_squares_each(xs);
+    for (size_t k = 0; k < indices.size(); ++k)
+      if (!std::isfinite(squares[k])) first = std::min(first, indices[k]);
+  }
+  return first < tensors.size() ? tensors[first].first : "";
+}
+
+// Refuses (on every rank alike: a collective) to checkpoint a state that holds a non-finite
+// value, so neither a checkpoint nor `latest` ever names a diverged model.
+absl::Status check_state_finite(const ParamStore& store, const AdamW& optimizer,
+                                Communicator& world, int64_t step) {
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const Param* p : store.params()) tensors.emplace_back(p->name, p->value);
+  for (auto& named : optimizer.state()) tensors.push_back(std::move(named));
+  const std::string bad = first_non_finite(tensors);
+  double found = bad.empty() ? 0.0 : 1.0;
+  world.all_reduce_host({&found, 1}, ReduceOp::kMax);
+  if (found == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(absl::StrCat(
+      "checkpoint at step ", step,
+      " not written: ", bad.empty() ? "another rank's state" : absl::StrCat("tensor '", bad, "'"),
+      " holds a NaN or an infinity; the previous checkpoint is left as `latest`"));
+}
 
 // The training data: the generated arithmetic task or token shards, with a position that a
 // checkpoint can save and restore.
@@ -134,7 +182,16 @@ struct EvalResult {
   double accuracy = -1;  // -1: not defined for this data
   int64_t correct = 0, total = 0;
   double load_max_over_mean = 0;
+  bool stopped = false;  // a stop signal ended it early: the numbers are of no use
 };
+
+// Whether any rank has seen a stop signal (collective: every rank of `world` calls it at the
+// same point of a loop whose iterations exchange tokens, so all of them leave it together).
+bool stop_agreed(Communicator* world) {
+  double flag = stop_requested() ? 1.0 : 0.0;
+  if (world) world->all_reduce_host({&flag, 1}, ReduceOp::kMax);
+  return flag > 0;
+}
 
 absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch,
                                     Communicator* world) {
@@ -145,6 +202,10 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
   const int64_t n = std::max<int64_t>(1, feed.eval_examples());
   if (const ArithmeticTask* task = feed.task()) {
     for (int64_t first = 0; first < n; first += micro_batch) {
+      if (stop_agreed(world)) {
+        r.stopped = true;
+        return r;
+      }
       auto batch = task->make_batch(std::min(micro_batch, n - first), model.spec().seq_len, first,
                                     Split::kHeldOut);
       if (!batch.ok()) return batch.status();
@@ -158,13 +219,18 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
       problems.push_back(task->sample(i, Split::kHeldOut));
       prompts.push_back(problems.back().prompt);
     }
+    if (stop_agreed(world)) {
+      r.stopped = true;
+      return r;
+    }
     // Greedy decoding on the KV cache, replicated on every rank (a shared, collective call).
     std::vector<std::vector<int32_t>> ids;
     for (const std::string& p : prompts) ids.push_back(ByteTokenizer::encode(p));
     SamplingOptions greedy{.temperature = 0.0f,
                            .max_new_tokens = static_cast<int>(task->max_problem_tokens()),
                            .stop_tokens = {kEndOfAnswerId}};
-    const std::vector<std::vector<int32_t>> completions = generate(model, ids, greedy, world);
+    SY_ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> completions,
+                        generate(model, ids, greedy, world));
     for (int64_t i = 0; i < n; ++i) {
       std::string text;
       for (int32_t t : completions[i]) text.push_back(t < 256 ? static_cast<char>(t) : '?');
@@ -176,7 +242,11 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
     SY_RETURN_IF_ERROR(val->set_position({0, 0}));
     const int64_t windows = std::min<int64_t>(n, val->windows_per_rank());
     for (int64_t done = 0; done < windows; done += micro_batch) {
-      TokenBatch batch = val->next_batch(std::min(micro_batch, windows - done));
+      if (stop_agreed(world)) {
+        r.stopped = true;
+        return r;
+      }
+      SY_ASSIGN_OR_RETURN(TokenBatch batch, val->next_batch(std::min(micro_batch, windows - done)));
       auto [s, c] = model.eval_loss(batch.inputs, batch.targets);
       loss_sum += s;
       tokens += c;
@@ -247,12 +317,9 @@ absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Dev
   }
 }
 
-void install_stop_signal_handlers() {
-  std::signal(SIGTERM, on_stop_signal);
-  std::signal(SIGUSR1, on_stop_signal);
+void set_after_backward_hook_for_testing(TrainStepHook hook) {
+  g_after_backward_hook = std::move(hook);
 }
-
-bool stop_requested() { return g_stop_requested.load(); }
 
 absl::Status train(const switchyard::Experiment& config, const TrainOptions& options,
                    std::ostream& console, Communicator* world_comm) {
@@ -375,12 +442,15 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   const int eval_every = tc.eval_interval();
   const int log_every = std::max(1, tc.log_interval());
   auto checkpoint = [&](int64_t step_done) -> absl::Status {
+    SY_RETURN_IF_ERROR(check_state_finite(store, optimizer, world, step_done));
     CheckpointState state{.step = step_done, .seed = tc.seed(), .data = feed.position()};
     return save_checkpoint(options.run_dir, state, store, optimizer,
                            config.checkpoint().keep_last(), layout);
   };
 
   const double lambda = spec.mtp_loss_weight;
+  const int max_skipped = tc.max_skipped_steps();
+  int64_t skipped_in_row = 0, skipped_total = 0;
   for (int64_t step = start_step; step < steps; ++step) {
     const bool profiled = tc.profile_step() == step + 1;
     if (profiled) {
@@ -416,12 +486,15 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       profile::Scope region("grad_sync");
       grad_sync.sync();
     }
+    if (g_after_backward_hook) g_after_backward_hook(step, store);
     const double lr = schedule.lr(step);
     double norm = 0;
     {
       profile::Scope region("optimizer");
+      // A non-finite norm updates nothing (AdamW::step); the routing bias waits for it too.
       norm = optimizer.step(static_cast<float>(lr));
-      for (MoeFfn* m : model.moe_layers()) m->update_bias();
+      if (std::isfinite(norm))
+        for (MoeFfn* m : model.moe_layers()) m->update_bias();
     }
     std::vector<double> terms(3, 0.0);  // lm, mtp, aux: this rank's shares of the global loss
     for (QueuedLoss& q : queued) {
@@ -451,11 +524,43 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     // The console shows the MTP heads' mean CE (comparable with lm); the total uses lambda.
     const double mtp_ce = lambda > 0 ? sum.mtp / lambda : 0.0;
 
-    if (!std::isfinite(sum.total())) {
-      return absl::InternalError(absl::StrFormat(
-          "step %d: the loss is %f; lower optimizer.lr or check the data", step + 1, sum.total()));
+    // The loss and the norm are the same on every rank, so every rank decides alike. A
+    // non-finite loss comes with a non-finite gradient (the backward carries it), which is what
+    // kept the update from happening; the loss is checked too, as the user's signal.
+    const bool skipped = !std::isfinite(norm) || !std::isfinite(sum.total());
+    if (skipped) {
+      ++skipped_in_row;
+      ++skipped_total;
+      // "nan", not the C library's "-nan" for a NaN whose sign bit is set.
+      auto number = [](double x) {
+        return std::isnan(x) ? std::string("nan") : absl::StrFormat("%g", x);
+      };
+      const std::string what =
+          std::isfinite(sum.total())
+              ? absl::StrCat("grad norm ", number(norm))
+              : absl::StrCat("loss ", number(sum.total()), ", grad norm ", number(norm));
+      log << absl::StrFormat("step %d: %s, %s (%d in a row)\n", step + 1,
+                             std::isfinite(norm) ? "update taken, but non-finite" : "skipped", what,
+                             skipped_in_row);
+      log.flush();
+      write_jsonl(absl::StrFormat(
+          R"({"step": %d, "skipped": true, "skipped_in_row": %d, "skipped_steps": %d})", step + 1,
+          skipped_in_row, skipped_total));
+      if (skipped_in_row > max_skipped) {
+        return absl::AbortedError(absl::StrFormat(
+            "step %d: %d steps in a row had a non-finite loss or gradient norm (%s), more than "
+            "train.max_skipped_steps = %d: the run diverged. No step with a non-finite gradient "
+            "norm was applied, and "
+            "no checkpoint holds a non-finite value; lower optimizer.lr (now %g), tighten "
+            "optimizer.grad_clip or lengthen schedule.warmup_steps, check the data, then resume "
+            "from a checkpoint written before the loss went bad (all are finite, but the last "
+            "ones may hold the start of the divergence)",
+            step + 1, skipped_in_row, what, max_skipped, config.optimizer().lr()));
+      }
+    } else {
+      skipped_in_row = 0;
     }
-    if ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step) {
+    if (!skipped && ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step)) {
       log << absl::StrFormat(
           "step %d/%d | loss %.4f (lm %.4f mtp %.4f aux %.4f) | lr %.1e | norm %.2f | %.0f ms | "
           "%s tok/s\n",
@@ -475,20 +580,24 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     if (((eval_every > 0 && (step + 1) % eval_every == 0) || last) && has_eval_data) {
       // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
       SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world));
-      std::string acc, acc_json;
-      if (e.accuracy >= 0) {
-        acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
-        acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
+      if (e.stopped) {
+        log << "eval step " << step + 1 << ": stopped by signal before the end, no result\n";
+      } else {
+        std::string acc, acc_json;
+        if (e.accuracy >= 0) {
+          acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
+          acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
+        }
+        log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
+                               e.loss, acc, e.load_max_over_mean);
+        log.flush();
+        write_jsonl(absl::StrFormat(
+            R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})", step + 1,
+            e.loss, acc_json, e.load_max_over_mean));
       }
-      log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
-                             e.loss, acc, e.load_max_over_mean);
-      log.flush();
-      write_jsonl(
-          absl::StrFormat(R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})",
-                          step + 1, e.loss, acc_json, e.load_max_over_mean));
     }
     // A signal may reach the ranks at different steps: stop when any rank has seen one.
-    double stop_flag = g_stop_requested.load() ? 1.0 : 0.0;
+    double stop_flag = stop_requested() ? 1.0 : 0.0;
     world.all_reduce_host({&stop_flag, 1}, ReduceOp::kMax);
     const bool stop = stop_flag > 0;
     if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {

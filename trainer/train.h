@@ -2,12 +2,15 @@
 // The training loop: data -> forward/backward over micro-batches -> gradient sync -> clip ->
 // AdamW -> schedule -> metrics -> eval -> checkpoints, on one rank or many (expert and data
 // parallel over a Communicator), on CPUs or on one GPU per rank.
+#include <functional>
 #include <ostream>
 #include <string>
 
 #include "absl/status/status.h"
 #include "configs/switchyard.pb.h"
+#include "models/param_store.h"
 #include "parallel/communicator.h"
+#include "trainer/stop.h"  // stop signals: train returns after a checkpoint
 
 namespace sy {
 
@@ -39,9 +42,10 @@ absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Commu
 // and f32 on the CPU; bf16 on the CPU is an error that says what to change.
 absl::StatusOr<DType> choose_precision(const switchyard::Experiment& config, Device device);
 
-// SIGTERM / SIGUSR1 ask the loop to write a checkpoint after the current step and return.
-void install_stop_signal_handlers();
-// Whether one of those signals has arrived (for other loops, e.g. `switchyard rl`, to honour).
-bool stop_requested();
+// Test hook (fault injection): called on every rank after each step's backward and gradient
+// sync, before the optimizer, with the 0-based step (e.g. to write a NaN into a gradient).
+// Empty: none.
+using TrainStepHook = std::function<void(int64_t step, ParamStore& store)>;
+void set_after_backward_hook_for_testing(TrainStepHook hook);
 
 }  // namespace sy

@@ -25,6 +25,7 @@ M stored(float x) {
 template <typename M>
 void adamw_elements(const Tensor& param, const Tensor& grad, const Tensor& m, const Tensor& v,
                     const AdamWParams& p, const Tensor& copy) {
+  if (!std::isfinite(p.grad_scale)) return;  // a diverged step: nothing changes
   const float correction1 = static_cast<float>(1.0 - std::pow(double{p.beta1}, p.step));
   const float correction2 = static_cast<float>(1.0 - std::pow(double{p.beta2}, p.step));
   const int64_t n = param.numel();

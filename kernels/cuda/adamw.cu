@@ -89,6 +89,7 @@ template <typename M>
 __global__ void adamw_kernel(float* w, const float* g, M* m, M* v, __nv_bfloat16* copy, int64_t n,
                              float weight_decay, StepConstants constants) {
   const StepConstants c = with_scale(constants);
+  if (!isfinite(c.grad_scale)) return;  // a diverged step (clip scale of a non-finite norm)
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     adamw_at(i, w, g, m, v, copy, weight_decay, c);
@@ -123,6 +124,7 @@ template <typename M>
 __global__ void adamw_many_kernel(const TensorEntry<M>* tensors, const ChunkEntry* chunks,
                                   int64_t num_chunks, StepConstants constants) {
   const StepConstants c = with_scale(constants);
+  if (!isfinite(c.grad_scale)) return;  // a diverged step (clip scale of a non-finite norm)
   for (int64_t k = blockIdx.x; k < num_chunks; k += gridDim.x) {
     const ChunkEntry chunk = chunks[k];
     const TensorEntry<M> t = tensors[chunk.tensor];
@@ -182,7 +184,8 @@ __global__ void clip_scale_kernel(const double* squares, int64_t n, int64_t spli
   }
   if (threadIdx.x == 0) {
     const double norm = sqrt(a + b);
-    *scale = clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
+    *scale = !isfinite(norm)            ? static_cast<float>(NAN)
+             : clip > 0 && norm > clip ? static_cast<float>(clip / (norm + 1e-6)) : 1.0f;
   }
 }
 

@@ -666,5 +666,63 @@ INSTANTIATE_TEST_SUITE_P(Moments, AdamWOptimizerGpuTest,
                          ::testing::Values(DType::kF32, DType::kBF16),
                          [](const auto& info) { return std::string(dtype_name(info.param)); });
 
+// A diverged step (a NaN or an infinity in one gradient) on the GPU's own clip-scale path and
+// on the host path: the norm comes back non-finite, and parameters, compute copies, moments and
+// the step count are bit for bit as before it; the next finite step then matches between them.
+TEST_P(AdamWOptimizerGpuTest, ANonFiniteNormChangesNothingOnEitherPath) {
+  SKIP_WITHOUT_GPU();
+  ParamStore gpu_clip(kGpu, DType::kBF16), host_clip(kGpu, DType::kBF16);
+  for (ParamStore* store : {&gpu_clip, &host_clip}) {
+    add_params(*store);
+    store->initialize(11);
+  }
+  const OptimizerSettings settings{
+      .weight_decay = 0.1f, .grad_clip = 1.0f, .moment_dtype = GetParam()};
+  TwoRanksAddingNothing ep;
+  AdamW on_gpu(gpu_clip, settings), on_host(host_clip, settings, {.ep = &ep});
+  auto rng = rng_for_test();
+  std::vector<Param*> params[] = {gpu_clip.params(), host_clip.params()};
+  auto set_grads = [&](float bad) {
+    for (size_t i = 0; i < params[0].size(); ++i) {
+      Tensor grad = random_normal(params[0][i]->grad.shape(), rng, 1.0f);
+      if (bad != 0 && i == 1) grad.data<float>()[17] = bad;  // an expert gradient
+      for (auto& store_params : params) {
+        store_params[i]->grad.copy_from(grad.to(kGpu));
+        store_params[i]->grad_unwritten = false;
+      }
+    }
+  };
+  set_grads(0);
+  ASSERT_EQ(on_gpu.step(3e-3f), on_host.step(3e-3f));
+  for (float bad : {std::nanf(""), INFINITY}) {
+    std::vector<Tensor> before;
+    for (const Param* p : params[0]) {
+      before.push_back(p->value.to(Device::cpu()));
+      if (p->compute.defined()) before.push_back(p->compute.to(Device::cpu()));
+    }
+    for (const auto& [name, t] : on_gpu.state()) before.push_back(t.to(Device::cpu()));
+    set_grads(bad);
+    EXPECT_FALSE(std::isfinite(on_gpu.step(3e-3f))) << bad;
+    EXPECT_FALSE(std::isfinite(on_host.step(3e-3f))) << bad;
+    EXPECT_EQ(on_gpu.steps_taken(), 1);
+    EXPECT_EQ(on_host.steps_taken(), 1);
+    size_t k = 0;
+    for (const Param* p : params[0]) {
+      EXPECT_TRUE(all_close(p->value, before[k++], 0, 0)) << p->name << " " << bad;
+      if (p->compute.defined())
+        EXPECT_TRUE(all_close(p->compute, before[k++], 0, 0)) << p->name << " copy " << bad;
+    }
+    for (const auto& [name, t] : on_gpu.state())
+      EXPECT_TRUE(all_close(t, before[k++], 0, 0)) << name << " " << bad;
+  }
+  set_grads(0);
+  const double norm = on_gpu.step(3e-3f);
+  EXPECT_TRUE(std::isfinite(norm));
+  EXPECT_EQ(on_host.step(3e-3f), norm);
+  EXPECT_EQ(on_gpu.steps_taken(), 2);
+  for (size_t i = 0; i < params[0].size(); ++i)
+    EXPECT_TRUE(all_close(params[1][i]->value, params[0][i]->value, 0, 0)) << params[0][i]->name;
+}
+
 }  // namespace
 }  // namespace sy

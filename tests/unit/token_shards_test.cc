@@ -58,6 +58,37 @@ TEST(TokenShardsTest, WriteThenReadRoundTripsInTheLlmcLayout) {
   EXPECT_TRUE(empty->tokens().empty());
 }
 
+TEST(TokenShardsTest, WideShardsHoldUint32TokensInLlmcsLlama3Layout) {
+  std::string dir = test_dir();
+  std::string path = dir + "/wide.bin";
+  std::vector<uint32_t> tokens = {0, 65536, 151643, 7};
+  ASSERT_TRUE(write_wide_shard(path, tokens).ok());
+  std::string bytes = read_bytes(path);
+  ASSERT_EQ(bytes.size(), 1024u + 4 * tokens.size());
+  int32_t header[3];
+  std::memcpy(header, bytes.data(), sizeof(header));
+  EXPECT_EQ(header[0], 20240801);
+  EXPECT_EQ(header[1], 7);
+  EXPECT_EQ(header[2], 4);
+  absl::StatusOr<Shard> shard = read_shard(path);
+  ASSERT_TRUE(shard.ok()) << shard.status();
+  ASSERT_TRUE(shard->wide());
+  EXPECT_EQ(std::vector<uint32_t>(shard->wide_tokens().begin(), shard->wide_tokens().end()),
+            tokens);
+  std::vector<int32_t> copied(3);
+  ASSERT_TRUE(shard->copy_tokens(1, 3, copied.data()).ok());
+  EXPECT_EQ(copied, (std::vector<int32_t>{65536, 151643, 7}));
+  // The wide magic with the narrow version (or the reverse) is an error naming both.
+  std::string wrong = bytes;
+  const int32_t one = 1;
+  std::memcpy(wrong.data() + 4, &one, 4);
+  std::ofstream(dir + "/wrong.bin", std::ios::binary) << wrong;
+  absl::StatusOr<Shard> bad = read_shard(dir + "/wrong.bin");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("version 1"), std::string::npos) << bad.status();
+  EXPECT_NE(bad.status().message().find("uint32"), std::string::npos) << bad.status();
+}
+
 struct Broken {
   std::string name;
   std::string bytes;  // empty: no file at all
@@ -154,7 +185,9 @@ std::vector<int32_t> all_window_starts() {
 std::vector<int32_t> take_windows(ShardLoader& loader, int64_t count, int64_t B) {
   std::vector<int32_t> firsts;
   while (static_cast<int64_t>(firsts.size()) < count) {
-    TokenBatch batch = loader.next_batch(B);
+    auto next = loader.next_batch(B);
+    SY_CHECK(next.ok()) << next.status();
+    TokenBatch batch = std::move(*next);
     EXPECT_EQ(batch.inputs.shape(), (Shape{B, kT}));
     EXPECT_EQ(batch.target_tokens, B * kT);
     std::vector<int32_t> in = batch.inputs.to_i32_vector(), tg = batch.targets.to_i32_vector();
