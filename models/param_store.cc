@@ -7,13 +7,6 @@
 
 namespace sy {
 
-uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index) {
-  uint64_t h = 1469598103934665603ull ^ seed;
-  for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
-  h ^= index + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
-  return mix64(h);
-}
-
 ParamStore::ParamStore(Device device, DType compute) : device_(device), compute_(compute) {
   SY_CHECK(compute == DType::kF32 || compute == DType::kBF16)
       << "compute dtype must be f32 or bf16, got " << dtype_name(compute);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "kernels/hash.h"  // hash_seed, used with parameter names
 #include "kernels/tensor.h"
 
 namespace sy {
@@ -98,8 +99,5 @@ class ParamStore {
 // p written.
 float take_grad_beta(Param& p);
 const Tensor& grad_to_add(Param& p);
-
-// A 64-bit mix of a seed and a string (FNV-1a, then splitmix64): stable across platforms.
-uint64_t hash_seed(uint64_t seed, const std::string& key, uint64_t index = 0);
 
 }  // namespace sy

@@ -25,6 +25,18 @@ std::string device_description(int index) {
          std::to_string(prop.minor) + " " + std::to_string(prop.totalGlobalMem >> 30) + " GiB";
 }
 
+int64_t free_memory_bytes(int index) {
+  int previous = 0;
+  SY_CHECK(cudaGetDevice(&previous) == cudaSuccess) << "cudaGetDevice failed";
+  SY_CHECK(cudaSetDevice(index) == cudaSuccess) << "cudaSetDevice(" << index << ") failed";
+  size_t free_bytes = 0, total = 0;
+  const cudaError_t err = cudaMemGetInfo(&free_bytes, &total);
+  SY_CHECK(cudaSetDevice(previous) == cudaSuccess) << "cudaSetDevice(" << previous << ") failed";
+  SY_CHECK(err == cudaSuccess) << "cudaMemGetInfo on cuda:" << index << ": "
+                               << cudaGetErrorString(err);
+  return static_cast<int64_t>(free_bytes);
+}
+
 void cast_f32_to_bf16(const Tensor& out, const Tensor& in) {
   check_dtype(in, DType::kF32, "cast input");
   check_dtype(out, DType::kBF16, "cast output");

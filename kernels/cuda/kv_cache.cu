@@ -1,0 +1,278 @@
+// The rollout engine's slot KV cache on the GPU (kernels/kv_cache.h).
+//   kv_cache_append: a scatter of whole 16-byte vectors (one thread each) from k/v rows into
+//     their slots; rows with count 0 and padding positions past count[r] cost one index test.
+//   decode_attention: flash decoding. One block per (row, KV head, tile of up to kQ queries,
+//     key split): the tile's queries are the group of query heads reading that KV head, at
+//     each of the row's new positions, so each cached key and value is read once for all of
+//     them. The block's warps take interleaved keys, each lane holding hd / 32 of a key's
+//     dims, and keep an online softmax (running max, sum and weighted values, fp32) per
+//     query; the warps merge in shared memory. Long contexts with few rows are split over
+//     the keys so the GPU fills, and a second kernel merges the splits' partial softmaxes.
+//     bf16 or f32 in and out; fp32 arithmetic; head dims a multiple of 32 up to 256.
+// The CUDA kernels trust slot, start, count and length (the CPU op checks them).
+#include <algorithm>
+#include <cstdint>
+
+#include "kernels/cuda/common.cuh"
+#include "kernels/kv_cache.h"
+
+namespace sy::cuda {
+namespace {
+
+// W: the word moved per thread (uint4 for whole vectors, else the element itself).
+template <typename W>
+__global__ void kv_cache_append_kernel(W* cache_k, W* cache_v, const W* k, const W* v,
+                                       const int32_t* slot, const int32_t* start,
+                                       const int32_t* count, int64_t rows, int64_t steps,
+                                       int64_t capacity, int64_t words) {
+  const int64_t n = rows * steps * words;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t w = i % words, rt = i / words, t = rt % steps, r = rt / steps;
+    if (t >= count[r]) continue;
+    const int64_t dst = (static_cast<int64_t>(slot[r]) * capacity + start[r] + t) * words + w;
+    cache_k[dst] = k[i];
+    cache_v[dst] = v[i];
+  }
+}
+
+constexpr int kAttnWarps = 4;
+// Keys per split at least: below this a split's fixed costs outweigh its keys.
+constexpr int64_t kMinSplitKeys = 128;
+
+struct DecodeDims {
+  int64_t tq, heads, kv_heads, capacity;
+  int hd, group, q_tiles, splits;
+  int64_t split_len;
+  float scale;
+};
+
+// kD dims per lane (hd = 32 kD), kQ queries per block.
+template <typename T, int kD, int kQ>
+__global__ void __launch_bounds__(kAttnWarps * 32)
+    decode_attention_kernel(T* out, float* part_ml, float* part_acc, const T* q,
+                            const T* cache_k, const T* cache_v, const int32_t* slot,
+                            const int32_t* length, DecodeDims d) {
+  constexpr int kHd = 32 * kD;
+  __shared__ float merge_m[kAttnWarps][kQ], merge_l[kAttnWarps][kQ];
+  __shared__ float merge_acc[kAttnWarps][kQ][kHd];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int64_t b = blockIdx.x;
+  const int tile = static_cast<int>(b % d.q_tiles);
+  b /= d.q_tiles;
+  const int64_t g = b % d.kv_heads, r = b / d.kv_heads;
+  const int split = blockIdx.y;
+  const int64_t len = length[r];
+  const int queries = static_cast<int>(d.tq * d.group);
+  const int q0 = tile * kQ, nq = min(kQ, queries - q0);
+
+  // Query qi of the tile: position t = qi / group, head g * group + qi % group.
+  float qr[kQ][kD], acc[kQ][kD], m[kQ], l[kQ];
+  int64_t last_key[kQ];
+#pragma unroll
+  for (int qi = 0; qi < kQ; ++qi) {
+    m[qi] = -INFINITY;
+    l[qi] = 0.0f;
+    last_key[qi] = -1;
+#pragma unroll
+    for (int i = 0; i < kD; ++i) qr[qi][i] = acc[qi][i] = 0.0f;
+    if (qi < nq) {
+      const int64_t t = (q0 + qi) / d.group, h = g * d.group + (q0 + qi) % d.group;
+      const T* qp = q + ((r * d.tq + t) * d.heads + h) * kHd;
+#pragma unroll
+      for (int i = 0; i < kD; ++i) qr[qi][i] = to_f32(qp[lane + 32 * i]) * d.scale;
+      last_key[qi] = len - d.tq + t;
+    }
+  }
+  const int64_t begin = split * d.split_len, end = min(len, begin + d.split_len);
+  const int64_t base = static_cast<int64_t>(slot[r]) * d.capacity;
+  const auto attend = [&](int64_t j, const float (&kr)[kD], const float (&vr)[kD]) {
+#pragma unroll
+    for (int qi = 0; qi < kQ; ++qi) {
+      if (qi >= nq) break;
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kD; ++i) s += qr[qi][i] * kr[i];
+      s = warp_sum(s);
+      if (j > last_key[qi]) continue;  // causal: a later key than this query's position
+      const float mx = fmaxf(m[qi], s);
+      const float correction = expf(m[qi] - mx), p = expf(s - mx);
+      l[qi] = l[qi] * correction + p;
+#pragma unroll
+      for (int i = 0; i < kD; ++i) acc[qi][i] = acc[qi][i] * correction + p * vr[i];
+      m[qi] = mx;
+    }
+  };
+  // Two keys a warp at a time: their four loads are in flight together.
+  for (int64_t j = begin + warp; j < end; j += 2 * kAttnWarps) {
+    const int64_t j2 = j + kAttnWarps;
+    const bool second = j2 < end;
+    const int64_t at = ((base + j) * d.kv_heads + g) * kHd;
+    const int64_t at2 = ((base + (second ? j2 : j)) * d.kv_heads + g) * kHd;
+    float kr[kD], vr[kD], kr2[kD], vr2[kD];
+#pragma unroll
+    for (int i = 0; i < kD; ++i) {
+      kr[i] = to_f32(cache_k[at + lane + 32 * i]);
+      vr[i] = to_f32(cache_v[at + lane + 32 * i]);
+      kr2[i] = to_f32(cache_k[at2 + lane + 32 * i]);
+      vr2[i] = to_f32(cache_v[at2 + lane + 32 * i]);
+    }
+    attend(j, kr, vr);
+    if (second) attend(j2, kr2, vr2);
+  }
+  // Merge the warps' softmaxes.
+#pragma unroll
+  for (int qi = 0; qi < kQ; ++qi) {
+    if (lane == 0) merge_m[warp][qi] = m[qi], merge_l[warp][qi] = l[qi];
+#pragma unroll
+    for (int i = 0; i < kD; ++i) merge_acc[warp][qi][lane + 32 * i] = acc[qi][i];
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < nq * kHd; e += blockDim.x) {
+    const int qi = e / kHd, dim = e % kHd;
+    float mx = -INFINITY;
+    for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, merge_m[w][qi]);
+    float sum = 0.0f, value = 0.0f;
+    if (mx > -INFINITY) {
+      for (int w = 0; w < kAttnWarps; ++w) {
+        const float f = expf(merge_m[w][qi] - mx);
+        sum += merge_l[w][qi] * f;
+        value += merge_acc[w][qi][dim] * f;
+      }
+    }
+    const int64_t t = (q0 + qi) / d.group, h = g * d.group + (q0 + qi) % d.group;
+    const int64_t row = (r * d.tq + t) * d.heads + h;
+    if (d.splits == 1) {
+      out[row * kHd + dim] = from_f32<T>(sum > 0.0f ? value / sum : 0.0f);
+    } else {
+      const int64_t p = row * d.splits + split;
+      part_acc[p * kHd + dim] = value;
+      if (dim == 0) part_ml[2 * p] = mx, part_ml[2 * p + 1] = sum;
+    }
+  }
+}
+
+// One warp per output row (r, t, h): the splits' partial softmaxes merged.
+template <typename T>
+__global__ void decode_attention_merge_kernel(T* out, const float* part_ml, const float* part_acc,
+                                              int64_t out_rows, int splits, int hd) {
+  const int lane = threadIdx.x & 31;
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * (blockDim.x / 32);
+  for (int64_t row = blockIdx.x * static_cast<int64_t>(blockDim.x / 32) + (threadIdx.x >> 5);
+       row < out_rows; row += warps) {
+    const float* ml = part_ml + 2 * row * splits;
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
+    float sum = 0.0f;
+    if (mx > -INFINITY)
+      for (int s = 0; s < splits; ++s) sum += ml[2 * s + 1] * expf(ml[2 * s] - mx);
+    for (int dim = lane; dim < hd; dim += 32) {
+      float value = 0.0f;
+      if (sum > 0.0f) {
+        for (int s = 0; s < splits; ++s)
+          value += part_acc[(row * splits + s) * hd + dim] * expf(ml[2 * s] - mx);
+        value /= sum;
+      }
+      out[row * hd + dim] = from_f32<T>(value);
+    }
+  }
+}
+
+template <typename W>
+void launch_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor& k, const Tensor& v,
+                   const Tensor& slot, const Tensor& start, const Tensor& count, int64_t words) {
+  const int64_t rows = k.dim(0), steps = k.dim(1);
+  kv_cache_append_kernel<W><<<grid_for(rows * steps * words), kThreads, 0, stream()>>>(
+      static_cast<W*>(cache_k.raw()), static_cast<W*>(cache_v.raw()),
+      static_cast<const W*>(k.raw()), static_cast<const W*>(v.raw()), slot.data<int32_t>(),
+      start.data<int32_t>(), count.data<int32_t>(), rows, steps, cache_k.dim(1), words);
+  launch_check("kv_cache_append_kernel");
+}
+
+template <typename T, int kD, int kQ>
+void launch_decode(const Tensor& out, const Tensor& q, const Tensor& cache_k,
+                   const Tensor& cache_v, const Tensor& slot, const Tensor& length,
+                   DecodeDims d) {
+  const int64_t rows = q.dim(0);
+  d.q_tiles = static_cast<int>((d.tq * d.group + kQ - 1) / kQ);
+  const int64_t blocks = rows * d.kv_heads * d.q_tiles;
+  SY_CHECK(blocks <= kMaxRowBlocks) << "decode_attention: " << blocks << " blocks exceed one grid";
+  // Enough blocks for 64 warps an SM (the loads in flight that keep HBM busy), splits no
+  // shorter than kMinSplitKeys.
+  const int64_t want = (16LL * sm_count() + blocks - 1) / blocks;
+  const int64_t most = std::max<int64_t>(1, (d.capacity + kMinSplitKeys - 1) / kMinSplitKeys);
+  d.splits = static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535)));
+  d.split_len = (d.capacity + d.splits - 1) / d.splits;
+  const int64_t out_rows = rows * d.tq * d.heads;
+  Scratch scratch(d.splits > 1 ? static_cast<size_t>(out_rows) * d.splits * (2 + d.hd) * 4 : 0);
+  float* part_ml = scratch.as<float>();
+  float* part_acc = part_ml ? part_ml + 2 * out_rows * d.splits : nullptr;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(d.splits));
+  decode_attention_kernel<T, kD, kQ><<<grid, kAttnWarps * 32, 0, stream()>>>(
+      ptr<T>(out), part_ml, part_acc, ptr<T>(q), ptr<T>(cache_k), ptr<T>(cache_v),
+      slot.data<int32_t>(), length.data<int32_t>(), d);
+  launch_check("decode_attention_kernel");
+  if (d.splits > 1) {
+    decode_attention_merge_kernel<T><<<grid_for(out_rows * 32), kThreads, 0, stream()>>>(
+        ptr<T>(out), part_ml, part_acc, out_rows, d.splits, d.hd);
+    launch_check("decode_attention_merge_kernel");
+  }
+}
+
+}  // namespace
+
+void kv_cache_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor& k,
+                     const Tensor& v, const Tensor& slot, const Tensor& start,
+                     const Tensor& count) {
+  use_device(k);
+  const int64_t width = k.dim(2) * k.dim(3);
+  const size_t element = dtype_size(k.dtype());
+  if ((width * element) % 16 == 0 &&
+      aligned16({cache_k.raw(), cache_v.raw(), k.raw(), v.raw()})) {
+    return launch_append<uint4>(cache_k, cache_v, k, v, slot, start, count,
+                                width * static_cast<int64_t>(element) / 16);
+  }
+  if (element == 4) {
+    return launch_append<uint32_t>(cache_k, cache_v, k, v, slot, start, count, width);
+  }
+  launch_append<uint16_t>(cache_k, cache_v, k, v, slot, start, count, width);
+}
+
+void decode_attention(const Tensor& out, const Tensor& q, const Tensor& cache_k,
+                      const Tensor& cache_v, const Tensor& slot, const Tensor& length) {
+  use_device(q);
+  const int hd = static_cast<int>(q.dim(3));
+  SY_CHECK(hd % 32 == 0 && hd <= 256)
+      << "decode_attention on CUDA takes head dims that are multiples of 32 up to 256, got " << hd;
+  DecodeDims d{};
+  d.tq = q.dim(1);
+  d.heads = q.dim(2);
+  d.kv_heads = cache_k.dim(2);
+  d.capacity = cache_k.dim(1);
+  d.hd = hd;
+  d.group = static_cast<int>(d.heads / d.kv_heads);
+  d.scale = 1.0f / sqrtf(static_cast<float>(hd));
+  dispatch_float(q.dtype(), "decode_attention", [&](auto tag) {
+    using T = decltype(tag);
+    switch (hd / 32) {
+      case 1:
+        return launch_decode<T, 1, 8>(out, q, cache_k, cache_v, slot, length, d);
+      case 2:
+        return launch_decode<T, 2, 8>(out, q, cache_k, cache_v, slot, length, d);
+      case 3:
+        return launch_decode<T, 3, 4>(out, q, cache_k, cache_v, slot, length, d);
+      case 4:
+        return launch_decode<T, 4, 4>(out, q, cache_k, cache_v, slot, length, d);
+      case 5:
+        return launch_decode<T, 5, 2>(out, q, cache_k, cache_v, slot, length, d);
+      case 6:
+        return launch_decode<T, 6, 2>(out, q, cache_k, cache_v, slot, length, d);
+      case 7:
+        return launch_decode<T, 7, 2>(out, q, cache_k, cache_v, slot, length, d);
+      default:
+        return launch_decode<T, 8, 2>(out, q, cache_k, cache_v, slot, length, d);
+    }
+  });
+}
+
+}  // namespace sy::cuda
