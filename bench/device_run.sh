@@ -30,6 +30,9 @@
 #          2 GPUs with mpirun (EP=2): run on the 2-GPU machine
 #   oracle bench/oracle.py against dump-step on the GPU (bf16 and f32; two configs)
 #   torch  bench/torch_bench.py (PyTorch, same model and shape) and bench/compare.py's table
+#   rollout bench/rollout_bench (the rollout engine on the benchmark model, random weights,
+#          64 prompts x 128 tokens, 256 new tokens, bf16; ROLLOUT_ARGS: more flags) and
+#          bench/hf_generate_bench.py (transformers' generate, same shapes) side by side
 #
 # The device recipe (../shared/device/README.md): the abseil packages travel in .device-deps/.
 set -uo pipefail
@@ -37,7 +40,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu nccl tiny attn gemm bench trace oracle torch}
+stages=${*:-gpu cpu nccl tiny attn gemm bench trace oracle torch rollout}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -51,11 +54,19 @@ note() { echo "[$(( $(date +%s) - t_start )) s] $*" | tee -a "$summary"; }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$summary"
 start=$(date +%s)
+# DEVICE_KEEP_GOING=1: build every target that compiles and run the stages anyway (a test
+# whose binary failed to build then fails as "not run"), for a tree mid-change.
+# DEVICE_TARGETS="a b ...": build only these targets (a short call; the stages need theirs).
+keep=()
+[ "${DEVICE_KEEP_GOING:-0}" = 1 ] && keep=(-- -k 0)
 cmake -S . -B build-dev -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/build.log" 2>&1 &&
-  cmake --build build-dev -j "$(nproc)" >>"$out/build.log" 2>&1
+  cmake --build build-dev -j "$(nproc)" ${DEVICE_TARGETS:+--target $DEVICE_TARGETS} "${keep[@]}" >>"$out/build.log" 2>&1
 rc=$?
 note "build: exit $rc in $(( $(date +%s) - start )) s"
-[ $rc -eq 0 ] || { tail -40 "$out/build.log"; exit 1; }
+if [ $rc -ne 0 ]; then
+  grep -E 'error|FAILED' "$out/build.log" | head -40 | tee -a "$summary"
+  [ "${DEVICE_KEEP_GOING:-0}" = 1 ] || exit 1
+fi
 
 if want gpu; then
   ctest --test-dir build-dev -L gpu --output-on-failure >"$out/gpu_tests.log" 2>&1
@@ -179,6 +190,28 @@ if want trace; then
   else
     note "trace: no build-dev/libsy_cupti_trace.so (the toolkit has no CUPTI)"
   fi
+fi
+
+if want rollout; then
+  # The rollout engine on the benchmark model against transformers' generate on the same shapes
+  # (64 prompts x 128 tokens, 256 new tokens, temperature 1, bf16), in the same call.
+  build-dev/rollout_bench ${ROLLOUT_ARGS:-} >"$out/rollout_bench.log" 2>&1
+  note "rollout_bench: exit $?"
+  grep -vE '^\{' "$out/rollout_bench.log" | tail -4 | tee -a "$summary"
+  python3 bench/hf_generate_bench.py >"$out/hf_generate.log" 2>&1
+  note "hf_generate_bench: exit $?"
+  tail -1 "$out/hf_generate.log" | tee -a "$summary"
+  python3 - "$out/rollout_bench.log" "$out/hf_generate.log" <<'PY' 2>&1 | tee -a "$summary"
+import json, sys
+def last_json(path):
+    lines = [l for l in open(path) if l.startswith("{")]
+    return json.loads(lines[-1]) if lines else None
+ours, theirs = last_json(sys.argv[1]), last_json(sys.argv[2])
+if ours and theirs:
+    print("rollout: switchyard %.0f new tokens/s, transformers generate %.0f: %.1fx; %.1f%% of the bandwidth bound"
+          % (ours["new_tokens_per_s"], theirs["new_tokens_per_s"],
+             ours["new_tokens_per_s"] / theirs["new_tokens_per_s"], 100 * ours["bandwidth_bound_fraction"]))
+PY
 fi
 
 if want oracle; then

@@ -1,43 +1,43 @@
 #pragma once
-// Batched autoregressive generation on the model's KV cache: temperature, top-k and top-p
-// (nucleus) sampling, stop tokens and a token budget. Used by `switchyard generate`, by the
-// evaluation of the training loop (greedy) and by RL rollouts.
+// Generation, the simple way in: `switchyard generate`, the training loop's evaluation
+// (greedy) and RL rollouts call these; they run on the rollout engine
+// (models/rollout/engine.h: KV pool, continuous batching, device sampling with
+// temperature, top-k, top-p and min-p, stop tokens and stop strings), sized for the call.
 //
 // Sampling is reproducible and independent of batching: the random number for row r's i-th
-// new token is a hash of (seed, row_id, i), where row_id = first_row_id + r, so a prompt gets
-// the same completion alone, in a batch, or on another rank.
+// new token is sampling_uniform(seed, first_row_id + r, i) (kernels/sampling.h), so a prompt
+// gets the same completion alone, in a batch, or on another rank.
 //
-// All ranks of `world` must call generate together (the MoE layers exchange tokens): they
-// step through the same prompt lengths (a rank with no prompt of a length runs one padding
-// row) and keep stepping until every rank's rows have finished.
+// All ranks of `world` must call generate together (the MoE layers exchange tokens); each
+// passes its own prompts, and every rank steps until all ranks' rows have finished.
 #include <cstdint>
+#include <functional>
+#include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
+#include "models/rollout/engine.h"
 #include "models/transformer.h"
 #include "parallel/communicator.h"
 
 namespace sy {
 
-struct SamplingOptions {
-  float temperature = 1.0f;  // <= 0: greedy (argmax, ties to the lower id)
-  int top_k = 0;             // 0: no limit
-  float top_p = 1.0f;        // 1: no nucleus cut
-  int max_new_tokens = 32;
-  std::vector<int32_t> stop_tokens;  // generation of a row ends after it emits one of these
-  uint64_t seed = 0;
-};
+// Completions with their log-probs and why each ended. engine: the engine's limits
+// (max_rows, check_interval, prefill_tokens); its max_len is sized for the prompts.
+absl::StatusOr<std::vector<Completion>> generate_completions(
+    Transformer& model, const std::vector<std::vector<int32_t>>& prompts,
+    const SamplingOptions& options, Communicator* world = nullptr, uint64_t first_row_id = 0,
+    const EngineOptions& engine = {});
 
-// The next token for one row of logits [V], drawn with uniform u in [0, 1).
-int32_t sample_token(const float* logits, int64_t vocab, const SamplingOptions& options, double u);
+// The new tokens alone (the stop token included when one ended the row), per prompt.
+absl::StatusOr<std::vector<std::vector<int32_t>>> generate(
+    Transformer& model, const std::vector<std::vector<int32_t>>& prompts,
+    const SamplingOptions& options, Communicator* world = nullptr, uint64_t first_row_id = 0);
 
-// The uniform number for (seed, row, position): a counter-based hash.
-double sampling_uniform(uint64_t seed, uint64_t row_id, uint64_t position);
-
-// Completions (new tokens, the stop token included when one ended the row) for each prompt.
-std::vector<std::vector<int32_t>> generate(Transformer& model,
-                                           const std::vector<std::vector<int32_t>>& prompts,
-                                           const SamplingOptions& options,
-                                           Communicator* world = nullptr,
-                                           uint64_t first_row_id = 0);
+// A StopCheck for stop strings in the text the tokens spell, token by token (`piece`: the
+// text of one token): a completion ends right after the token that completes the earliest
+// stop string.
+StopCheck stop_at_strings(std::vector<std::string> stops,
+                          std::function<std::string(int32_t)> piece);
 
 }  // namespace sy

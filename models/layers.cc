@@ -136,42 +136,44 @@ Attention::Attention(ParamStore& store, const std::string& prefix, const ModelSp
       wv_(store.add(prefix + "attn.wv", {spec.n_kv_heads * spec.head_dim(), spec.d_model},
                     SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
       wo_(store.add(prefix + "attn.wo", {spec.d_model, spec.n_heads * spec.head_dim()},
-                    SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {}
+                    SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {
+  if (spec.qk_norm) {
+    q_norm_ = std::make_unique<RmsNorm>(store, prefix + "attn.q_norm.weight", spec.head_dim(),
+                                        spec.norm_eps);
+    k_norm_ = std::make_unique<RmsNorm>(store, prefix + "attn.k_norm.weight", spec.head_dim(),
+                                        spec.norm_eps);
+  }
+}
 
-Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache,
+void Attention::project_qkv(const Tensor& n, const TokenLayout& layout, Tensor& q, Tensor& k,
+                            Tensor& v) {
+  const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
+  q = linear(n, wq_).view({b, t, spec_.n_heads, hd});
+  k = linear(n, wk_).view({b, t, spec_.n_kv_heads, hd});
+  v = linear(n, wv_).view({b, t, spec_.n_kv_heads, hd});
+  if (q_norm_) {
+    q = q_norm_->forward(q);
+    k = k_norm_->forward(k);
+  }
+  rotate_in_place(q, k, layout, spec_.rope_theta, false);
+}
+
+Tensor Attention::forward(const Tensor& x, const TokenLayout& layout, KvAttention* cache,
                           const Tensor& residual, const Tensor& sum) {
   const int64_t b = layout.batch, t = layout.seq, hd = spec_.head_dim();
-  const int64_t kv = spec_.n_kv_heads;
   layout_ = layout;
   std::optional<profile::Scope> region(std::in_place, "attn.qkv");
   n_ = norm_.forward(x, residual, sum);
-  q_ = linear(n_, wq_).view({b, t, spec_.n_heads, hd});
-  k_ = linear(n_, wk_).view({b, t, kv, hd});
-  v_ = linear(n_, wv_).view({b, t, kv, hd});
-  rotate_in_place(q_, k_, layout, spec_.rope_theta, false);
-  Tensor keys = k_, values = v_;
-  if (cache) {
-    // Append along each sequence: as [B, L * kv * hd] rows, that is a column concatenation.
-    auto extend = [&](Tensor& stored, const Tensor& fresh) {
-      if (cache->length == 0) {
-        stored = fresh.clone();
-        return;
-      }
-      Tensor grown = Tensor::empty({b, cache->length + t, kv, hd}, fresh.dtype(), x.device());
-      concat_cols(grown.view({b, (cache->length + t) * kv * hd}),
-                  stored.view({b, cache->length * kv * hd}), fresh.view({b, t * kv * hd}));
-      stored = grown;
-    };
-    extend(cache->k, k_);
-    extend(cache->v, v_);
-    cache->length += t;
-    keys = cache->k;
-    values = cache->v;
-  }
-  o_ = Tensor::empty(q_.shape(), q_.dtype(), x.device());
-  lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
+  project_qkv(n_, layout, q_, k_, v_);
   region.emplace("attn.core");
-  attention_forward(o_, lse_, q_, keys, values);
+  if (cache) {
+    o_ = cache->attend(q_, k_, v_);
+    lse_ = Tensor();
+  } else {
+    o_ = Tensor::empty(q_.shape(), q_.dtype(), x.device());
+    lse_ = Tensor::empty({b, spec_.n_heads, t}, DType::kF32, x.device());
+    attention_forward(o_, lse_, q_, k_, v_);
+  }
   region.emplace("attn.out");
   return linear(o_.view({b * t, spec_.n_heads * hd}), wo_);
 }
@@ -190,6 +192,10 @@ Tensor Attention::backward(const Tensor& dy, const Tensor& residual) {
   attention_backward(dq, dk, dv, d_o.view(o_.shape()), q_, k_, v_, o_, lse_);
   region.emplace("attn.qkv.bwd");
   rotate_in_place(dq, dk, layout_, spec_.rope_theta, true);
+  if (q_norm_) {
+    dq = q_norm_->backward(dq);
+    dk = k_norm_->backward(dk);
+  }
   Tensor dn = Tensor::empty(n_.shape(), dt, dy.device());
   linear_backward(dn, wq_, dq.view({n, dq.numel() / n}), n_, 0.0f);
   linear_backward(dn, wk_, dk.view({n, dk.numel() / n}), n_, 1.0f);
@@ -389,8 +395,9 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   // The plan's device part and the copy of its expert counts first; then, while that copy
   // travels and the host waits for it, the GPU has the permute (a dropless plan's rows are
   // known without the counts), the load statistics and the shared experts to run.
+  const double capacity_factor = dropless_ ? 0.0 : m.capacity_factor;
   plan_ = start_dispatch_plan(indices_, m.num_experts,
-                              expert_capacity(m.capacity_factor, n, m.top_k, m.num_experts));
+                              expert_capacity(capacity_factor, n, m.top_k, m.num_experts));
   Tensor xp;
   auto permute = [&] {
     region.emplace("moe.dispatch");
@@ -556,7 +563,7 @@ Block::Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec
   }
 }
 
-Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache) {
+Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvAttention* cache) {
   const ResidualTerms terms = forward_terms(x, Tensor(), Tensor(), layout, cache);
   profile::Scope region("residual");
   Tensor out = Tensor::empty(x.shape(), x.dtype(), x.device());
@@ -565,7 +572,7 @@ Tensor Block::forward(const Tensor& x, const TokenLayout& layout, KvCache* cache
 }
 
 ResidualTerms Block::forward_terms(const Tensor& x, const Tensor& residual, const Tensor& sum,
-                                   const TokenLayout& layout, KvCache* cache) {
+                                   const TokenLayout& layout, KvAttention* cache) {
   Tensor a = attn_.forward(x, layout, cache, residual, sum);
   const Tensor& input = residual.defined() ? sum : x;
   // h = input + a, the residual stream, written by the FFN's pre-norm in its own pass.

@@ -54,10 +54,15 @@ class RmsNorm {
   Tensor x_, rstd_;
 };
 
-// Keys and values of the positions decoded so far, for one attention layer: [B, L, Hkv, hd].
-struct KvCache {
-  Tensor k, v;
-  int64_t length = 0;
+// Attention against keys and values kept outside the layer, across forwards (the rollout
+// engine's KV pool, models/rollout/kv_pool.h): given one layer's new q [B, T, H, hd], k and v
+// [B, T, Hkv, hd], projected and rotated, it stores k and v where the sequences' earlier keys
+// are and returns the attention output [B, T, H, hd]. Inference only: nothing is kept for a
+// backward.
+class KvAttention {
+ public:
+  virtual ~KvAttention() = default;
+  virtual Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v) = 0;
 };
 
 // Rotary causal self-attention with grouped KV heads: y = Wo attn(rope(Wq n), rope(Wk n), Wv n)
@@ -65,19 +70,26 @@ struct KvCache {
 class Attention {
  public:
   Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec);
-  // With a cache, x holds only the new positions (layout.positions says where they sit): their
-  // keys and values are appended to the cache and the queries attend to all of it. With
-  // `residual`, the input is x + residual, written to `sum` by the pre-norm's pass.
-  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr,
+  // With a cache, x holds only the new positions (layout.positions says where they sit) and
+  // the cache computes the attention over them and what it keeps. With `residual`, the input
+  // is x + residual, written to `sum` by the pre-norm's pass.
+  Tensor forward(const Tensor& x, const TokenLayout& layout, KvAttention* cache = nullptr,
                  const Tensor& residual = Tensor(), const Tensor& sum = Tensor());
   // With `residual`, returns the gradient with respect to x plus residual (added in the
   // pre-norm's backward pass).
   Tensor backward(const Tensor& dy, const Tensor& residual = Tensor());
 
+  // The projections of normalised input n [B*T, D] to q [B, T, H, hd], k and v [B, T, Hkv, hd],
+  // rotated by their positions: what every forward (training, prefill, decode) starts with.
+  // With spec.qk_norm every q and k head is RMS-normalised (gains [hd]) before the rotation;
+  // those norms keep their inputs for the backward, which undoes the rotation, then them.
+  void project_qkv(const Tensor& n, const TokenLayout& layout, Tensor& q, Tensor& k, Tensor& v);
+
  private:
   const ModelSpec& spec_;
   RmsNorm norm_;
   Param &wq_, &wk_, &wv_, &wo_;
+  std::unique_ptr<RmsNorm> q_norm_, k_norm_;  // set with spec.qk_norm
   TokenLayout layout_;
   Tensor n_, q_, k_, v_, o_, lse_;
 };
@@ -174,6 +186,9 @@ class MoeFfn : public FeedForward {
 
   // Balancing terms enter the loss multiplied by this (1 / micro-batches per step).
   void set_loss_scale(float scale) { loss_scale_ = scale; }
+  // On: the capacity factor is ignored (no token dropped), so a token's output does not
+  // depend on the other tokens of its batch. The rollout engine's forwards run so.
+  void set_dropless(bool dropless) { dropless_ = dropless; }
   RoutingStats& stats() { return stats_; }
   void update_bias();  // from stats().load; no-op when bias_update_rate == 0
   const Param* bias() const { return bias_; }
@@ -192,6 +207,7 @@ class MoeFfn : public FeedForward {
   Param &w13_, &w2_;
   std::unique_ptr<SwigluMlp> shared_;
   float loss_scale_ = 1.0f;
+  bool dropless_ = false;
   RoutingStats stats_;
   // saved for backward
   TokenLayout layout_;
@@ -219,11 +235,11 @@ class Block {
   Block(ParamStore& store, const std::string& prefix, const ModelSpec& spec, bool moe,
         const ModelParallel& parallel = {});
   // out = x + attention + FFN, summed.
-  Tensor forward(const Tensor& x, const TokenLayout& layout, KvCache* cache = nullptr);
+  Tensor forward(const Tensor& x, const TokenLayout& layout, KvAttention* cache = nullptr);
   // The same with the input given as x + residual (undefined: x alone), that sum written to
   // `sum` by the attention's pre-norm, and the output left as its two terms.
   ResidualTerms forward_terms(const Tensor& x, const Tensor& residual, const Tensor& sum,
-                              const TokenLayout& layout, KvCache* cache = nullptr);
+                              const TokenLayout& layout, KvAttention* cache = nullptr);
   Tensor backward(const Tensor& dout);
   MoeFfn* moe() { return moe_; }
 

@@ -6,6 +6,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/elementwise.h"
 #include "kernels/embedding.h"
+#include "kernels/entropy.h"
 #include "kernels/matmul.h"
 #include "kernels/profile.h"
 #include "kernels/rope.h"
@@ -113,12 +114,14 @@ void Transformer::embed_backward(const Tensor& ids, const Tensor& d) {
 Tensor Transformer::head_weight() const { return lm_head_ ? lm_head_->w() : embed_.w(); }
 Param& Transformer::head_param() { return lm_head_ ? *lm_head_ : embed_; }
 
-Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0) {
+Tensor Transformer::trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0,
+                                  const std::vector<KvAttention*>* attention) {
   Tensor x = embed(inputs), residual;  // a block's input is x + residual (undefined: x)
-  for (auto& b : blocks_) {
+  for (size_t l = 0; l < blocks_.size(); ++l) {
     const Tensor sum =
         residual.defined() ? Tensor::empty(x.shape(), x.dtype(), x.device()) : Tensor();
-    ResidualTerms terms = b->forward_terms(x, residual, sum, layout);
+    ResidualTerms terms =
+        blocks_[l]->forward_terms(x, residual, sum, layout, attention ? (*attention)[l] : nullptr);
     x = std::move(terms.h);
     residual = std::move(terms.f);
   }
@@ -317,28 +320,26 @@ Tensor Transformer::logits(const Tensor& inputs, bool last_position_only) {
   return out.view({b, last_position_only ? 1 : t, spec_.vocab_size});
 }
 
-Tensor Transformer::decode(const Tensor& ids, DecodeState& state) {
-  SY_CHECK(ids.ndim() == 2) << "decode takes ids [B, T], got " << shape_str(ids.shape());
-  const int64_t b = ids.dim(0), t = ids.dim(1);
+Tensor Transformer::forward_with_cache(const Tensor& ids, const TokenLayout& layout,
+                                       const std::vector<KvAttention*>& attention,
+                                       const Tensor& rows) {
+  SY_CHECK(attention.size() == blocks_.size())
+      << "forward_with_cache: " << attention.size() << " attention caches for " << blocks_.size()
+      << " blocks";
   const Device dev = store_.device();
   store_.refresh_compute();
-  if (state.caches.empty()) state.caches.resize(blocks_.size());
-  TokenLayout layout;
-  layout.batch = b;
-  layout.seq = t;
-  Tensor pos = Tensor::empty({b, t}, DType::kI32);
-  for (int64_t r = 0; r < b; ++r)
-    for (int64_t i = 0; i < t; ++i)
-      pos.data<int32_t>()[r * t + i] = static_cast<int32_t>(state.length + i);
-  layout.positions = pos.to(dev);
-  Tensor h = embed(ids);
-  for (size_t l = 0; l < blocks_.size(); ++l) h = blocks_[l]->forward(h, layout, &state.caches[l]);
-  state.length += t;
-  Tensor hn = final_norm_->forward(h);
-  Tensor last = Tensor::empty({b, spec_.d_model}, hn.dtype(), dev);
-  for (int64_t r = 0; r < b; ++r) last.rows(r, r + 1).copy_from(hn.rows(r * t + t - 1, r * t + t));
-  Tensor out = Tensor::empty({b, spec_.vocab_size}, DType::kF32, dev);
-  matmul(out, last, head_weight(), false, true);
+  const std::vector<MoeFfn*> moes = moe_layers();
+  for (MoeFfn* m : moes) m->set_dropless(true);
+  const Tensor hn = trunk_forward(ids, layout, nullptr, &attention);
+  for (MoeFfn* m : moes) m->set_dropless(false);
+  Tensor picked = hn;
+  if (rows.defined()) {
+    // A row gather: the embedding lookup with the hidden states as its table.
+    picked = Tensor::empty({rows.numel(), spec_.d_model}, hn.dtype(), dev);
+    embedding_forward(picked, rows, hn);
+  }
+  Tensor out = Tensor::empty({picked.dim(0), spec_.vocab_size}, DType::kF32, dev);
+  matmul(out, picked, head_weight(), false, true);
   return out;
 }
 
@@ -365,17 +366,10 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
   out.logp = losses.to(Device::cpu()).clone().view({b, t});
   scale_(out.logp, -1.0f);
   if (with_entropy) {
-    // H = lse - sum_v p_v * logit_v, in double on the host (RL metrics only).
-    const std::vector<float> lg = s.logits.to_f32_vector(), lse = s.lse.to_f32_vector();
-    out.entropy = Tensor::empty({b, t});
-    for (int64_t r = 0; r < n; ++r) {
-      double expected = 0;
-      for (int64_t v = 0; v < vocab; ++v) {
-        const double x = lg[r * vocab + v];
-        expected += std::exp(x - lse[r]) * x;
-      }
-      out.entropy.data<float>()[r] = static_cast<float>(lse[r] - expected);
-    }
+    // Where the logits are: only the N entropies travel to the host, not N x V logits.
+    Tensor entropy = Tensor::empty({n}, DType::kF32, dev);
+    softmax_entropy(entropy, s.logits, s.lse);
+    out.entropy = entropy.to(Device::cpu()).view({b, t});
   }
   return out;
 }

@@ -68,6 +68,7 @@ class Transformer {
   Transformer(const Transformer&) = delete;
 
   const ModelSpec& spec() const { return spec_; }
+  const ParamStore& store() const { return store_; }
 
   // Counts the targets each head will see for this batch (targets i32 [B, T]).
   TargetCounts count_targets(const Tensor& targets) const;
@@ -82,14 +83,18 @@ class Transformer {
   // Forward only (no MTP): logits f32 [B, T, V], or [B, 1, V] of the last position.
   Tensor logits(const Tensor& inputs, bool last_position_only);
 
-  // Incremental decoding with a KV cache. Feed the prompt (ids i32 [B, T], all rows the same
-  // length), then one token per row at a time; each call appends to `state` and returns the
-  // logits of every row's last position, f32 [B, V]. The MTP modules take no part.
-  struct DecodeState {
-    std::vector<KvCache> caches;  // one per block
-    int64_t length = 0;           // positions decoded so far
-  };
-  Tensor decode(const Tensor& ids, DecodeState& state);
+  // An inference forward (no MTP, nothing kept for a backward, MoE layers dropless) of new
+  // tokens whose attention runs against keys and values the caller keeps: the rollout
+  // engine's prefill and decode steps (models/rollout/engine.h). ids i32 [B, T] and
+  // layout.positions [B, T] on the model's device; attention[l] serves block l (num_blocks()
+  // of them). Returns the f32 logits [R, V] of the token rows `rows` (i32 [R] on the device,
+  // flat indices b * T + t), or of every token when rows is undefined. Issues no host wait
+  // of its own (each MoE layer still waits for its expert counts and its balancing
+  // statistics, as in training).
+  Tensor forward_with_cache(const Tensor& ids, const TokenLayout& layout,
+                            const std::vector<KvAttention*>& attention,
+                            const Tensor& rows = Tensor());
+  int num_blocks() const { return static_cast<int>(blocks_.size()); }
 
   // Per-token log-probabilities of `targets` under the main head (no MTP), for RL:
   // logp[b, t] = log softmax(logits[b, t] / temperature)[targets[b, t]], 0 where targets ==
@@ -128,7 +133,9 @@ class Transformer {
   // The embedding, every block and the final norm: returns the normalised output. The blocks
   // hand their residual terms on unsummed, each next pre-norm adds them in its own pass, the
   // final norm the last ones (writing the trunk's output, their sum, to *h0 when asked).
-  Tensor trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0 = nullptr);
+  // With `attention`, block l attends through attention[l] (forward_with_cache).
+  Tensor trunk_forward(const Tensor& inputs, const TokenLayout& layout, Tensor* h0 = nullptr,
+                       const std::vector<KvAttention*>* attention = nullptr);
   Tensor trunk_backward(const Tensor& dh);
 
   ModelSpec spec_;

@@ -111,6 +111,14 @@ INSTANTIATE_TEST_SUITE_P(
                                 s.moe.capacity_factor = 0.75;
                                 s.mtp_modules = 2;
                                 s.first_k_dense = 0;
+                              }},
+                      // Qwen3's attention: heads wider than d_model / n_heads, each q and k
+                      // head RMS-normalised before the rotation.
+                      Variant{"qk_norm_wide_heads",
+                              [](ModelSpec& s) {
+                                s.qk_norm = true;
+                                s.head_dim_override = 6;
+                                s.moe.normalize_topk = true;
                               }}),
     [](const auto& info) { return std::string(info.param.name); });
 
