@@ -18,6 +18,8 @@ ModelSpec model_spec_from_config(const switchyard::Experiment& config) {
   s.first_k_dense = m.first_k_dense();
   s.tie_embeddings = m.tie_embeddings();
   s.init_std = static_cast<float>(m.init_std());
+  s.head_dim_override = m.head_dim();
+  s.qk_norm = m.qk_norm();
   s.moe.num_experts = moe.num_experts();
   s.moe.top_k = moe.top_k();
   s.moe.expert_hidden = moe.expert_hidden();

@@ -44,8 +44,10 @@ struct ModelSpec {
   // tokens of a 32,768 vocabulary in bf16). Not in the config: a memory bound, not a model
   // choice (tests set it to cut small batches into several chunks).
   int64_t head_chunk_rows = 0;
+  int head_dim_override = 0;  // 0: d_model / n_heads
+  bool qk_norm = false;       // RMSNorm of each q and k head before the rotary embedding
 
-  int head_dim() const { return d_model / n_heads; }
+  int head_dim() const { return head_dim_override > 0 ? head_dim_override : d_model / n_heads; }
   bool is_moe_layer(int layer) const { return layer >= first_k_dense; }
   bool has_moe() const { return first_k_dense < n_layers; }
 };

@@ -7,12 +7,15 @@
 #include <algorithm>
 #include <bit>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "trainer/json.h"
+#include "trainer/regular_file.h"
+#include "trainer/stop.h"
 
 namespace sy {
 
@@ -86,13 +89,29 @@ bool parse_dtype(std::string_view name, DType* dtype) {
   return false;
 }
 
+// F16 has no Tensor dtype of its own: it is widened to F32 as it is read (exactly: every
+// half value is a float).
+float f16_to_f32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu, mantissa = h & 0x3ffu;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24
+    const float v = std::ldexp(static_cast<float>(mantissa), -24);
+    return sign ? -v : v;
+  }
+  const uint32_t bits = exponent == 0x1f ? sign | 0x7f800000u | (mantissa << 13)  // inf, NaN
+                                         : sign | ((exponent + 112) << 23) | (mantissa << 13);
+  return std::bit_cast<float>(bits);
+}
+
+}  // namespace
+
+namespace {
+
 // One header entry, checked for form but not yet against the data region.
-struct Entry {
-  std::string name;
-  DType dtype;
-  Shape shape;
-  uint64_t begin, end;
-};
+using Entry = SafetensorsReader::Entry;
+
+int64_t stored_element_size(const Entry& e) { return e.f16 ? 2 : dtype_size(e.dtype); }
+const char* stored_dtype_name(const Entry& e) { return e.f16 ? "F16" : safetensors_dtype(e.dtype); }
 
 absl::StatusOr<Entry> parse_entry(const std::string& path, const std::string& name,
                                   const Json& value) {
@@ -109,9 +128,13 @@ absl::StatusOr<Entry> parse_entry(const std::string& path, const std::string& na
   if (!shape) return bad("header entry has no \"shape\"");
   if (!offsets) return bad("header entry has no \"data_offsets\"");
   if (!dtype->is_string()) return bad("\"dtype\" is not a string");
-  if (!parse_dtype(dtype->as_string(), &entry.dtype))
+  entry.f16 = dtype->as_string() == "F16";
+  if (entry.f16) {
+    entry.dtype = DType::kF32;
+  } else if (!parse_dtype(dtype->as_string(), &entry.dtype)) {
     return bad(absl::StrCat("unsupported dtype \"", dtype->as_string(),
-                            "\" (switchyard reads F32, BF16, I32, I64)"));
+                            "\" (switchyard reads F32, BF16, F16, I32, I64)"));
+  }
   if (!shape->is_array()) return bad("\"shape\" is not an array");
   for (const Json& dim : shape->as_array()) {
     if (!dim.is_int() || dim.as_int() < 0)
@@ -129,9 +152,9 @@ absl::StatusOr<Entry> parse_entry(const std::string& path, const std::string& na
   return entry;
 }
 
-// Bytes that shape x dtype needs, or -1 when that overflows int64 (a hostile shape).
-int64_t expected_bytes(const Shape& shape, DType dtype) {
-  unsigned __int128 n = dtype_size(dtype);
+// Bytes that shape x element size needs, or -1 when that overflows int64 (a hostile shape).
+int64_t expected_bytes(const Shape& shape, int64_t element_size) {
+  unsigned __int128 n = static_cast<uint64_t>(element_size);
   for (int64_t d : shape) {
     n *= static_cast<uint64_t>(d);
     if (n > static_cast<unsigned __int128>(INT64_MAX)) return -1;
@@ -210,7 +233,12 @@ absl::Status save_safetensors(const std::string& path,
   return write_file_atomically(path, pieces);
 }
 
-absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
+absl::StatusOr<SafetensorsReader> SafetensorsReader::open(const std::string& path) {
+  // A FIFO or a device would block the open or the reads forever; a missing file keeps the
+  // open's own error.
+  std::error_code exists_error;
+  if (std::filesystem::exists(path, exists_error))
+    SY_RETURN_IF_ERROR(require_regular_file(path, "safetensors file"));
   Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
   if (fd.get() < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path, ": cannot open"));
   struct stat st;
@@ -235,8 +263,8 @@ absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
     return file_error(path, absl::StrCat("header is not valid JSON: ", header.status().message()));
   if (!header->is_object()) return file_error(path, "header is not a JSON object");
 
-  SafetensorsFile file;
-  file.path = path;
+  SafetensorsReader file;
+  file.path_ = path;
   std::vector<Entry> entries;
   for (const auto& [name, value] : header->as_object()) {
     if (name == "__metadata__") {
@@ -245,7 +273,7 @@ absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
         if (!item.is_string())
           return file_error(
               path, absl::StrCat("\"__metadata__\" value for \"", key, "\" is not a string"));
-        file.metadata[key] = item.as_string();
+        file.metadata_[key] = item.as_string();
       }
       continue;
     }
@@ -261,10 +289,10 @@ absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
       return file_error(
           path, absl::StrCat("tensor '", e.name, "': data_offsets [", e.begin, ", ", e.end,
                              "] run past the ", data_size, " bytes of data (truncated file?)"));
-    int64_t bytes = expected_bytes(e.shape, e.dtype);
+    int64_t bytes = expected_bytes(e.shape, stored_element_size(e));
     if (bytes < 0 || static_cast<uint64_t>(bytes) != e.end - e.begin)
       return file_error(path, absl::StrCat("tensor '", e.name, "': shape ", shape_str(e.shape),
-                                           " of ", safetensors_dtype(e.dtype), " needs ",
+                                           " of ", stored_dtype_name(e), " needs ",
                                            bytes < 0 ? "more than 2^63" : absl::StrCat(bytes),
                                            " bytes, but data_offsets [", e.begin, ", ", e.end,
                                            "] hold ", e.end - e.begin));
@@ -292,13 +320,64 @@ absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
                                          "(data is ",
                                          data_size, " bytes, tensors cover ", covered, ")"));
 
-  for (const Entry& e : entries) {
-    Tensor t = Tensor::empty(e.shape, e.dtype);
-    SY_RETURN_IF_ERROR(read_at(fd.get(), path, t.raw(), t.nbytes(), data_start + e.begin));
-    file.tensors.emplace(e.name, std::move(t));
+  file.data_start_ = data_start;
+  for (Entry& e : entries) file.entries_.emplace(e.name, std::move(e));
+  return file;
+}
+
+std::vector<std::string> SafetensorsReader::names() const {
+  std::vector<std::string> out;
+  for (const auto& [name, e] : entries_) out.push_back(name);
+  return out;
+}
+
+bool SafetensorsReader::contains(const std::string& name) const {
+  return entries_.count(name) > 0;
+}
+
+const SafetensorsReader::Entry& SafetensorsReader::entry(const std::string& name) const {
+  auto it = entries_.find(name);
+  SY_CHECK(it != entries_.end()) << path_ << ": no tensor '" << name << "' (check contains())";
+  return it->second;
+}
+
+const Shape& SafetensorsReader::shape(const std::string& name) const { return entry(name).shape; }
+
+std::string SafetensorsReader::stored_dtype(const std::string& name) const {
+  return stored_dtype_name(entry(name));
+}
+
+absl::StatusOr<Tensor> SafetensorsReader::read(const std::string& name) const {
+  const Entry& e = entry(name);
+  Fd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": cannot open"));
+  Tensor t = Tensor::empty(e.shape, e.dtype);
+  if (!e.f16) {
+    SY_RETURN_IF_ERROR(read_at(fd.get(), path_, t.raw(), t.nbytes(), data_start_ + e.begin));
+    return t;
+  }
+  std::vector<uint16_t> half(static_cast<size_t>(t.numel()));
+  SY_RETURN_IF_ERROR(
+      read_at(fd.get(), path_, half.data(), half.size() * sizeof(uint16_t), data_start_ + e.begin));
+  float* out = t.data<float>();
+  for (size_t i = 0; i < half.size(); ++i) out[i] = f16_to_f32(half[i]);
+  return t;
+}
+
+absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
+  SY_ASSIGN_OR_RETURN(SafetensorsReader reader, SafetensorsReader::open(path));
+  SafetensorsFile file;
+  file.path = path;
+  file.metadata = reader.metadata();
+  for (const std::string& name : reader.names()) {
+    // Large checkpoints take minutes to read: a stop signal ends the load between tensors.
+    SY_RETURN_IF_ERROR(check_stop(absl::StrCat("loading ", path)));
+    SY_ASSIGN_OR_RETURN(Tensor t, reader.read(name));
+    file.tensors.emplace(name, std::move(t));
   }
   return file;
 }
+
 
 absl::Status expect_tensor(const SafetensorsFile& file, const std::string& name, const Shape& shape,
                            DType dtype) {

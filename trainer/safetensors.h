@@ -36,10 +36,42 @@ absl::Status save_safetensors(const std::string& path,
                               const std::vector<std::pair<std::string, Tensor>>& tensors,
                               const std::map<std::string, std::string>& metadata);
 
-// Reads every tensor to CPU. Errors name the file and say what is wrong: missing file, file
-// shorter than 8 bytes, header length past the end of the file, header not valid JSON, an
-// entry missing dtype / shape / data_offsets, an unsupported dtype, offsets out of range,
-// gaps or overlaps between tensors, a byte size that is not shape x dtype size.
+// A safetensors file opened for reading one tensor at a time: open() reads and checks the
+// header as load_safetensors does (the data region too, without reading it); read() then
+// reads one tensor's bytes. A rank that needs a few tensors of a large sharded checkpoint
+// (its experts) reads only those. F16 tensors, which Tensor has no dtype for, are read as F32
+// (exactly: every half value is a float).
+class SafetensorsReader {
+ public:
+  struct Entry {
+    std::string name;
+    DType dtype;       // the tensor's dtype once read
+    bool f16 = false;  // stored as F16 (2 bytes an element), read as F32
+    Shape shape;
+    uint64_t begin = 0, end = 0;  // data_offsets
+  };
+  static absl::StatusOr<SafetensorsReader> open(const std::string& path);
+  const std::string& path() const { return path_; }
+  const std::map<std::string, std::string>& metadata() const { return metadata_; }
+  std::vector<std::string> names() const;  // sorted
+  bool contains(const std::string& name) const;
+  // The tensor's shape and its dtype as stored ("F32", "BF16", "F16", ...); name must exist.
+  const Shape& shape(const std::string& name) const;
+  std::string stored_dtype(const std::string& name) const;
+  absl::StatusOr<Tensor> read(const std::string& name) const;  // a CPU tensor
+
+ private:
+  const Entry& entry(const std::string& name) const;
+  std::string path_;
+  std::map<std::string, std::string> metadata_;
+  std::map<std::string, Entry> entries_;
+  uint64_t data_start_ = 0;
+};
+
+// Reads every tensor to CPU (F16 as F32). Errors name the file and say what is wrong: missing
+// file, file shorter than 8 bytes, header length past the end of the file, header not valid
+// JSON, an entry missing dtype / shape / data_offsets, an unsupported dtype, offsets out of
+// range, gaps or overlaps between tensors, a byte size that is not shape x dtype size.
 absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path);
 
 // OK iff `file` holds `name` with this shape and dtype; otherwise says what differs, e.g.
