@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libprotobuf-dev protobuf-compiler libabsl-dev
-          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev)
+          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev libicu-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

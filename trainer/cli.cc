@@ -7,6 +7,7 @@
 #include "absl/strings/str_split.h"
 #include "absl/strings/string_view.h"
 #include "kernels/check.h"
+#include "trainer/cli/score.h"
 #include "trainer/commands.h"
 #include "trainer/config.h"
 #include "trainer/dump_step.h"
@@ -63,7 +64,9 @@ std::vector<Subcommand>& subcommand_table() {
   static std::vector<Subcommand> table = {
       {"train", "train a model (or --resume a run) from an experiment config", run_train_command},
       {"generate", "continue a prompt with a trained model (--checkpoint RUN_DIR)", run_generate_command},
-      {"data", "tokenize text files into token shards", run_data_command},
+      {"data", "tokenize text or JSONL files into token shards (--tokenizer DIR)",
+       run_data_command},
+      {"score", "per-token log-probs of JSONL texts under a run's model", run_score_command},
       {"config", "print the resolved experiment config (defaults included)", run_config_command},
       {"dump-step", "write one step's logits, losses and gradients for bench/oracle.py",
        run_dump_step_command},

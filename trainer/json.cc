@@ -4,6 +4,7 @@
 #include <cmath>
 #include <system_error>
 
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -183,10 +184,13 @@ class Parser {
     }
   }
 
+  static constexpr size_t kLinearKeyScan = 32;
+
   absl::StatusOr<Json> parse_object(int depth) {
     SY_RETURN_IF_ERROR(check_depth(depth));
     ++pos_;  // '{'
     Json::Object members;
+    absl::flat_hash_set<std::string> seen;
     skip_whitespace();
     if (!at_end() && peek() == '}') {
       ++pos_;
@@ -199,9 +203,18 @@ class Parser {
         return error(absl::StrCat("expected a string key, found ", found()));
       size_t key_offset = pos_;
       SY_ASSIGN_OR_RETURN(std::string key, parse_string());
-      for (const auto& member : members)
-        if (member.first == key)
-          return error_at(key_offset, absl::StrCat("duplicate key \"", key, "\""));
+      // A linear scan is quickest for the small objects of headers and manifests; a large one
+      // (tokenizer.json's vocabulary: 150k keys) would make it quadratic, so past a few dozen
+      // keys the check moves to a hash set.
+      bool duplicate = false;
+      if (members.size() < kLinearKeyScan) {
+        for (const auto& member : members) duplicate = duplicate || member.first == key;
+      } else {
+        if (seen.empty())
+          for (const auto& member : members) seen.insert(member.first);
+        duplicate = !seen.insert(key).second;
+      }
+      if (duplicate) return error_at(key_offset, absl::StrCat("duplicate key \"", key, "\""));
       skip_whitespace();
       if (at_end() || peek() != ':') return error(absl::StrCat("expected ':', found ", found()));
       ++pos_;

@@ -1,8 +1,9 @@
 #pragma once
 // The byte-level tokenizer: a token id is a byte value, so the vocabulary is 256 ids, every
-// byte string round-trips, and no merge table has to travel with a checkpoint. Both the
-// generated task data (trainer/arithmetic.h) and the text shards (trainer/token_shards.h)
-// use it, and TokenBatch is the micro-batch both hand to the training loop.
+// byte string round-trips, and no merge table has to travel with a checkpoint. The generated
+// task data (trainer/arithmetic.h) uses it, and it is the default of the Tokenizer interface
+// (trainer/data/tokenizer.h) behind which a Hugging Face tokenizer.json can stand instead.
+// TokenBatch is the micro-batch the data sources hand to the training loop.
 #include <cstdint>
 #include <span>
 #include <string>
