@@ -17,13 +17,16 @@
 #include "kernels/cpu/threads.h"
 #include "kernels/elementwise.h"
 #include "kernels/hash.h"
+#include "kernels/profile.h"
 #include "models/generate.h"
 #include "models/model_spec.h"
 #include "parallel/local_communicator.h"
 #include "rl/advantages.h"
 #include "rl/countdown.h"
+#include "rl/prompt_file_task.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/io/hf_checkpoint.h"
 #include "trainer/json.h"
 #include "trainer/safetensors.h"
 #include "trainer/tensorboard.h"
@@ -56,7 +59,7 @@ absl::Status agree_on_status(Communicator& world, const absl::Status& local) {
   return absl::OkStatus();
 }
 
-std::string completion_text(const std::vector<int32_t>& ids) {
+std::string byte_completion_text(const std::vector<int32_t>& ids) {
   std::string text;
   for (int32_t t : ids) text.push_back(t >= 0 && t < 256 ? static_cast<char>(t) : '?');
   return text;
@@ -224,12 +227,15 @@ absl::StatusOr<switchyard::Experiment> resolve_rl_experiment(
     }
   }
   const std::string saved = (fs::path(init) / "config.textproto").string();
-  if (!fs::exists(saved)) {
+  // A Hugging Face checkpoint directory describes its model in config.json.
+  const bool hf = is_hf_checkpoint(init);
+  if (!hf && !fs::exists(saved)) {
     return absl::NotFoundError(absl::StrCat("rl.init_checkpoint: ", init,
                                             " has no config.textproto; is it the run directory "
-                                            "of a pretraining run (e.g. runs/tiny)?"));
+                                            "of a pretraining run (e.g. runs/tiny), or a Hugging "
+                                            "Face checkpoint (config.json)?"));
   }
-  auto pretrained = load_experiment(saved, {});
+  auto pretrained = hf ? experiment_from_hf(init) : load_experiment(saved, {});
   if (!pretrained.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("rl.init_checkpoint: ", init, ": ", pretrained.status().message()));
@@ -249,6 +255,29 @@ absl::StatusOr<switchyard::Experiment> resolve_rl_experiment(
 
 absl::StatusOr<std::unique_ptr<RewardTask>> make_reward_task(const RlConfig& rl) {
   const RewardOptions reward{.format_weight = rl.format_weight()};
+  if (rl.task() == RlConfig::TASK_MATH) {
+    const switchyard::RlPromptFile& f = rl.prompt_file();
+    PromptFileOptions options{.train_file = f.train_file(),
+                              .eval_file = f.eval_file(),
+                              .prompt_field = f.prompt_field(),
+                              .answer_field = f.answer_field(),
+                              .max_completion_tokens = rl.max_new_tokens(),
+                              .seed = rl.seed()};
+    if (rl.max_new_tokens() <= 0)
+      return absl::InvalidArgumentError(
+          "rl.max_new_tokens: must be set (> 0) for TASK_MATH: a free-form answer has no "
+          "natural length");
+    auto task = MathPromptFileTask::create(options, reward);
+    if (!task.ok())
+      return absl::InvalidArgumentError(absl::StrCat("rl.prompt_file: ", task.status().message()));
+    if (rl.eval_examples() > (*task)->eval_size())
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rl.eval_examples: ", rl.eval_examples(), " held-out prompts asked for, but ",
+          f.eval_file().empty() ? std::string("rl.prompt_file.eval_file is not set")
+                                : absl::StrCat(f.eval_file(), " has ", (*task)->eval_size()),
+          "; set rl.eval_examples to at most that (0 = no evaluation)"));
+    return std::unique_ptr<RewardTask>(std::move(*task));
+  }
   if (rl.task() == RlConfig::TASK_COUNTDOWN) {
     const switchyard::RlCountdownTask& c = rl.countdown();
     CountdownOptions options{.min_count = c.min_count(),
@@ -304,13 +333,41 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
   } else {
     SY_ASSIGN_OR_RETURN(t->task_, make_reward_task(rl));
   }
+  // The tokenizer travels with the run directory that also holds the initial weights; a
+  // trainer made without one (weights loaded later from elsewhere, as tests do) has bytes.
+  std::error_code exists_error;
+  if (rl.init_checkpoint().empty() ||
+      !std::filesystem::is_directory(rl.init_checkpoint(), exists_error)) {
+    t->tokenizer_ = make_byte_tokenizer();
+  } else {
+    auto tokenizer = load_tokenizer(rl.init_checkpoint());
+    if (!tokenizer.ok())
+      return absl::InvalidArgumentError(
+          absl::StrCat("rl.init_checkpoint: ", tokenizer.status().message()));
+    t->tokenizer_ = std::move(*tokenizer);
+  }
+  // Byte models may be smaller than 256 (the tasks' prompts use few bytes): for them the
+  // prompts' ids are checked below instead.
+  if (t->tokenizer_->kind() != "bytes" && t->tokenizer_->vocab_size() > spec.vocab_size)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "model.vocab_size: ", spec.vocab_size, " is smaller than the ", t->tokenizer_->kind(),
+        " tokenizer's ", t->tokenizer_->vocab_size(), " tokens (rl.init_checkpoint's)"));
+  SY_ASSIGN_OR_RETURN(t->prompt_template_,
+                      PromptTemplate::parse(rl.prompt_template(), "rl.prompt_template"));
   for (uint64_t i = 0; i < 16; ++i) {
-    for (unsigned char c : t->task_->sample(i, Split::kTrain).text) {
-      if (c >= spec.vocab_size) {
+    const Prompt prompt = t->task_->sample(i, Split::kTrain);
+    const std::string text = t->prompt_template_.apply(prompt.text);
+    auto ids = t->tokenizer_->encode(text, /*add_special_tokens=*/true);
+    if (!ids.ok())
+      return absl::InvalidArgumentError(absl::StrCat("rl: prompt ", i, " of the ",
+                                                     std::string(t->task_->name()),
+                                                     " task: ", ids.status().message()));
+    for (int32_t id : *ids) {
+      if (id >= spec.vocab_size) {
         return absl::InvalidArgumentError(
-            absl::StrCat("model.vocab_size: ", spec.vocab_size, " cannot hold byte ", int(c),
+            absl::StrCat("model.vocab_size: ", spec.vocab_size, " cannot hold token ", id,
                          " of the ", std::string(t->task_->name()),
-                         " task's prompts; pick a checkpoint with a byte vocabulary"));
+                         " task's prompts; pick a checkpoint whose vocabulary fits"));
       }
     }
   }
@@ -318,16 +375,40 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
                            ? rl.max_new_tokens()
                            : static_cast<int>(t->task_->max_completion_tokens());
   t->batch_rows_ = int64_t{rl.prompts_per_step()} * rl.group_size();
+  // A user's prompt set is checked whole here (it is small next to a run), so a prompt too
+  // long for the context fails now rather than mid-run.
+  if (const auto* file_task = dynamic_cast<const MathPromptFileTask*>(t->task_.get())) {
+    for (const auto& [split, count] : {std::pair{Split::kTrain, file_task->train_size()},
+                                       std::pair{Split::kHeldOut, file_task->eval_size()}}) {
+      for (int64_t i = 0; i < count; ++i) {
+        const Prompt prompt = t->task_->sample(static_cast<uint64_t>(i), split);
+        auto ids = t->tokenizer_->encode(t->prompt_template_.apply(prompt.text), true);
+        if (!ids.ok())
+          return absl::InvalidArgumentError(absl::StrCat("rl.prompt_file: prompt \"",
+                                                         prompt.text.substr(0, 60), "\": ",
+                                                         ids.status().message()));
+        if (static_cast<int64_t>(ids->size()) + t->max_new_tokens_ > spec.seq_len)
+          return absl::InvalidArgumentError(absl::StrCat(
+              "rl.prompt_file: the prompt \"", prompt.text.substr(0, 60), "...\" is ",
+              ids->size(), " tokens (with rl.prompt_template); with rl.max_new_tokens ",
+              t->max_new_tokens_, " it does not fit model.seq_len ", spec.seq_len,
+              "; shorten it or lower rl.max_new_tokens"));
+      }
+    }
+  }
 
+  // The training runtime's precision (bf16 compute copies over f32 master weights and AdamW
+  // state on a GPU); log-softmax, ratios, KL, advantages and the losses stay f32.
+  SY_ASSIGN_OR_RETURN(const DType compute, choose_precision(config, device));
   const ModelParallel parallel{.world = &device_world, .ep = &t->grid_->ep()};
-  t->policy_store_ = std::make_unique<ParamStore>(device);
+  t->policy_store_ = std::make_unique<ParamStore>(device, compute);
   t->policy_ = std::make_unique<Transformer>(spec, *t->policy_store_, parallel);
   t->policy_store_->initialize(config.train().seed());
-  t->ref_store_ = std::make_unique<ParamStore>(device);
+  t->ref_store_ = std::make_unique<ParamStore>(device, compute);
   t->ref_ = std::make_unique<Transformer>(spec, *t->ref_store_, parallel);
   const bool ppo = rl.algorithm() == RlConfig::RL_PPO;
   if (ppo) {
-    t->critic_store_ = std::make_unique<ParamStore>(device);
+    t->critic_store_ = std::make_unique<ParamStore>(device, compute);
     t->critic_ = std::make_unique<Transformer>(spec, *t->critic_store_, parallel, true);
     t->critic_store_->initialize(config.train().seed());  // the value head: zeros
   }
@@ -400,7 +481,10 @@ void RlTrainer::reset_reference_to_policy() {
 absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
   const int ep = grid_->layout().expert_parallel;
   absl::Status loaded;
-  if (ep > 1 && checkpoint_expert_parallel(checkpoint_dir) == 1) {
+  if (is_hf_checkpoint(checkpoint_dir)) {
+    // Each rank reads only the tensors it holds (its experts, under expert parallelism).
+    loaded = load_hf_weights(checkpoint_dir, *policy_store_);
+  } else if (ep > 1 && checkpoint_expert_parallel(checkpoint_dir) == 1) {
     // Every expert is in model.safetensors: load the whole model, keep this rank's experts.
     ParamStore full_store(policy_store_->device());
     Transformer full(policy_->spec(), full_store);
@@ -448,6 +532,24 @@ std::vector<int64_t> RlTrainer::minibatch_order(int64_t step, int epoch) const {
   return order;
 }
 
+std::vector<int32_t> RlTrainer::encode_prompt(const Prompt& prompt) const {
+  auto ids = tokenizer_->encode(prompt_template_.apply(prompt.text), /*add_special_tokens=*/true);
+  // Prompts are valid UTF-8 text from the task (checked on sixteen of them at create); a
+  // task that makes other bytes is a programming error.
+  SY_CHECK(ids.ok()) << ids.status();
+  return *std::move(ids);
+}
+
+std::string RlTrainer::completion_text(const std::vector<int32_t>& ids) const {
+  if (tokenizer_->kind() == "bytes") return byte_completion_text(ids);
+  // A model's vocabulary may be padded past the tokenizer's; an id there has no text.
+  std::vector<int32_t> known;
+  for (int32_t id : ids)
+    if (id >= 0 && id < tokenizer_->vocab_size()) known.push_back(id);
+  auto text = tokenizer_->decode(known, /*skip_special_tokens=*/true);
+  return text.ok() ? *std::move(text) : std::string();
+}
+
 absl::StatusOr<Rollouts> RlTrainer::rollout(int64_t step) {
   Rollouts out;
   out.step = step;
@@ -456,15 +558,15 @@ absl::StatusOr<Rollouts> RlTrainer::rollout(int64_t step) {
   std::vector<std::vector<int32_t>> ids;
   for (int64_t p = 0; p < p_count; ++p) {
     out.prompts.push_back(task_->sample(first + p, Split::kTrain));
-    const std::vector<int32_t> prompt = ByteTokenizer::encode(out.prompts.back().text);
+    const std::vector<int32_t> prompt = encode_prompt(out.prompts.back());
     for (int64_t i = 0; i < g; ++i) ids.push_back(prompt);
   }
   const SamplingOptions options{.temperature = static_cast<float>(rl_.temperature()),
                                 .top_p = static_cast<float>(rl_.top_p()),
                                 .max_new_tokens = max_new_tokens_,
-                                .stop_tokens = {kEndOfAnswerId},
+                                .stop_tokens = tokenizer_->eos_ids(),
                                 .seed = rl_.seed()};
-  out.completions = generate(*policy_, ids, options, world_, first * g);
+  SY_ASSIGN_OR_RETURN(out.completions, generate(*policy_, ids, options, world_, first * g));
   return out;
 }
 
@@ -525,7 +627,7 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   std::vector<int64_t> prompt_len(rows);
   std::vector<double> longest = {0};
   for (int64_t b = 0; b < rows; ++b) {
-    tokens[b] = ByteTokenizer::encode(rollouts.prompts[b / g].text);
+    tokens[b] = encode_prompt(rollouts.prompts[b / g]);
     prompt_len[b] = static_cast<int64_t>(tokens[b].size());
     tokens[b].insert(tokens[b].end(), rollouts.completions[b].begin(),
                      rollouts.completions[b].end());
@@ -563,9 +665,12 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   batch.entropy = Tensor::zeros({rows, t_len});
   if (ppo) batch.old_values = Tensor::zeros({rows, t_len});
   for (MoeFfn* m : policy_->moe_layers()) m->stats().reset(policy_->spec().moe.num_experts);
+  const Device dev = policy_store_->device();
   for (int64_t mb = 0; mb < rl_.minibatches(); ++mb) {
     const auto [lo, hi] = minibatch_rows(mb);
-    const Tensor inputs = batch.inputs.rows(lo, hi), targets = batch.targets.rows(lo, hi);
+    // On the device once, for the policy, the reference and the critic alike.
+    const Tensor inputs = batch.inputs.rows(lo, hi).to(dev);
+    const Tensor targets = batch.targets.rows(lo, hi).to(dev);
     Transformer::TokenLogprobs old = policy_->token_logprobs(inputs, targets, true, temperature);
     batch.old_logp.rows(lo, hi).copy_from(old.logp);
     batch.entropy.rows(lo, hi).copy_from(old.entropy);
@@ -639,6 +744,7 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   metrics.kl = sums[1] > 0 ? sums[0] / sums[1] : 0;
   metrics.entropy = sums[1] > 0 ? sums[2] / sums[1] : 0;
   metrics.response_length = sums[1] / sums[6];
+  metrics.rollout_tokens = static_cast<int64_t>(sums[1]);
   metrics.reward_mean = sums[3] / sums[6];
   metrics.accuracy = sums[4] / sums[6];
   metrics.format_rate = sums[5] / sums[6];
@@ -660,13 +766,14 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
   const double bias_rate = policy_->spec().moe.bias_update_rate;
 
   const float temperature = static_cast<float>(rl_.temperature());
+  const Device dev = policy_store_->device();
   for (int epoch = 0; epoch < rl_.epochs(); ++epoch) {
     const std::vector<int64_t> order = minibatch_order(batch.step, epoch);
     for (int64_t mb = 0; mb < rl_.minibatches(); ++mb) {
       const auto [lo, hi] = minibatch_rows(mb);
       const std::span<const int64_t> picked(order.data() + lo, order.data() + hi);
       auto take = [&](const Tensor& t) { return take_rows(t, lo, picked); };
-      const Tensor inputs = take(batch.inputs), targets = take(batch.targets);
+      const Tensor inputs = take(batch.inputs).to(dev), targets = take(batch.targets).to(dev);
       const Tensor loss_mask = take(batch.loss_mask);
       UpdateStats u;
       const auto [scale, units] = global_loss_scale(loss_mask, mode, *world_);
@@ -686,7 +793,8 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
         policy_->backward_logprobs(dlogp);
         policy_sync_->sync();
         u.grad_norm = policy_opt_->step(static_cast<float>(rl_.lr()));
-        if (rl_.balance_loss_scale() > 0 && bias_rate > 0) {
+        u.non_finite = !std::isfinite(u.grad_norm);
+        if (rl_.balance_loss_scale() > 0 && bias_rate > 0 && !u.non_finite) {
           for (MoeFfn* m : policy_->moe_layers()) m->update_bias();
         }
         double tokens = 0;
@@ -706,6 +814,7 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
                     .clip_fraction = s[3] / s[6],
                     .dual_clip_fraction = s[4] / s[6],
                     .approx_kl_old = s[5] / s[6]};
+        u.non_finite = u.non_finite || !std::isfinite(u.policy.loss);
       }
       if (ppo) {
         const Tensor mask = take(batch.mask);
@@ -720,6 +829,7 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
         critic_->backward_values(dvalues);
         critic_sync_->sync();
         u.critic_grad_norm = critic_opt_->step(static_cast<float>(rl_.critic_lr()));
+        u.non_finite = u.non_finite || !std::isfinite(u.critic_grad_norm);
         double tokens = 0;
         for (float v : mask.to_f32_vector()) tokens += v;
         std::vector<double> s = {vscale * vs.loss, tokens * vs.clip_fraction, tokens};
@@ -730,8 +840,14 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
     }
   }
   double n = 0;
+  double valued = 0;
   for (const UpdateStats& u : metrics.updates) {
+    if (u.non_finite) {
+      ++metrics.non_finite_updates;
+      continue;
+    }
     metrics.value_loss += u.value.loss;
+    valued += 1;
     if (u.skipped) continue;
     metrics.clip_fraction += u.policy.clip_fraction;
     metrics.policy_loss += u.policy.policy_loss;
@@ -743,7 +859,7 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
     metrics.policy_loss /= n;
     metrics.grad_norm /= n;
   }
-  if (!metrics.updates.empty()) metrics.value_loss /= static_cast<double>(metrics.updates.size());
+  if (valued > 0) metrics.value_loss /= valued;
   // The adaptive controller's target is a KL per completion (Ziegler et al.).
   kl_.update(metrics.kl_sequence, batch_rows_ * world_->size());
 }
@@ -751,16 +867,23 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
 absl::StatusOr<StepMetrics> RlTrainer::step(int64_t step) {
   StepMetrics metrics;
   metrics.step = step + 1;
+  // Each phase ends with the device idle, so its clock holds its own GPU work.
+  const Device dev = policy_store_->device();
   Clock::time_point start = Clock::now();
   SY_ASSIGN_OR_RETURN(Rollouts rollouts, rollout(step));
-  metrics.generation_s = seconds_since(start);
+  profile::sync(dev);
+  metrics.rollout_s = seconds_since(start);
   start = Clock::now();
   SY_RETURN_IF_ERROR(score(rollouts));
   metrics.scoring_s = seconds_since(start);
   start = Clock::now();
   const Batch batch = make_batch(rollouts, metrics);
+  profile::sync(dev);
+  metrics.logprobs_s = seconds_since(start);
+  start = Clock::now();
   update(batch, metrics);
-  metrics.training_s = seconds_since(start);
+  profile::sync(dev);
+  metrics.update_s = seconds_since(start);
   return metrics;
 }
 
@@ -772,26 +895,37 @@ EvalMetrics RlTrainer::evaluate() {
   std::vector<std::vector<int32_t>> ids;
   for (int64_t i = lo; i < hi; ++i) {
     prompts.push_back(task_->sample(static_cast<uint64_t>(i), Split::kHeldOut));
-    ids.push_back(ByteTokenizer::encode(prompts.back().text));
+    ids.push_back(encode_prompt(prompts.back()));
   }
-  const SamplingOptions greedy{
-      .temperature = 0.0f, .max_new_tokens = max_new_tokens_, .stop_tokens = {kEndOfAnswerId}};
+  const SamplingOptions greedy{.temperature = 0.0f,
+                               .max_new_tokens = max_new_tokens_,
+                               .stop_tokens = tokenizer_->eos_ids()};
+  // The options and prompts passed the config's checks at start-up: a refusal is a bug here.
   const auto completions = generate(*policy_, ids, greedy, world_);
+  SY_CHECK(completions.ok()) << completions.status();
+  // Collective, as the generation is: every rank skips the sampled pass alike.
+  double stop_flag = stop_requested() ? 1.0 : 0.0;
+  world_->all_reduce_host({&stop_flag, 1}, ReduceOp::kMax);
+  EvalMetrics e;
+  e.stopped = stop_flag > 0;
   const SamplingOptions sampling{.temperature = static_cast<float>(rl_.temperature()),
                                  .top_p = static_cast<float>(rl_.top_p()),
                                  .max_new_tokens = max_new_tokens_,
-                                 .stop_tokens = {kEndOfAnswerId},
+                                 .stop_tokens = tokenizer_->eos_ids(),
                                  .seed = rl_.seed() + 1};
-  const auto samples = generate(*policy_, ids, sampling, world_, static_cast<uint64_t>(lo));
+  absl::StatusOr<std::vector<std::vector<int32_t>>> samples;
+  if (!e.stopped) {
+    samples = generate(*policy_, ids, sampling, world_, static_cast<uint64_t>(lo));
+    SY_CHECK(samples.ok()) << samples.status();
+  }
   std::vector<double> sums = {0, 0, 0};
   for (size_t i = 0; i < prompts.size(); ++i) {
-    const Score s = task_->score(prompts[i], completion_text(completions[i]));
+    const Score s = task_->score(prompts[i], completion_text((*completions)[i]));
     sums[0] += s.correct;
     sums[1] += s.reward;
-    sums[2] += task_->score(prompts[i], completion_text(samples[i])).correct;
+    if (!e.stopped) sums[2] += task_->score(prompts[i], completion_text((*samples)[i])).correct;
   }
   world_->all_reduce_host(sums, ReduceOp::kSum);
-  EvalMetrics e;
   e.correct = static_cast<int64_t>(sums[0]);
   e.total = n;
   e.accuracy = n > 0 ? sums[0] / n : 0;
@@ -913,11 +1047,27 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
         made = absl::PermissionDeniedError(
             absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
     }
+    // The tokenizer (and an imported model's Hub config) travel on with the policy, so that
+    // generate, score and convert read this run as they read the one it started from.
+    for (const char* name : {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                             "generation_config.json", "hf_config.json"}) {
+      const fs::path from = fs::path(rl.init_checkpoint()) / name;
+      const fs::path to = fs::path(options.run_dir) / name;
+      if (made.ok() && fs::exists(from, ec) && !fs::exists(to, ec)) {
+        fs::copy_file(from, to, ec);
+        if (ec)
+          made = absl::PermissionDeniedError(absl::StrCat("cannot copy ", from.string(), " to ",
+                                                          to.string(), ": ", ec.message()));
+      }
+    }
   }
   SY_RETURN_IF_ERROR(agree_on_status(world, made));
 
   SY_ASSIGN_OR_RETURN(std::unique_ptr<RlTrainer> trainer, RlTrainer::create(config, world));
-  auto init_dir = latest_checkpoint(rl.init_checkpoint());
+  // A Hugging Face directory is read as it is; a run, by its latest checkpoint.
+  auto init_dir = is_hf_checkpoint(rl.init_checkpoint())
+                      ? absl::StatusOr<std::string>(rl.init_checkpoint())
+                      : latest_checkpoint(rl.init_checkpoint());
   SY_RETURN_IF_ERROR(agree_on_status(world, init_dir.status()));
   SY_RETURN_IF_ERROR(trainer->load_policy_weights(*init_dir));
   int64_t start_step = 0;
@@ -960,6 +1110,7 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
     log << absl::StrFormat(
         "eval step %d | accuracy %.1f%% (%d/%d) | reward %.3f | sampled accuracy %.1f%%\n", step,
         100 * e.accuracy, e.correct, e.total, e.reward_mean, 100 * e.sampled_accuracy);
+    if (e.stopped) log << "eval: stop requested by signal; the sampled pass was not run\n";
     log.flush();
     write_jsonl(absl::StrFormat(
         R"({"step": %d, "eval_accuracy": %.9g, "eval_reward": %.9g, "eval_sampled_accuracy": %.9g})",
@@ -979,6 +1130,12 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
           "rl step %d: policy loss %f, KL %f, value loss %f; lower rl.lr (or rl.critic_lr)",
           step + 1, m.policy_loss, m.kl, m.value_loss));
     }
+    if (m.non_finite_updates > 0) {
+      log << absl::StrFormat(
+          "rl step %d: skipped %d of %d updates, loss or grad norm nan/inf (lower rl.lr if it "
+          "recurs)\n",
+          step + 1, m.non_finite_updates, m.updates.size());
+    }
     const bool last = step + 1 == steps;
     if ((step + 1) % rl.log_interval() == 0 || last || step == 0) {
       const std::string value = ppo ? absl::StrFormat(" | vloss %.4f", m.value_loss) : "";
@@ -987,18 +1144,19 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
                                    : "";
       log << absl::StrFormat(
           "rl step %d/%d | reward %.3f | acc %.1f%% | kl %.2e | beta %.3g | clip %.1f%% | "
-          "entropy %.3f | len %.2f | loss %.4f%s%s | norm %.2f | gen %.2fs score %.2fs train "
-          "%.2fs\n",
+          "entropy %.3f | len %.2f | loss %.4f%s%s | norm %.2f | rollout %.2fs (%.0f tok/s) "
+          "score %.2fs logprobs %.2fs update %.2fs\n",
           m.step, steps, m.reward_mean, 100 * m.accuracy, m.kl, m.kl_coef, 100 * m.clip_fraction,
-          m.entropy, m.response_length, m.policy_loss, value, kept, m.grad_norm, m.generation_s,
-          m.scoring_s, m.training_s);
+          m.entropy, m.response_length, m.policy_loss, value, kept, m.grad_norm, m.rollout_s,
+          m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s);
       log.flush();
     }
     write_jsonl(absl::StrFormat(
-        R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_generation_s": %.6g, "time_scoring_s": %.6g, "time_training_s": %.6g})",
+        R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d})",
         m.step, m.reward_mean, m.accuracy, m.format_rate, m.kl, m.kl_sequence, m.kl_coef,
         m.clip_fraction, m.entropy, m.response_length, m.policy_loss, m.value_loss, m.grad_norm,
-        m.groups_kept, m.groups, m.generation_s, m.scoring_s, m.training_s));
+        m.groups_kept, m.groups, m.rollout_s, m.scoring_s, m.logprobs_s, m.update_s,
+        m.rollout_tokens, m.rollout_tokens_per_s(), m.non_finite_updates));
     if ((rl.eval_interval() > 0 && (step + 1) % rl.eval_interval() == 0) || last) {
       run_eval(step + 1);
     }

@@ -51,6 +51,8 @@
 #include "rl/policy_loss.h"
 #include "rl/reward_command.h"
 #include "rl/tasks.h"
+#include "trainer/data/prompt_template.h"
+#include "trainer/data/tokenizer.h"
 #include "trainer/checkpoint.h"
 #include "trainer/optimizer.h"
 
@@ -95,6 +97,9 @@ struct UpdateStats {
   double grad_norm = 0;
   double critic_grad_norm = 0;
   bool skipped = false;  // every group of the global minibatch was filtered out
+  // The loss or a gradient norm was NaN or infinite: the optimizer whose norm it was took no
+  // step (AdamW::step), and the update is left out of the step's means.
+  bool non_finite = false;
 };
 
 // Global metrics of one step (every rank returns the same).
@@ -112,8 +117,15 @@ struct StepMetrics {
   double policy_loss = 0;      // mean over the step's updates (the surrogate)
   double value_loss = 0;       // PPO
   double grad_norm = 0;        // mean over the step's updates
+  int64_t non_finite_updates = 0;  // updates skipped for a NaN / infinite loss or grad norm
   int64_t groups = 0, groups_kept = 0;
-  double generation_s = 0, scoring_s = 0, training_s = 0;
+  // Where the step's time went (seconds on this rank; a GPU's queued work is waited for at
+  // the end of each phase): sampling, the task's (or command's) scoring, the old-policy,
+  // reference and critic passes of make_batch, and the updates.
+  double rollout_s = 0, scoring_s = 0, logprobs_s = 0, update_s = 0;
+  int64_t rollout_tokens = 0;  // new tokens sampled over every rank (the stop tokens included)
+  // rollout_tokens / rollout_s: the job's rate of new tokens while it samples.
+  double rollout_tokens_per_s() const { return rollout_s > 0 ? rollout_tokens / rollout_s : 0; }
   std::vector<UpdateStats> updates;  // epoch-major
 };
 
@@ -124,6 +136,8 @@ struct EvalMetrics {
   double reward_mean = 0;
   int64_t correct = 0, total = 0;
   double sampled_accuracy = 0;
+  // A stop signal arrived after the greedy pass: the sampled one was not run (its accuracy 0).
+  bool stopped = false;
 };
 
 class RlTrainer {
@@ -171,6 +185,12 @@ class RlTrainer {
   const ProcessGrid& grid() const { return *grid_; }
   double kl_coef() const { return kl_.coef(); }
   int max_new_tokens() const { return max_new_tokens_; }
+  // rl.init_checkpoint's tokenizer (tokenizer.json, else bytes): prompts are encoded with it
+  // (through rl.prompt_template), completions decoded with it for scoring, its eos ids stop
+  // generation.
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  std::vector<int32_t> encode_prompt(const Prompt& prompt) const;
+  std::string completion_text(const std::vector<int32_t>& ids) const;
   // "16 prompts x 8 completions per rank, GRPO, ..." for the start-up log.
   std::string describe() const;
 
@@ -186,6 +206,8 @@ class RlTrainer {
   Communicator* world_ = nullptr;
   std::unique_ptr<ProcessGrid> grid_;
   std::unique_ptr<RewardTask> task_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  PromptTemplate prompt_template_;
   std::unique_ptr<RewardCommand> command_;  // rank 0 only, when rl.reward_command is set
   std::unique_ptr<ParamStore> policy_store_, ref_store_, critic_store_;
   std::unique_ptr<Transformer> policy_, ref_, critic_;

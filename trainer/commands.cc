@@ -7,17 +7,14 @@
 #ifdef SWITCHYARD_HAVE_CUDA
 #include "kernels/cuda/device.h"
 #endif
-#include "absl/strings/numbers.h"
-#include "models/generate.h"
-#include "models/model_spec.h"
 #include "parallel/local_communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_env.h"
-#include "trainer/checkpoint.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
+#include "trainer/data/text_data.h"
+#include "trainer/data/tokenizer.h"
 #include "trainer/token_shards.h"
-#include "trainer/tokenizer.h"
 #include "trainer/train.h"
 
 namespace sy {
@@ -91,88 +88,27 @@ absl::Status run_train_command(const std::vector<std::string>& args, std::ostrea
   return run_as_job(config, out, [&](Communicator* world) { return train(config, options, out, world); });
 }
 
-absl::Status run_generate_command(const std::vector<std::string>& args, std::ostream& out) {
-  FlagSet flags("switchyard generate", "--checkpoint RUN_DIR --prompt TEXT [sampling flags]",
-                "Loads the latest checkpoint of a run and continues the prompt, byte by byte.\n"
-                "Temperature 0 is greedy decoding; the completion ends at a newline unless\n"
-                "--stop_at_newline=false.");
-  std::string run_dir, prompt, temperature = "0", top_p = "1";
-  std::vector<std::string> overrides;
-  int64_t max_new = 32, top_k = 0, seed = 0;
-  bool stop_at_newline = true;
-  flags.add_string("checkpoint", "RUN_DIR", &run_dir, "a run directory (its latest checkpoint)");
-  flags.add_string("prompt", "TEXT", &prompt, "the text to continue");
-  flags.add_int("max_new_tokens", "N", &max_new, "at most this many new tokens");
-  flags.add_string("temperature", "T", &temperature, "sampling temperature; 0 = greedy");
-  flags.add_int("top_k", "K", &top_k, "sample among the K likeliest tokens; 0 = all");
-  flags.add_string("top_p", "P", &top_p, "sample within the smallest set of probability >= P");
-  flags.add_int("seed", "S", &seed, "sampling seed");
-  flags.add_bool("stop_at_newline", &stop_at_newline, "end the completion at a newline");
-  flags.add_strings("set", "TEXT", &overrides,
-                    "override a field of the run's config (e.g. device)");
-  SY_RETURN_IF_ERROR(flags.parse(args));
-  if (flags.help_requested()) {
-    out << flags.help();
-    return absl::OkStatus();
-  }
-  SY_RETURN_IF_ERROR(flags.require("checkpoint"));
-  SY_RETURN_IF_ERROR(flags.require("prompt"));
-  SamplingOptions options;
-  if (!absl::SimpleAtof(temperature, &options.temperature) || options.temperature < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--temperature ", temperature, ": give a number >= 0"));
-  }
-  if (!absl::SimpleAtof(top_p, &options.top_p) || options.top_p <= 0 || options.top_p > 1) {
-    return absl::InvalidArgumentError(absl::StrCat("--top_p ", top_p, ": give a number in (0, 1]"));
-  }
-  if (max_new <= 0 || top_k < 0 || prompt.empty()) {
-    return absl::InvalidArgumentError(
-        "--max_new_tokens must be positive, --top_k >= 0, and --prompt not empty");
-  }
-  options.max_new_tokens = static_cast<int>(max_new);
-  options.top_k = static_cast<int>(top_k);
-  options.seed = static_cast<uint64_t>(seed);
-  if (stop_at_newline) options.stop_tokens = {'\n'};
-
-  const std::string saved = (std::filesystem::path(run_dir) / "config.textproto").string();
-  if (!std::filesystem::exists(saved)) {
-    return absl::NotFoundError(absl::StrCat("--checkpoint ", run_dir,
-                                            ": no config.textproto there; is it a run directory?"));
-  }
-  SY_ASSIGN_OR_RETURN(switchyard::Experiment config, load_experiment(saved, overrides));
-  LocalCommunicator alone;
-  SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, alone));
-  const ModelSpec spec = model_spec_from_config(config);
-  for (unsigned char c : prompt) {
-    if (c >= spec.vocab_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "--prompt: byte ", int(c), " is outside the model's vocabulary of ", spec.vocab_size));
-    }
-  }
-  ParamStore store(device);
-  Transformer model(spec, store);
-  SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  // This process holds every expert: an expert-parallel checkpoint's shards are joined.
-  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}).status());
-  const std::vector<int32_t> completion =
-      generate(model, {ByteTokenizer::encode(prompt)}, options)[0];
-  std::string text;
-  for (int32_t t : completion) text.push_back(t < 256 ? static_cast<char>(t) : '?');
-  out << prompt << text;
-  if (text.empty() || text.back() != '\n') out << "\n";
-  return absl::OkStatus();
-}
-
 absl::Status run_data_command(const std::vector<std::string>& args, std::ostream& out) {
-  FlagSet flags("switchyard data", "--input TEXT... --output DIR [--tokens_per_shard N]",
-                "Tokenizes text files byte by byte into llm.c-layout token shards:\n"
-                "DIR/train_000000.bin, ... and DIR/val_000000.bin (the last ~1% of the text).");
+  FlagSet flags("switchyard data",
+                "--input FILE... --output DIR [--tokenizer DIR] [--field NAME] [--eot TOKEN] "
+                "[--tokens_per_shard N]",
+                "Tokenizes text files (each one document) or JSON Lines files (*.jsonl, one\n"
+                "document per line's --field) into llm.c-layout token shards:\n"
+                "DIR/train_000000.bin, ... and DIR/val_000000.bin (the last ~1% of the tokens).\n"
+                "--tokenizer names a run or Hugging Face directory (tokenizer.json there, else\n"
+                "bytes); without it the byte tokenizer is used.");
   std::vector<std::string> inputs;
-  std::string output;
-  int64_t tokens_per_shard = 100'000'000;
-  flags.add_strings("input", "TEXT", &inputs, "a text file to tokenize (repeatable, required)");
-  flags.add_string("output", "DIR", &output, "directory for the shards (required)");
-  flags.add_int("tokens_per_shard", "N", &tokens_per_shard, "tokens per shard file");
+  TextDataOptions options;
+  std::string tokenizer_dir, eot = "auto";
+  flags.add_strings("input", "FILE", &inputs, "a .txt or .jsonl file (required)");
+  flags.add_string("output", "DIR", &options.output_dir, "directory for the shards (required)");
+  flags.add_string("tokenizer", "DIR", &tokenizer_dir,
+                   "run or Hugging Face directory whose tokenizer to use (default: bytes)");
+  flags.add_string("field", "NAME", &options.field, "the text field of .jsonl lines");
+  flags.add_string("eot", "TOKEN", &eot,
+                   "token appended after each document: its text (e.g. \"<|endoftext|>\"), "
+                   "\"none\", or \"auto\" (the tokenizer's first eos; none for bytes)");
+  flags.add_int("tokens_per_shard", "N", &options.tokens_per_shard, "tokens per shard file");
   SY_RETURN_IF_ERROR(flags.parse(args));
   if (flags.help_requested()) {
     out << flags.help();
@@ -180,12 +116,26 @@ absl::Status run_data_command(const std::vector<std::string>& args, std::ostream
   }
   SY_RETURN_IF_ERROR(flags.require("input"));
   SY_RETURN_IF_ERROR(flags.require("output"));
-  if (tokens_per_shard <= 0) {
-    return absl::InvalidArgumentError("--tokens_per_shard must be positive");
+  options.inputs = inputs;
+  std::unique_ptr<Tokenizer> tokenizer = make_byte_tokenizer();
+  if (!tokenizer_dir.empty()) {
+    auto loaded = load_tokenizer(tokenizer_dir);
+    if (!loaded.ok())
+      return absl::InvalidArgumentError(absl::StrCat("--tokenizer: ", loaded.status().message()));
+    tokenizer = std::move(*loaded);
   }
-  SY_RETURN_IF_ERROR(write_text_shards(inputs, output, tokens_per_shard));
-  out << "wrote shards to " << output << "\n";
-  return absl::OkStatus();
+  if (eot == "auto") {
+    if (tokenizer->kind() != "bytes" && !tokenizer->eos_ids().empty())
+      options.end_of_document = tokenizer->eos_ids().front();
+  } else if (eot != "none") {
+    std::optional<int32_t> id = tokenizer->token_to_id(eot);
+    if (!id)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--eot: \"", eot, "\" is not a token of the ", tokenizer->kind(),
+          " tokenizer; give a token's text, \"none\" or \"auto\""));
+    options.end_of_document = *id;
+  }
+  return write_token_shards(*tokenizer, options, &out);
 }
 
 }  // namespace sy

@@ -210,11 +210,11 @@ TEST(RlEquivalence, AnExpertParallelCheckpointLoadsIntoOneProcessAndGenerates) {
 
     const std::vector<int32_t> prompt = {'1', '2', '='};
     const std::vector<int32_t> want =
-        generate(model, {prompt}, {.temperature = 0, .max_new_tokens = 4})[0];
+        generate(model, {prompt}, {.temperature = 0, .max_new_tokens = 4}).value()[0];
     std::ostringstream out;
     const absl::Status s =
         run_generate_command({"--checkpoint", dir, "--prompt", "12=", "--max_new_tokens", "4",
-                              "--stop_at_newline=false"},
+                              "--stop_at_eos=false"},
                              out);
     ASSERT_TRUE(s.ok()) << s;
     std::string text = "12=";

@@ -550,7 +550,7 @@ TEST(CliTest, UsageErrorsExitOne) {
            {{"config", "--config"}, "needs a value"},
            {{"config", "--config", "configs/tiny.textproto", "--set", "model {"},
             "--set #1 'model {':1:8: "},
-           {{"trian"}, "unknown subcommand 'trian'; available subcommands: train, generate, data, config, dump-step, rl"},
+           {{"trian"}, "unknown subcommand 'trian'; available subcommands: train, generate, data, score, config, dump-step, rl, convert"},
        }) {
     RunResult run = run_switchyard(c.args);
     EXPECT_EQ(run.signal, 0) << "crashed: " << run.err;

@@ -126,7 +126,9 @@ std::map<std::pair<int64_t, bool>, std::map<std::string, double>> step_metrics(
     const bool eval = j->find("eval_accuracy") != nullptr;
     auto& numbers = out[{j->find("step")->as_int(), eval}];
     for (const auto& [key, value] : j->as_object()) {
-      if (!absl::StartsWith(key, "time_") && value.is_number()) numbers[key] = value.as_double();
+      // Clock readings (time_*) and rates derived from them (*_per_s) differ run to run.
+      const bool clock = absl::StartsWith(key, "time_") || absl::EndsWith(key, "_per_s");
+      if (!clock && value.is_number()) numbers[key] = value.as_double();
     }
   }
   return out;
