@@ -13,6 +13,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/str_replace.h"
 #include "absl/strings/str_split.h"
 #include "kernels/cpu/threads.h"
 #include "kernels/elementwise.h"
@@ -1173,9 +1174,11 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
       return absl::OkStatus();
     }
   }
+  // A prompt of the user's own set may hold a quote: spelled for a POSIX shell.
+  const std::string example = absl::StrReplaceAll(trainer->task().sample(0, Split::kHeldOut).text,
+                                                  {{"'", "'\\''"}});
   log << "saved the policy in " << options.run_dir << "; try: switchyard generate --checkpoint "
-      << options.run_dir << " --prompt '" << trainer->task().sample(0, Split::kHeldOut).text
-      << "'\n";
+      << options.run_dir << " --prompt '" << example << "'\n";
   return absl::OkStatus();
 }
 

@@ -193,6 +193,32 @@ TEST_F(GenerateCommand, GreedyJsonlMatchesTheSinglePrompt) {
   EXPECT_EQ(printed, want);
 }
 
+// An RL run's prompts are shown to the model through rl.prompt_template: generate does the
+// same unless --prompt_template says otherwise.
+TEST_F(GenerateCommand, TheRunsPromptTemplateIsTheDefault) {
+  const std::string in = write_file("templated.jsonl", R"({"prompt": "4="})"
+                                                       "\n");
+  const std::string plain = write_file("untemplated.jsonl", R"({"prompt": "3+4="})"
+                                                           "\n");
+  const std::vector<std::string> greedy = {"--max_new_tokens", "3", "--temperature", "0"};
+  auto run = [&](const std::string& input, std::vector<std::string> extra) {
+    extra.insert(extra.end(), {"--prompts", input, "--output", input + ".out"});
+    extra.insert(extra.end(), greedy.begin(), greedy.end());
+    EXPECT_TRUE(generate(extra).ok());
+    const std::vector<Json> rows = read_jsonl(input + ".out");
+    EXPECT_EQ(rows.size(), 1u);
+    // The log-probs tell prompts apart even where a barely trained model's tokens do not.
+    return rows.empty() ? Json() : *rows[0].find("logprobs");
+  };
+  const Json want = run(plain, {});
+  const std::string set_template = R"(rl { prompt_template: "3+{prompt}" })";
+  EXPECT_EQ(run(in, {"--set", set_template}), want);
+  // The flag wins over the run's template: "4=" alone is another prompt.
+  EXPECT_EQ(run(in, {"--set", set_template, "--prompt_template", "3+{prompt}"}), want);
+  EXPECT_EQ(run(in, {"--set", set_template, "--prompt_template", "{prompt}"}), run(in, {}));
+  EXPECT_NE(run(in, {}), want);
+}
+
 void expect_error(const absl::Status& s, const std::string& part) {
   EXPECT_FALSE(s.ok()) << "expected an error containing: " << part;
   EXPECT_TRUE(absl::StrContains(s.message(), part)) << s.message() << "\n  wanted: " << part;

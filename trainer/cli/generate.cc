@@ -231,8 +231,9 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   flags.add_bool("stop_at_eos", &stop_at_eos, "end a completion at an end-of-sequence id");
   std::string template_text = "{prompt}";
   flags.add_string("prompt_template", "TEXT", &template_text,
-                   "how each prompt is shown to the model, {prompt} standing for it (as "
-                   "rl.prompt_template)");
+                   "how each prompt is shown to the model, {prompt} standing for it; default: "
+                   "the run's rl.prompt_template (an RL run's prompts look as in training), "
+                   "else {prompt}");
   flags.add_strings("set", "TEXT", &overrides,
                     "override a field of the run's config (e.g. device)");
   SY_RETURN_IF_ERROR(flags.parse(args));
@@ -280,6 +281,10 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
                                             ": no config.textproto there; is it a run directory?"));
   }
   SY_ASSIGN_OR_RETURN(switchyard::Experiment config, load_experiment(saved, overrides));
+  if (!flags.was_given("prompt_template") && config.has_rl() &&
+      config.rl().has_prompt_template()) {
+    template_text = config.rl().prompt_template();
+  }
   SY_ASSIGN_OR_RETURN(const PromptTemplate prompt_template,
                       PromptTemplate::parse(template_text, "--prompt_template"));
   SY_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(run_dir));
