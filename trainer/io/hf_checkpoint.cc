@@ -1014,8 +1014,9 @@ absl::Status run_convert_command(const std::vector<std::string>& args, std::ostr
       "switchyard convert", "--input DIR --output DIR [--dtype bf16|f32] [--max_shard_size SIZE]",
       "Converts between Hugging Face checkpoints and switchyard runs; the input decides\n"
       "the direction. A Hugging Face directory (config.json + safetensors: Llama,\n"
-      "Qwen3, Mixtral, Qwen3-MoE) becomes a run directory that generate, rl.init_checkpoint\n"
-      "and train take like a trained run (tokenizer files copied along). A run directory\n"
+      "Qwen3, Mixtral, Qwen3-MoE) becomes a run directory that generate, score and\n"
+      "rl.init_checkpoint take like a trained run (tokenizer files copied along; it holds\n"
+      "no optimizer state, so train --resume cannot continue it). A run directory\n"
       "(config.textproto) has its latest checkpoint written as a directory that\n"
       "transformers' from_pretrained loads. The output must not exist yet.");
   std::string input, output, dtype = "bf16", shard = "5GB";
