@@ -8,7 +8,8 @@
 //     dims, and keep an online softmax (running max, sum and weighted values, fp32) per
 //     query; the warps merge in shared memory. Long contexts with few rows are split over
 //     the keys so the GPU fills, and a second kernel merges the splits' partial softmaxes.
-//     bf16 or f32 in and out; fp32 arithmetic; head dims a multiple of 32 up to 256.
+//     bf16 or f32 in and out; fp32 arithmetic; any head dim up to 256 (a lane's dims past
+//     hd hold zeros: a head dim of 24 or 16 pads to one 32-wide lane set).
 // The CUDA kernels trust slot, start, count and length (the CPU op checks them).
 #include <algorithm>
 #include <cstdint>
@@ -47,7 +48,7 @@ struct DecodeDims {
   float scale;
 };
 
-// kD dims per lane (hd = 32 kD), kQ queries per block.
+// kD dims per lane (hd <= 32 kD), kQ queries per block.
 template <typename T, int kD, int kQ>
 __global__ void __launch_bounds__(kAttnWarps * 32)
     decode_attention_kernel(T* out, float* part_ml, float* part_acc, const T* q,
@@ -78,9 +79,12 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int i = 0; i < kD; ++i) qr[qi][i] = acc[qi][i] = 0.0f;
     if (qi < nq) {
       const int64_t t = (q0 + qi) / d.group, h = g * d.group + (q0 + qi) % d.group;
-      const T* qp = q + ((r * d.tq + t) * d.heads + h) * kHd;
+      const T* qp = q + ((r * d.tq + t) * d.heads + h) * d.hd;
 #pragma unroll
-      for (int i = 0; i < kD; ++i) qr[qi][i] = to_f32(qp[lane + 32 * i]) * d.scale;
+      for (int i = 0; i < kD; ++i) {
+        const int dim = lane + 32 * i;
+        qr[qi][i] = dim < d.hd ? to_f32(qp[dim]) * d.scale : 0.0f;
+      }
       last_key[qi] = len - d.tq + t;
     }
   }
@@ -107,15 +111,17 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
   for (int64_t j = begin + warp; j < end; j += 2 * kAttnWarps) {
     const int64_t j2 = j + kAttnWarps;
     const bool second = j2 < end;
-    const int64_t at = ((base + j) * d.kv_heads + g) * kHd;
-    const int64_t at2 = ((base + (second ? j2 : j)) * d.kv_heads + g) * kHd;
+    const int64_t at = ((base + j) * d.kv_heads + g) * d.hd;
+    const int64_t at2 = ((base + (second ? j2 : j)) * d.kv_heads + g) * d.hd;
     float kr[kD], vr[kD], kr2[kD], vr2[kD];
 #pragma unroll
     for (int i = 0; i < kD; ++i) {
-      kr[i] = to_f32(cache_k[at + lane + 32 * i]);
-      vr[i] = to_f32(cache_v[at + lane + 32 * i]);
-      kr2[i] = to_f32(cache_k[at2 + lane + 32 * i]);
-      vr2[i] = to_f32(cache_v[at2 + lane + 32 * i]);
+      const int dim = lane + 32 * i;
+      const bool in = dim < d.hd;
+      kr[i] = in ? to_f32(cache_k[at + dim]) : 0.0f;
+      vr[i] = in ? to_f32(cache_v[at + dim]) : 0.0f;
+      kr2[i] = in ? to_f32(cache_k[at2 + dim]) : 0.0f;
+      vr2[i] = in ? to_f32(cache_v[at2 + dim]) : 0.0f;
     }
     attend(j, kr, vr);
     if (second) attend(j2, kr2, vr2);
@@ -128,8 +134,8 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int i = 0; i < kD; ++i) merge_acc[warp][qi][lane + 32 * i] = acc[qi][i];
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < nq * kHd; e += blockDim.x) {
-    const int qi = e / kHd, dim = e % kHd;
+  for (int e = threadIdx.x; e < nq * d.hd; e += blockDim.x) {
+    const int qi = e / d.hd, dim = e % d.hd;
     float mx = -INFINITY;
     for (int w = 0; w < kAttnWarps; ++w) mx = fmaxf(mx, merge_m[w][qi]);
     float sum = 0.0f, value = 0.0f;
@@ -143,10 +149,10 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     const int64_t t = (q0 + qi) / d.group, h = g * d.group + (q0 + qi) % d.group;
     const int64_t row = (r * d.tq + t) * d.heads + h;
     if (d.splits == 1) {
-      out[row * kHd + dim] = from_f32<T>(sum > 0.0f ? value / sum : 0.0f);
+      out[row * d.hd + dim] = from_f32<T>(sum > 0.0f ? value / sum : 0.0f);
     } else {
       const int64_t p = row * d.splits + split;
-      part_acc[p * kHd + dim] = value;
+      part_acc[p * d.hd + dim] = value;
       if (dim == 0) part_ml[2 * p] = mx, part_ml[2 * p + 1] = sum;
     }
   }
@@ -242,8 +248,7 @@ void decode_attention(const Tensor& out, const Tensor& q, const Tensor& cache_k,
                       const Tensor& cache_v, const Tensor& slot, const Tensor& length) {
   use_device(q);
   const int hd = static_cast<int>(q.dim(3));
-  SY_CHECK(hd % 32 == 0 && hd <= 256)
-      << "decode_attention on CUDA takes head dims that are multiples of 32 up to 256, got " << hd;
+  SY_CHECK(hd > 0 && hd <= 256) << "decode_attention on CUDA takes head dims up to 256, got " << hd;
   DecodeDims d{};
   d.tq = q.dim(1);
   d.heads = q.dim(2);
@@ -254,7 +259,7 @@ void decode_attention(const Tensor& out, const Tensor& q, const Tensor& cache_k,
   d.scale = 1.0f / sqrtf(static_cast<float>(hd));
   dispatch_float(q.dtype(), "decode_attention", [&](auto tag) {
     using T = decltype(tag);
-    switch (hd / 32) {
+    switch ((hd + 31) / 32) {
       case 1:
         return launch_decode<T, 1, 8>(out, q, cache_k, cache_v, slot, length, d);
       case 2:

@@ -1,7 +1,7 @@
 // GPU parity of the slot KV cache (kernels/cuda/kv_cache.cu) with the CPU reference on fresh
 // random inputs: appends (whole-vector and element paths, idle rows, ragged counts) must land
 // bit for bit; decode attention over ragged lengths (idle rows, lengths up to the capacity),
-// MHA and GQA, Tq = 1 and chunks of several queries, head dims 32 to 256, f32 and bf16, from a
+// MHA and GQA, Tq = 1 and chunks of several queries, head dims 8 to 256, f32 and bf16, from a
 // cache whose unwritten positions hold random values (a read past a row's length shows).
 //
 // Tolerances, elementwise, with peak = max(1, the largest |cpu|):
@@ -148,7 +148,11 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{8, 1, 32, 4, 128, 2048, DType::kBF16}, DecodeCase{8, 4, 16, 4, 64, 700, DType::kBF16},
         DecodeCase{5, 17, 8, 8, 64, 300, DType::kF32}, DecodeCase{6, 3, 12, 3, 32, 257, DType::kBF16},
         DecodeCase{4, 2, 4, 1, 256, 513, DType::kF32}, DecodeCase{4, 5, 6, 2, 96, 130, DType::kBF16},
-        DecodeCase{7, 1, 4, 4, 192, 1000, DType::kF32}));
+        DecodeCase{7, 1, 4, 4, 192, 1000, DType::kF32},
+        // Head dims off the 32 grid (the tiny config's 24, test models' 8 and 16, a 40): the
+        // padded lanes must add nothing.
+        DecodeCase{5, 1, 4, 2, 24, 300, DType::kF32}, DecodeCase{4, 3, 4, 4, 8, 130, DType::kBF16},
+        DecodeCase{6, 1, 4, 1, 16, 2000, DType::kBF16}, DecodeCase{3, 2, 6, 3, 40, 257, DType::kF32}));
 
 // Not a check: one decode step's time at the bench shapes and the share of HBM bandwidth its
 // reads of the cache take (bytes of K and V up to each row's length).

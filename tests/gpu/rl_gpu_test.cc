@@ -36,7 +36,13 @@ namespace sy::rl {
 namespace {
 namespace fs = std::filesystem;
 
-constexpr double kBf16Logp = 0.03, kBf16Scalar = 0.05, kBf16Update = 0.25;
+// The f32 runs check the logic (1e-4: measured 5e-7 on the log-probs, 1e-5 on the weights). The
+// bf16 bounds check that the precision path keeps it: bf16 rounds every weight and activation
+// (2^-9 relative), so a token's log-prob, a difference of logits of ~10, moves by ~0.04; the
+// worst over a batch's tokens measured 0.056 on an H100 (2026-12-07), and a wrong tensor or
+// scale gives errors of order 1. The updates' losses and grad norms are small sums of
+// advantage-weighted terms whose bf16 errors do not cancel: 7-11% apart by the fourth update.
+constexpr double kBf16Logp = 0.1, kBf16Scalar = 0.15, kBf16Update = 0.25;
 constexpr double kF32 = 1e-4;
 
 constexpr char kRl[] = R"pb(
