@@ -3,14 +3,21 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
 #include <sstream>
 #include <string_view>
 #include <vector>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
+#include "trainer/crc32c.h"
 #include "trainer/json.h"
 #include "trainer/regular_file.h"
+#include "trainer/reshard.h"
 #include "trainer/safetensors.h"
 
 namespace sy {
@@ -56,17 +63,9 @@ absl::Status agree(const CheckpointLayout& layout, const absl::Status& mine) {
   return absl::OkStatus();
 }
 
-std::string experts_file(int ep_rank) {
-  return absl::StrCat("experts-ep", ep_rank, ".safetensors");
-}
-std::string optimizer_file(int rank) {
-  return absl::StrCat("optimizer-rank", rank, ".safetensors");
-}
-
-// What this rank writes: the dense parameters on rank 0 (with the experts when they are not
-// spread), its experts when it is the first rank of its EP index, its optimizer shard.
-absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layout,
-                              const ParamStore& store, const AdamW* optimizer) {
+absl::Status write_tensors(const fs::path& dir, const CheckpointLayout& layout,
+                           const ParamStore& store, const AdamW* optimizer,
+                           std::vector<std::string>& written) {
   const int rank = world_rank(layout);
   const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
   std::vector<std::pair<std::string, Tensor>> dense, experts;
@@ -74,20 +73,41 @@ absl::Status write_rank_files(const fs::path& dir, const CheckpointLayout& layou
     auto& list = p->group == SyncGroup::kExpert && layout.expert_parallel > 1 ? experts : dense;
     list.emplace_back(p->name, p->value.to(Device::cpu()));
   }
-  if (rank == 0)
-    SY_RETURN_IF_ERROR(save_safetensors((dir / "model.safetensors").string(), dense, meta));
+  auto write = [&](const std::string& name,
+                   const std::vector<std::pair<std::string, Tensor>>& tensors) {
+    written.push_back(name);
+    return save_safetensors((dir / name).string(), tensors, meta);
+  };
+  if (rank == 0) SY_RETURN_IF_ERROR(write("model.safetensors", dense));
   if (layout.expert_parallel > 1 && rank < layout.expert_parallel) {
-    SY_RETURN_IF_ERROR(save_safetensors((dir / experts_file(rank)).string(), experts, meta));
+    SY_RETURN_IF_ERROR(write(experts_file_name(rank), experts));
   }
   if (!optimizer) return absl::OkStatus();
   std::vector<std::pair<std::string, Tensor>> moments;
   for (auto& [n, t] : optimizer->state()) moments.emplace_back(n, t.to(Device::cpu()));
-  return save_safetensors((dir / optimizer_file(rank)).string(), moments, meta);
+  return write(optimizer_file_name(rank), moments);
+}
+
+// What this rank writes: the dense parameters on rank 0 (with the experts when they are not
+// spread), its experts when it is the first rank of its EP index, its optimizer shard. Returns
+// "name bytes crc32c" lines of the files written, for the manifest.
+absl::StatusOr<std::string> write_rank_files(const fs::path& dir, const CheckpointLayout& layout,
+                                             const ParamStore& store, const AdamW* optimizer) {
+  std::vector<std::string> written;
+  SY_RETURN_IF_ERROR(write_tensors(dir, layout, store, optimizer, written));
+  std::string lines;
+  // Read back rather than summed while serialising: the manifest vouches for what is on disk.
+  for (const std::string& name : written) {
+    SY_ASSIGN_OR_RETURN(FileChecksum sum, checksum_file((dir / name).string()));
+    absl::StrAppend(&lines, name, " ", sum.bytes, " ", sum.crc32c, "\n");
+  }
+  return lines;
 }
 
 // Rank 0's part: the manifest, the rename into place, `latest`, and pruning.
 absl::Status publish(const fs::path& root, const std::string& name, const CheckpointState& state,
-                     const AdamW* optimizer, int keep_last, const CheckpointLayout& layout) {
+                     const AdamW* optimizer, int keep_last, const CheckpointLayout& layout,
+                     const std::vector<std::string>& file_lines) {
   const fs::path tmp = root / (name + ".tmp");
   const fs::path final_dir = root / name;
   Json manifest = Json::Object{};
@@ -104,6 +124,21 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
   data.set("epoch", state.data.epoch);
   data.set("index", state.data.index);
   manifest.set("data", data);
+  // Each file's size and CRC-32C, checked on load.
+  Json files = Json::Object{};
+  for (const std::string& lines : file_lines) {
+    for (absl::string_view line : absl::StrSplit(lines, '\n', absl::SkipEmpty())) {
+      std::vector<std::string> f = absl::StrSplit(line, ' ');
+      int64_t bytes = 0, crc = 0;
+      SY_CHECK(f.size() == 3 && absl::SimpleAtoi(f[1], &bytes) && absl::SimpleAtoi(f[2], &crc))
+          << line;
+      Json entry = Json::Object{};
+      entry.set("bytes", bytes);
+      entry.set("crc32c", crc);
+      files.set(f[0], entry);
+    }
+  }
+  manifest.set("files", files);
   const std::string text = to_json(manifest) + "\n";
   std::string_view piece = text;
   SY_RETURN_IF_ERROR(write_file_atomically((tmp / "manifest.json").string(), {&piece, 1}));
@@ -134,9 +169,8 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
 
 namespace {
 
-absl::Status save(const std::string& run_dir, const CheckpointState& state,
-                  const ParamStore& store, const AdamW* optimizer, int keep_last,
-                  const CheckpointLayout& layout) {
+absl::Status save(const std::string& run_dir, const CheckpointState& state, const ParamStore& store,
+                  const AdamW* optimizer, int keep_last, const CheckpointLayout& layout) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   const std::string name = step_dir_name(state.step);
   const fs::path tmp = root / (name + ".tmp");
@@ -150,8 +184,13 @@ absl::Status save(const std::string& run_dir, const CheckpointState& state,
           absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   }
   SY_RETURN_IF_ERROR(agree(layout, status));
-  SY_RETURN_IF_ERROR(agree(layout, write_rank_files(tmp, layout, store, optimizer)));
-  if (world_rank(layout) == 0) status = publish(root, name, state, optimizer, keep_last, layout);
+  auto lines = write_rank_files(tmp, layout, store, optimizer);
+  SY_RETURN_IF_ERROR(agree(layout, lines.status()));
+  const std::vector<std::string> all_lines = layout.world && layout.world->size() > 1
+                                                 ? layout.world->all_gather_host(*lines)
+                                                 : std::vector<std::string>{*lines};
+  if (world_rank(layout) == 0)
+    status = publish(root, name, state, optimizer, keep_last, layout, all_lines);
   return agree(layout, status);
 }
 
@@ -185,152 +224,281 @@ absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
   return dir.string();
 }
 
-absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
-                                                AdamW* optimizer, const CheckpointLayout& layout) {
-  const std::string manifest_path = (fs::path(dir) / "manifest.json").string();
-  auto text = read_text(manifest_path);
-  if (!text.ok()) return checkpoint_error(manifest_path, "missing manifest.json");
-  auto manifest = parse_json(*text);
-  if (!manifest.ok()) return checkpoint_error(manifest_path, manifest.status().message());
-  auto get_int = [&](const Json& obj, absl::string_view key) -> absl::StatusOr<int64_t> {
-    const Json* v = obj.is_object() ? obj.find(std::string_view(key.data(), key.size())) : nullptr;
+namespace {
+
+// The manifest, checked field by field: a damaged or hand-edited one is an error naming the
+// file and the field, never a negative step that trains with a negative learning rate.
+struct Manifest {
+  std::string path;
+  int64_t step = 0;
+  int64_t optimizer_steps = 0;
+  uint64_t seed = 0;
+  SavedLayout layout;
+  DataPosition data;
+  // Absent in checkpoints written before checksums were kept: those still load, unchecked.
+  std::optional<std::map<std::string, FileChecksum>> files;
+};
+
+absl::StatusOr<Manifest> read_manifest(const std::string& path) {
+  auto text = read_text(path);
+  if (!text.ok()) return checkpoint_error(path, "missing manifest.json");
+  auto json = parse_json(*text);
+  if (!json.ok()) return checkpoint_error(path, json.status().message());
+  const Json* format = json->is_object() ? json->find("format") : nullptr;
+  if (!format || !format->is_string() || format->as_string() != kFormatName) {
+    return checkpoint_error(path, "not a switchyard checkpoint manifest");
+  }
+  auto integer = [&](const Json& obj, const std::string& where, const std::string& key, int64_t lo,
+                     int64_t hi) -> absl::StatusOr<int64_t> {
+    const std::string field = where + key;
+    const Json* v = obj.find(key);
     if (!v || !v->is_int()) {
-      return checkpoint_error(manifest_path,
-                              absl::StrCat("field '", key, "' is missing or not an integer"));
+      return checkpoint_error(path, absl::StrCat("field '", field,
+                                                 "' is missing or not an integer; the manifest "
+                                                 "is damaged: use another checkpoint"));
+    }
+    if (v->as_int() < lo || v->as_int() > hi) {
+      return checkpoint_error(
+          path, absl::StrCat("field '", field, "' is ", v->as_int(), ", outside [", lo, ", ", hi,
+                             "]; the manifest is damaged: use another checkpoint"));
     }
     return v->as_int();
   };
-  const Json* format = manifest->is_object() ? manifest->find("format") : nullptr;
-  if (!format || !format->is_string() || format->as_string() != kFormatName) {
-    return checkpoint_error(manifest_path, "not a switchyard checkpoint manifest");
-  }
-  CheckpointState state;
-  auto version = get_int(*manifest, "version");
-  if (!version.ok()) return version.status();
-  if (*version != kFormatVersion) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  SY_ASSIGN_OR_RETURN(const int64_t version, integer(*json, "", "version", 0, kMax));
+  if (version != kFormatVersion) {
     return checkpoint_error(
-        manifest_path, absl::StrCat("format version ", *version,
-                                    " is not supported (this build reads ", kFormatVersion, ")"));
+        path, absl::StrCat("format version ", version, " is not supported (this build reads ",
+                           kFormatVersion, ")"));
   }
-  auto step = get_int(*manifest, "step");
-  auto opt_steps = get_int(*manifest, "optimizer_steps");
-  const Json* data = manifest->find("data");
-  if (!step.ok()) return step.status();
-  if (!opt_steps.ok()) return opt_steps.status();
-  if (!data) return checkpoint_error(manifest_path, "field 'data' is missing");
-  auto next_index = get_int(*data, "next_index");
-  auto epoch = get_int(*data, "epoch");
-  auto index = get_int(*data, "index");
-  if (!next_index.ok()) return next_index.status();
-  if (!epoch.ok()) return epoch.status();
-  if (!index.ok()) return index.status();
-  state.step = *step;
-  state.data = {*next_index, *epoch, *index};
-  const Json* seed = manifest->find("seed");
-  if (seed && seed->is_string()) state.seed = std::stoull(seed->as_string());
-
-  // The layout must be the one that wrote the checkpoint: the expert shards for the weights,
-  // and for the optimizer state also the ranks and ZeRO stage that sharded it. Weights alone
-  // also load into a model that holds every expert (expert_parallel 1): the shards, joined.
-  auto written_ep = get_int(*manifest, "expert_parallel");
-  if (!written_ep.ok()) return written_ep.status();
-  const bool join_experts = !optimizer && layout.expert_parallel == 1 && *written_ep > 1;
-  std::vector<std::pair<const char*, int64_t>> must_match;
-  if (!join_experts) must_match.push_back({"expert_parallel", layout.expert_parallel});
-  if (optimizer) {
-    must_match.push_back({"world_size", world_size(layout)});
-    must_match.push_back({"zero_stage", layout.zero_stage});
+  Manifest m;
+  m.path = path;
+  SY_ASSIGN_OR_RETURN(m.step, integer(*json, "", "step", 0, kMax));
+  SY_ASSIGN_OR_RETURN(m.optimizer_steps, integer(*json, "", "optimizer_steps", 0, kMax));
+  const Json* seed = json->find("seed");
+  if (!seed || !seed->is_string() || seed->as_string().empty() ||
+      seed->as_string().find_first_not_of("0123456789") != std::string::npos ||
+      !absl::SimpleAtoi(seed->as_string(), &m.seed)) {
+    return checkpoint_error(
+        path,
+        "field 'seed' must be a string of decimal digits that fits 64 bits (e.g. \"1234\"); "
+        "the manifest is damaged: use another checkpoint");
   }
-  for (auto [key, want] : must_match) {
-    auto have = get_int(*manifest, key);
-    if (!have.ok()) return have.status();
-    if (*have != want) {
-      return checkpoint_error(
-          manifest_path, absl::StrCat("was written with ", key, " = ", *have, ", this run has ",
-                                      want, "; resume with the layout that wrote it"));
-    }
+  constexpr int64_t kMaxRanks = 1 << 20;
+  SY_ASSIGN_OR_RETURN(const int64_t world, integer(*json, "", "world_size", 1, kMaxRanks));
+  SY_ASSIGN_OR_RETURN(const int64_t ep, integer(*json, "", "expert_parallel", 1, world));
+  SY_ASSIGN_OR_RETURN(const int64_t zero, integer(*json, "", "zero_stage", 0, 1));
+  if (world % ep != 0) {
+    return checkpoint_error(
+        path, absl::StrCat("field 'expert_parallel' (", ep, ") does not divide 'world_size' (",
+                           world, "); the manifest is damaged"));
   }
-
-  std::vector<SafetensorsFile> files;
-  SY_ASSIGN_OR_RETURN(SafetensorsFile model,
-                      load_safetensors((fs::path(dir) / "model.safetensors").string()));
-  files.push_back(std::move(model));
-  if (layout.expert_parallel > 1) {
-    const int ep_rank = world_rank(layout) % layout.expert_parallel;
-    SY_ASSIGN_OR_RETURN(SafetensorsFile experts,
-                        load_safetensors((fs::path(dir) / experts_file(ep_rank)).string()));
-    files.push_back(std::move(experts));
-  }
-  if (join_experts) {
-    std::vector<SafetensorsFile> shards;
-    for (int i = 0; i < *written_ep; ++i) {
-      SY_ASSIGN_OR_RETURN(SafetensorsFile shard,
-                          load_safetensors((fs::path(dir) / experts_file(i)).string()));
-      shards.push_back(std::move(shard));
-    }
-    SafetensorsFile joined;
-    joined.path = (fs::path(dir) / experts_file(0)).string();
-    for (const auto& [name, first] : shards[0].tensors) {
-      Shape shape = first.shape();
-      for (size_t i = 1; i < shards.size(); ++i) {
-        auto it = shards[i].tensors.find(name);
-        if (it == shards[i].tensors.end() || it->second.ndim() != first.ndim() ||
-            it->second.dtype() != first.dtype()) {
-          return checkpoint_error(shards[i].path,
-                                  absl::StrCat("has no tensor '", name, "' like ", shards[0].path));
-        }
-        shape[0] += it->second.dim(0);
+  m.layout = {static_cast<int>(world), static_cast<int>(ep), static_cast<int>(zero)};
+  const Json* data = json->find("data");
+  if (!data || !data->is_object()) return checkpoint_error(path, "field 'data' is missing");
+  SY_ASSIGN_OR_RETURN(m.data.next_index, integer(*data, "data.", "next_index", 0, kMax));
+  SY_ASSIGN_OR_RETURN(m.data.epoch, integer(*data, "data.", "epoch", 0, kMax));
+  SY_ASSIGN_OR_RETURN(m.data.index, integer(*data, "data.", "index", 0, kMax));
+  if (const Json* files = json->find("files")) {
+    if (!files->is_object()) return checkpoint_error(path, "field 'files' is not an object");
+    m.files.emplace();
+    for (const auto& [name, entry] : files->as_object()) {
+      const std::string where = absl::StrCat("files.", name, ".");
+      if (!entry.is_object() || name.empty() || name.find('/') != std::string::npos) {
+        return checkpoint_error(
+            path, absl::StrCat("field 'files.", name, "' is not {\"bytes\": N, \"crc32c\": N}"));
       }
-      Tensor all = Tensor::empty(shape, first.dtype());
-      int64_t row = 0;
-      for (const SafetensorsFile& shard : shards) {
-        const Tensor& part = shard.tensors.at(name);
-        all.rows(row, row + part.dim(0)).copy_from(part);
-        row += part.dim(0);
-      }
-      joined.tensors.emplace(name, std::move(all));
+      SY_ASSIGN_OR_RETURN(const int64_t bytes, integer(entry, where, "bytes", 0, kMax));
+      SY_ASSIGN_OR_RETURN(const int64_t crc,
+                          integer(entry, where, "crc32c", 0, std::numeric_limits<uint32_t>::max()));
+      (*m.files)[name] = {static_cast<uint64_t>(bytes), static_cast<uint32_t>(crc)};
     }
-    files.push_back(std::move(joined));
   }
-  size_t held = 0;
-  for (const SafetensorsFile& f : files) held += f.tensors.size();
-  for (Param* p : store.params()) {
-    const SafetensorsFile* from = nullptr;
-    for (const SafetensorsFile& f : files)
-      if (f.tensors.count(p->name)) from = &f;
-    if (!from) {
-      return checkpoint_error(
-          dir, absl::StrCat("has no tensor '", p->name, "', which the configured model needs"));
-    }
-    SY_RETURN_IF_ERROR(expect_tensor(*from, p->name, p->value.shape(), DType::kF32));
+  return m;
+}
+
+std::string strip_moment_prefix(const std::string& name) {
+  for (std::string_view prefix : {"adam_m.", "adam_v."})
+    if (name.starts_with(prefix)) return name.substr(prefix.size());
+  return name;
+}
+
+// The weights: each dense parameter whole from model.safetensors; each stacked expert
+// parameter's rows [offset, offset + rows) from the files that hold them in the saved layout.
+absl::Status load_weights(const Manifest& m, CheckpointFiles& files, ParamStore& store,
+                          int expert_parallel) {
+  const std::string model_file = "model.safetensors";
+  SY_ASSIGN_OR_RETURN(const SafetensorsReader* model, files.open(model_file));
+  const SafetensorsReader* experts0 = nullptr;
+  if (m.layout.expert_parallel > 1) {
+    SY_ASSIGN_OR_RETURN(experts0, files.open(experts_file_name(0)));
   }
-  if (held != store.params().size()) {
-    for (const SafetensorsFile& f : files) {
-      for (const auto& [name, t] : f.tensors) {
-        if (!store.find(name)) {
-          return checkpoint_error(
-              f.path,
-              absl::StrCat("holds tensor '", name, "', which the configured model does not have"));
-        }
+  // Nothing the model lacks: a tensor left over means the config is not the one that wrote it.
+  for (const SafetensorsReader* f : {model, experts0}) {
+    if (!f) continue;
+    for (const std::string& name : f->names()) {
+      const Param* p = store.find(name);
+      // Under expert parallelism the experts are in their shards only, the rest in the model.
+      if (!p || (experts0 && (f == experts0) != (p->group == SyncGroup::kExpert))) {
+        return checkpoint_error(
+            f->path(),
+            absl::StrCat("holds tensor '", name, "', which the configured model does not have"));
       }
     }
   }
   for (Param* p : store.params()) {
-    for (const SafetensorsFile& f : files) {
-      auto it = f.tensors.find(p->name);
-      if (it != f.tensors.end()) p->value.copy_from(it->second.to(p->value.device()));
+    const bool stacked = p->group == SyncGroup::kExpert;
+    const SafetensorsReader* from = stacked && experts0 ? experts0 : model;
+    if (!from->contains(p->name)) {
+      return checkpoint_error(from->path(), absl::StrCat("has no tensor '", p->name,
+                                                         "', which the configured model needs"));
     }
+    if (from->stored_dtype(p->name) != "F32") {
+      return checkpoint_error(
+          from->path(), absl::StrCat("tensor '", p->name, "' is ", from->stored_dtype(p->name),
+                                     ", a checkpoint's weights are F32"));
+    }
+    const Shape& saved = from->shape(p->name);
+    if (!stacked) {
+      if (saved != p->value.shape()) {
+        return checkpoint_error(from->path(),
+                                absl::StrCat("tensor '", p->name, "' has shape ", shape_str(saved),
+                                             ", the config expects ", shape_str(p->value.shape())));
+      }
+      SY_ASSIGN_OR_RETURN(Tensor t, files.read(model_file, p->name));
+      p->value.copy_from(t.to(p->value.device()));
+      continue;
+    }
+    // Experts: the same per-expert shape, and as many experts in all as the config has.
+    const int64_t rows = p->value.dim(0);
+    const int64_t experts = saved.empty() ? 0 : saved[0] * m.layout.expert_parallel;
+    Shape want = p->value.shape();
+    want[0] = saved.empty() ? 0 : saved[0];
+    if (saved.size() != want.size() || experts != rows * expert_parallel ||
+        !std::equal(saved.begin() + 1, saved.end(), want.begin() + 1)) {
+      Shape all = p->value.shape();
+      all[0] = rows * expert_parallel;
+      return checkpoint_error(
+          from->path(), absl::StrCat("tensor '", p->name, "' has shape ", shape_str(saved), " (",
+                                     experts, " experts in all over ", m.layout.expert_parallel,
+                                     " expert-parallel ranks), the config expects ", shape_str(all),
+                                     " in all (moe.num_experts, the expert widths)"));
+    }
+    const int64_t begin = p->expert_offset;
+    SY_ASSIGN_OR_RETURN(
+        Tensor t,
+        files.read_rows(p->name, expert_weight_pieces(m.layout, experts, begin, begin + rows),
+                        begin, begin + rows));
+    p->value.copy_from(t.to(p->value.device()));
   }
   store.values_changed();
+  return absl::OkStatus();
+}
 
-  if (optimizer) {
-    auto moments = load_safetensors((fs::path(dir) / optimizer_file(world_rank(layout))).string());
-    if (!moments.ok()) return moments.status();
-    std::vector<std::pair<std::string, Tensor>> list(moments->tensors.begin(),
-                                                     moments->tensors.end());
-    auto st = optimizer->load_state(list, *opt_steps);
-    if (!st.ok()) return checkpoint_error(moments->path, st.message());
+// The moments this rank updates, gathered from whichever saved shards hold them: the rank's own
+// when the layout is the one that wrote them, else any rank's copy (the copies of replicated
+// moments are the same bits: every replica applies the same update to the same gradients).
+absl::Status load_optimizer(const Manifest& m, CheckpointFiles& files, ParamStore& store,
+                            AdamW& optimizer, int rank, int expert_parallel) {
+  const SavedLayout& saved = m.layout;
+  auto holds = [&](int r, const std::string& name) -> absl::StatusOr<bool> {
+    SY_ASSIGN_OR_RETURN(const SafetensorsReader* f, files.open(optimizer_file_name(r)));
+    return f->contains(name);
+  };
+  std::vector<std::pair<std::string, Tensor>> loaded;
+  for (const auto& [name, mine] : optimizer.state()) {
+    const Param* p = store.find(strip_moment_prefix(name));
+    SY_CHECK(p != nullptr) << "optimizer state " << name << " of no parameter";
+    if (p->group != SyncGroup::kExpert) {
+      std::vector<int> order = {rank < saved.world_size ? rank : 0};
+      for (int r = 0; r < saved.world_size; ++r)
+        if (r != order[0]) order.push_back(r);
+      int found = -1;
+      for (int r : order) {
+        SY_ASSIGN_OR_RETURN(bool has, holds(r, name));
+        if (has) {
+          found = r;
+          break;
+        }
+      }
+      if (found < 0) {
+        return checkpoint_error(files.dir(),
+                                absl::StrCat("no optimizer-rank<r> file holds '", name,
+                                             "', which the configured optimizer needs"));
+      }
+      const std::string file = optimizer_file_name(found);
+      SY_ASSIGN_OR_RETURN(const SafetensorsReader* f, files.open(file));
+      if (f->shape(name) != p->value.shape()) {
+        return checkpoint_error(
+            f->path(), absl::StrCat("tensor '", name, "' has shape ", shape_str(f->shape(name)),
+                                    ", the config expects ", shape_str(p->value.shape())));
+      }
+      SY_ASSIGN_OR_RETURN(Tensor t, files.read(file, name));
+      loaded.emplace_back(name, std::move(t));
+      continue;
+    }
+    // A stacked expert moment: rows of the EP indices of the saved layout that overlap ours.
+    const int64_t rows = p->value.dim(0), begin = p->expert_offset, end = begin + rows;
+    const int64_t per = rows * expert_parallel / saved.expert_parallel;
+    std::vector<RowPiece> pieces;
+    for (int i = static_cast<int>(begin / per); i * per < end; ++i) {
+      int found = -1;
+      for (int r : saved_ranks_of_ep_index(saved, i, rank)) {
+        SY_ASSIGN_OR_RETURN(bool has, holds(r, name));
+        if (has) {
+          found = r;
+          break;
+        }
+      }
+      if (found < 0) {
+        return checkpoint_error(
+            files.dir(), absl::StrCat("no optimizer-rank<r> file of expert-parallel index ", i,
+                                      " holds '", name, "', which the configured optimizer needs"));
+      }
+      pieces.push_back({optimizer_file_name(found), i * per, per});
+    }
+    SY_ASSIGN_OR_RETURN(Tensor t, files.read_rows(name, pieces, begin, end));
+    loaded.emplace_back(name, std::move(t));
   }
+  absl::Status st = optimizer.load_state(loaded, m.optimizer_steps);
+  if (!st.ok()) return checkpoint_error(files.dir(), st.message());
+  return absl::OkStatus();
+}
+
+// Every rank learns whether any rank failed; a rank that failed keeps its own error.
+absl::Status agree_keep_mine(const CheckpointLayout& layout, const absl::Status& mine) {
+  if (!layout.world || layout.world->size() == 1) return mine;
+  absl::Status all = agree(layout, mine);
+  return mine.ok() ? all : mine;
+}
+
+absl::StatusOr<CheckpointState> load_on_this_rank(const std::string& dir, ParamStore& store,
+                                                  AdamW* optimizer,
+                                                  const CheckpointLayout& layout) {
+  SY_ASSIGN_OR_RETURN(const Manifest m, read_manifest((fs::path(dir) / "manifest.json").string()));
+  CheckpointState state;
+  state.step = m.step;
+  state.seed = m.seed;
+  state.data = m.data;
+  // One process holds every expert, whatever expert_parallel says.
+  const int expert_parallel = layout.world ? layout.expert_parallel : 1;
+  CheckpointFiles files(dir, m.files ? &*m.files : nullptr);
+  SY_RETURN_IF_ERROR(load_weights(m, files, store, expert_parallel));
+  if (optimizer) {
+    SY_RETURN_IF_ERROR(
+        load_optimizer(m, files, store, *optimizer, world_rank(layout), expert_parallel));
+    SY_ASSIGN_OR_RETURN(state.data.index, shard_index_for_world(m.data.index, m.layout.world_size,
+                                                                world_size(layout), m.path));
+  }
+  return state;
+}
+
+}  // namespace
+
+absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
+                                                AdamW* optimizer, const CheckpointLayout& layout) {
+  auto state = load_on_this_rank(dir, store, optimizer, layout);
+  SY_RETURN_IF_ERROR(agree_keep_mine(layout, state.status()));
   return state;
 }
 

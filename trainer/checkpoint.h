@@ -5,8 +5,10 @@
 //   experts-ep<i>.safetensors     with expert parallelism: the experts of EP rank i, written
 //                                 by world rank i (the first rank holding them)
 //   optimizer-rank<r>.safetensors the AdamW moments rank r updates (its ZeRO-1 shard)
-//   manifest.json                 step, optimizer steps, data position, seed, the layout
-// Every rank writes its own files; rank 0 writes the rest.
+//   manifest.json                 step, optimizer steps, data position, seed, the layout, and
+//                                 each file's size and CRC-32C ("files")
+// Every rank writes its own files; rank 0 writes the rest. Any layout reads any other's
+// (trainer/reshard.h says where each tensor is).
 // A checkpoint is written into a temporary directory and renamed into place, then
 // RUN_DIR/checkpoints/latest (one line: the directory name) is replaced atomically, so a
 // crash mid-write never leaves a half checkpoint that resume would pick up.
@@ -35,9 +37,9 @@ struct CheckpointState {
   DataPosition data;
 };
 
-// Which ranks share a checkpoint. A resumed run must have the same layout.
+// Which ranks share a checkpoint, and how: what a save writes, and what a load reads into.
 struct CheckpointLayout {
-  Communicator* world = nullptr;  // null: one process
+  Communicator* world = nullptr;  // null: one process, whose model holds every expert
   int expert_parallel = 1;
   int zero_stage = 0;
 };
@@ -54,11 +56,17 @@ absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStor
 // The newest checkpoint directory of a run (via `latest`), or NotFound.
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
 
-// Loads a checkpoint directory into the store and optimizer (shapes must match the
-// config's) and returns its state. Every problem names the file and what to fix. Weights
-// alone (optimizer null) load into any number of ranks with the same expert parallelism, or
-// into one model holding every expert (layout.expert_parallel 1), which joins the
-// experts-ep<i> shards in EP-rank order.
+// Loads a checkpoint directory into the store and optimizer (shapes must match the config's)
+// and returns its state, whatever layout wrote it: each rank reads only the tensors it holds
+// (its experts' rows, the moments it updates) from whichever files hold them, so a run saved
+// at one (data, expert) parallel layout, with or without ZeRO-1, resumes at another or in one
+// process, with the same optimizer state. In the layout that wrote it every rank reads its
+// own files, bit for bit. With an optimizer (a resume), state.data is this layout's: the
+// token-shard position is converted to this world size, or refused when the global window
+// order cannot continue there. The manifest is checked field by field, each file against its
+// CRC-32C (checkpoints from before checksums load unchecked), and every tensor for NaN and
+// infinity; each problem names the file, the field or tensor, and what to do. Collective over
+// layout.world: every rank returns an error when any rank fails.
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
                                                 AdamW* optimizer,
                                                 const CheckpointLayout& layout = {});

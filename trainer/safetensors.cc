@@ -364,6 +364,31 @@ absl::StatusOr<Tensor> SafetensorsReader::read(const std::string& name) const {
   return t;
 }
 
+absl::StatusOr<Tensor> SafetensorsReader::read_rows(const std::string& name, int64_t begin,
+                                                    int64_t end) const {
+  const Entry& e = entry(name);
+  SY_CHECK(!e.shape.empty() && 0 <= begin && begin <= end && end <= e.shape[0])
+      << path_ << ": rows [" << begin << ", " << end << ") of '" << name << "' "
+      << shape_str(e.shape);
+  Shape shape = e.shape;
+  shape[0] = end - begin;
+  Tensor t = Tensor::empty(shape, e.dtype);
+  uint64_t row_bytes = static_cast<uint64_t>(stored_element_size(e));
+  for (size_t d = 1; d < e.shape.size(); ++d) row_bytes *= static_cast<uint64_t>(e.shape[d]);
+  const uint64_t offset = data_start_ + e.begin + static_cast<uint64_t>(begin) * row_bytes;
+  Fd fd(::open(path_.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.get() < 0) return absl::ErrnoToStatus(errno, absl::StrCat(path_, ": cannot open"));
+  if (!e.f16) {
+    SY_RETURN_IF_ERROR(read_at(fd.get(), path_, t.raw(), t.nbytes(), offset));
+    return t;
+  }
+  std::vector<uint16_t> half(static_cast<size_t>(t.numel()));
+  SY_RETURN_IF_ERROR(read_at(fd.get(), path_, half.data(), half.size() * sizeof(uint16_t), offset));
+  float* out = t.data<float>();
+  for (size_t i = 0; i < half.size(); ++i) out[i] = f16_to_f32(half[i]);
+  return t;
+}
+
 absl::StatusOr<SafetensorsFile> load_safetensors(const std::string& path) {
   SY_ASSIGN_OR_RETURN(SafetensorsReader reader, SafetensorsReader::open(path));
   SafetensorsFile file;

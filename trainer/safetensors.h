@@ -59,6 +59,9 @@ class SafetensorsReader {
   const Shape& shape(const std::string& name) const;
   std::string stored_dtype(const std::string& name) const;
   absl::StatusOr<Tensor> read(const std::string& name) const;  // a CPU tensor
+  // Rows [begin, end) along dim 0 of a tensor with at least one dimension: a rank that needs
+  // a slice of a stacked expert tensor reads only those bytes.
+  absl::StatusOr<Tensor> read_rows(const std::string& name, int64_t begin, int64_t end) const;
 
  private:
   const Entry& entry(const std::string& name) const;

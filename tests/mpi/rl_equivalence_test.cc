@@ -202,11 +202,12 @@ TEST(RlEquivalence, AnExpertParallelCheckpointLoadsIntoOneProcessAndGenerates) {
       EXPECT_TRUE(testing::all_close(p->value, reference.weights.at(p->name), 1e-5, 1e-6))
           << p->name;
     }
-    // With the optimizer (a resume), the layout must still be the one that wrote it.
+    // With the optimizer (a resume) too: the moments of every EP rank's experts, joined.
     AdamW optimizer(store, {});
-    EXPECT_TRUE(absl::StrContains(
-        load_checkpoint(*latest, store, &optimizer, {.expert_parallel = 1}).status().message(),
-        "was written with"));
+    const absl::Status resumed =
+        load_checkpoint(*latest, store, &optimizer, {.expert_parallel = 1}).status();
+    EXPECT_TRUE(resumed.ok()) << resumed;
+    EXPECT_GT(optimizer.steps_taken(), 0);
 
     const std::vector<int32_t> prompt = {'1', '2', '='};
     const std::vector<int32_t> want =

@@ -152,15 +152,14 @@ TEST(TrainMultiRank, ResumeWithTheSameLayoutIsBitIdentical) {
     a.losses.erase(a.losses.begin(), a.losses.begin() + 2);  // the resumed run logs steps 3, 4
     expect_same(b, a, 0, 0, "resumed vs uninterrupted");
   }
-  // A different layout cannot pick up these shards: the error says what wrote them.
+  // Another layout picks up these shards too (tests/mpi/reshard_test.cc compares what it
+  // trains): here, one process.
   if (size >= 2) {
     auto one = world.split(world.rank() == 0 ? 0 : 1, world.rank());
     if (world.rank() == 0) {
       absl::Status s =
           train(config_for(1, 1, 1), {.run_dir = resumed, .resume = true}, log, one.get());
-      EXPECT_FALSE(s.ok());
-      EXPECT_TRUE(absl::StrContains(s.message(), "was written with")) << s;
-      EXPECT_TRUE(absl::StrContains(s.message(), "resume with the layout that wrote it")) << s;
+      EXPECT_TRUE(s.ok()) << s;
     }
   }
   world.barrier();
