@@ -124,6 +124,12 @@ void check_reduce(const MpiCommunicator& comm, DType dtype, ReduceOp op, const c
 
 }  // namespace
 
+CollectiveWatchdog::Scope MpiCommunicator::watch(const char* op, const char* dtype,
+                                                 int64_t elements) {
+  return CollectiveWatchdog::Scope(CollectiveWatchdog::process(),
+                                   {op, dtype, elements, rank_, size_, ++calls_});
+}
+
 void MpiCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
   check_tensor(*this, tensor, "all_reduce", "tensor");
   check_reduce(*this, tensor.dtype(), op, "all_reduce");
@@ -135,6 +141,7 @@ void MpiCommunicator::all_reduce(const Tensor& tensor, ReduceOp op) {
   }
   char* p = static_cast<char*>(tensor.raw());
   size_t element = dtype_size(tensor.dtype());
+  auto scope = watch("all_reduce", dtype_name(tensor.dtype()), tensor.numel());
   for (int64_t done = 0; done < tensor.numel(); done += kMaxMpiCount) {
     int count = static_cast<int>(std::min(tensor.numel() - done, kMaxMpiCount));
     SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, p + done * element, count, mpi_type(tensor.dtype()),
@@ -162,6 +169,7 @@ void MpiCommunicator::reduce_scatter(const Tensor& out, const Tensor& in, Reduce
   }
   int count = checked_count(out.numel(), where(*this, "reduce_scatter"), "block of");
   if (count > 0) {
+    auto scope = watch("reduce_scatter", dtype_name(in.dtype()), in.numel());
     SY_MPI_CHECK(MPI_Reduce_scatter_block(in.raw(), out.raw(), count, mpi_type(in.dtype()),
                                           mpi_op(op), comm_));
   }
@@ -181,6 +189,7 @@ void MpiCommunicator::all_gather(const Tensor& out, const Tensor& in) {
   int count = checked_count(in.numel(), where(*this, "all_gather"), "block of");
   if (count == 0) return;
   MPI_Datatype type = mpi_type(in.dtype());
+  auto scope = watch("all_gather", dtype_name(in.dtype()), in.numel());
   SY_MPI_CHECK(MPI_Allgather(in.raw(), count, type, out.raw(), count, type, comm_));
 }
 
@@ -224,6 +233,7 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   SY_MPI_CHECK(
       MPI_Type_contiguous(checked_count(width, at, "row width"), mpi_type(send.dtype()), &row));
   SY_MPI_CHECK(MPI_Type_commit(&row));
+  auto scope = watch("all_to_all_v", dtype_name(send.dtype()), send.numel());
   SY_MPI_CHECK(MPI_Alltoallv(send.raw(), sc.data(), sd.data(), row, recv.raw(), rc.data(),
                              rd.data(), row, comm_));
   SY_MPI_CHECK(MPI_Type_free(&row));
@@ -234,6 +244,7 @@ std::vector<int64_t> MpiCommunicator::exchange_counts(const std::vector<int64_t>
       << where(*this, "exchange_counts") << "need one count per peer (" << size_ << "), got "
       << send_counts.size();
   std::vector<int64_t> recv_counts(size_);
+  auto scope = watch("exchange_counts", "i64", size_);
   SY_MPI_CHECK(
       MPI_Alltoall(send_counts.data(), 1, MPI_INT64_T, recv_counts.data(), 1, MPI_INT64_T, comm_));
   return recv_counts;
@@ -245,18 +256,25 @@ void MpiCommunicator::broadcast(const Tensor& tensor, int root) {
       << where(*this, "broadcast") << "root " << root << " is not a rank of a group of " << size_;
   char* p = static_cast<char*>(tensor.raw());
   size_t element = dtype_size(tensor.dtype());
+  auto scope = watch("broadcast", dtype_name(tensor.dtype()), tensor.numel());
   for (int64_t done = 0; done < tensor.numel(); done += kMaxMpiCount) {
     int count = static_cast<int>(std::min(tensor.numel() - done, kMaxMpiCount));
     SY_MPI_CHECK(MPI_Bcast(p + done * element, count, mpi_type(tensor.dtype()), root, comm_));
   }
 }
 
-void MpiCommunicator::barrier() { SY_MPI_CHECK(MPI_Barrier(comm_)); }
+void MpiCommunicator::barrier() {
+  auto scope = watch("barrier", "", 0);
+  SY_MPI_CHECK(MPI_Barrier(comm_));
+}
 
 std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) {
   SY_CHECK(color >= 0) << where(*this, "split") << "color " << color << " is negative";
   MPI_Comm group;
-  SY_MPI_CHECK(MPI_Comm_split(comm_, color, key, &group));
+  {
+    auto scope = watch("split", "", 0);
+    SY_MPI_CHECK(MPI_Comm_split(comm_, color, key, &group));
+  }
   return std::make_unique<MpiCommunicator>(group, /*owned=*/true);
 }
 
@@ -264,6 +282,7 @@ void MpiCommunicator::all_reduce_host(std::span<double> values, ReduceOp op) {
   int count =
       checked_count(static_cast<int64_t>(values.size()), where(*this, "all_reduce_host"), "count");
   if (count == 0) return;
+  auto scope = watch("all_reduce_host", "f64", count);
   SY_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, values.data(), count, MPI_DOUBLE, mpi_op(op), comm_));
   if (op == ReduceOp::kAvg) {
     for (double& v : values) v /= size_;
@@ -274,6 +293,7 @@ std::vector<std::string> MpiCommunicator::all_gather_host(const std::string& val
   const std::string at = where(*this, "all_gather_host");
   int64_t length = static_cast<int64_t>(value.size());
   std::vector<int64_t> lengths(size_);
+  auto scope = watch("all_gather_host", "bytes", length);
   SY_MPI_CHECK(MPI_Allgather(&length, 1, MPI_INT64_T, lengths.data(), 1, MPI_INT64_T, comm_));
   std::vector<int> counts, displs;
   int64_t total = 0;
@@ -309,6 +329,7 @@ MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   }
   SY_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
   world_ = std::make_unique<MpiCommunicator>(MPI_COMM_WORLD, /*owned=*/false);
+  CollectiveWatchdog::process().set_world_rank(world_->rank());
 }
 
 MpiRuntime::~MpiRuntime() {

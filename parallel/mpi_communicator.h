@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kernels/check.h"
+#include "parallel/collective_watchdog.h"
 #include "parallel/communicator.h"
 
 // Every MPI call goes through this: MpiRuntime sets MPI_ERRORS_RETURN, so a failed call
@@ -50,10 +51,14 @@ class MpiCommunicator final : public Communicator {
   std::vector<std::string> all_gather_host(const std::string& value) override;
 
  private:
+  // Brackets one blocking MPI collective for CollectiveWatchdog::process().
+  CollectiveWatchdog::Scope watch(const char* op, const char* dtype, int64_t elements);
+
   MPI_Comm comm_;
   bool owned_;
   int rank_ = 0;
   int size_ = 1;
+  uint64_t calls_ = 0;  // watched calls so far: names the call a timeout message reports
 };
 
 // Initialises MPI (MPI_Init_thread, at least MPI_THREAD_FUNNELED: only the thread that made

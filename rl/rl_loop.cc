@@ -5,6 +5,7 @@
 #include <cmath>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <span>
 #include <sstream>
@@ -29,6 +30,7 @@
 #include "trainer/config.h"
 #include "trainer/io/hf_checkpoint.h"
 #include "trainer/json.h"
+#include "trainer/progress.h"
 #include "trainer/safetensors.h"
 #include "trainer/tensorboard.h"
 #include "trainer/tokenizer.h"
@@ -40,6 +42,8 @@ namespace {
 
 using switchyard::RlConfig;
 using Clock = std::chrono::steady_clock;
+
+BatchHook g_batch_hook;
 
 double seconds_since(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
@@ -171,18 +175,6 @@ void whiten_over_world(const Tensor& advantages, const Tensor& mask, Communicato
   const double inv_std = 1 / std::sqrt(ss[0] / (sums[1] - 1) + 1e-8);
   for (int64_t i = 0; i < mask.numel(); ++i)
     a[i] = m[i] == 0 ? 0.0f : static_cast<float>((a[i] - mean) * inv_std);
-}
-
-// The expert-parallel size a checkpoint was written with (0 when its manifest cannot tell;
-// load_checkpoint then reports what is wrong).
-int checkpoint_expert_parallel(const std::string& dir) {
-  std::ifstream in(fs::path(dir) / "manifest.json");
-  std::stringstream text;
-  text << in.rdbuf();
-  auto manifest = parse_json(text.str());
-  if (!manifest.ok() || !manifest->is_object()) return 0;
-  const Json* ep = manifest->find("expert_parallel");
-  return ep && ep->is_int() ? static_cast<int>(ep->as_int()) : 0;
 }
 
 // Rows `picked` of t (a view of rows [lo, lo + n) when they are exactly those, in order).
@@ -480,30 +472,12 @@ void RlTrainer::reset_reference_to_policy() {
 }
 
 absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
-  const int ep = grid_->layout().expert_parallel;
   absl::Status loaded;
   if (is_hf_checkpoint(checkpoint_dir)) {
     // Each rank reads only the tensors it holds (its experts, under expert parallelism).
     loaded = load_hf_weights(checkpoint_dir, *policy_store_);
-  } else if (ep > 1 && checkpoint_expert_parallel(checkpoint_dir) == 1) {
-    // Every expert is in model.safetensors: load the whole model, keep this rank's experts.
-    ParamStore full_store(policy_store_->device());
-    Transformer full(policy_->spec(), full_store);
-    auto state = load_checkpoint(checkpoint_dir, full_store, nullptr, {.expert_parallel = 1});
-    loaded = state.status();
-    if (loaded.ok()) {
-      for (Param* p : policy_store_->params()) {
-        const Param* q = full_store.find(p->name);
-        SY_CHECK(q != nullptr) << "no " << p->name << " in the unsharded model";
-        if (q->value.shape() == p->value.shape()) {
-          p->value.copy_from(q->value);
-        } else {
-          p->value.copy_from(q->value.rows(p->expert_offset, p->expert_offset + p->value.dim(0)));
-        }
-      }
-      policy_store_->values_changed();
-    }
   } else {
+    // Any layout's checkpoint: each rank reads its own experts' rows (trainer/reshard.h).
     loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, checkpoint_layout()).status();
   }
   SY_RETURN_IF_ERROR(agree_on_status(*world_, loaded));
@@ -621,6 +595,8 @@ absl::Status RlTrainer::score(Rollouts& rollouts) {
   return absl::OkStatus();
 }
 
+void set_batch_hook_for_testing(BatchHook hook) { g_batch_hook = std::move(hook); }
+
 Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   const int64_t rows = batch_rows_, g = rl_.group_size();
   SY_CHECK(static_cast<int64_t>(rollouts.completions.size()) == rows) << "rollout size";
@@ -679,6 +655,8 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
         ref_->token_logprobs(inputs, targets, false, temperature).logp);
     if (ppo) batch.old_values.rows(lo, hi).copy_from(critic_->values(inputs));
   }
+  std::vector<float> rewards = rollouts.rewards;
+  if (g_batch_hook) g_batch_hook(rollouts.step, rewards, batch);
 
   // Per-token KL of the rollout policy to the reference.
   const double beta = kl_.coef();
@@ -688,17 +666,25 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   std::vector<double> seq_kl(rows, 0.0);
   // [kl sum, tokens, entropy sum, reward sum, correct, well-formed, rows, seq kl sum]
   std::vector<double> sums(8, 0.0);
+  // Non-finite values, counted here and summed over ranks with the metrics (no collective of
+  // their own): [KL tokens, rewards, advantage tokens].
+  std::vector<double> non_finite(3, 0.0);
   for (int64_t b = 0; b < rows; ++b) {
     for (int64_t t = 0; t < t_len; ++t) {
       const int64_t i = b * t_len + t;
       if (mk[i] == 0) continue;
-      const double kl = kl_term(estimator_, old_lp[i], ref_lp[i]).value;
+      // A log-prob of -inf (a token the reference deems impossible) or NaN makes the KL so.
+      const double kl = std::isfinite(old_lp[i]) && std::isfinite(ref_lp[i])
+                            ? kl_term(estimator_, old_lp[i], ref_lp[i]).value
+                            : std::numeric_limits<double>::quiet_NaN();
+      if (!std::isfinite(kl)) non_finite[0] += 1;
       seq_kl[b] += kl;
       sums[0] += kl;
       sums[1] += 1;
       sums[2] += ent[i];
     }
-    sums[3] += rollouts.rewards[b];
+    if (!std::isfinite(rewards[b])) non_finite[1] += 1;
+    sums[3] += rewards[b];
     sums[4] += rollouts.scores[b].correct;
     sums[5] += rollouts.scores[b].format_ok;
     sums[6] += 1;
@@ -708,7 +694,7 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   // Advantages.
   batch.advantages = Tensor::zeros({rows, t_len});
   batch.loss_mask = batch.mask.clone();
-  batch.sequence_rewards.assign(rollouts.rewards.begin(), rollouts.rewards.end());
+  batch.sequence_rewards = rewards;
   const bool kl_in_reward = rl_.kl_in_reward() && beta > 0;
   if (kl_in_reward) {
     for (int64_t b = 0; b < rows; ++b)
@@ -723,13 +709,13 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     groups[1] = groups[0];
     if (rl_.filter_equal_groups()) {
       // Equal task rewards: no signal about the task in this group (DAPO's dynamic sampling).
-      const GroupFilter filter = filter_equal_reward_groups(rollouts.rewards, g);
+      const GroupFilter filter = filter_equal_reward_groups(rewards, g);
       groups[1] = static_cast<double>(filter.kept.size());
       for (int64_t group : filter.dropped) batch.loss_mask.rows(group * g, (group + 1) * g).zero_();
     }
   } else {
     Tensor token_rewards = Tensor::zeros({rows, t_len});
-    add_at_last_token(token_rewards, rollouts.rewards, batch.mask);
+    add_at_last_token(token_rewards, rewards, batch.mask);
     if (kl_in_reward) {
       apply_kl_penalty(token_rewards, batch.old_logp, batch.ref_logp, batch.mask, estimator_, beta);
     }
@@ -739,9 +725,20 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     if (rl_.whiten_advantages()) whiten_over_world(batch.advantages, batch.mask, *world_);
   }
 
+  const float* adv = batch.advantages.data<float>();
+  for (int64_t i = 0; i < rows * t_len; ++i) {
+    if (mk[i] != 0 && !std::isfinite(adv[i])) non_finite[2] += 1;
+  }
+
   sums.push_back(groups[0]);
   sums.push_back(groups[1]);
+  sums.insert(sums.end(), non_finite.begin(), non_finite.end());
   world_->all_reduce_host(sums, ReduceOp::kSum);
+  std::vector<std::string> bad;
+  if (sums[10] > 0) bad.push_back(absl::StrCat("KL at ", sums[10], " tokens"));
+  if (sums[11] > 0) bad.push_back(absl::StrCat("rewards of ", sums[11], " completions"));
+  if (sums[12] > 0) bad.push_back(absl::StrCat("advantages at ", sums[12], " tokens"));
+  batch.non_finite = absl::StrJoin(bad, ", ");
   metrics.kl = sums[1] > 0 ? sums[0] / sums[1] : 0;
   metrics.entropy = sums[1] > 0 ? sums[2] / sums[1] : 0;
   metrics.response_length = sums[1] / sums[6];
@@ -757,6 +754,11 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
 }
 
 void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
+  if (!batch.non_finite.empty()) {
+    // Nothing of this batch can be trusted: no update, and β stays as it was.
+    metrics.skipped = absl::StrCat("nan/inf ", batch.non_finite);
+    return;
+  }
   const bool ppo = rl_.algorithm() == RlConfig::RL_PPO;
   const int64_t t_len = batch.inputs.dim(1);
   const double beta = kl_.coef();
@@ -861,6 +863,10 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
     metrics.grad_norm /= n;
   }
   if (valued > 0) metrics.value_loss /= valued;
+  if (metrics.non_finite_updates > 0 &&
+      metrics.non_finite_updates == static_cast<int64_t>(metrics.updates.size())) {
+    metrics.skipped = "every update's loss or grad norm was nan/inf";
+  }
   // The adaptive controller's target is a KL per completion (Ziegler et al.).
   kl_.update(metrics.kl_sequence, batch_rows_ * world_->size());
 }
@@ -885,6 +891,20 @@ absl::StatusOr<StepMetrics> RlTrainer::step(int64_t step) {
   update(batch, metrics);
   profile::sync(dev);
   metrics.update_s = seconds_since(start);
+  skipped_in_row_ = metrics.skipped.empty() ? 0 : skipped_in_row_ + 1;
+  metrics.skipped_in_row = skipped_in_row_;
+  const int max_skipped = config_.train().max_skipped_steps();
+  if (skipped_in_row_ > max_skipped) {
+    return absl::AbortedError(absl::StrFormat(
+        "rl step %d: %d steps in a row changed no weights (last: %s), more than "
+        "train.max_skipped_steps = %d: the run diverged. No non-finite batch or update was "
+        "applied, so every checkpoint holds finite weights; lower rl.lr (now %g)%s, check the "
+        "task's rewards, then resume from a checkpoint written before the run went bad",
+        step + 1, skipped_in_row_, metrics.skipped, max_skipped, rl_.lr(),
+        rl_.algorithm() == RlConfig::RL_PPO
+            ? absl::StrFormat(" and rl.critic_lr (now %g)", rl_.critic_lr())
+            : std::string()));
+  }
   return metrics;
 }
 
@@ -1122,23 +1142,31 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
   const int64_t steps = rl.steps();
   const int ckpt_every = config.checkpoint().interval();
   const bool ppo = rl.algorithm() == RlConfig::RL_PPO;
+  const Eta eta(start_step, steps);
+  int64_t skipped_total = 0;
   for (int64_t step = start_step; step < steps; ++step) {
     auto result = trainer->step(step);
     SY_RETURN_IF_ERROR(agree_on_status(world, result.status()));
     const StepMetrics& m = *result;
-    if (!std::isfinite(m.policy_loss) || !std::isfinite(m.kl) || !std::isfinite(m.value_loss)) {
-      return absl::InternalError(absl::StrFormat(
-          "rl step %d: policy loss %f, KL %f, value loss %f; lower rl.lr (or rl.critic_lr)",
-          step + 1, m.policy_loss, m.kl, m.value_loss));
+    const bool skipped = !m.skipped.empty();
+    if (skipped) {
+      // Its metrics may be nan: only the skip is logged (and the JSONL stays valid JSON).
+      ++skipped_total;
+      log << absl::StrFormat("rl step %d: skipped, %s (%d in a row)\n", step + 1, m.skipped,
+                             m.skipped_in_row);
+      log.flush();
+      write_jsonl(absl::StrFormat(
+          R"({"step": %d, "skipped": true, "skipped_in_row": %d, "skipped_steps": %d})", step + 1,
+          m.skipped_in_row, skipped_total));
     }
-    if (m.non_finite_updates > 0) {
+    if (!skipped && m.non_finite_updates > 0) {
       log << absl::StrFormat(
           "rl step %d: skipped %d of %d updates, loss or grad norm nan/inf (lower rl.lr if it "
           "recurs)\n",
           step + 1, m.non_finite_updates, m.updates.size());
     }
     const bool last = step + 1 == steps;
-    if ((step + 1) % rl.log_interval() == 0 || last || step == 0) {
+    if (!skipped && ((step + 1) % rl.log_interval() == 0 || last || step == 0)) {
       const std::string value = ppo ? absl::StrFormat(" | vloss %.4f", m.value_loss) : "";
       const std::string kept = rl.filter_equal_groups()
                                    ? absl::StrFormat(" | groups %d/%d", m.groups_kept, m.groups)
@@ -1146,18 +1174,21 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
       log << absl::StrFormat(
           "rl step %d/%d | reward %.3f | acc %.1f%% | kl %.2e | beta %.3g | clip %.1f%% | "
           "entropy %.3f | len %.2f | loss %.4f%s%s | norm %.2f | rollout %.2fs (%.0f tok/s) "
-          "score %.2fs logprobs %.2fs update %.2fs\n",
+          "score %.2fs logprobs %.2fs update %.2fs | ETA %s\n",
           m.step, steps, m.reward_mean, 100 * m.accuracy, m.kl, m.kl_coef, 100 * m.clip_fraction,
           m.entropy, m.response_length, m.policy_loss, value, kept, m.grad_norm, m.rollout_s,
-          m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s);
+          m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s,
+          format_duration(eta.seconds_left(step + 1)));
       log.flush();
     }
-    write_jsonl(absl::StrFormat(
-        R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d})",
-        m.step, m.reward_mean, m.accuracy, m.format_rate, m.kl, m.kl_sequence, m.kl_coef,
-        m.clip_fraction, m.entropy, m.response_length, m.policy_loss, m.value_loss, m.grad_norm,
-        m.groups_kept, m.groups, m.rollout_s, m.scoring_s, m.logprobs_s, m.update_s,
-        m.rollout_tokens, m.rollout_tokens_per_s(), m.non_finite_updates));
+    if (!skipped)
+      write_jsonl(absl::StrFormat(
+          R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d, "time_left_s": %.6g})",
+          m.step, m.reward_mean, m.accuracy, m.format_rate, m.kl, m.kl_sequence, m.kl_coef,
+          m.clip_fraction, m.entropy, m.response_length, m.policy_loss, m.value_loss, m.grad_norm,
+          m.groups_kept, m.groups, m.rollout_s, m.scoring_s, m.logprobs_s, m.update_s,
+          m.rollout_tokens, m.rollout_tokens_per_s(), m.non_finite_updates,
+          std::max(0.0, eta.seconds_left(step + 1))));
     if ((rl.eval_interval() > 0 && (step + 1) % rl.eval_interval() == 0) || last) {
       run_eval(step + 1);
     }

@@ -34,6 +34,7 @@
 // so it never names a step whose critic or state is missing. The reference is reloaded from
 // rl.init_checkpoint; rollouts and evaluation are functions of (seed, step).
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <ostream>
 #include <string>
@@ -89,6 +90,10 @@ struct Batch {
   Tensor advantages;
   Tensor old_values, returns;           // PPO
   std::vector<float> sequence_rewards;  // per row, what the advantages saw (KL included)
+  // What was NaN or infinite anywhere in the global batch (log-probs or KL at completion
+  // tokens, rewards, advantages), e.g. "KL at 3 tokens"; empty when all is finite. The same
+  // on every rank. A batch with any is not trained on (update() takes no step).
+  std::string non_finite;
 };
 
 struct UpdateStats {
@@ -118,6 +123,11 @@ struct StepMetrics {
   double value_loss = 0;       // PPO
   double grad_norm = 0;        // mean over the step's updates
   int64_t non_finite_updates = 0;  // updates skipped for a NaN / infinite loss or grad norm
+  // Non-empty when the step changed no weights, and why: a non-finite batch (no update was
+  // tried, the KL controller kept its β) or every update non-finite. Such steps in a row are
+  // counted; more than train.max_skipped_steps end the run (step() returns the error).
+  std::string skipped;
+  int64_t skipped_in_row = 0;
   int64_t groups = 0, groups_kept = 0;
   // Where the step's time went (seconds on this rank; a GPU's queued work is waited for at
   // the end of each phase): sampling, the task's (or command's) scoring, the old-policy,
@@ -218,7 +228,14 @@ class RlTrainer {
   KlEstimator estimator_ = KlEstimator::kK3;
   int max_new_tokens_ = 0;
   int64_t batch_rows_ = 0;  // P·G
+  int64_t skipped_in_row_ = 0;
 };
+
+// Test hook (fault injection): called on every rank in make_batch once the old and reference
+// log-probs (and values) are in `batch`, before the KL and the advantages, with the 0-based
+// step and the rollouts' rewards, which it may change (e.g. to write a NaN). Empty: none.
+using BatchHook = std::function<void(int64_t step, std::vector<float>& rewards, Batch& batch)>;
+void set_batch_hook_for_testing(BatchHook hook);
 
 struct RlRunOptions {
   std::string run_dir;

@@ -83,6 +83,10 @@ std::mt19937_64 rng_for_rank(int rank, uint64_t stream) {
 int main(int argc, char** argv) {
   sy::MpiRuntime mpi(&argc, &argv);
   sy::testing::g_world = &mpi.world();
+  // A test whose ranks fall out of step ends with the collective that waited, well before
+  // ctest's timeout would kill it without a word (this also runs the watched path of every
+  // backend in every multi-rank test).
+  sy::CollectiveWatchdog::process().set_timeout(90);
   ::testing::InitGoogleTest(&argc, argv);
   const int rank = mpi.world().rank();
   if (rank != 0) {
