@@ -2,7 +2,10 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <iomanip>
+#include <new>
 #include <sstream>
+#include <string>
 
 #include "kernels/profile.h"
 
@@ -23,6 +26,21 @@
 #endif
 
 namespace sy {
+namespace {
+// A failed allocation is the user's sizes meeting the machine, not a bug: it is thrown, as
+// std::bad_alloc so every handler of that sees it, with a message that says how much and
+// what to lower. The command line's last catch prints it as one line and exits 1.
+class OutOfMemory : public std::bad_alloc {
+ public:
+  explicit OutOfMemory(std::string what) : what_(std::move(what)) {}
+  const char* what() const noexcept override { return what_.c_str(); }
+
+ private:
+  std::string what_;
+};
+
+[[noreturn]] void throw_out_of_memory(std::string what) { throw OutOfMemory(std::move(what)); }
+}  // namespace
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
@@ -156,11 +174,12 @@ void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
       std::lock_guard<std::mutex> lock(blocks.mutex);
       in_use = blocks.in_use;
     }
-    SY_CHECK(false) << "cannot allocate " << want / double(1 << 20) << " MiB on cuda:" << device
-                    << " (" << in_use / double(1 << 30)
-                    << " GiB held by tensors): " << cudaGetErrorString(err)
-                    << ". Lower train.micro_batch or model.seq_len, or use more GPUs "
-                       "(parallel.expert_parallel_size).";
+    std::ostringstream what;
+    what << "cannot allocate " << want / double(1 << 20) << " MiB on cuda:" << device << " ("
+         << in_use / double(1 << 30) << " GiB held by tensors): " << cudaGetErrorString(err)
+         << ". Lower train.micro_batch or model.seq_len, or use more GPUs "
+            "(parallel.expert_parallel_size).";
+    throw_out_of_memory(what.str());
   }
   std::lock_guard<std::mutex> lock(blocks.mutex);
   *block_bytes = want;
@@ -198,7 +217,14 @@ class Storage {
       // 64-byte alignment keeps vector loads aligned; aligned_alloc needs a multiple size.
       size_t rounded = (bytes + 63) / 64 * 64;
       ptr_ = rounded ? std::aligned_alloc(64, rounded) : nullptr;
-      SY_CHECK(rounded == 0 || ptr_ != nullptr) << "out of host memory allocating " << bytes;
+      if (rounded != 0 && ptr_ == nullptr) {
+        std::ostringstream what;
+        what << "out of host memory allocating " << std::fixed << std::setprecision(1)
+             << bytes / double(int64_t{1} << 30)
+             << " GiB for one tensor; lower the model's sizes (model.d_model, vocab_size, "
+                "dense_ffn_hidden, moe.expert_hidden) or train.micro_batch";
+        throw_out_of_memory(what.str());
+      }
     } else {
 #ifdef SWITCHYARD_HAVE_CUDA
       if (bytes) ptr_ = gpu_alloc(device.index, bytes, &block_bytes_);

@@ -129,13 +129,13 @@ Tensor RmsNorm::backward(const Tensor& dy, const Tensor& residual) {
 Attention::Attention(ParamStore& store, const std::string& prefix, const ModelSpec& spec)
     : spec_(spec),
       norm_(store, prefix + "attn_norm.weight", spec.d_model, spec.norm_eps),
-      wq_(store.add(prefix + "attn.wq", {spec.n_heads * spec.head_dim(), spec.d_model},
+      wq_(store.add(prefix + "attn.wq", {int64_t{spec.n_heads} * spec.head_dim(), spec.d_model},
                     SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
-      wk_(store.add(prefix + "attn.wk", {spec.n_kv_heads * spec.head_dim(), spec.d_model},
+      wk_(store.add(prefix + "attn.wk", {int64_t{spec.n_kv_heads} * spec.head_dim(), spec.d_model},
                     SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
-      wv_(store.add(prefix + "attn.wv", {spec.n_kv_heads * spec.head_dim(), spec.d_model},
+      wv_(store.add(prefix + "attn.wv", {int64_t{spec.n_kv_heads} * spec.head_dim(), spec.d_model},
                     SyncGroup::kDense, Init::kNormal, spec.init_std, true)),
-      wo_(store.add(prefix + "attn.wo", {spec.d_model, spec.n_heads * spec.head_dim()},
+      wo_(store.add(prefix + "attn.wo", {spec.d_model, int64_t{spec.n_heads} * spec.head_dim()},
                     SyncGroup::kDense, Init::kNormal, output_std(spec), true)) {
   if (spec.qk_norm) {
     q_norm_ = std::make_unique<RmsNorm>(store, prefix + "attn.q_norm.weight", spec.head_dim(),
@@ -207,8 +207,8 @@ Tensor Attention::backward(const Tensor& dy, const Tensor& residual) {
 
 SwigluMlp::SwigluMlp(ParamStore& store, const std::string& prefix, int d_model, int hidden,
                      float std, float out_std)
-    : w13_(store.add(prefix + "w13", {2 * hidden, d_model}, SyncGroup::kDense, Init::kNormal, std,
-                     true)),
+    : w13_(store.add(prefix + "w13", {2 * int64_t{hidden}, d_model}, SyncGroup::kDense,
+                     Init::kNormal, std, true)),
       w2_(store.add(prefix + "w2", {d_model, hidden}, SyncGroup::kDense, Init::kNormal, out_std,
                     true)) {}
 
@@ -263,9 +263,10 @@ MoeFfn::MoeFfn(ParamStore& store, const std::string& prefix, const ModelSpec& sp
       norm_(store, prefix + "ffn_norm.weight", spec.d_model, spec.norm_eps),
       router_(store.add(prefix + "moe.router.weight", {spec.moe.num_experts, spec.d_model},
                         SyncGroup::kDense, Init::kNormal, spec.init_std, false)),
-      w13_(store.add(prefix + "moe.experts.w13",
-                     {dispatcher_.num_local_experts(), 2 * spec.moe.expert_hidden, spec.d_model},
-                     SyncGroup::kExpert, Init::kNormal, spec.init_std, true)),
+      w13_(store.add(
+          prefix + "moe.experts.w13",
+          {dispatcher_.num_local_experts(), 2 * int64_t{spec.moe.expert_hidden}, spec.d_model},
+          SyncGroup::kExpert, Init::kNormal, spec.init_std, true)),
       w2_(store.add(prefix + "moe.experts.w2",
                     {dispatcher_.num_local_experts(), spec.d_model, spec.moe.expert_hidden},
                     SyncGroup::kExpert, Init::kNormal, output_std(spec), true)) {
@@ -304,11 +305,11 @@ Tensor MoeFfn::experts_forward() {
     // Zero rows pad each expert's block: their products are zero and add nothing to dW.
     xpad_ = Tensor::zeros({experts, block, d}, dt, dev);
     rows_to_blocks(xpad_.view({experts * block, d}), xp_local_, off, block);
-    h_ = Tensor::empty({experts, block, 2 * m.expert_hidden}, dt, dev);
+    h_ = Tensor::empty({experts, block, 2 * int64_t{m.expert_hidden}}, dt, dev);
     a_ = Tensor::empty({experts, block, m.expert_hidden}, dt, dev);
     matmul_batched(h_, xpad_, w13_.w(), false, true);
     swiglu_forward(a_.view({experts * block, m.expert_hidden}),
-                   h_.view({experts * block, 2 * m.expert_hidden}));
+                   h_.view({experts * block, 2 * int64_t{m.expert_hidden}}));
     Tensor ypad = Tensor::empty({experts, block, d}, dt, dev);
     matmul_batched(ypad, a_, w2_.w(), false, true);
     rows_from_blocks(y_local, ypad.view({experts * block, d}), off, block);
@@ -317,7 +318,7 @@ Tensor MoeFfn::experts_forward() {
     // SwiGLU between the two GEMMs is row-wise, so it runs once over every expert's rows
     // (one launch instead of one per expert: issuing the calls, not the GPU, limits here).
     xpad_ = Tensor();
-    h_ = Tensor::empty({rows, 2 * m.expert_hidden}, dt, dev);
+    h_ = Tensor::empty({rows, 2 * int64_t{m.expert_hidden}}, dt, dev);
     a_ = Tensor::empty({rows, m.expert_hidden}, dt, dev);
     fan_out_experts(dev, off, [&](int e, int64_t lo, int64_t hi) {
       matmul(h_.rows(lo, hi), xp_local_.rows(lo, hi), expert_slice(w13_.w(), e), false, true);

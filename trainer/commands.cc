@@ -2,6 +2,7 @@
 #include "trainer/commands.h"
 
 #include <filesystem>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 #ifdef SWITCHYARD_HAVE_CUDA
@@ -25,9 +26,13 @@ absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
   SY_ASSIGN_OR_RETURN(RankEnv env, rank_env_from_environment());
   std::unique_ptr<MpiRuntime> mpi;
   Communicator* world = nullptr;
+  double watchdog_timeout = 0;  // the process's before this job: restored after it
   if (env.size > 1) {
     mpi = std::make_unique<MpiRuntime>();
     world = &mpi->world();
+    // From here on a rank that stops joining collectives ends the job instead of hanging it.
+    watchdog_timeout = CollectiveWatchdog::process().timeout_seconds();
+    CollectiveWatchdog::process().set_timeout(config.parallel().collective_timeout_s());
     SY_RETURN_IF_ERROR(check_rank_env_matches_world(env, world->rank(), world->size()));
   }
   LocalCommunicator alone;
@@ -37,7 +42,15 @@ absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
   if (device.is_cuda()) device_text = cuda::device_description(device.index);
 #endif
   out << banner_line(env, host_name(), device_text) << std::endl;
-  absl::Status status = body(world);
+  absl::Status status;
+  // A failed allocation (sizes the memory estimate let through) is this rank's error like any
+  // other: the other ranks must hear of it below, not wait for it in a collective.
+  try {
+    status = body(world);
+  } catch (const std::bad_alloc& error) {
+    status = absl::ResourceExhaustedError(error.what());
+  }
+  if (world) CollectiveWatchdog::process().set_timeout(watchdog_timeout);
   // One rank's failure must end the whole job at once, not leave the others in a collective.
   if (!status.ok() && world && world->size() > 1) fail_all(std::string(status.message()));
   return status;

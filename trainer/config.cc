@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -21,6 +22,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/io/tokenizer.h"
 #include "kernels/check.h"
+#include "kernels/cpu/threads.h"
 #include "trainer/regular_file.h"
 
 namespace sy {
@@ -418,17 +420,37 @@ class Problems {
           absl::StrCat("set ", setting(field, "N"), " with N >= 0"));
     }
   }
-  // Written as !(value > 0) so that NaN (text format accepts "nan") fails too.
+  // The upper end of an integer's range (configs/switchyard.proto states each); `why` says
+  // what the bound protects for this field. Call after the lower-bound rule, whose message it
+  // does not repeat.
+  void at_most(absl::string_view field, int64_t value, int64_t max, absl::string_view why) {
+    if (value > max) {
+      add(field, absl::StrCat("must be <= ", max, " (", why, "), got ", value),
+          absl::StrCat("set ", setting(field, "N"), " with N <= ", max));
+    }
+  }
+  // Text format accepts "nan" and "inf": the comparisons are written as !(value > 0) so that
+  // NaN fails them, and infinity is refused apart (no knob means anything at infinity).
   void positive_real(absl::string_view field, double value) {
     if (!(value > 0)) {
       add(field, absl::StrCat("must be > 0, got ", value),
           absl::StrCat("set ", setting(field, "x"), " with x > 0"));
+    } else {
+      finite(field, value);
     }
   }
   void non_negative_real(absl::string_view field, double value, absl::string_view zero_means) {
     if (!(value >= 0)) {
       add(field, absl::StrCat("must be >= 0, got ", value),
           absl::StrCat("set ", setting(field, "x"), " with x >= 0 (", zero_means, ")"));
+    } else {
+      finite(field, value);
+    }
+  }
+  void finite(absl::string_view field, double value) {
+    if (!std::isfinite(value)) {
+      add(field, absl::StrCat("must be finite, got ", value),
+          absl::StrCat("set ", setting(field, "x"), " to a finite number"));
     }
   }
   // value in [0, 1): Adam's betas.
@@ -450,19 +472,54 @@ class Problems {
   std::vector<std::string> lines_;
 };
 
+// The upper ends of the ranges in configs/switchyard.proto. Far above any model trained
+// today, low enough that every tensor dimension built from them (2 * hidden for the fused
+// SwiGLU weight, n_heads * head_dim) stays within int32 and every parameter count within
+// int64, and that a typo (an extra zero or three) is caught here rather than by an
+// allocation; the memory estimate (trainer/memory_estimate.h) judges what fits a machine.
+constexpr int64_t kMaxVocab = int64_t{1} << 24;
+constexpr int64_t kMaxDModel = int64_t{1} << 16;
+constexpr int64_t kMaxLayers = 1024;
+constexpr int64_t kMaxHeads = 1024;
+constexpr int64_t kMaxHeadDim = 4096;
+constexpr int64_t kMaxSeqLen = int64_t{1} << 20;
+constexpr int64_t kMaxHidden = int64_t{1} << 20;
+constexpr int64_t kMaxExperts = int64_t{1} << 16;
+constexpr int64_t kMaxSharedExperts = 1024;
+constexpr int64_t kMaxMtpModules = 64;
+constexpr int64_t kMaxBatch = int64_t{1} << 20;
+constexpr int64_t kMaxExamples = 1'000'000;
+constexpr int64_t kMaxKeepLast = 1'000'000;
+constexpr int64_t kMaxRlGroup = int64_t{1} << 16;
+constexpr int64_t kMaxCompletionsPerStep = int64_t{1} << 20;
+constexpr int64_t kMaxEpochs = 1000;
+constexpr int64_t kMaxRewardTimeoutMs = 86'400'000;  // a day
+constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
+// rl/countdown.cc's limits (intermediate values stay within int64), checked here as well so
+// that the message names the field.
+constexpr int64_t kMaxCountdownCount = 6;
+constexpr int64_t kMaxCountdownNumber = 1000;
+
 void validate_model(const switchyard::ModelConfig& model, Problems& problems) {
   problems.positive("model.vocab_size", model.vocab_size());
+  problems.at_most("model.vocab_size", model.vocab_size(), kMaxVocab, "2^24 token ids");
   problems.positive("model.d_model", model.d_model());
+  problems.at_most("model.d_model", model.d_model(), kMaxDModel, "2^16");
   problems.positive("model.n_layers", model.n_layers());
+  problems.at_most("model.n_layers", model.n_layers(), kMaxLayers, "blocks");
   problems.positive("model.n_heads", model.n_heads());
+  problems.at_most("model.n_heads", model.n_heads(), kMaxHeads, "heads");
   problems.positive("model.n_kv_heads", model.n_kv_heads());
   problems.positive("model.seq_len", model.seq_len());
+  problems.at_most("model.seq_len", model.seq_len(), kMaxSeqLen, "2^20 positions");
   problems.positive_real("model.rope_theta", model.rope_theta());
   problems.positive_real("model.norm_eps", model.norm_eps());
   problems.positive_real("model.init_std", model.init_std());
 
   if (model.head_dim() < 0) {
     problems.non_negative("model.head_dim", model.head_dim());
+  } else if (model.head_dim() > kMaxHeadDim) {
+    problems.at_most("model.head_dim", model.head_dim(), kMaxHeadDim, "dims per head");
   } else if (model.head_dim() % 2 != 0) {
     problems.add({"model.head_dim"},
                  absl::StrCat("model.head_dim = ", model.head_dim(),
@@ -504,6 +561,8 @@ void validate_model(const switchyard::ModelConfig& model, Problems& problems) {
                               " block(s) have a dense FFN"),
                  absl::StrCat("set ", setting("model.dense_ffn_hidden", "N"), " with N > 0"));
   }
+  problems.at_most("model.dense_ffn_hidden", model.dense_ffn_hidden(), kMaxHidden,
+                   "2^20; the FFN's weights are [2 * N, d_model] and [d_model, N]");
 }
 
 // Routing rules, checked only when the model has MoE blocks.
@@ -523,7 +582,12 @@ void validate_moe(const Experiment& experiment, Problems& problems) {
                  absl::StrCat("moe.expert_hidden = ", moe.expert_hidden(), why),
                  "set moe { expert_hidden: N } with N > 0");
   }
+  problems.at_most("moe.num_experts", moe.num_experts(), kMaxExperts, "2^16");
+  problems.at_most("moe.expert_hidden", moe.expert_hidden(), kMaxHidden,
+                   "2^20; each expert's weights are [2 * N, d_model] and [d_model, N]");
   problems.non_negative("moe.num_shared_experts", moe.num_shared_experts());
+  problems.at_most("moe.num_shared_experts", moe.num_shared_experts(), kMaxSharedExperts,
+                   "shared experts");
   problems.positive_real("moe.route_scale", moe.route_scale());
   if (moe.num_experts() < 1) return;  // the remaining rules divide by it
 
@@ -601,6 +665,8 @@ void validate_data(const switchyard::DataConfig& data, Problems& problems) {
         "set data { arithmetic { operators: \"+-\" } } using only + - *");
   }
   problems.non_negative("data.arithmetic.eval_examples", task.eval_examples());
+  problems.at_most("data.arithmetic.eval_examples", task.eval_examples(), kMaxExamples,
+                   "problems scored at every evaluation");
 }
 
 // The rl message's ranges (its defaults pass them); with `use` kRl, also what a fine-tuning
@@ -614,13 +680,25 @@ void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& proble
   }
   problems.positive("rl.steps", rl.steps());
   problems.positive("rl.prompts_per_step", rl.prompts_per_step());
+  problems.at_most("rl.prompts_per_step", rl.prompts_per_step(), kMaxRlGroup, "2^16");
   problems.positive("rl.group_size", rl.group_size());
+  problems.at_most("rl.group_size", rl.group_size(), kMaxRlGroup, "2^16");
+  if (rl.prompts_per_step() <= kMaxRlGroup && rl.group_size() <= kMaxRlGroup &&
+      int64_t{rl.prompts_per_step()} * rl.group_size() > kMaxCompletionsPerStep) {
+    problems.add({"rl.prompts_per_step", "rl.group_size"},
+                 absl::StrCat("rl.prompts_per_step * rl.group_size = ",
+                              int64_t{rl.prompts_per_step()} * rl.group_size(),
+                              " completions per rank per step exceeds ", kMaxCompletionsPerStep),
+                 absl::StrCat("set rl { prompts_per_step: P group_size: G } with P * G <= ",
+                              kMaxCompletionsPerStep));
+  }
   if (rl.algorithm() == RlConfig::RL_GRPO && rl.group_size() == 1) {
     problems.add({"rl.group_size", "rl.algorithm"},
                  "must be >= 2 for RL_GRPO, got 1 (a group of one has no baseline)",
                  "set rl { group_size: G } with G >= 2 (e.g. 8)");
   }
   problems.positive("rl.epochs", rl.epochs());
+  problems.at_most("rl.epochs", rl.epochs(), kMaxEpochs, "passes over one rollout batch");
   problems.positive("rl.minibatches", rl.minibatches());
   if (rl.prompts_per_step() > 0 && rl.group_size() > 0 && rl.minibatches() > 0 &&
       (int64_t{rl.prompts_per_step()} * rl.group_size()) % rl.minibatches() != 0) {
@@ -645,14 +723,41 @@ void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& proble
         absl::StrCat("must be a non-empty subset of \"+-*\", got \"", arithmetic.operators(), "\""),
         "set rl { arithmetic { operators: \"+-*\" } } using only + - *");
   }
+  const switchyard::RlCountdownTask& countdown = rl.countdown();
+  if (countdown.min_count() < 2 || countdown.max_count() < countdown.min_count() ||
+      countdown.max_count() > kMaxCountdownCount) {
+    problems.add({"rl.countdown.max_count", "rl.countdown.min_count"},
+                 absl::StrCat("rl.countdown counts [", countdown.min_count(), ", ",
+                              countdown.max_count(), "] are not within [2, ", kMaxCountdownCount,
+                              "]"),
+                 absl::StrCat("set 2 <= min_count <= max_count <= ", kMaxCountdownCount));
+  }
+  if (countdown.min_number() < 1 || countdown.max_number() < countdown.min_number() ||
+      countdown.max_number() > kMaxCountdownNumber) {
+    problems.add({"rl.countdown.max_number", "rl.countdown.min_number"},
+                 absl::StrCat("rl.countdown numbers [", countdown.min_number(), ", ",
+                              countdown.max_number(), "] are not within [1, ",
+                              kMaxCountdownNumber, "]"),
+                 absl::StrCat("set 1 <= min_number <= max_number <= ", kMaxCountdownNumber,
+                              " (every intermediate value must fit in 64 bits)"));
+  }
+  if (countdown.min_target() < 1 || countdown.max_target() < countdown.min_target()) {
+    problems.add({"rl.countdown.max_target", "rl.countdown.min_target"},
+                 absl::StrCat("rl.countdown targets [", countdown.min_target(), ", ",
+                              countdown.max_target(), "] are empty or below 1"),
+                 "set 1 <= min_target <= max_target");
+  }
   problems.non_negative_real("rl.format_weight", rl.format_weight(), "0 = no format reward");
   problems.positive("rl.reward_timeout_ms", rl.reward_timeout_ms());
+  problems.at_most("rl.reward_timeout_ms", rl.reward_timeout_ms(), kMaxRewardTimeoutMs, "a day");
   problems.positive_real("rl.temperature", rl.temperature());
   if (!(rl.top_p() > 0 && rl.top_p() <= 1)) {
     problems.add("rl.top_p", absl::StrCat("must be in (0, 1], got ", rl.top_p()),
                  "set rl { top_p: p } with 0 < p <= 1 (1 = no nucleus cut)");
   }
   problems.non_negative("rl.max_new_tokens", rl.max_new_tokens());
+  problems.at_most("rl.max_new_tokens", rl.max_new_tokens(), kMaxNewTokens,
+                   "completions end at the model's context anyway");
   problems.non_negative_real("rl.kl_coef", rl.kl_coef(), "0 = no KL penalty");
   problems.non_negative_real("rl.target_kl", rl.target_kl(), "0 = fixed kl_coef");
   problems.positive_real("rl.kl_horizon", rl.kl_horizon());
@@ -673,7 +778,7 @@ void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& proble
   };
   in_unit_interval("rl.clip_low", rl.clip_low(), false);
   in_unit_interval("rl.clip_high", rl.clip_high(), false);
-  if (!(rl.dual_clip() == 0 || rl.dual_clip() > 1)) {
+  if (!(rl.dual_clip() == 0 || (rl.dual_clip() > 1 && std::isfinite(rl.dual_clip())))) {
     problems.add("rl.dual_clip", absl::StrCat("must be 0 (off) or > 1, got ", rl.dual_clip()),
                  "set rl { dual_clip: 3 } or leave it 0");
   }
@@ -684,6 +789,8 @@ void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& proble
   problems.positive_real("rl.value_clip", rl.value_clip());
   problems.non_negative("rl.eval_interval", rl.eval_interval());
   problems.non_negative("rl.eval_examples", rl.eval_examples());
+  problems.at_most("rl.eval_examples", rl.eval_examples(), kMaxExamples,
+                   "prompts scored at every evaluation");
   problems.non_negative_real("rl.balance_loss_scale", rl.balance_loss_scale(),
                              "0 = no load balancing during RL");
   problems.positive("rl.log_interval", rl.log_interval());
@@ -824,13 +931,22 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   problems.non_negative_real("moe.bias_update_rate", moe.bias_update_rate(), "0 = off");
 
   problems.non_negative("mtp.num_modules", experiment.mtp().num_modules());
+  problems.at_most("mtp.num_modules", experiment.mtp().num_modules(), kMaxMtpModules,
+                   "MTP modules");
   problems.non_negative_real("mtp.loss_weight", experiment.mtp().loss_weight(), "0 = no MTP loss");
 
   const switchyard::ParallelConfig& parallel = experiment.parallel();
   problems.positive("parallel.expert_parallel_size", parallel.expert_parallel_size());
+  problems.at_most("parallel.expert_parallel_size", parallel.expert_parallel_size(), kMaxExperts,
+                   "ranks per expert-parallel group");
   if (parallel.zero_stage() != 0 && parallel.zero_stage() != 1) {
     problems.add("parallel.zero_stage", absl::StrCat("must be 0 or 1, got ", parallel.zero_stage()),
                  "set parallel { zero_stage: 0 } (replicated optimizer state) or 1 (sharded)");
+  }
+  if (parallel.collective_timeout_s() < 0 || parallel.collective_timeout_s() > 604800) {
+    problems.add("parallel.collective_timeout_s",
+                 absl::StrCat("must be in [0, 604800], got ", parallel.collective_timeout_s()),
+                 "set parallel { collective_timeout_s: N } with N seconds (0 = wait forever)");
   }
 
   validate_data(experiment.data(), problems);
@@ -863,10 +979,19 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   const switchyard::TrainConfig& train = experiment.train();
   if (!rl || train.has_steps()) problems.positive("train.steps", train.steps());
   if (!rl || train.has_micro_batch()) problems.positive("train.micro_batch", train.micro_batch());
+  problems.at_most("train.micro_batch", train.micro_batch(), kMaxBatch, "2^20 sequences");
   problems.positive("train.grad_accum", train.grad_accum());
+  problems.at_most("train.grad_accum", train.grad_accum(), kMaxBatch, "2^20 micro-batches");
   problems.non_negative("train.eval_interval", train.eval_interval());
   problems.positive("train.log_interval", train.log_interval());
   problems.non_negative("train.cpu_threads", train.cpu_threads());
+  problems.at_most("train.cpu_threads", train.cpu_threads(), cpu::kMaxCpuThreads,
+                   "threads one process starts per parallel loop; 0 = all cores");
+  problems.non_negative("train.profile_step", train.profile_step());
+  if (train.steps() > 0) {
+    problems.at_most("train.profile_step", train.profile_step(), train.steps(),
+                     "a step of the run; 0 = never");
+  }
   problems.non_negative("train.max_skipped_steps", train.max_skipped_steps());
 
   const switchyard::ScheduleConfig& schedule = experiment.schedule();
@@ -886,6 +1011,10 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
 
   problems.non_negative("checkpoint.interval", experiment.checkpoint().interval());
   problems.positive("checkpoint.keep_last", experiment.checkpoint().keep_last());
+  problems.at_most("checkpoint.keep_last", experiment.checkpoint().keep_last(), kMaxKeepLast,
+                   "checkpoints kept");
+  problems.non_negative_real("logging.peak_tflops", experiment.logging().peak_tflops(),
+                             "0 = from the table of known GPUs");
   validate_rl(experiment.rl(), use, problems);
   return problems.status();
 }

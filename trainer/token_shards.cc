@@ -323,9 +323,10 @@ absl::Status write_text_shards(const std::vector<std::string>& input_files,
   }
   const int64_t val_tokens = std::max((total + 99) / 100, min_val_tokens);
   if (val_tokens >= total)
-    return absl::InvalidArgumentError(
-        absl::StrCat("the inputs hold only ", total, " bytes: too few for a val split of ",
-                     val_tokens, " tokens plus training data; add text or lower min_val_tokens"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the inputs hold only ", total, " bytes: too few for a val split of ", val_tokens,
+        " tokens plus training data; add text (or pass a smaller min_val_tokens to "
+        "write_text_shards)"));
   const int64_t train_tokens = total - val_tokens;
 
   std::error_code ec;

@@ -8,7 +8,12 @@
 
 namespace sy::cpu {
 
-void set_cpu_threads(int n);  // n <= 0: all cores
+// The most threads one parallel loop starts. Each costs a stack and a clone(); far more than
+// the cores only adds switching, and tens of thousands exhaust the process's thread limit.
+// train.cpu_threads is validated against it; set_cpu_threads clamps to it as well.
+inline constexpr int kMaxCpuThreads = 1024;
+
+void set_cpu_threads(int n);  // n <= 0: all cores; clamped to kMaxCpuThreads
 int cpu_threads();
 
 // Runs fn(i) for every i in [0, n), on up to cpu_threads() threads when `work` (any measure

@@ -16,6 +16,7 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -34,6 +35,7 @@
 #include "trainer/data/prompt_template.h"
 #include "trainer/data/tokenizer.h"
 #include "trainer/json.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/regular_file.h"
 #include "trainer/train.h"
 
@@ -271,8 +273,8 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
     return absl::InvalidArgumentError(
         absl::StrCat("--batch_size ", batch_size, ": give a number >= 1"));
   }
-  options.max_new_tokens = static_cast<int>(std::min<int64_t>(max_new, 1 << 30));
-  options.sampling_top_k = static_cast<int>(top_k);
+  // Any K past the vocabulary keeps every token; the sampler takes an int32.
+  options.sampling_top_k = static_cast<int>(std::min<int64_t>(top_k, INT32_MAX));
   options.seed = static_cast<uint64_t>(seed);
 
   const std::string saved = (fs::path(run_dir) / "config.textproto").string();
@@ -290,6 +292,18 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   SY_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, load_tokenizer(run_dir));
   if (stop_at_eos) options.stop_tokens = tokenizer->eos_ids();
   const ModelSpec spec = model_spec_from_config(config);
+  // A completion ends at the model's context whatever is asked (prompt + completion reach
+  // seq_len + 1 tokens, see encode_prompt), so a larger cap only misleads: cap it, and say so
+  // when the user asked for it (the default is no request).
+  if (max_new > spec.seq_len) {
+    if (flags.was_given("max_new_tokens")) {
+      std::cerr << "generate: --max_new_tokens " << max_new << " is more than the model's "
+                << "context (model.seq_len) of " << spec.seq_len << " tokens; completions end "
+                << "there, at most " << spec.seq_len << " new tokens\n";
+    }
+    max_new = spec.seq_len;
+  }
+  options.max_new_tokens = static_cast<int>(max_new);
 
   std::vector<PromptRecord> prompts;
   if (from_file) {
@@ -311,6 +325,9 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   LocalCommunicator alone;
   SY_ASSIGN_OR_RETURN(const Device device, choose_device(config, alone));
   SY_ASSIGN_OR_RETURN(const DType compute, choose_precision(config, device));
+  // The run trained somewhere; this machine may be smaller.
+  SY_RETURN_IF_ERROR(check_memory_for(spec, {.training = false, .compute = compute}, device,
+                                      "loading this model"));
   ParamStore store(device, compute);
   Transformer model(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));

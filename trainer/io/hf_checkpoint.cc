@@ -892,7 +892,9 @@ absl::StatusOr<int64_t> parse_size(const std::string& text) {
   for (const auto& [unit, scale] : kUnits) {
     if (!text.ends_with(unit)) continue;
     double v;
-    if (absl::SimpleAtod(text.substr(0, text.size() - std::string_view(unit).size()), &v) && v > 0)
+    // "infGB", "nanMB" and "1e30GB" parse as doubles; none is a size an int64 can hold.
+    if (absl::SimpleAtod(text.substr(0, text.size() - std::string_view(unit).size()), &v) &&
+        v * scale >= 1 && v * scale < 9.0e18)
       return static_cast<int64_t>(v * scale);
     break;
   }
