@@ -20,6 +20,22 @@
 # more ranks than GPUs is an error, so there add --set 'device: DEVICE_CPU' to stay on the
 # CPU (later --set fragments win).
 # On a cluster use launch/slurm.sbatch instead (one rank per GPU).
+#
+# Across hosts without Slurm, mpirun starts the ranks over ssh: every host needs passwordless
+# ssh from the first, the same build at the same path, and the data where the config says.
+# One rank per GPU, 8 GPUs on each of two hosts:
+#
+#   mpirun -np 16 --host node1:8,node2:8 --map-by ppr:8:node --bind-to none \
+#     -x NCCL_NVLS_ENABLE=0 -x NCCL_SOCKET_IFNAME=eth0 -x OMP_NUM_THREADS=8 \
+#     --mca btl_tcp_if_include eth0 \
+#     "$PWD/build/switchyard" train --config configs/my_experiment.textproto --run_dir "$PWD/runs/x"
+#
+# --map-by ppr:8:node puts ranks 0-7 on node1 and 8-15 on node2, so an expert-parallel group
+# (consecutive ranks) stays within one host's NVLink; each rank takes GPU
+# OMPI_COMM_WORLD_LOCAL_RANK. btl_tcp_if_include and NCCL_SOCKET_IFNAME name the NIC that
+# the hosts reach each other on (MPI's and NCCL's bootstrap traffic); launch/slurm.sbatch
+# lists NCCL's InfiniBand settings. The run directory must be on storage every host sees: rank
+# 0 writes the config and the metrics, every rank its part of each checkpoint.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 np=${1:-4}

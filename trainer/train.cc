@@ -24,7 +24,9 @@
 #include "trainer/arithmetic.h"
 #include "trainer/checkpoint.h"
 #include "trainer/config.h"
+#include "trainer/memory_estimate.h"
 #include "trainer/optimizer.h"
+#include "trainer/progress.h"
 #include "trainer/schedule.h"
 #include "trainer/tensorboard.h"
 #include "trainer/token_shards.h"
@@ -193,15 +195,19 @@ bool stop_agreed(Communicator* world) {
   return flag > 0;
 }
 
+// `progress` counts the examples of the loss pass (the greedy decoding of the arithmetic
+// task is one collective call, done after it).
 absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch,
-                                    Communicator* world) {
+                                    Communicator* world, Progress& progress) {
   EvalResult r;
   for (MoeFfn* m : model.moe_layers()) m->stats().reset(model.spec().moe.num_experts);
   double loss_sum = 0;
   int64_t tokens = 0;
   const int64_t n = std::max<int64_t>(1, feed.eval_examples());
   if (const ArithmeticTask* task = feed.task()) {
+    progress.set_total(n);
     for (int64_t first = 0; first < n; first += micro_batch) {
+      progress.update(first);
       if (stop_agreed(world)) {
         r.stopped = true;
         return r;
@@ -241,7 +247,9 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
   } else if (ShardLoader* val = feed.val()) {
     SY_RETURN_IF_ERROR(val->set_position({0, 0}));
     const int64_t windows = std::min<int64_t>(n, val->windows_per_rank());
+    progress.set_total(windows);
     for (int64_t done = 0; done < windows; done += micro_batch) {
+      progress.update(done);
       if (stop_agreed(world)) {
         r.stopped = true;
         return r;
@@ -360,6 +368,17 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   SY_RETURN_IF_ERROR(made);
 
   SY_ASSIGN_OR_RETURN(const DType compute, choose_precision(config, device));
+  // Refuse a model that cannot fit before building it, rather than fail partway through.
+  const int64_t ep_size = config.parallel().expert_parallel_size();
+  SY_RETURN_IF_ERROR(check_memory_for(
+      spec,
+      {.compute = compute,
+       .moments = moment_dtype_of(config.optimizer().moment_dtype()),
+       .expert_parallel = ep_size,
+       .optimizer_shards = zero_stage == 1 ? std::max<int64_t>(1, world.size() / ep_size) : 1,
+       .micro_batch = micro,
+       .seq_len = spec.seq_len},
+      device, "training this model"));
   ParamStore store(device, compute);
   Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
@@ -437,20 +456,45 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
       spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(), device.str(),
       dtype_name(compute), options.run_dir);
+  const double flops_per_token = train_flops_per_token(spec);
+  const PeakFlops peak = device_peak_flops(device, config.logging().peak_tflops());
+  log << absl::StrFormat(
+      "throughput: %.3g model FLOPs per token (forward + backward) | %s\n", flops_per_token,
+      peak.tflops > 0 ? absl::StrFormat("MFU of %.0f TFLOP/s per GPU, %s", peak.tflops, peak.source)
+                      : peak.source);
 
   const int ckpt_every = config.checkpoint().interval();
   const int eval_every = tc.eval_interval();
   const int log_every = std::max(1, tc.log_interval());
+  // Where rank 0's console is a terminal, long work between steps redraws a progress line.
+  const bool terminal = lead && is_terminal(console);
   auto checkpoint = [&](int64_t step_done) -> absl::Status {
     SY_RETURN_IF_ERROR(check_state_finite(store, optimizer, world, step_done));
     CheckpointState state{.step = step_done, .seed = tc.seed(), .data = feed.position()};
-    return save_checkpoint(options.run_dir, state, store, optimizer,
-                           config.checkpoint().keep_last(), layout);
+    const auto start = std::chrono::steady_clock::now();
+    SY_RETURN_IF_ERROR(save_checkpoint(options.run_dir, state, store, optimizer,
+                                       config.checkpoint().keep_last(), layout));
+    if (lead) {  // every rank's files are in place once save_checkpoint returns
+      const double s =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      auto dir = latest_checkpoint(options.run_dir);
+      double bytes = 0;
+      std::error_code ec;
+      if (dir.ok())
+        for (const auto& f : fs::directory_iterator(*dir, ec))
+          if (f.is_regular_file(ec)) bytes += static_cast<double>(f.file_size(ec));
+      log << absl::StrFormat("checkpoint %s: %.1f MiB in %.2fs (%.0f MiB/s)\n",
+                             dir.ok() ? *dir : options.run_dir, bytes / (1 << 20), s,
+                             s > 0 ? bytes / (1 << 20) / s : 0.0);
+      log.flush();
+    }
+    return absl::OkStatus();
   };
 
   const double lambda = spec.mtp_loss_weight;
   const int max_skipped = tc.max_skipped_steps();
   int64_t skipped_in_row = 0, skipped_total = 0;
+  const Eta eta(start_step, steps);
   for (int64_t step = start_step; step < steps; ++step) {
     const bool profiled = tc.profile_step() == step + 1;
     if (profiled) {
@@ -561,15 +605,26 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       skipped_in_row = 0;
     }
     if (!skipped && ((step + 1) % log_every == 0 || step + 1 == steps || step == start_step)) {
+      // The busiest rank's memory is the one that runs out first.
+      double memory_gib = peak_memory_gib(device);
+      world.all_reduce_host({&memory_gib, 1}, ReduceOp::kMax);
+      const double mfu =
+          model_flops_utilization(flops_per_token, tokens_per_s, world.size(), peak.tflops);
+      const double eta_s = eta.seconds_left(step + 1);
+      const char* memory_key = device.is_cuda() ? "peak_memory_gib" : "peak_rss_gib";
       log << absl::StrFormat(
           "step %d/%d | loss %.4f (lm %.4f mtp %.4f aux %.4f) | lr %.1e | norm %.2f | %.0f ms | "
-          "%s tok/s\n",
+          "%s tok/s%s | %s %.2f GiB | ETA %s\n",
           step + 1, steps, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, seconds * 1e3,
-          format_rate(tokens_per_s));
+          format_rate(tokens_per_s),
+          peak.tflops > 0 ? absl::StrFormat(" | MFU %.1f%%", 100 * mfu) : "",
+          device.is_cuda() ? "peak mem" : "peak rss", memory_gib, format_duration(eta_s));
       log.flush();
       write_jsonl(absl::StrFormat(
-          R"({"step": %d, "loss": %.9g, "lm_loss": %.9g, "mtp_loss": %.9g, "aux_loss": %.9g, "lr": %.9g, "grad_norm": %.9g, "tokens_per_s": %.6g})",
-          step + 1, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, tokens_per_s));
+          R"({"step": %d, "loss": %.9g, "lm_loss": %.9g, "mtp_loss": %.9g, "aux_loss": %.9g, "lr": %.9g, "grad_norm": %.9g, "tokens_per_s": %.6g%s, "%s": %.6g, "time_left_s": %.6g})",
+          step + 1, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, tokens_per_s,
+          peak.tflops > 0 ? absl::StrFormat(R"(, "mfu": %.6g)", mfu) : "", memory_key, memory_gib,
+          std::max(0.0, eta_s)));
     }
 
     const bool last = step + 1 == steps;
@@ -579,7 +634,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     }
     if (((eval_every > 0 && (step + 1) % eval_every == 0) || last) && has_eval_data) {
       // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
-      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world));
+      Progress eval_progress(log, absl::StrCat("eval step ", step + 1), 0, "examples", terminal);
+      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world, eval_progress));
+      eval_progress.clear();
       if (e.stopped) {
         log << "eval step " << step + 1 << ": stopped by signal before the end, no result\n";
       } else {
@@ -588,8 +645,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
           acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
           acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
         }
-        log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f\n", step + 1,
-                               e.loss, acc, e.load_max_over_mean);
+        log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f | %.2fs\n",
+                               step + 1, e.loss, acc, e.load_max_over_mean,
+                               eval_progress.seconds());
         log.flush();
         write_jsonl(absl::StrFormat(
             R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})", step + 1,

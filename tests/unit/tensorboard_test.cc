@@ -127,7 +127,8 @@ TEST(TensorBoard, TrainingWritesEveryMetricAsAScalarPerStep) {
   for (size_t i = 1; i < events.size(); ++i)
     for (const auto& [tag, v] : events[i].scalars) by_step[events[i].step][tag] = v;
   for (int64_t step = 1; step <= 4; ++step) {
-    for (const char* tag : {"loss", "lm_loss", "lr", "grad_norm", "tokens_per_s"})
+    for (const char* tag :
+         {"loss", "lm_loss", "lr", "grad_norm", "tokens_per_s", "peak_rss_gib", "time_left_s"})
       EXPECT_EQ(by_step[step].count(tag), 1u) << tag << " at step " << step;
   }
   for (int64_t step : {2, 4}) {
