@@ -152,6 +152,19 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
   std::string_view latest_piece = latest;
   SY_RETURN_IF_ERROR(write_file_atomically((root / "latest").string(), {&latest_piece, 1}));
 
+  // A save that died (a killed job, a full disk) leaves its step_*.tmp behind; every rank has
+  // finished writing this save's files (the all-gather above), so any .tmp left now is such a
+  // leftover, and nothing will ever read it.
+  {
+    std::vector<fs::path> leftovers;
+    for (const auto& entry : fs::directory_iterator(root, ec)) {
+      const std::string n = entry.path().filename().string();
+      if (entry.is_directory() && n.starts_with("step_") && n.ends_with(".tmp"))
+        leftovers.push_back(entry.path());
+    }
+    for (const fs::path& p : leftovers) fs::remove_all(p, ec);
+  }
+
   // Keep the newest keep_last checkpoints.
   if (keep_last > 0) {
     std::vector<std::string> dirs;

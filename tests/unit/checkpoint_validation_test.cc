@@ -179,6 +179,23 @@ TEST_F(CheckpointValidation, TheUndamagedCheckpointLoadsWithItsChecksumsListed) 
   EXPECT_TRUE(load(last()).ok());
 }
 
+// A save that died leaves step_*.tmp behind (here: a half-written one of a step that never
+// finished, and one of a step the resume writes again); the next save clears both and keeps
+// the complete checkpoints.
+TEST_F(CheckpointValidation, TheNextSaveRemovesLeftoverTmpDirectories) {
+  const fs::path ckpt = fs::path(dir_) / "checkpoints";
+  for (const char* name : {"step_00000007.tmp", "step_00000004.tmp"}) {
+    fs::create_directories(ckpt / name);
+    std::ofstream(ckpt / name / "model.safetensors") << "half a file";
+  }
+  absl::Status s = resume();
+  ASSERT_TRUE(s.ok()) << s;
+  EXPECT_FALSE(fs::exists(ckpt / "step_00000007.tmp"));
+  EXPECT_FALSE(fs::exists(ckpt / "step_00000004.tmp"));
+  for (int step : {1, 2, 3, 4}) EXPECT_TRUE(fs::exists(step_dir(dir_, step))) << step;
+  EXPECT_TRUE(load(step_dir(dir_, 4)).ok());
+}
+
 TEST_F(CheckpointValidation, ANegativeStepIsRefusedNamingTheField) {
   edit_manifest("step", -5);
   for (const absl::Status& s : {load(last()), resume()}) {
