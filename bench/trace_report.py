@@ -3,7 +3,8 @@
 
     python3 bench/trace_report.py trace.csv [--skip 2] [--gaps 25] [--kernels 30]
 
-Steps are cut at the end of each AdamW launch (adamw_many_kernel: one per step). For every
+Steps are cut at the end of each AdamW launch (adamw_many_kernel: one per step; --step-kernel
+names another, e.g. advance_rollout_rows_kernel for the rollout engine's decode steps). For every
 step after the first `skip`: its span, the time some GPU work ran (the union of kernels,
 copies and memsets over all streams), and the idle rest. Idle time is split by cause, from
 the call that launched the work right after the gap:
@@ -64,12 +65,12 @@ def merge(ops):
     return out
 
 
-def summarise(gpu, api, skip):
+def summarise(gpu, api, skip, step_kernel=STEP_KERNEL):
     """Per-step summaries (dicts: span, busy, gaps, kernels, calls) of the steps after the
     first `skip`, from load()'s records. Raises ValueError with too few steps."""
-    ends = [e for s, e, _, _, n, k in gpu if k == "kernel" and STEP_KERNEL in n]
+    ends = [e for s, e, _, _, n, k in gpu if k == "kernel" and step_kernel in n]
     if len(ends) < skip + 2:
-        raise ValueError(f"{len(ends)} launches of {STEP_KERNEL}; need at least {skip + 2} "
+        raise ValueError(f"{len(ends)} launches of {step_kernel}; need at least {skip + 2} "
                          f"(run more steps or lower --skip)")
     launch = {}  # correlation -> earliest start of an API record with it
     for s, e, _, c, _, _ in api:
@@ -92,7 +93,7 @@ def summarise(gpu, api, skip):
         # The step starts where the last AdamW ended: idle time before its first work counts.
         if busy and busy[0][0] > lo:
             busy.insert(0, [lo, lo])
-            by_end[lo] = (lo, lo, 0, 0, "end of the last step's AdamW", "kernel")
+            by_end[lo] = (lo, lo, 0, 0, f"end of the last step's {step_kernel}", "kernel")
         gaps = []
         for (s0, e0), (s1, e1) in zip(busy, busy[1:]):
             g0, g1 = e0, s1
@@ -129,10 +130,12 @@ def main():
     ap.add_argument("--skip", type=int, default=2, help="steps left out at the start")
     ap.add_argument("--gaps", type=int, default=25)
     ap.add_argument("--kernels", type=int, default=30)
+    ap.add_argument("--step-kernel", default=STEP_KERNEL,
+                    help="a kernel launched once per step: steps end where it ends")
     args = ap.parse_args()
     gpu, api = load(args.trace)
     try:
-        steps = summarise(gpu, api, args.skip)
+        steps = summarise(gpu, api, args.skip, args.step_kernel)
     except ValueError as e:
         sys.exit(f"trace_report: {args.trace}: {e}")
 

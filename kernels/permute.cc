@@ -64,7 +64,11 @@ DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t
         << "make_dispatch_plan: indices[" << s / k << ", " << s % k << "] = " << idx[s]
         << " is not an expert in [0, " << num_experts << ")";
   }
-  return cpu::make_dispatch_plan(indices, num_experts, capacity);
+  DispatchPlan plan = cpu::make_dispatch_plan(indices, num_experts, capacity);
+  plan.device_offsets = Tensor::empty({num_experts + 1}, DType::kI64);
+  std::copy(plan.expert_offsets.begin(), plan.expert_offsets.end(),
+            plan.device_offsets.data<int64_t>());
+  return plan;
 }
 
 void finish_dispatch_plan(DispatchPlan& plan) {

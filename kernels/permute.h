@@ -39,6 +39,9 @@ struct DispatchPlan {
   // host, on its way. Until then the host vectors are empty, and num_rows is N*k for a
   // dropless plan (capacity < 0) and -1 for one with a capacity.
   std::shared_ptr<HostReadback> pending;
+  // i64 [E + 1] on the indices' device: expert_offsets as the device knows them, complete
+  // once start_dispatch_plan returns (what a consumer that must not wait reads instead).
+  Tensor device_offsets;
   bool ready() const { return pending == nullptr; }
   int64_t num_dropped() const { return num_tokens * top_k - num_rows; }
 };

@@ -9,6 +9,7 @@
 #include "kernels/attention.h"
 #include "kernels/balance.h"
 #include "kernels/elementwise.h"
+#include "kernels/grouped_matmul.h"
 #include "kernels/matmul.h"
 #include "kernels/permute.h"
 #include "kernels/profile.h"
@@ -83,6 +84,19 @@ ExpertGemms expert_gemms_from_env() {
   if (std::string_view(v) == "batched") return ExpertGemms::kBatched;
   SY_CHECK(false) << "SWITCHYARD_EXPERT_GEMMS=" << v << ": use loop, batched or auto";
   return ExpertGemms::kAuto;
+}
+
+// Inference forwards' experts: "grouped" (the default) runs the device-offset grouped GEMMs
+// where they apply, "host" the training path's (the counts copied to the host first): the
+// A/B of bench/device_run.sh's rollout stage.
+constexpr int64_t kGroupedRowsPerExpert = 128;  // on average, the most the grouped path takes
+
+bool inference_grouped_from_env() {
+  const char* v = std::getenv("SWITCHYARD_INFERENCE_EXPERTS");
+  if (v == nullptr || *v == '\0' || std::string_view(v) == "grouped") return true;
+  if (std::string_view(v) == "host") return false;
+  SY_CHECK(false) << "SWITCHYARD_INFERENCE_EXPERTS=" << v << ": use grouped or host";
+  return true;
 }
 
 // Runs fn(e, lo, hi) for every local expert e with rows [lo, hi) (off: [experts + 1] row
@@ -376,6 +390,37 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
   return dxp_local;
 }
 
+// The experts of an inference forward with every expert local: dispatch is the permute
+// already queued (xp), the experts two grouped GEMMs over the plan's device offsets, the
+// combine the weighted unpermute. No host wait, nothing kept for a backward.
+Tensor MoeFfn::experts_forward_on_device(const Tensor& xp) {
+  const int64_t n = plan_.num_tokens, rows = plan_.num_rows, d = spec_.d_model;
+  const int64_t f = spec_.moe.expert_hidden;
+  const Device dev = xp.device();
+  const DType dt = xp.dtype();
+  std::optional<profile::Scope> region;
+  Tensor shared_out;
+  if (shared_) {
+    region.emplace("moe.shared");
+    shared_out = shared_->forward(n_);
+  }
+  region.emplace("moe.experts");
+  Tensor h = Tensor::empty({rows, 2 * f}, dt, dev);
+  grouped_matmul(h, xp, w13_.w(), plan_.device_offsets);
+  Tensor a = Tensor::empty({rows, f}, dt, dev);
+  swiglu_forward(a, h);
+  Tensor y = Tensor::empty({rows, d}, dt, dev);
+  grouped_matmul(y, a, w2_.w(), plan_.device_offsets);
+  region.emplace("moe.combine");
+  Tensor out = Tensor::empty({n, d}, dt, dev);
+  unpermute_forward(out, y, weights_, plan_);
+  if (shared_) {
+    region.emplace("moe.shared");
+    add_(out, shared_out);
+  }
+  return out;
+}
+
 Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
                        const Tensor& sum) {
   const MoeSpec& m = spec_.moe;
@@ -407,11 +452,28 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
     region.emplace("moe.route");
   };
   if (plan_.num_rows >= 0) permute();
+  // Inference forwards (the rollout engine's, dropless) keep no load statistics and need no
+  // balancing terms. With the experts all local, the grouped GEMMs read the plan's offsets on
+  // the device, so the layer issues its work without waiting for the expert counts.
+  const int64_t f_hidden = m.expert_hidden, d = spec_.d_model;
+  static const bool grouped = inference_grouped_from_env();
+  // The grouped kernel walks a group's rows 64 at a time in one block: it wins at decode's
+  // few rows per expert and loses to cuBLAS at a prefill's hundreds (measured on an H100).
+  if (dropless_ && grouped && plan_.num_rows <= kGroupedRowsPerExpert * e_count &&
+      dispatcher_.num_local_experts() == e_count &&
+      grouped_matmul_waits_for_nothing(dev, dt, 2 * f_hidden, d) &&
+      grouped_matmul_waits_for_nothing(dev, dt, d, f_hidden)) {
+    return experts_forward_on_device(xp);
+  }
   // Queued now, with their copy to the host: read after the experts are queued, they wait for
   // nothing.
-  Tensor seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
-  routing_stats(seq_stats, indices_, scores_, logits_);
-  HostReadback seq_stats_read(seq_stats);
+  Tensor seq_stats;
+  std::optional<HostReadback> seq_stats_read;
+  if (!dropless_) {
+    seq_stats = Tensor::empty({layout.batch, 2 * e_count + 1}, DType::kF32, dev);
+    routing_stats(seq_stats, indices_, scores_, logits_);
+    seq_stats_read.emplace(seq_stats);
+  }
   // The shared experts need no routing: queue them before the plan's wait for the expert
   // counts, so the GPU has their GEMMs to run while the host waits and then issues.
   Tensor shared_out;
@@ -438,13 +500,14 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
     region.emplace("moe.shared");
     add_(out, shared_out);
   }
+  if (dropless_) return out;  // an inference forward: no statistics, no balancing terms
   region.emplace("moe.balance");
 
   // Load statistics and balancing terms: per-sequence sums from the device (routing_stats,
   // queued above), combined here from one small [B, 2E + 1] copy. Local sums first; then one
   // all-reduce over the world makes f, P and the token counts those of the global batch.
   const int64_t b_count = layout.batch, t_count = layout.seq;
-  const Tensor st_host = seq_stats_read.wait();
+  const Tensor st_host = seq_stats_read->wait();
   const float* st = st_host.data<float>();
   auto stat = [&](int64_t b, int64_t col) { return double(st[b * (2 * e_count + 1) + col]); };
   // [counts (E) | score sums (E) | tokens | sequences]

@@ -186,8 +186,10 @@ class MoeFfn : public FeedForward {
 
   // Balancing terms enter the loss multiplied by this (1 / micro-batches per step).
   void set_loss_scale(float scale) { loss_scale_ = scale; }
-  // On: the capacity factor is ignored (no token dropped), so a token's output does not
-  // depend on the other tokens of its batch. The rollout engine's forwards run so.
+  // On: an inference forward. The capacity factor is ignored (no token dropped), so a
+  // token's output does not depend on the other tokens of its batch; no load statistics or
+  // balancing terms are kept (no backward follows), and with every expert local the layer
+  // issues its work without a host wait. The rollout engine's forwards run so.
   void set_dropless(bool dropless) { dropless_ = dropless; }
   RoutingStats& stats() { return stats_; }
   void update_bias();  // from stats().load; no-op when bias_update_rate == 0
@@ -195,6 +197,7 @@ class MoeFfn : public FeedForward {
 
  private:
   Tensor experts_forward();
+  Tensor experts_forward_on_device(const Tensor& xp);
   Tensor experts_backward(const Tensor& dy_local);
 
   const ModelSpec& spec_;

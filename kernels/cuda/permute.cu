@@ -334,6 +334,7 @@ DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t
                                                 slots);
   launch_check("plan_offsets_kernel");
   plan.pending = std::make_shared<HostReadback>(summary);
+  plan.device_offsets = summary.rows(0, num_experts + 1);
   if (slots > 0) {
     plan_place_kernel<<<grid_for(slots), kThreads, 0, stream()>>>(
         ptr<int32_t>(indices), slots, num_experts, capacity, rank.as<int32_t>(),
