@@ -14,6 +14,9 @@
 #          shapes)
 #   gemm   bench/expert_gemm_bench: the MoE expert GEMMs per expert on one stream, on four
 #          streams, and as one cuBLAS grouped-batched call (TFLOP/s and host issue time)
+#   sampling tests/gpu/sampling_gpu_test (the CUDA sampler against the CPU's) and
+#          bench/sampling_bench (ms per call and GB/s of logits: rows x vocab x greedy, T=1,
+#          top-p, top-k + top-p + min-p)
 #   bench  configs/bench_moe_1b.textproto on uniform random tokens (as the PyTorch side):
 #          tokens/s, TFLOP/s, MFU and the per-region profile of one step
 #          (train.profile_step), without and with one MTP module (BENCH_MTP="0": MTP off
@@ -32,7 +35,8 @@
 #   torch  bench/torch_bench.py (PyTorch, same model and shape) and bench/compare.py's table
 #   rollout bench/rollout_bench (the rollout engine on the benchmark model, random weights,
 #          64 prompts x 128 tokens, 256 new tokens, bf16; ROLLOUT_ARGS: more flags) and
-#          bench/hf_generate_bench.py (transformers' generate, same shapes) side by side
+#          bench/hf_generate_bench.py (transformers' generate, same shapes) side by side;
+#          ROLLOUT_TRACE=1: the bench once more under the CUPTI trace, summarised per decode step
 #
 # The device recipe (../shared/device/README.md): the abseil packages travel in .device-deps/.
 set -uo pipefail
@@ -40,7 +44,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 out=${OUT:-$root/device-out}
 mkdir -p "$out"
 cd "$root"
-stages=${*:-gpu cpu nccl tiny attn gemm bench trace oracle torch rollout}
+stages=${*:-gpu cpu nccl tiny attn gemm sampling bench trace oracle torch rollout}
 want() { [[ " $stages " == *" $1 "* ]]; }
 if ls .device-deps/*.deb >/dev/null 2>&1; then
   for f in .device-deps/*.deb; do dpkg -x "$f" /; done
@@ -112,6 +116,15 @@ if want gemm; then
   build-dev/expert_gemm_bench >"$out/expert_gemm_bench.log" 2>&1
   note "expert_gemm_bench: exit $?"
   tee -a "$summary" <"$out/expert_gemm_bench.log"
+fi
+
+if want sampling; then
+  build-dev/sampling_gpu_test >"$out/sampling_gpu_test.log" 2>&1
+  note "sampling gpu test: exit $? ($(grep -E '^\[  (PASSED|FAILED)' "$out/sampling_gpu_test.log" | head -2 | tr '\n' ' '))"
+  grep -E '^\[  FAILED' "$out/sampling_gpu_test.log" | head -20 | tee -a "$summary"
+  build-dev/sampling_bench >"$out/sampling_bench.log" 2>&1
+  note "sampling_bench: exit $?"
+  tee -a "$summary" <"$out/sampling_bench.log"
 fi
 
 if want tiny; then
@@ -198,6 +211,22 @@ if want rollout; then
   build-dev/rollout_bench ${ROLLOUT_ARGS:-} >"$out/rollout_bench.log" 2>&1
   note "rollout_bench: exit $?"
   grep -vE '^\{' "$out/rollout_bench.log" | tail -4 | tee -a "$summary"
+  # The A/B: the MoE layers' experts as before the grouped device-offset GEMMs (a host wait
+  # for the expert counts in every layer).
+  SWITCHYARD_INFERENCE_EXPERTS=host build-dev/rollout_bench ${ROLLOUT_ARGS:-} \
+    >"$out/rollout_bench_host.log" 2>&1
+  note "rollout_bench with SWITCHYARD_INFERENCE_EXPERTS=host: exit $?"
+  grep -vE '^\{' "$out/rollout_bench_host.log" | tail -2 | tee -a "$summary"
+  if [ -n "${ROLLOUT_TRACE:-}" ] && [ -f build-dev/libsy_cupti_trace.so ]; then
+    # The same run under the CUPTI trace: a "step" is one decode step (one row-state update).
+    SY_TRACE_OUT=/tmp/rollout_trace.csv CUDA_INJECTION64_PATH="$root/build-dev/libsy_cupti_trace.so" \
+      build-dev/rollout_bench ${ROLLOUT_ARGS:-} >"$out/rollout_trace_bench.log" 2>&1
+    note "rollout_bench under the CUPTI trace: exit $?"
+    python3 bench/trace_report.py /tmp/rollout_trace.csv --skip 20 \
+      --step-kernel advance_rollout_rows_kernel >"$out/rollout_trace_report.txt" 2>&1
+    note "rollout trace_report: exit $?"
+    sed -n '/^median step/,$p' "$out/rollout_trace_report.txt" | head -60 | tee -a "$summary"
+  fi
   python3 bench/hf_generate_bench.py >"$out/hf_generate.log" 2>&1
   note "hf_generate_bench: exit $?"
   tail -1 "$out/hf_generate.log" | tee -a "$summary"

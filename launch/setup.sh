@@ -4,7 +4,8 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libprotobuf-dev protobuf-compiler libabsl-dev
-          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev libicu-dev)
+          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev libicu-dev
+          python3-pip)  # python3-pip: launch/test.sh installs tensorboard with it
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

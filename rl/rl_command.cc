@@ -3,7 +3,8 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
-#include "rl/rl_loop.h"
+#include "rl/rl_config.h"
+#include "rl/rl_run.h"
 #include "trainer/cli.h"
 #include "trainer/commands.h"
 #include "trainer/config.h"
@@ -35,7 +36,8 @@ absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& 
   rl::RlRunOptions options;
   if (!resume.empty()) {
     // The saved config is resolved already: it holds the checkpoint's model.
-    SY_ASSIGN_OR_RETURN(config, load_resume_config(flags, resume, experiment_flags.overrides));
+    SY_ASSIGN_OR_RETURN(config, load_resume_config(flags, resume, experiment_flags.overrides,
+                                                   rl::rl_experiment_rules()));
     if (config.rl().init_checkpoint().empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           "--resume ", resume, ": its config has no rl.init_checkpoint; is it an RL run?"));
@@ -45,7 +47,7 @@ absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& 
     SY_RETURN_IF_ERROR(flags.require("config"));
     SY_ASSIGN_OR_RETURN(
         switchyard::Experiment rl_config,
-        load_experiment(experiment_flags.config_path, experiment_flags.overrides, ConfigUse::kRl));
+        rl::load_rl_config(experiment_flags.config_path, experiment_flags.overrides));
     SY_ASSIGN_OR_RETURN(config, rl::resolve_rl_experiment(rl_config));
     options.run_dir = run_dir.empty() ? config.run_dir() : run_dir;
   }
@@ -60,6 +62,15 @@ absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& 
 
   return run_as_job(config, out,
                     [&](Communicator* world) { return rl::run_rl(config, options, out, world); });
+}
+
+void register_rl_config_kind() {
+  register_config_kind({.name = "rl",
+                        .claims =
+                            [](const switchyard::Experiment& parsed) {
+                              return !parsed.rl().init_checkpoint().empty();
+                            },
+                        .resolved_text = rl::rl_config_text});
 }
 
 }  // namespace sy

@@ -9,4 +9,8 @@
 
 namespace sy {
 absl::Status run_rl_command(const std::vector<std::string>& args, std::ostream& out);
+// Teaches `switchyard config` RL configs (those that set rl.init_checkpoint): it checks them
+// with the RL rules and prints them with the model of rl.init_checkpoint's run
+// (rl::rl_config_text). The binary's main() calls it beside registering `rl`.
+void register_rl_config_kind();
 }  // namespace sy

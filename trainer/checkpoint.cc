@@ -16,6 +16,7 @@
 #include "absl/strings/str_split.h"
 #include "trainer/crc32c.h"
 #include "trainer/json.h"
+#include "trainer/progress.h"
 #include "trainer/regular_file.h"
 #include "trainer/reshard.h"
 #include "trainer/safetensors.h"
@@ -65,7 +66,7 @@ absl::Status agree(const CheckpointLayout& layout, const absl::Status& mine) {
 
 absl::Status write_tensors(const fs::path& dir, const CheckpointLayout& layout,
                            const ParamStore& store, const AdamW* optimizer,
-                           std::vector<std::string>& written) {
+                           std::vector<std::string>& written, Progress* progress) {
   const int rank = world_rank(layout);
   const std::map<std::string, std::string> meta = {{"format", std::string(kFormatName)}};
   std::vector<std::pair<std::string, Tensor>> dense, experts;
@@ -73,10 +74,14 @@ absl::Status write_tensors(const fs::path& dir, const CheckpointLayout& layout,
     auto& list = p->group == SyncGroup::kExpert && layout.expert_parallel > 1 ? experts : dense;
     list.emplace_back(p->name, p->value.to(Device::cpu()));
   }
+  int64_t done = 0;
   auto write = [&](const std::string& name,
                    const std::vector<std::pair<std::string, Tensor>>& tensors) {
     written.push_back(name);
-    return save_safetensors((dir / name).string(), tensors, meta);
+    SY_RETURN_IF_ERROR(save_safetensors((dir / name).string(), tensors, meta));
+    for (const auto& [n, t] : tensors) done += static_cast<int64_t>(t.nbytes());
+    if (progress) progress->update(done);
+    return absl::OkStatus();
   };
   if (rank == 0) SY_RETURN_IF_ERROR(write("model.safetensors", dense));
   if (layout.expert_parallel > 1 && rank < layout.expert_parallel) {
@@ -92,9 +97,10 @@ absl::Status write_tensors(const fs::path& dir, const CheckpointLayout& layout,
 // spread), its experts when it is the first rank of its EP index, its optimizer shard. Returns
 // "name bytes crc32c" lines of the files written, for the manifest.
 absl::StatusOr<std::string> write_rank_files(const fs::path& dir, const CheckpointLayout& layout,
-                                             const ParamStore& store, const AdamW* optimizer) {
+                                             const ParamStore& store, const AdamW* optimizer,
+                                             Progress* progress) {
   std::vector<std::string> written;
-  SY_RETURN_IF_ERROR(write_tensors(dir, layout, store, optimizer, written));
+  SY_RETURN_IF_ERROR(write_tensors(dir, layout, store, optimizer, written, progress));
   std::string lines;
   // Read back rather than summed while serialising: the manifest vouches for what is on disk.
   for (const std::string& name : written) {
@@ -182,10 +188,25 @@ absl::Status publish(const fs::path& root, const std::string& name, const Checkp
 
 namespace {
 
+// The bytes of this rank's tensors: what a load fills, and at most what a save writes (the
+// dense tensors are written by rank 0 only), the total a Progress counts toward.
+int64_t tensor_bytes(const ParamStore& store, const AdamW* optimizer) {
+  int64_t total = 0;
+  for (const Param* p : store.params()) total += static_cast<int64_t>(p->value.nbytes());
+  if (optimizer)
+    for (const auto& [n, t] : optimizer->state()) total += static_cast<int64_t>(t.nbytes());
+  return total;
+}
+
 absl::Status save(const std::string& run_dir, const CheckpointState& state, const ParamStore& store,
-                  const AdamW* optimizer, int keep_last, const CheckpointLayout& layout) {
+                  const AdamW* optimizer, int keep_last, const CheckpointLayout& layout,
+                  std::ostream* progress_out) {
   const fs::path root = fs::path(run_dir) / "checkpoints";
   const std::string name = step_dir_name(state.step);
+  std::optional<Progress> progress;
+  if (progress_out)
+    progress.emplace(*progress_out, absl::StrCat("save checkpoint ", name),
+                     tensor_bytes(store, optimizer), "bytes", is_terminal(*progress_out));
   const fs::path tmp = root / (name + ".tmp");
   absl::Status status;
   if (world_rank(layout) == 0) {
@@ -197,26 +218,37 @@ absl::Status save(const std::string& run_dir, const CheckpointState& state, cons
           absl::InternalError(absl::StrCat("cannot create ", tmp.string(), ": ", ec.message()));
   }
   SY_RETURN_IF_ERROR(agree(layout, status));
-  auto lines = write_rank_files(tmp, layout, store, optimizer);
+  auto lines = write_rank_files(tmp, layout, store, optimizer, progress ? &*progress : nullptr);
   SY_RETURN_IF_ERROR(agree(layout, lines.status()));
   const std::vector<std::string> all_lines = layout.world && layout.world->size() > 1
                                                  ? layout.world->all_gather_host(*lines)
                                                  : std::vector<std::string>{*lines};
   if (world_rank(layout) == 0)
     status = publish(root, name, state, optimizer, keep_last, layout, all_lines);
-  return agree(layout, status);
+  SY_RETURN_IF_ERROR(agree(layout, status));
+  if (progress) {
+    int64_t bytes = 0;
+    std::error_code ec;
+    for (const auto& f : fs::directory_iterator(root / name, ec))
+      if (f.is_regular_file(ec) && f.path().extension() == ".safetensors")
+        bytes += static_cast<int64_t>(f.file_size(ec));
+    progress->set_total(0);
+    progress->finish(bytes);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
 
 absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
                              const ParamStore& store, const AdamW& optimizer, int keep_last,
-                             const CheckpointLayout& layout) {
-  return save(run_dir, state, store, &optimizer, keep_last, layout);
+                             const CheckpointLayout& layout, std::ostream* progress) {
+  return save(run_dir, state, store, &optimizer, keep_last, layout, progress);
 }
 
-absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store) {
-  return save(run_dir, CheckpointState{}, store, nullptr, 0, CheckpointLayout{});
+absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store,
+                                     std::ostream* progress) {
+  return save(run_dir, CheckpointState{}, store, nullptr, 0, CheckpointLayout{}, progress);
 }
 
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir) {
@@ -336,10 +368,20 @@ std::string strip_moment_prefix(const std::string& name) {
   return name;
 }
 
+// Bytes loaded so far, shown on a Progress when there is one.
+struct LoadCount {
+  Progress* progress = nullptr;
+  int64_t done = 0;
+  void add(const Tensor& t) {
+    done += static_cast<int64_t>(t.nbytes());
+    if (progress) progress->update(done);
+  }
+};
+
 // The weights: each dense parameter whole from model.safetensors; each stacked expert
 // parameter's rows [offset, offset + rows) from the files that hold them in the saved layout.
 absl::Status load_weights(const Manifest& m, CheckpointFiles& files, ParamStore& store,
-                          int expert_parallel) {
+                          int expert_parallel, LoadCount& count) {
   const std::string model_file = "model.safetensors";
   SY_ASSIGN_OR_RETURN(const SafetensorsReader* model, files.open(model_file));
   const SafetensorsReader* experts0 = nullptr;
@@ -380,6 +422,7 @@ absl::Status load_weights(const Manifest& m, CheckpointFiles& files, ParamStore&
       }
       SY_ASSIGN_OR_RETURN(Tensor t, files.read(model_file, p->name));
       p->value.copy_from(t.to(p->value.device()));
+      count.add(p->value);
       continue;
     }
     // Experts: the same per-expert shape, and as many experts in all as the config has.
@@ -403,6 +446,7 @@ absl::Status load_weights(const Manifest& m, CheckpointFiles& files, ParamStore&
         files.read_rows(p->name, expert_weight_pieces(m.layout, experts, begin, begin + rows),
                         begin, begin + rows));
     p->value.copy_from(t.to(p->value.device()));
+    count.add(p->value);
   }
   store.values_changed();
   return absl::OkStatus();
@@ -412,7 +456,7 @@ absl::Status load_weights(const Manifest& m, CheckpointFiles& files, ParamStore&
 // when the layout is the one that wrote them, else any rank's copy (the copies of replicated
 // moments are the same bits: every replica applies the same update to the same gradients).
 absl::Status load_optimizer(const Manifest& m, CheckpointFiles& files, ParamStore& store,
-                            AdamW& optimizer, int rank, int expert_parallel) {
+                            AdamW& optimizer, int rank, int expert_parallel, LoadCount& count) {
   const SavedLayout& saved = m.layout;
   auto holds = [&](int r, const std::string& name) -> absl::StatusOr<bool> {
     SY_ASSIGN_OR_RETURN(const SafetensorsReader* f, files.open(optimizer_file_name(r)));
@@ -448,6 +492,7 @@ absl::Status load_optimizer(const Manifest& m, CheckpointFiles& files, ParamStor
       }
       SY_ASSIGN_OR_RETURN(Tensor t, files.read(file, name));
       loaded.emplace_back(name, std::move(t));
+      count.add(mine);
       continue;
     }
     // A stacked expert moment: rows of the EP indices of the saved layout that overlap ours.
@@ -472,6 +517,7 @@ absl::Status load_optimizer(const Manifest& m, CheckpointFiles& files, ParamStor
     }
     SY_ASSIGN_OR_RETURN(Tensor t, files.read_rows(name, pieces, begin, end));
     loaded.emplace_back(name, std::move(t));
+    count.add(mine);
   }
   absl::Status st = optimizer.load_state(loaded, m.optimizer_steps);
   if (!st.ok()) return checkpoint_error(files.dir(), st.message());
@@ -486,8 +532,8 @@ absl::Status agree_keep_mine(const CheckpointLayout& layout, const absl::Status&
 }
 
 absl::StatusOr<CheckpointState> load_on_this_rank(const std::string& dir, ParamStore& store,
-                                                  AdamW* optimizer,
-                                                  const CheckpointLayout& layout) {
+                                                  AdamW* optimizer, const CheckpointLayout& layout,
+                                                  LoadCount& count) {
   SY_ASSIGN_OR_RETURN(const Manifest m, read_manifest((fs::path(dir) / "manifest.json").string()));
   CheckpointState state;
   state.step = m.step;
@@ -496,10 +542,10 @@ absl::StatusOr<CheckpointState> load_on_this_rank(const std::string& dir, ParamS
   // One process holds every expert, whatever expert_parallel says.
   const int expert_parallel = layout.world ? layout.expert_parallel : 1;
   CheckpointFiles files(dir, m.files ? &*m.files : nullptr);
-  SY_RETURN_IF_ERROR(load_weights(m, files, store, expert_parallel));
+  SY_RETURN_IF_ERROR(load_weights(m, files, store, expert_parallel, count));
   if (optimizer) {
     SY_RETURN_IF_ERROR(
-        load_optimizer(m, files, store, *optimizer, world_rank(layout), expert_parallel));
+        load_optimizer(m, files, store, *optimizer, world_rank(layout), expert_parallel, count));
     SY_ASSIGN_OR_RETURN(state.data.index, shard_index_for_world(m.data.index, m.layout.world_size,
                                                                 world_size(layout), m.path));
   }
@@ -509,9 +555,16 @@ absl::StatusOr<CheckpointState> load_on_this_rank(const std::string& dir, ParamS
 }  // namespace
 
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
-                                                AdamW* optimizer, const CheckpointLayout& layout) {
-  auto state = load_on_this_rank(dir, store, optimizer, layout);
+                                                AdamW* optimizer, const CheckpointLayout& layout,
+                                                std::ostream* progress_out) {
+  std::optional<Progress> progress;
+  if (progress_out)
+    progress.emplace(*progress_out, absl::StrCat("load ", dir), tensor_bytes(store, optimizer),
+                     "bytes", is_terminal(*progress_out));
+  LoadCount count{.progress = progress ? &*progress : nullptr};
+  auto state = load_on_this_rank(dir, store, optimizer, layout, count);
   SY_RETURN_IF_ERROR(agree_keep_mine(layout, state.status()));
+  if (progress) progress->finish(count.done);
   return state;
 }
 

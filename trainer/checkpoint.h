@@ -13,6 +13,7 @@
 // RUN_DIR/checkpoints/latest (one line: the directory name) is replaced atomically, so a
 // crash mid-write never leaves a half checkpoint that resume would pick up.
 #include <cstdint>
+#include <ostream>
 #include <string>
 
 #include "absl/status/status.h"
@@ -44,14 +45,17 @@ struct CheckpointLayout {
   int zero_stage = 0;
 };
 
-// Collective over layout.world: every rank returns the same status.
+// Collective over layout.world: every rank returns the same status. `progress` (the lead
+// rank's console, null for none) gets trainer/progress.h's line while this rank's files are
+// written and a summary of the checkpoint's bytes at the end.
 absl::Status save_checkpoint(const std::string& run_dir, const CheckpointState& state,
                              const ParamStore& store, const AdamW& optimizer, int keep_last,
-                             const CheckpointLayout& layout = {});
+                             const CheckpointLayout& layout = {}, std::ostream* progress = nullptr);
 
 // A step-0 checkpoint of weights alone, one process, no optimizer state: what an imported
 // model starts from (generate, rl.init_checkpoint and init load it; a resume does not).
-absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store);
+absl::Status save_weights_checkpoint(const std::string& run_dir, const ParamStore& store,
+                                     std::ostream* progress = nullptr);
 
 // The newest checkpoint directory of a run (via `latest`), or NotFound.
 absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
@@ -66,9 +70,12 @@ absl::StatusOr<std::string> latest_checkpoint(const std::string& run_dir);
 // order cannot continue there. The manifest is checked field by field, each file against its
 // CRC-32C (checkpoints from before checksums load unchecked), and every tensor for NaN and
 // infinity; each problem names the file, the field or tensor, and what to do. Collective over
-// layout.world: every rank returns an error when any rank fails.
+// layout.world: every rank returns an error when any rank fails. `progress` (the lead rank's
+// console, null for none) gets trainer/progress.h's line over the bytes this rank reads and
+// a summary line once the load succeeded.
 absl::StatusOr<CheckpointState> load_checkpoint(const std::string& dir, ParamStore& store,
                                                 AdamW* optimizer,
-                                                const CheckpointLayout& layout = {});
+                                                const CheckpointLayout& layout = {},
+                                                std::ostream* progress = nullptr);
 
 }  // namespace sy

@@ -15,17 +15,34 @@
 namespace sy {
 namespace {
 
+std::vector<ConfigKind>& config_kinds() {
+  static std::vector<ConfigKind> kinds;
+  return kinds;
+}
+
 // `switchyard config`: shows exactly what a run with these flags would use, defaults spelt out,
 // so a config can be checked (and diffed) before spending GPU time on it.
 absl::Status run_config_command(const std::vector<std::string>& args, std::ostream& out) {
   FlagSet flags("switchyard config", "--config FILE [--set TEXT]...",
                 "Loads and validates an experiment config, then prints it fully resolved: every "
-                "field,\nwith defaults included, in Protobuf text format.");
+                "field,\nwith defaults included, in Protobuf text format. An RL config (one that "
+                "sets\nrl.init_checkpoint) is checked as `switchyard rl` checks it and printed "
+                "with the model\nof that run.");
   ExperimentFlags experiment_flags;
   add_experiment_flags(flags, &experiment_flags);
   SY_RETURN_IF_ERROR(flags.parse(args));
   if (flags.help_requested()) {
     out << flags.help();
+    return absl::OkStatus();
+  }
+  SY_RETURN_IF_ERROR(flags.require("config"));
+  SY_ASSIGN_OR_RETURN(const switchyard::Experiment parsed,
+                      parse_experiment(experiment_flags.config_path, experiment_flags.overrides));
+  for (const ConfigKind& kind : config_kinds()) {
+    if (!kind.claims(parsed)) continue;
+    SY_ASSIGN_OR_RETURN(const std::string text, kind.resolved_text(experiment_flags.config_path,
+                                                                   experiment_flags.overrides));
+    out << text;
     return absl::OkStatus();
   }
   SY_ASSIGN_OR_RETURN(switchyard::Experiment experiment,
@@ -79,6 +96,8 @@ std::vector<Subcommand>& subcommand_table() {
 const std::vector<Subcommand>& subcommands() { return subcommand_table(); }
 
 void register_subcommand(Subcommand command) { subcommand_table().push_back(std::move(command)); }
+
+void register_config_kind(ConfigKind kind) { config_kinds().push_back(std::move(kind)); }
 
 void add_experiment_flags(FlagSet& flags, ExperimentFlags* target) {
   flags.add_string("config", "FILE", &target->config_path,

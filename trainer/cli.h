@@ -41,6 +41,19 @@ void register_subcommand(Subcommand command);
 // message on `err`.
 int run_cli(const std::vector<std::string>& args, std::ostream& out, std::ostream& err);
 
+// How `switchyard config` checks and prints a config that a layer above trainer/ runs (rl/
+// registers one for configs that set rl.init_checkpoint: they take their model from that
+// run). `claims` sees the config as parsed, before any validation; the first kind that claims
+// it prints it, else it is loaded as a training config.
+struct ConfigKind {
+  std::string name;
+  std::function<bool(const switchyard::Experiment& parsed)> claims;
+  std::function<absl::StatusOr<std::string>(const std::string& config_path,
+                                            const std::vector<std::string>& overrides)>
+      resolved_text;
+};
+void register_config_kind(ConfigKind kind);
+
 // --config FILE and --set TEXT, shared by every subcommand that runs an experiment.
 struct ExperimentFlags {
   std::string config_path;

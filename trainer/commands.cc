@@ -12,6 +12,7 @@
 #include "parallel/mpi_communicator.h"
 #include "parallel/rank_env.h"
 #include "trainer/cli.h"
+#include "trainer/cli/last_resort.h"
 #include "trainer/config.h"
 #include "trainer/data/text_data.h"
 #include "trainer/data/tokenizer.h"
@@ -48,7 +49,7 @@ absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
   try {
     status = body(world);
   } catch (const std::bad_alloc& error) {
-    status = absl::ResourceExhaustedError(error.what());
+    status = absl::ResourceExhaustedError(out_of_memory_message("", error.what()));
   }
   if (world) CollectiveWatchdog::process().set_timeout(watchdog_timeout);
   // One rank's failure must end the whole job at once, not leave the others in a collective.
@@ -57,7 +58,8 @@ absl::Status run_as_job(const switchyard::Experiment& config, std::ostream& out,
 }
 
 absl::StatusOr<switchyard::Experiment> load_resume_config(
-    const FlagSet& flags, const std::string& resume, const std::vector<std::string>& overrides) {
+    const FlagSet& flags, const std::string& resume, const std::vector<std::string>& overrides,
+    const ConfigRules& rules) {
   if (flags.was_given("config") || flags.was_given("run_dir")) {
     return absl::InvalidArgumentError(
         "--resume DIR takes its config and run directory from DIR; drop --config and --run_dir "
@@ -68,7 +70,7 @@ absl::StatusOr<switchyard::Experiment> load_resume_config(
     return absl::NotFoundError(
         absl::StrCat("--resume ", resume, ": no config.textproto there; is it a run directory?"));
   }
-  return load_experiment(saved, overrides);
+  return load_experiment(saved, overrides, rules);
 }
 
 absl::Status run_train_command(const std::vector<std::string>& args, std::ostream& out) {

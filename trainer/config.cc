@@ -381,96 +381,7 @@ std::string setting(absl::string_view path, absl::string_view value) {
   return text;
 }
 
-// Collects broken rules as `<where>: <field>: <what is wrong>; <what to do>`.
-class Problems {
- public:
-  Problems(const Experiment& experiment, const ConfigSources& sources)
-      : experiment_(experiment), sources_(sources) {}
-
-  // A rule over several fields (`fields`, the main one first) names the one set by the latest
-  // source: that is the edit that broke the rule (e.g. an --set of model.n_heads against the
-  // file's d_model), so that is where to point. `wrong` mentions the fields by full path so it
-  // reads right whichever is named.
-  void add(std::initializer_list<absl::string_view> fields, absl::string_view wrong,
-           absl::string_view fix) {
-    absl::string_view field = *fields.begin();
-    for (absl::string_view candidate : fields) {
-      if (sources_.last_setter(candidate) > sources_.last_setter(field)) field = candidate;
-    }
-    std::string where = sources_.where(field);
-    // A value nobody set is the schema default; say so, or the user hunts for it in the file.
-    absl::string_view unset = has_path(experiment_, resolve_path(field)) ? "" : " (not set)";
-    lines_.push_back(
-        absl::StrCat(where, where.empty() ? "" : ": ", field, ": ", wrong, unset, "; ", fix));
-  }
-  void add(absl::string_view field, absl::string_view wrong, absl::string_view fix) {
-    add({field}, wrong, fix);
-  }
-
-  // Integer sizes that must be positive.
-  void positive(absl::string_view field, int64_t value) {
-    if (value <= 0) {
-      add(field, absl::StrCat("must be > 0, got ", value),
-          absl::StrCat("set ", setting(field, "N"), " with N > 0"));
-    }
-  }
-  void non_negative(absl::string_view field, int64_t value) {
-    if (value < 0) {
-      add(field, absl::StrCat("must be >= 0, got ", value),
-          absl::StrCat("set ", setting(field, "N"), " with N >= 0"));
-    }
-  }
-  // The upper end of an integer's range (configs/switchyard.proto states each); `why` says
-  // what the bound protects for this field. Call after the lower-bound rule, whose message it
-  // does not repeat.
-  void at_most(absl::string_view field, int64_t value, int64_t max, absl::string_view why) {
-    if (value > max) {
-      add(field, absl::StrCat("must be <= ", max, " (", why, "), got ", value),
-          absl::StrCat("set ", setting(field, "N"), " with N <= ", max));
-    }
-  }
-  // Text format accepts "nan" and "inf": the comparisons are written as !(value > 0) so that
-  // NaN fails them, and infinity is refused apart (no knob means anything at infinity).
-  void positive_real(absl::string_view field, double value) {
-    if (!(value > 0)) {
-      add(field, absl::StrCat("must be > 0, got ", value),
-          absl::StrCat("set ", setting(field, "x"), " with x > 0"));
-    } else {
-      finite(field, value);
-    }
-  }
-  void non_negative_real(absl::string_view field, double value, absl::string_view zero_means) {
-    if (!(value >= 0)) {
-      add(field, absl::StrCat("must be >= 0, got ", value),
-          absl::StrCat("set ", setting(field, "x"), " with x >= 0 (", zero_means, ")"));
-    } else {
-      finite(field, value);
-    }
-  }
-  void finite(absl::string_view field, double value) {
-    if (!std::isfinite(value)) {
-      add(field, absl::StrCat("must be finite, got ", value),
-          absl::StrCat("set ", setting(field, "x"), " to a finite number"));
-    }
-  }
-  // value in [0, 1): Adam's betas.
-  void unit_interval_open(absl::string_view field, double value) {
-    if (!(value >= 0 && value < 1)) {
-      add(field, absl::StrCat("must be in [0, 1), got ", value),
-          absl::StrCat("set ", setting(field, "x"), " with 0 <= x < 1"));
-    }
-  }
-
-  absl::Status status() const {
-    if (lines_.empty()) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrJoin(lines_, "\n"));
-  }
-
- private:
-  const Experiment& experiment_;
-  const ConfigSources& sources_;
-  std::vector<std::string> lines_;
-};
+using Problems = ConfigProblems;
 
 // The upper ends of the ranges in configs/switchyard.proto. Far above any model trained
 // today, low enough that every tensor dimension built from them (2 * hidden for the fused
@@ -490,15 +401,6 @@ constexpr int64_t kMaxMtpModules = 64;
 constexpr int64_t kMaxBatch = int64_t{1} << 20;
 constexpr int64_t kMaxExamples = 1'000'000;
 constexpr int64_t kMaxKeepLast = 1'000'000;
-constexpr int64_t kMaxRlGroup = int64_t{1} << 16;
-constexpr int64_t kMaxCompletionsPerStep = int64_t{1} << 20;
-constexpr int64_t kMaxEpochs = 1000;
-constexpr int64_t kMaxRewardTimeoutMs = 86'400'000;  // a day
-constexpr int64_t kMaxNewTokens = int64_t{1} << 20;
-// rl/countdown.cc's limits (intermediate values stay within int64), checked here as well so
-// that the message names the field.
-constexpr int64_t kMaxCountdownCount = 6;
-constexpr int64_t kMaxCountdownNumber = 1000;
 
 void validate_model(const switchyard::ModelConfig& model, Problems& problems) {
   problems.positive("model.vocab_size", model.vocab_size());
@@ -669,134 +571,87 @@ void validate_data(const switchyard::DataConfig& data, Problems& problems) {
                    "problems scored at every evaluation");
 }
 
-// The rl message's ranges (its defaults pass them); with `use` kRl, also what a fine-tuning
-// run needs.
-void validate_rl(const switchyard::RlConfig& rl, ConfigUse use, Problems& problems) {
-  using switchyard::RlConfig;
-  if (use == ConfigUse::kRl && rl.init_checkpoint().empty()) {
-    problems.add("rl.init_checkpoint", "is empty",
-                 "set rl { init_checkpoint: \"runs/tiny\" } to the run directory of a "
-                 "pretraining run");
+}  // namespace
+
+// ---- ConfigProblems ------------------------------------------------------------------------
+
+void ConfigProblems::add(std::initializer_list<absl::string_view> fields, absl::string_view wrong,
+                         absl::string_view fix) {
+  absl::string_view field = *fields.begin();
+  for (absl::string_view candidate : fields) {
+    if (sources_.last_setter(candidate) > sources_.last_setter(field)) field = candidate;
   }
-  problems.positive("rl.steps", rl.steps());
-  problems.positive("rl.prompts_per_step", rl.prompts_per_step());
-  problems.at_most("rl.prompts_per_step", rl.prompts_per_step(), kMaxRlGroup, "2^16");
-  problems.positive("rl.group_size", rl.group_size());
-  problems.at_most("rl.group_size", rl.group_size(), kMaxRlGroup, "2^16");
-  if (rl.prompts_per_step() <= kMaxRlGroup && rl.group_size() <= kMaxRlGroup &&
-      int64_t{rl.prompts_per_step()} * rl.group_size() > kMaxCompletionsPerStep) {
-    problems.add({"rl.prompts_per_step", "rl.group_size"},
-                 absl::StrCat("rl.prompts_per_step * rl.group_size = ",
-                              int64_t{rl.prompts_per_step()} * rl.group_size(),
-                              " completions per rank per step exceeds ", kMaxCompletionsPerStep),
-                 absl::StrCat("set rl { prompts_per_step: P group_size: G } with P * G <= ",
-                              kMaxCompletionsPerStep));
-  }
-  if (rl.algorithm() == RlConfig::RL_GRPO && rl.group_size() == 1) {
-    problems.add({"rl.group_size", "rl.algorithm"},
-                 "must be >= 2 for RL_GRPO, got 1 (a group of one has no baseline)",
-                 "set rl { group_size: G } with G >= 2 (e.g. 8)");
-  }
-  problems.positive("rl.epochs", rl.epochs());
-  problems.at_most("rl.epochs", rl.epochs(), kMaxEpochs, "passes over one rollout batch");
-  problems.positive("rl.minibatches", rl.minibatches());
-  if (rl.prompts_per_step() > 0 && rl.group_size() > 0 && rl.minibatches() > 0 &&
-      (int64_t{rl.prompts_per_step()} * rl.group_size()) % rl.minibatches() != 0) {
-    problems.add({"rl.minibatches", "rl.prompts_per_step", "rl.group_size"},
-                 absl::StrCat("rl.minibatches = ", rl.minibatches(),
-                              " does not divide rl.prompts_per_step * rl.group_size = ",
-                              int64_t{rl.prompts_per_step()} * rl.group_size()),
-                 "choose minibatches so that each gets the same number of completions");
-  }
-  const switchyard::RlArithmeticTask& arithmetic = rl.arithmetic();
-  if (arithmetic.min_digits() < 1 || arithmetic.max_digits() < arithmetic.min_digits() ||
-      arithmetic.max_digits() > 9) {
-    problems.add({"rl.arithmetic.max_digits", "rl.arithmetic.min_digits"},
-                 absl::StrCat("rl.arithmetic digits [", arithmetic.min_digits(), ", ",
-                              arithmetic.max_digits(), "] are not within [1, 9]"),
-                 "set 1 <= min_digits <= max_digits <= 9 (results must fit in 64 bits)");
-  }
-  if (arithmetic.operators().empty() ||
-      arithmetic.operators().find_first_not_of("+-*") != std::string::npos) {
-    problems.add(
-        "rl.arithmetic.operators",
-        absl::StrCat("must be a non-empty subset of \"+-*\", got \"", arithmetic.operators(), "\""),
-        "set rl { arithmetic { operators: \"+-*\" } } using only + - *");
-  }
-  const switchyard::RlCountdownTask& countdown = rl.countdown();
-  if (countdown.min_count() < 2 || countdown.max_count() < countdown.min_count() ||
-      countdown.max_count() > kMaxCountdownCount) {
-    problems.add({"rl.countdown.max_count", "rl.countdown.min_count"},
-                 absl::StrCat("rl.countdown counts [", countdown.min_count(), ", ",
-                              countdown.max_count(), "] are not within [2, ", kMaxCountdownCount,
-                              "]"),
-                 absl::StrCat("set 2 <= min_count <= max_count <= ", kMaxCountdownCount));
-  }
-  if (countdown.min_number() < 1 || countdown.max_number() < countdown.min_number() ||
-      countdown.max_number() > kMaxCountdownNumber) {
-    problems.add({"rl.countdown.max_number", "rl.countdown.min_number"},
-                 absl::StrCat("rl.countdown numbers [", countdown.min_number(), ", ",
-                              countdown.max_number(), "] are not within [1, ",
-                              kMaxCountdownNumber, "]"),
-                 absl::StrCat("set 1 <= min_number <= max_number <= ", kMaxCountdownNumber,
-                              " (every intermediate value must fit in 64 bits)"));
-  }
-  if (countdown.min_target() < 1 || countdown.max_target() < countdown.min_target()) {
-    problems.add({"rl.countdown.max_target", "rl.countdown.min_target"},
-                 absl::StrCat("rl.countdown targets [", countdown.min_target(), ", ",
-                              countdown.max_target(), "] are empty or below 1"),
-                 "set 1 <= min_target <= max_target");
-  }
-  problems.non_negative_real("rl.format_weight", rl.format_weight(), "0 = no format reward");
-  problems.positive("rl.reward_timeout_ms", rl.reward_timeout_ms());
-  problems.at_most("rl.reward_timeout_ms", rl.reward_timeout_ms(), kMaxRewardTimeoutMs, "a day");
-  problems.positive_real("rl.temperature", rl.temperature());
-  if (!(rl.top_p() > 0 && rl.top_p() <= 1)) {
-    problems.add("rl.top_p", absl::StrCat("must be in (0, 1], got ", rl.top_p()),
-                 "set rl { top_p: p } with 0 < p <= 1 (1 = no nucleus cut)");
-  }
-  problems.non_negative("rl.max_new_tokens", rl.max_new_tokens());
-  problems.at_most("rl.max_new_tokens", rl.max_new_tokens(), kMaxNewTokens,
-                   "completions end at the model's context anyway");
-  problems.non_negative_real("rl.kl_coef", rl.kl_coef(), "0 = no KL penalty");
-  problems.non_negative_real("rl.target_kl", rl.target_kl(), "0 = fixed kl_coef");
-  problems.positive_real("rl.kl_horizon", rl.kl_horizon());
-  if (rl.target_kl() > 0 && rl.kl_coef() == 0) {
-    problems.add({"rl.kl_coef", "rl.target_kl"},
-                 absl::StrCat("rl.kl_coef = 0, but rl.target_kl = ", rl.target_kl(),
-                              " adapts kl_coef multiplicatively from its starting value"),
-                 "set rl { kl_coef: x } with x > 0 (e.g. 0.05) as the starting coefficient");
-  }
-  // Clip bounds live in [0, 1); GAE's gamma and lambda in [0, 1].
-  auto in_unit_interval = [&](absl::string_view field, double value, bool one_allowed) {
-    if (!(value >= 0 && (value < 1 || (one_allowed && value == 1)))) {
-      const char* bound = one_allowed ? "]" : ")";
-      problems.add(field, absl::StrCat("must be in [0, 1", bound, ", got ", value),
-                   absl::StrCat("set ", setting(field, "x"), " with 0 <= x ",
-                                one_allowed ? "<=" : "<", " 1"));
-    }
-  };
-  in_unit_interval("rl.clip_low", rl.clip_low(), false);
-  in_unit_interval("rl.clip_high", rl.clip_high(), false);
-  if (!(rl.dual_clip() == 0 || (rl.dual_clip() > 1 && std::isfinite(rl.dual_clip())))) {
-    problems.add("rl.dual_clip", absl::StrCat("must be 0 (off) or > 1, got ", rl.dual_clip()),
-                 "set rl { dual_clip: 3 } or leave it 0");
-  }
-  problems.positive_real("rl.lr", rl.lr());
-  problems.positive_real("rl.critic_lr", rl.critic_lr());
-  in_unit_interval("rl.gamma", rl.gamma(), true);
-  in_unit_interval("rl.lam", rl.lam(), true);
-  problems.positive_real("rl.value_clip", rl.value_clip());
-  problems.non_negative("rl.eval_interval", rl.eval_interval());
-  problems.non_negative("rl.eval_examples", rl.eval_examples());
-  problems.at_most("rl.eval_examples", rl.eval_examples(), kMaxExamples,
-                   "prompts scored at every evaluation");
-  problems.non_negative_real("rl.balance_loss_scale", rl.balance_loss_scale(),
-                             "0 = no load balancing during RL");
-  problems.positive("rl.log_interval", rl.log_interval());
+  std::string where = sources_.where(field);
+  // A value nobody set is the schema default; say so, or the user hunts for it in the file.
+  absl::string_view unset = has_path(experiment_, resolve_path(field)) ? "" : " (not set)";
+  lines_.push_back(
+      absl::StrCat(where, where.empty() ? "" : ": ", field, ": ", wrong, unset, "; ", fix));
 }
 
-}  // namespace
+void ConfigProblems::positive(absl::string_view field, int64_t value) {
+  if (value <= 0) {
+    add(field, absl::StrCat("must be > 0, got ", value),
+        absl::StrCat("set ", setting(field, "N"), " with N > 0"));
+  }
+}
+
+void ConfigProblems::non_negative(absl::string_view field, int64_t value) {
+  if (value < 0) {
+    add(field, absl::StrCat("must be >= 0, got ", value),
+        absl::StrCat("set ", setting(field, "N"), " with N >= 0"));
+  }
+}
+
+void ConfigProblems::at_most(absl::string_view field, int64_t value, int64_t max,
+                             absl::string_view why) {
+  if (value > max) {
+    add(field, absl::StrCat("must be <= ", max, " (", why, "), got ", value),
+        absl::StrCat("set ", setting(field, "N"), " with N <= ", max));
+  }
+}
+
+// The comparisons are written as !(value > 0) so that NaN fails them.
+void ConfigProblems::positive_real(absl::string_view field, double value) {
+  if (!(value > 0)) {
+    add(field, absl::StrCat("must be > 0, got ", value),
+        absl::StrCat("set ", setting(field, "x"), " with x > 0"));
+  } else {
+    finite(field, value);
+  }
+}
+
+void ConfigProblems::non_negative_real(absl::string_view field, double value,
+                                       absl::string_view zero_means) {
+  if (!(value >= 0)) {
+    add(field, absl::StrCat("must be >= 0, got ", value),
+        absl::StrCat("set ", setting(field, "x"), " with x >= 0 (", zero_means, ")"));
+  } else {
+    finite(field, value);
+  }
+}
+
+void ConfigProblems::finite(absl::string_view field, double value) {
+  if (!std::isfinite(value)) {
+    add(field, absl::StrCat("must be finite, got ", value),
+        absl::StrCat("set ", setting(field, "x"), " to a finite number"));
+  }
+}
+
+void ConfigProblems::unit_interval_open(absl::string_view field, double value) {
+  if (!(value >= 0 && value < 1)) {
+    add(field, absl::StrCat("must be in [0, 1), got ", value),
+        absl::StrCat("set ", setting(field, "x"), " with 0 <= x < 1"));
+  }
+}
+
+absl::Status ConfigProblems::status() const {
+  if (lines_.empty()) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrJoin(lines_, "\n"));
+}
+
+std::string config_setting(absl::string_view field_path, absl::string_view value) {
+  return setting(field_path, value);
+}
 
 // ---- ConfigSources -------------------------------------------------------------------------
 
@@ -851,10 +706,16 @@ int ConfigSources::last_setter(absl::string_view field_path) const {
 
 // ---- public API ----------------------------------------------------------------------------
 
-absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
-                                           const std::vector<std::string>& overrides,
-                                           ConfigUse use) {
+namespace {
+
+struct LoadedSources {
+  Experiment experiment;
   ConfigSources sources;
+};
+
+absl::StatusOr<LoadedSources> parse_sources(const std::string& config_path,
+                                            const std::vector<std::string>& overrides) {
+  LoadedSources loaded;
   SY_ASSIGN_OR_RETURN(std::string text, read_config_file(config_path));
   SY_ASSIGN_OR_RETURN(ParsedSource file, parse_source(config_path, text));
   if (sets_nothing(file.experiment)) {
@@ -863,8 +724,8 @@ absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
         ": the config file is empty (only whitespace and comments); write an experiment in "
         "Protobuf text format, e.g. start from configs/tiny.textproto"));
   }
-  Experiment experiment = file.experiment;
-  sources.add(config_path, std::move(file.experiment), std::move(file.info));
+  loaded.experiment = file.experiment;
+  loaded.sources.add(config_path, std::move(file.experiment), std::move(file.info));
 
   for (size_t i = 0; i < overrides.size(); ++i) {
     // Quote the fragment on one line so the label stays a single token in error messages.
@@ -877,15 +738,30 @@ absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
                        ": sets no field; give a text-format fragment such as "
                        "--set 'optimizer { lr: 1e-3 }'"));
     }
-    merge_replacing(fragment.experiment, &experiment);
-    sources.add(std::move(label), std::move(fragment.experiment), std::move(fragment.info));
+    merge_replacing(fragment.experiment, &loaded.experiment);
+    loaded.sources.add(std::move(label), std::move(fragment.experiment), std::move(fragment.info));
   }
-  SY_RETURN_IF_ERROR(validate_experiment(experiment, sources, use));
-  return experiment;
+  return loaded;
+}
+
+}  // namespace
+
+absl::StatusOr<Experiment> load_experiment(const std::string& config_path,
+                                           const std::vector<std::string>& overrides,
+                                           const ConfigRules& rules) {
+  SY_ASSIGN_OR_RETURN(LoadedSources loaded, parse_sources(config_path, overrides));
+  SY_RETURN_IF_ERROR(validate_experiment(loaded.experiment, loaded.sources, rules));
+  return std::move(loaded.experiment);
+}
+
+absl::StatusOr<Experiment> parse_experiment(const std::string& config_path,
+                                            const std::vector<std::string>& overrides) {
+  SY_ASSIGN_OR_RETURN(LoadedSources loaded, parse_sources(config_path, overrides));
+  return std::move(loaded.experiment);
 }
 
 absl::Status validate_experiment(const Experiment& experiment, const ConfigSources& sources,
-                                 ConfigUse use) {
+                                 const ConfigRules& rules) {
   Problems problems(experiment, sources);
   if (experiment.run_dir().empty()) {
     problems.add("run_dir", "is empty", "set run_dir: \"runs/<name>\"");
@@ -897,25 +773,9 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   }
   // A fine-tuning config takes the model from its init checkpoint's run, and may leave the
   // training sizes to it too.
-  const bool rl = use == ConfigUse::kRl;
-  if (rl && experiment.precision() == Experiment::PRECISION_BF16) {
-    problems.add(
-        "precision",
-        "is PRECISION_BF16, but switchyard rl runs its policy, reference and critic in f32",
-        "set precision: PRECISION_AUTO (f32 for rl) or PRECISION_F32");
-  }
+  const bool from_checkpoint = rules.model_from_checkpoint;
   const switchyard::ModelConfig& model = experiment.model();
-  if (rl) {
-    for (const auto& [set, block] :
-         {std::pair{experiment.has_model(), "model"}, std::pair{experiment.has_moe(), "moe"},
-          std::pair{experiment.has_mtp(), "mtp"}}) {
-      if (set) {
-        problems.add(block,
-                     "is set, but an RL config takes the model from rl.init_checkpoint's run",
-                     absl::StrCat("remove the ", block, " block"));
-      }
-    }
-  } else {
+  if (!from_checkpoint) {
     validate_model(model, problems);
     // MoE blocks exist when the dense prefix does not cover every layer.
     if (model.n_layers() > 0 && model.first_k_dense() >= 0 &&
@@ -977,8 +837,9 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
   }
 
   const switchyard::TrainConfig& train = experiment.train();
-  if (!rl || train.has_steps()) problems.positive("train.steps", train.steps());
-  if (!rl || train.has_micro_batch()) problems.positive("train.micro_batch", train.micro_batch());
+  if (!from_checkpoint || train.has_steps()) problems.positive("train.steps", train.steps());
+  if (!from_checkpoint || train.has_micro_batch())
+    problems.positive("train.micro_batch", train.micro_batch());
   problems.at_most("train.micro_batch", train.micro_batch(), kMaxBatch, "2^20 sequences");
   problems.positive("train.grad_accum", train.grad_accum());
   problems.at_most("train.grad_accum", train.grad_accum(), kMaxBatch, "2^20 micro-batches");
@@ -1015,7 +876,7 @@ absl::Status validate_experiment(const Experiment& experiment, const ConfigSourc
                    "checkpoints kept");
   problems.non_negative_real("logging.peak_tflops", experiment.logging().peak_tflops(),
                              "0 = from the table of known GPUs");
-  validate_rl(experiment.rl(), use, problems);
+  if (rules.extra) rules.extra(experiment, problems);
   return problems.status();
 }
 

@@ -14,6 +14,8 @@
 // <where> is `file:line:col` (1-based), `--set #N 'fragment':line:col` for an override, or is
 // left out when the offending value is a default that no source set.
 #include <cstdint>
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -55,10 +57,58 @@ class ConfigSources {
   std::vector<Source> sources_;
 };
 
-// What a config is for. A training run needs the model and the training sizes. A fine-tuning
-// run (`switchyard rl`) needs rl.init_checkpoint and takes the model from that run's config:
-// it may not set model, moe or mtp, and may leave out train.steps and train.micro_batch.
-enum class ConfigUse : uint8_t { kTrain, kRl };
+// Collects broken rules of a config as `<where>: <field>: <what is wrong>; <what to do>`, one
+// line each; `where` comes from the sources (the file or --set fragment that set the field).
+// Layers above trainer/ add their own rules through ConfigRules::extra.
+class ConfigProblems {
+ public:
+  ConfigProblems(const switchyard::Experiment& experiment, const ConfigSources& sources)
+      : experiment_(experiment), sources_(sources) {}
+
+  // A rule over several fields (`fields`, the main one first) names the one set by the latest
+  // source: that is the edit that broke the rule (e.g. an --set of model.n_heads against the
+  // file's d_model), so that is where to point. `wrong` mentions the fields by full path so it
+  // reads right whichever is named.
+  void add(std::initializer_list<absl::string_view> fields, absl::string_view wrong,
+           absl::string_view fix);
+  void add(absl::string_view field, absl::string_view wrong, absl::string_view fix) {
+    add({field}, wrong, fix);
+  }
+
+  // Integer sizes that must be positive (or at least zero).
+  void positive(absl::string_view field, int64_t value);
+  void non_negative(absl::string_view field, int64_t value);
+  // The upper end of an integer's range (configs/switchyard.proto states each); `why` says
+  // what the bound protects for this field. Call after the lower-bound rule, whose message it
+  // does not repeat.
+  void at_most(absl::string_view field, int64_t value, int64_t max, absl::string_view why);
+  // Text format accepts "nan" and "inf": NaN fails every range, and infinity is refused apart
+  // (no knob means anything at infinity).
+  void positive_real(absl::string_view field, double value);
+  void non_negative_real(absl::string_view field, double value, absl::string_view zero_means);
+  void finite(absl::string_view field, double value);
+  // value in [0, 1): Adam's betas.
+  void unit_interval_open(absl::string_view field, double value);
+
+  absl::Status status() const;
+
+ private:
+  const switchyard::Experiment& experiment_;
+  const ConfigSources& sources_;
+  std::vector<std::string> lines_;
+};
+
+// "model.d_model", "N" -> "model { d_model: N }": the text a user writes to set the field.
+std::string config_setting(absl::string_view field_path, absl::string_view value);
+
+// What a config is for, beyond the rules every experiment obeys. A training run needs the
+// model and the training sizes; a fine-tuning config (rl/rl_config.h) takes its model from a
+// checkpoint, so it may leave out the model and train.steps and train.micro_batch, and adds
+// the rules of its own message.
+struct ConfigRules {
+  bool model_from_checkpoint = false;
+  std::function<void(const switchyard::Experiment&, ConfigProblems&)> extra;
+};
 
 // Reads `config_path`, merges the `overrides` (text-format fragments, e.g.
 // "optimizer { lr: 1e-3 }") over it in order, and validates the result. A field set by a later
@@ -67,14 +117,19 @@ enum class ConfigUse : uint8_t { kTrain, kRl };
 // an error. A missing, unreadable or empty (only whitespace and comments) file is an error.
 absl::StatusOr<switchyard::Experiment> load_experiment(const std::string& config_path,
                                                        const std::vector<std::string>& overrides,
-                                                       ConfigUse use = ConfigUse::kTrain);
+                                                       const ConfigRules& rules = {});
+
+// load_experiment without the validation: what the sources say, merged (parse errors still
+// come back). For deciding which rules a config is for (`switchyard config`).
+absl::StatusOr<switchyard::Experiment> parse_experiment(const std::string& config_path,
+                                                        const std::vector<std::string>& overrides);
 
 // Checks the cross-field rules (positive sizes, head and expert divisibility, routing groups,
-// optimizer ranges, ...). Reports every broken rule, one per line; `sources` (from the
-// loader) lets each message point to where the offending value was set.
+// optimizer ranges, ...) and `rules.extra`. Reports every broken rule, one per line; `sources`
+// (from the loader) lets each message point to where the offending value was set.
 absl::Status validate_experiment(const switchyard::Experiment& experiment,
                                  const ConfigSources& sources = ConfigSources(),
-                                 ConfigUse use = ConfigUse::kTrain);
+                                 const ConfigRules& rules = {});
 
 // Text format of the fields that are set (what a user wrote), parseable by load_experiment.
 std::string experiment_to_text(const switchyard::Experiment& experiment);

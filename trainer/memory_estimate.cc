@@ -106,10 +106,12 @@ int64_t cgroup_number(const char* path) {
 }  // namespace
 
 std::string MemoryEstimate::breakdown() const {
+  const std::string kv =
+      kv_cache_bytes > 0 ? absl::StrFormat(", KV cache %.1f", kv_cache_bytes / kGiB) : "";
   return absl::StrFormat(
-      "weights %.1f, gradients %.1f, AdamW moments %.1f, activations %.1f GiB; %.3g parameters",
+      "weights %.1f, gradients %.1f, AdamW moments %.1f, activations %.1f%s GiB; %.3g parameters",
       weight_bytes / kGiB, gradient_bytes / kGiB, optimizer_bytes / kGiB, activation_bytes / kGiB,
-      double(parameters));
+      kv, double(parameters));
 }
 
 MemoryEstimate estimate_memory(const ModelSpec& s, const MemoryPlan& plan) {
@@ -177,7 +179,7 @@ int64_t available_memory_bytes(Device device) {
 }
 
 absl::Status check_memory_fits(const MemoryEstimate& estimate, int64_t available, Device device,
-                               const std::string& what) {
+                               const std::string& what, const std::string& fix) {
   if (available < 0 || estimate.total() <= available) return absl::OkStatus();
   const std::string where = device.is_cuda()
                                 ? absl::StrCat("free on ", device.str())
@@ -185,11 +187,13 @@ absl::Status check_memory_fits(const MemoryEstimate& estimate, int64_t available
                                       "available on this host (MemAvailable, or less under "
                                       "the cgroup's memory.max or ulimit -v)");
   return absl::ResourceExhaustedError(absl::StrFormat(
-      "%s needs %.1f GiB per rank (%s), %.1f GiB %s; lower the model's sizes (model.d_model, "
-      "model.vocab_size, model.n_layers, model.dense_ffn_hidden, moe.num_experts, "
-      "moe.expert_hidden) or train.micro_batch, or spread the experts over more ranks "
-      "(parallel.expert_parallel_size)",
-      what, estimate.total() / kGiB, estimate.breakdown(), available / kGiB, where));
+      "%s needs %.1f GiB per rank (%s), %.1f GiB %s; %s", what, estimate.total() / kGiB,
+      estimate.breakdown(), available / kGiB, where,
+      fix.empty() ? "lower the model's sizes (model.d_model, model.vocab_size, model.n_layers, "
+                    "model.dense_ffn_hidden, moe.num_experts, moe.expert_hidden) or "
+                    "train.micro_batch, or spread the experts over more ranks "
+                    "(parallel.expert_parallel_size)"
+                  : fix));
 }
 
 absl::Status check_memory_for(const ModelSpec& spec, const MemoryPlan& plan, Device device,

@@ -36,10 +36,12 @@ struct MemoryEstimate {
   int64_t gradient_bytes = 0;    // fp32
   int64_t optimizer_bytes = 0;   // AdamW moments (this rank's shard)
   int64_t activation_bytes = 0;  // one micro-batch, rough
+  int64_t kv_cache_bytes = 0;    // a rollout engine's KV pool (RL), else 0
   int64_t total() const {
-    return weight_bytes + gradient_bytes + optimizer_bytes + activation_bytes;
+    return weight_bytes + gradient_bytes + optimizer_bytes + activation_bytes + kv_cache_bytes;
   }
-  // "weights 1.0, gradients 0.5, AdamW moments 1.0, activations 0.7 GiB; 2.7e+08 parameters".
+  // "weights 1.0, gradients 0.5, AdamW moments 1.0, activations 0.7 GiB; 2.7e+08 parameters"
+  // (with "KV cache 0.2" before "GiB" where there is one).
   std::string breakdown() const;
 };
 
@@ -52,9 +54,9 @@ int64_t available_memory_bytes(Device device);
 
 // OK when `estimate` fits in `available` bytes (a negative `available` means unknown: OK);
 // else ResourceExhausted: "<what> needs X GiB per rank (...), Y GiB available on <device>;
-// lower ...".
+// <fix>", where an empty `fix` names the model's sizes and train.micro_batch.
 absl::Status check_memory_fits(const MemoryEstimate& estimate, int64_t available, Device device,
-                               const std::string& what);
+                               const std::string& what, const std::string& fix = "");
 
 // estimate_memory + available_memory_bytes + check_memory_fits.
 absl::Status check_memory_for(const ModelSpec& spec, const MemoryPlan& plan, Device device,

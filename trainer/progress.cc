@@ -127,34 +127,67 @@ Progress::Progress(std::ostream& out, std::string what, int64_t total, std::stri
       start_(start),
       last_(start) {}
 
-std::string Progress::line(int64_t done, Clock::time_point now) const {
+void Progress::count_also(std::string unit, std::string rate_unit) {
+  also_unit_ = std::move(unit);
+  also_rate_unit_ = std::move(rate_unit);
+}
+
+// "250 tensors", or "12.5 MiB" for bytes.
+std::string Progress::amount(int64_t n) const {
+  if (unit_ == "bytes") return absl::StrFormat("%.1f MiB", n / double(1 << 20));
+  return absl::StrCat(n, " ", unit_);
+}
+
+// "250/1000 tensors", "12.5/40.0 MiB"; without the total, as amount().
+std::string Progress::done_text(int64_t done, bool with_total) const {
+  if (!with_total) return amount(done);
+  if (unit_ == "bytes") return absl::StrFormat("%.1f/%s", done / double(1 << 20), amount(total_));
+  return absl::StrCat(done, "/", amount(total_));
+}
+
+std::string Progress::rate(double per_s) const {
+  if (unit_ == "bytes") return absl::StrFormat("%.1f MiB/s", per_s / double(1 << 20));
+  return absl::StrCat(format_count(per_s), " ", unit_, "/s");
+}
+
+std::string Progress::also_text(int64_t also, double s) const {
+  if (also_unit_.empty()) return "";
+  return absl::StrCat(" | ", also, " ", also_unit_, " (", format_count(s > 0 ? also / s : 0), " ",
+                      also_rate_unit_, ")");
+}
+
+std::string Progress::line(int64_t done, int64_t also, Clock::time_point now) const {
   const double s = std::chrono::duration<double>(now - start_).count();
-  const double rate = s > 0 ? done / s : 0;
-  std::string text = absl::StrCat(what_, ": ", done);
-  if (total_ > 0) absl::StrAppend(&text, "/", total_);
-  absl::StrAppend(&text, " ", unit_, " | ", format_count(rate), " ", unit_, "/s");
-  if (total_ > 0 && done < total_ && rate > 0)
-    absl::StrAppend(&text, " | ETA ", format_duration((total_ - done) / rate));
+  const double per_s = s > 0 ? done / s : 0;
+  std::string text = absl::StrCat(what_, ": ", done_text(done, total_ > 0), " | ", rate(per_s),
+                                  also_text(also, s));
+  if (total_ > 0 && done < total_ && per_s > 0)
+    absl::StrAppend(&text, " | ETA ", format_duration((total_ - done) / per_s));
   return text;
 }
 
-void Progress::update(int64_t done, Clock::time_point now) {
+void Progress::update(int64_t done, Clock::time_point now) { update(done, 0, now); }
+
+void Progress::update(int64_t done, int64_t also, Clock::time_point now) {
   if (!terminal_ || now - last_ < interval_) return;
   last_ = now;
   // \r and "erase to the end of the line": the new text may be shorter than the old.
-  out_ << "\r" << line(done, now) << "\x1b[K" << std::flush;
+  out_ << "\r" << line(done, also, now) << "\x1b[K" << std::flush;
   drawn_ = true;
 }
 
 void Progress::finish(int64_t done, const std::string& detail, Clock::time_point now) {
+  finish(done, 0, detail, now);
+}
+
+void Progress::finish(int64_t done, int64_t also, const std::string& detail,
+                      Clock::time_point now) {
   if (drawn_) out_ << "\r\x1b[K";
   const double s = std::chrono::duration<double>(now - start_).count();
-  std::string text = absl::StrCat(what_, ": ", done);
-  if (total_ > 0 && done != total_) absl::StrAppend(&text, "/", total_);
-  absl::StrAppend(&text, " ", unit_, " in ",
-                  s < 10 ? absl::StrFormat("%.2fs", s) : format_duration(s));
-  if (s > 0) absl::StrAppend(&text, " (", format_count(done / s), " ", unit_, "/s)");
-  out_ << text << detail << "\n" << std::flush;
+  std::string text = absl::StrCat(what_, ": ", done_text(done, total_ > 0 && done != total_));
+  absl::StrAppend(&text, " in ", s < 10 ? absl::StrFormat("%.2fs", s) : format_duration(s));
+  if (s > 0) absl::StrAppend(&text, " (", rate(done / s), ")");
+  out_ << text << also_text(also, s) << detail << "\n" << std::flush;
   drawn_ = false;
 }
 

@@ -69,7 +69,7 @@ class Eta {
 // Progress of long work on `out`: on a terminal, a line rewritten in place at most every
 // `interval` with done/total, the rate and the ETA; either way, one summary line from
 // finish(). Off a terminal (a log file, Slurm's output) only the summary is written, so logs
-// stay short.
+// stay short. The unit "bytes" reads as MiB ("12.5/40.0 MiB | 210.3 MiB/s").
 class Progress {
  public:
   using Clock = std::chrono::steady_clock;
@@ -77,9 +77,23 @@ class Progress {
   Progress(std::ostream& out, std::string what, int64_t total, std::string unit, bool terminal,
            Clock::duration interval = std::chrono::seconds(2),
            Clock::time_point start = Clock::now());
+  // A line left drawn (the work failed before finish()) is erased, so an error message that
+  // follows starts a line of its own.
+  ~Progress() { clear(); }
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+  // A second count shown beside the first with its own rate but no total or ETA (the work is
+  // measured by the first): generate's new tokens beside its prompts, the tokens that data's
+  // input bytes became. `rate_unit` names its rate, e.g. "tok/s".
+  void count_also(std::string unit, std::string rate_unit);
   void update(int64_t done, Clock::time_point now = Clock::now());
-  // The summary: "<what>: <done>/<total> <unit> in <time> (<rate> <unit>/s)<detail>".
+  void update(int64_t done, int64_t also, Clock::time_point now = Clock::now());
+  // The summary: "<what>: <done>/<total> <unit> in <time> (<rate> <unit>/s)<detail>", the
+  // total only when done falls short of it; with a second count, " | <also> <unit> (<rate>)"
+  // before the detail.
   void finish(int64_t done, const std::string& detail = "", Clock::time_point now = Clock::now());
+  void finish(int64_t done, int64_t also, const std::string& detail = "",
+              Clock::time_point now = Clock::now());
   // Erases the redrawn line, for a caller that writes its own summary instead of finish().
   void clear();
   void set_total(int64_t total) { total_ = total; }
@@ -88,10 +102,14 @@ class Progress {
   }
 
  private:
-  std::string line(int64_t done, Clock::time_point now) const;
+  std::string line(int64_t done, int64_t also, Clock::time_point now) const;
+  std::string amount(int64_t n) const;
+  std::string done_text(int64_t done, bool with_total) const;
+  std::string rate(double per_s) const;
+  std::string also_text(int64_t also, double s) const;
 
   std::ostream& out_;
-  std::string what_, unit_;
+  std::string what_, unit_, also_unit_, also_rate_unit_;
   int64_t total_;
   bool terminal_;
   Clock::duration interval_;

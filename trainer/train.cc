@@ -27,6 +27,7 @@
 #include "trainer/memory_estimate.h"
 #include "trainer/optimizer.h"
 #include "trainer/progress.h"
+#include "trainer/run.h"
 #include "trainer/schedule.h"
 #include "trainer/tensorboard.h"
 #include "trainer/token_shards.h"
@@ -187,18 +188,10 @@ struct EvalResult {
   bool stopped = false;  // a stop signal ended it early: the numbers are of no use
 };
 
-// Whether any rank has seen a stop signal (collective: every rank of `world` calls it at the
-// same point of a loop whose iterations exchange tokens, so all of them leave it together).
-bool stop_agreed(Communicator* world) {
-  double flag = stop_requested() ? 1.0 : 0.0;
-  if (world) world->all_reduce_host({&flag, 1}, ReduceOp::kMax);
-  return flag > 0;
-}
-
 // `progress` counts the examples of the loss pass (the greedy decoding of the arithmetic
 // task is one collective call, done after it).
 absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t micro_batch,
-                                    Communicator* world, Progress& progress) {
+                                    Communicator& world, Progress& progress) {
   EvalResult r;
   for (MoeFfn* m : model.moe_layers()) m->stats().reset(model.spec().moe.num_experts);
   double loss_sum = 0;
@@ -236,7 +229,7 @@ absl::StatusOr<EvalResult> evaluate(Transformer& model, DataFeed& feed, int64_t 
                            .max_new_tokens = static_cast<int>(task->max_problem_tokens()),
                            .stop_tokens = {kEndOfAnswerId}};
     SY_ASSIGN_OR_RETURN(const std::vector<std::vector<int32_t>> completions,
-                        generate(model, ids, greedy, world));
+                        generate(model, ids, greedy, &world));
     for (int64_t i = 0; i < n; ++i) {
       std::string text;
       for (int32_t t : completions[i]) text.push_back(t < 256 ? static_cast<char>(t) : '?');
@@ -280,21 +273,6 @@ std::string format_rate(double tokens_per_s) {
   return absl::StrFormat("%.0f", tokens_per_s);
 }
 
-class JsonlWriter {
- public:
-  JsonlWriter(const std::string& path, bool enabled) {
-    if (enabled) out_.open(path, std::ios::app);
-  }
-  void write(const std::string& line) {
-    if (!out_.is_open()) return;
-    out_ << line << "\n";
-    out_.flush();
-  }
-
- private:
-  std::ofstream out_;
-};
-
 }  // namespace
 
 absl::StatusOr<Device> choose_device(const switchyard::Experiment& config, Communicator& world) {
@@ -334,8 +312,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   LocalCommunicator local;
   Communicator& host_world = world_comm ? *world_comm : local;
   const bool lead = host_world.rank() == 0;
-  std::ostringstream discard;
-  std::ostream& log = lead ? console : discard;  // rank 0 speaks for the job
+  RunLog run(options.run_dir, console, lead);
+  std::ostream& log = run.log();
 
   // Ranks started with different configs would compute different things: refuse, before
   // the device choice that every rank must make alike.
@@ -356,16 +334,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   Communicator& world = grid.world();
   const int zero_stage = config.parallel().zero_stage();
 
-  absl::Status made;
-  if (lead) {
-    std::error_code ec;
-    fs::create_directories(options.run_dir, ec);
-    if (ec) {
-      made = absl::PermissionDeniedError(
-          absl::StrCat("run_dir ", options.run_dir, ": cannot create it (", ec.message(), ")"));
-    }
-  }
-  SY_RETURN_IF_ERROR(made);
+  SY_RETURN_IF_ERROR(agree_on_status(host_world, run.create_dir()));
 
   SY_ASSIGN_OR_RETURN(const DType compute, choose_precision(config, device));
   // Refuse a model that cannot fit before building it, rather than fail partway through.
@@ -383,20 +352,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   Transformer model(spec, store, ModelParallel{.world = &world, .ep = &grid.ep()});
   store.initialize(tc.seed());
   AdamW optimizer(
-      store,
-      {.beta1 = static_cast<float>(config.optimizer().beta1()),
-       .beta2 = static_cast<float>(config.optimizer().beta2()),
-       .eps = static_cast<float>(config.optimizer().eps()),
-       .weight_decay = static_cast<float>(config.optimizer().weight_decay()),
-       .grad_clip = static_cast<float>(config.optimizer().grad_clip()),
-       .moment_dtype = moment_dtype_of(config.optimizer().moment_dtype())},
+      store, optimizer_settings(config.optimizer()),
       {.world = &world, .ep = &grid.ep(), .edp = &grid.edp(), .zero1 = zero_stage == 1});
-  std::vector<Tensor> dense_grads, expert_grads;
-  for (Param* p : store.params()) {
-    if (p->trainable)
-      (p->group == SyncGroup::kExpert ? expert_grads : dense_grads).push_back(p->grad);
-  }
-  GradientSync grad_sync(dense_grads, expert_grads, world, grid.edp());
+  const std::unique_ptr<GradientSync> grad_sync = make_gradient_sync(store, world, grid.edp());
   Schedule schedule{
       .peak_lr = config.optimizer().lr(),
       .warmup_steps = config.schedule().warmup_steps(),
@@ -419,23 +377,8 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     start_step = state.step;
     log << "resumed from " << dir << " at step " << start_step << "\n";
   }
-  std::optional<JsonlWriter> jsonl;
-  if (lead) {
-    std::ofstream cfg(fs::path(options.run_dir) / "config.textproto");
-    cfg << resolved_experiment_text(config);
-    if (!cfg)
-      return absl::PermissionDeniedError(
-          absl::StrCat("cannot write ", options.run_dir, "/config.textproto"));
-    jsonl.emplace((fs::path(options.run_dir) / "metrics.jsonl").string(), config.logging().jsonl());
-  }
-  std::unique_ptr<TensorBoardWriter> tensorboard;
-  if (lead && config.logging().tensorboard()) {
-    SY_ASSIGN_OR_RETURN(tensorboard, TensorBoardWriter::open(options.run_dir));
-  }
-  auto write_jsonl = [&](const std::string& line) {
-    if (jsonl) jsonl->write(line);
-    if (tensorboard) tensorboard->metrics_line(line);
-  };
+  SY_RETURN_IF_ERROR(run.write_config(config));
+  SY_RETURN_IF_ERROR(run.open_metrics(config.logging()));
 
   // Parameters of the whole model (experts of every EP rank), and those active per token.
   double total = 0, active = 0;
@@ -450,12 +393,9 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
     }
   }
   log << absl::StrFormat(
-      "model: %d layers (%d dense, %d MoE), d_model %d, %d experts top-%d, MTP %d | %.2fM "
-      "params (%.2fM active) | %s | device %s %s | run dir %s\n",
-      spec.n_layers, std::min(spec.first_k_dense, spec.n_layers),
-      std::max(0, spec.n_layers - spec.first_k_dense), spec.d_model, spec.moe.num_experts,
-      spec.moe.top_k, spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(), device.str(),
-      dtype_name(compute), options.run_dir);
+      "model: %s, MTP %d | %.2fM params (%.2fM active) | %s | device %s %s | run dir %s\n",
+      model_summary(spec), spec.mtp_modules, total / 1e6, active / 1e6, grid.describe(),
+      device.str(), dtype_name(compute), options.run_dir);
   const double flops_per_token = train_flops_per_token(spec);
   const PeakFlops peak = device_peak_flops(device, config.logging().peak_tflops());
   log << absl::StrFormat(
@@ -495,7 +435,14 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   const int max_skipped = tc.max_skipped_steps();
   int64_t skipped_in_row = 0, skipped_total = 0;
   const Eta eta(start_step, steps);
-  for (int64_t step = start_step; step < steps; ++step) {
+  StepLoop loop;
+  loop.start = start_step;
+  loop.steps = steps;
+  loop.eval_every = eval_every;
+  loop.checkpoint_every = ckpt_every;
+  loop.resume_hint = absl::StrCat("--resume ", options.run_dir);
+  loop.checkpoint = checkpoint;
+  loop.step = [&](int64_t step) -> absl::Status {
     const bool profiled = tc.profile_step() == step + 1;
     if (profiled) {
       profile::sync(device);  // the timer starts with an idle GPU
@@ -528,7 +475,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
       queued.push_back(model.queue_forward_backward(b.inputs, b.targets, scales));
     {
       profile::Scope region("grad_sync");
-      grad_sync.sync();
+      grad_sync->sync();
     }
     if (g_after_backward_hook) g_after_backward_hook(step, store);
     const double lr = schedule.lr(step);
@@ -587,9 +534,7 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
                              std::isfinite(norm) ? "update taken, but non-finite" : "skipped", what,
                              skipped_in_row);
       log.flush();
-      write_jsonl(absl::StrFormat(
-          R"({"step": %d, "skipped": true, "skipped_in_row": %d, "skipped_steps": %d})", step + 1,
-          skipped_in_row, skipped_total));
+      run.metrics(skipped_step_json(step + 1, skipped_in_row, skipped_total));
       if (skipped_in_row > max_skipped) {
         return absl::AbortedError(absl::StrFormat(
             "step %d: %d steps in a row had a non-finite loss or gradient norm (%s), more than "
@@ -620,54 +565,42 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
           peak.tflops > 0 ? absl::StrFormat(" | MFU %.1f%%", 100 * mfu) : "",
           device.is_cuda() ? "peak mem" : "peak rss", memory_gib, format_duration(eta_s));
       log.flush();
-      write_jsonl(absl::StrFormat(
+      run.metrics(absl::StrFormat(
           R"({"step": %d, "loss": %.9g, "lm_loss": %.9g, "mtp_loss": %.9g, "aux_loss": %.9g, "lr": %.9g, "grad_norm": %.9g, "tokens_per_s": %.6g%s, "%s": %.6g, "time_left_s": %.6g})",
           step + 1, sum.total(), sum.lm, mtp_ce, sum.aux, lr, norm, tokens_per_s,
           peak.tflops > 0 ? absl::StrFormat(R"(, "mfu": %.6g)", mfu) : "", memory_key, memory_gib,
           std::max(0.0, eta_s)));
     }
-
-    const bool last = step + 1 == steps;
-    const bool has_eval_data = feed.task() != nullptr || feed.val() != nullptr;
-    if (last && !has_eval_data) {
-      log << "eval: no validation data (data.val_shards is empty), skipped\n";
-    }
-    if (((eval_every > 0 && (step + 1) % eval_every == 0) || last) && has_eval_data) {
-      // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
-      Progress eval_progress(log, absl::StrCat("eval step ", step + 1), 0, "examples", terminal);
-      SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, &world, eval_progress));
-      eval_progress.clear();
-      if (e.stopped) {
-        log << "eval step " << step + 1 << ": stopped by signal before the end, no result\n";
-      } else {
-        std::string acc, acc_json;
-        if (e.accuracy >= 0) {
-          acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
-          acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
-        }
-        log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f | %.2fs\n",
-                               step + 1, e.loss, acc, e.load_max_over_mean,
-                               eval_progress.seconds());
-        log.flush();
-        write_jsonl(absl::StrFormat(
-            R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})", step + 1,
-            e.loss, acc_json, e.load_max_over_mean));
-      }
-    }
-    // A signal may reach the ranks at different steps: stop when any rank has seen one.
-    double stop_flag = stop_requested() ? 1.0 : 0.0;
-    world.all_reduce_host({&stop_flag, 1}, ReduceOp::kMax);
-    const bool stop = stop_flag > 0;
-    if (last || stop || (ckpt_every > 0 && (step + 1) % ckpt_every == 0)) {
-      SY_RETURN_IF_ERROR(checkpoint(step + 1));
-    }
-    if (stop && !last) {
-      log << "stop requested by signal: checkpoint written at step " << step + 1
-          << "; continue with --resume " << options.run_dir << "\n";
+    return absl::OkStatus();
+  };
+  const bool has_eval_data = feed.task() != nullptr || feed.val() != nullptr;
+  loop.evaluate = [&](int64_t done) -> absl::Status {
+    if (!has_eval_data) {
+      if (done == steps) log << "eval: no validation data (data.val_shards is empty), skipped\n";
       return absl::OkStatus();
     }
-  }
-  return absl::OkStatus();
+    // Replicated on every rank: the MoE layers exchange tokens, so all ranks run it.
+    Progress eval_progress(log, absl::StrCat("eval step ", done), 0, "examples", terminal);
+    SY_ASSIGN_OR_RETURN(EvalResult e, evaluate(model, feed, micro, world, eval_progress));
+    eval_progress.clear();
+    if (e.stopped) {
+      log << "eval step " << done << ": stopped by signal before the end, no result\n";
+      return absl::OkStatus();
+    }
+    std::string acc, acc_json;
+    if (e.accuracy >= 0) {
+      acc = absl::StrFormat(" | accuracy %.1f%% (%d/%d)", 100 * e.accuracy, e.correct, e.total);
+      acc_json = absl::StrFormat(R"(, "eval_accuracy": %.9g)", e.accuracy);
+    }
+    log << absl::StrFormat("eval step %d | loss %.4f%s | expert load max/mean %.2f | %.2fs\n", done,
+                           e.loss, acc, e.load_max_over_mean, eval_progress.seconds());
+    log.flush();
+    run.metrics(
+        absl::StrFormat(R"({"step": %d, "eval_loss": %.9g%s, "expert_load_max_over_mean": %.6g})",
+                        done, e.loss, acc_json, e.load_max_over_mean));
+    return absl::OkStatus();
+  };
+  return run_steps(loop, world, log).status();
 }
 
 }  // namespace sy

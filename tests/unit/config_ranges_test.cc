@@ -22,6 +22,9 @@
 #include "models/model_spec.h"
 #include "models/param_store.h"
 #include "models/transformer.h"
+#include "parallel/local_communicator.h"
+#include "rl/rl_config.h"
+#include "rl/rl_trainer.h"
 #include "tests/testing/small_model.h"
 #include "trainer/commands.h"
 #include "trainer/config.h"
@@ -51,7 +54,9 @@ switchyard::Experiment small_config(const std::string& extra = "") {
 std::string load_error(const std::string& extra) {
   const std::string path = (fs::path(::testing::TempDir()) / "ranges.textproto").string();
   std::ofstream(path) << testing::kSmallModel << "\n" << kTrainRest;
-  auto loaded = load_experiment(path, {extra});
+  // The rl message's ranges are RL's rules (rl/rl_config.h), checked on a resolved RL run.
+  auto loaded = load_experiment(
+      path, {extra}, absl::StartsWith(extra, "rl ") ? rl::rl_experiment_rules() : ConfigRules{});
   return loaded.ok() ? "" : std::string(loaded.status().message());
 }
 
@@ -349,6 +354,50 @@ TEST_F(CommandFlags, ConvertRefusesANonFiniteShardSize) {
     EXPECT_TRUE(absl::IsInvalidArgument(s)) << size << ": " << s;
     EXPECT_TRUE(absl::StrContains(s.message(), "give a size such as 5GB")) << s;
   }
+}
+
+// The RL run's estimate is the policy's training state plus the reference's weights, the
+// critic's training state (PPO) and the rollout engine's KV pool.
+TEST(MemoryEstimate, AnRlRunCountsItsModelsAndTheRolloutKvPool) {
+  const ModelSpec spec = model_spec_from_config(small_config());
+  const MemoryPlan policy{.micro_batch = 4, .seq_len = 20};
+  const MemoryEstimate train = estimate_memory(spec, policy);
+  const MemoryEstimate grpo =
+      rl::estimate_rl_memory(spec, {.policy = policy, .rollout_rows = 100, .rollout_len = 20});
+  const MemoryEstimate ppo = rl::estimate_rl_memory(
+      spec, {.policy = policy, .critic = true, .rollout_rows = 100, .rollout_len = 20});
+  // f32 weights: the reference adds one more copy of the master weights.
+  EXPECT_EQ(grpo.weight_bytes, 2 * train.weight_bytes);
+  EXPECT_EQ(grpo.gradient_bytes, train.gradient_bytes);
+  EXPECT_EQ(grpo.activation_bytes, train.activation_bytes);
+  // k and v of every layer, for the engine's 64 rows (not all 100) of 20 positions.
+  EXPECT_EQ(grpo.kv_cache_bytes,
+            2 * spec.n_layers * 64 * 20 * spec.n_kv_heads * spec.head_dim() * 4);
+  EXPECT_EQ(ppo.total() - grpo.total(),
+            train.weight_bytes + train.gradient_bytes + train.optimizer_bytes);
+  EXPECT_TRUE(absl::StrContains(grpo.breakdown(), ", KV cache ")) << grpo.breakdown();
+  EXPECT_FALSE(absl::StrContains(train.breakdown(), "KV cache")) << train.breakdown();
+}
+
+TEST(MemoryEstimate, AnRlRunThatCannotFitIsRefusedBeforeBuilding) {
+  // Within every range, but policy, reference and critic are 2 * 2^24 * 2^16 parameters each:
+  // RlTrainer::create says so instead of dying in the allocation.
+  const switchyard::Experiment config = small_config(
+      "model { vocab_size: 16777216 d_model: 65536 n_heads: 32 n_kv_heads: 2 } "
+      "rl { init_checkpoint: 'unused' algorithm: RL_PPO prompts_per_step: 2 group_size: 2 "
+      "max_new_tokens: 4 }");
+  ASSERT_TRUE(validate_experiment(config, {}, rl::rl_experiment_rules()).ok());
+  LocalCommunicator world;
+  auto trainer = rl::RlTrainer::create(config, world);
+  ASSERT_FALSE(trainer.ok());
+  const absl::Status& status = trainer.status();
+  EXPECT_TRUE(absl::IsResourceExhausted(status)) << status;
+  EXPECT_TRUE(
+      absl::StrContains(status.message(), "RL with PPO (policy, reference and critic) needs "))
+      << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "GiB available")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "KV cache")) << status;
+  EXPECT_TRUE(absl::StrContains(status.message(), "rl.prompts_per_step")) << status;
 }
 
 }  // namespace

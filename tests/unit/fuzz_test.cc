@@ -18,6 +18,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "rl/rl_config.h"
 #include "models/model_spec.h"
 #include "tests/testing/small_model.h"
 #include "trainer/config.h"
@@ -197,8 +198,8 @@ TEST(Fuzz, ConfigTextIsAParseOrAValidationErrorNeverACrash) {
   write_bytes(path, valid_text);
   ASSERT_TRUE(load_experiment(path, {}).ok()) << load_experiment(path, {}).status();
   write_bytes(path + ".rl", kRlText);
-  ASSERT_TRUE(load_experiment(path + ".rl", {}, ConfigUse::kRl).ok())
-      << load_experiment(path + ".rl", {}, ConfigUse::kRl).status();
+  ASSERT_TRUE(rl::load_rl_config(path + ".rl", {}).ok())
+      << rl::load_rl_config(path + ".rl", {}).status();
 
   Mutator mutator(20261207);
   int errors_with_text = 0, errors = 0;
@@ -214,7 +215,7 @@ TEST(Fuzz, ConfigTextIsAParseOrAValidationErrorNeverACrash) {
       loaded = load_experiment(path, {mutator.mutate(kTrainRest)});
     } else {
       write_bytes(path + ".case", text);
-      loaded = load_experiment(path + ".case", {}, kind == 2 ? ConfigUse::kRl : ConfigUse::kTrain);
+      loaded = kind == 2 ? rl::load_rl_config(path + ".case", {}) : load_experiment(path + ".case", {});
     }
     if (!loaded.ok()) {
       ++errors;

@@ -4,6 +4,8 @@
 // line, flag) gives an error that names it.
 #include <filesystem>
 #include <fstream>
+#include <iostream>
+#include <regex>
 #include <sstream>
 
 #include "absl/strings/match.h"
@@ -178,6 +180,30 @@ TEST_F(GenerateCommand, JsonlKeepsTheFieldsAndAddsCompletionsWithTheirLogprobs) 
   }
   EXPECT_EQ(rows.back().find("token_ids")->as_array().size(), 1u);  // "123456+6789=": one slot
   EXPECT_GE(stopped, 1) << "the trained run ends some answers with its newline";
+}
+
+// Off a terminal (stderr is a string here), --prompts says on stderr what the load read and
+// then one summary with the prompts and the new tokens the output holds; no redrawn lines.
+TEST_F(GenerateCommand, PromptsFileEndsWithOneSummaryOfPromptsAndNewTokens) {
+  const std::string in = write_file("summary_prompts.jsonl",
+                                    "{\"prompt\": \"1+2=\"}\n{\"prompt\": \"4+4=\"}\n"
+                                    "{\"prompt\": \"9-3=\"}\n");
+  const std::string out = in + ".out";
+  std::ostringstream err;
+  std::streambuf* saved = std::cerr.rdbuf(err.rdbuf());
+  const absl::Status s = generate({"--prompts", in, "--output", out, "--temperature", "1",
+                                   "--max_new_tokens", "5", "--batch_size", "2"});
+  std::cerr.rdbuf(saved);
+  ASSERT_TRUE(s.ok()) << s;
+  int64_t tokens = 0;
+  for (const Json& row : read_jsonl(out))
+    tokens += static_cast<int64_t>(row.find("token_ids")->as_array().size());
+  ASSERT_GT(tokens, 0);
+  const std::regex want(absl::StrCat(
+      R"(load .*/checkpoints/step_00000300: [0-9.]+ MiB in [0-9.]+s( \([0-9.]+ MiB/s\))?\n)",
+      R"(generate: 3 prompts in [0-9.]+s( \([0-9.]+k? prompts/s\))? \| )", tokens,
+      R"( new tokens \([0-9.]+[kM]? tok/s\) -> )", out, "\n"));
+  EXPECT_TRUE(std::regex_match(err.str(), want)) << err.str();
 }
 
 TEST_F(GenerateCommand, GreedyJsonlMatchesTheSinglePrompt) {

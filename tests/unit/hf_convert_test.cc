@@ -5,6 +5,7 @@
 // broken input must give an error naming what is wrong, and leave no output behind.
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -169,6 +170,32 @@ TEST(HfConvert, ExportThenImportIsByteIdentical) {
     ASSERT_EQ(t.shape(), u.shape()) << name;
     EXPECT_EQ(0, std::memcmp(t.raw(), u.raw(), t.nbytes())) << name;
   }
+}
+
+// `switchyard convert` off a terminal: each phase (read, save; load, write) says what it moved
+// in one summary line, then the command's own line; no redrawn progress lines.
+TEST(HfConvert, ConvertCommandPrintsASummaryPerPhase) {
+  const std::string dir = testing::fresh_test_dir("hf_convert");
+  std::ostringstream imported, exported;
+  ASSERT_OK(
+      run_convert_command({"--input", fixture("mixtral"), "--output", dir + "/run"}, imported));
+  const std::string mib = R"([0-9]+\.[0-9] MiB in [0-9.]+s( \([0-9.]+ MiB/s\))?\n)";
+  EXPECT_TRUE(std::regex_match(
+      imported.str(),
+      std::regex(absl::StrCat("read ", fixture("mixtral"), ": ", mib,
+                              "save checkpoint step_00000000: ", mib, "imported Mixtral.*\n"))))
+      << imported.str();
+  ASSERT_OK(run_convert_command({"--input", dir + "/run", "--output", dir + "/hf"}, exported));
+  EXPECT_TRUE(std::regex_match(
+      exported.str(), std::regex(absl::StrCat("load ", dir, "/run/checkpoints/step_00000000: ", mib,
+                                              "write ", dir, "/hf: ", mib, "exported .*\n"))))
+      << exported.str();
+  // The export writes bf16: half the bytes the fp32 load read.
+  std::smatch load, write;
+  const std::string text = exported.str();
+  ASSERT_TRUE(std::regex_search(text, load, std::regex(R"(step_00000000: ([0-9.]+) MiB)")));
+  ASSERT_TRUE(std::regex_search(text, write, std::regex(R"(/hf: ([0-9.]+) MiB)")));
+  EXPECT_NEAR(std::stod(write[1]), std::stod(load[1]) / 2, 0.1) << text;
 }
 
 // transformers 5 keeps a MoE block's experts fused in memory ("mlp.experts.gate_up_proj"

@@ -1,8 +1,10 @@
 // The operator's numbers: the model FLOP count against a count by hand, the GPU peak table,
-// MFU, the ETA on a fake clock, the progress line on and off a terminal, and a CPU run whose
-// log line and metrics.jsonl carry the ETA and peak memory but no MFU.
+// MFU, the ETA on a fake clock, the progress line on and off a terminal (with a second count,
+// in bytes), the summaries of a checkpoint save and load and of `switchyard data`, and a CPU
+// run whose log line and metrics.jsonl carry the ETA and peak memory but no MFU.
 #include "trainer/progress.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <regex>
@@ -10,10 +12,15 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "kernels/check.h"
 #include "models/model_spec.h"
+#include "models/param_store.h"
+#include "models/transformer.h"
+#include "trainer/checkpoint.h"
+#include "trainer/commands.h"
 #include "trainer/config.h"
 #include "trainer/json.h"
 #include "trainer/train.h"
@@ -154,6 +161,60 @@ TEST(ProgressLine, OnATerminalRedrawsAtMostEveryIntervalWithRateAndEta) {
       << out.str();
 }
 
+TEST(ProgressLine, ASecondCountShowsItsOwnRateAndNoTotal) {
+  std::ostringstream out;
+  const Clock::time_point t0{};
+  Progress p(out, "generate", 100, "prompts", /*terminal=*/true, seconds(2), t0);
+  p.count_also("new tokens", "tok/s");
+  p.update(40, 1280, t0 + seconds(4));
+  EXPECT_EQ(out.str(),
+            "\rgenerate: 40/100 prompts | 10 prompts/s | 1280 new tokens (320 tok/s) | ETA 6s"
+            "\x1b[K");
+  out.str("");
+  p.finish(100, 3200, " -> out.jsonl", t0 + seconds(10));
+  EXPECT_EQ(out.str(),
+            "\r\x1b[Kgenerate: 100 prompts in 10s (10 prompts/s) | 3200 new tokens (320 tok/s) "
+            "-> out.jsonl\n");
+  // Off a terminal the same summary, alone.
+  std::ostringstream quiet;
+  Progress q(quiet, "generate", 100, "prompts", /*terminal=*/false, seconds(2), t0);
+  q.count_also("new tokens", "tok/s");
+  q.update(40, 1280, t0 + seconds(4));
+  q.finish(100, 3200, " -> out.jsonl", t0 + seconds(10));
+  EXPECT_EQ(quiet.str(),
+            "generate: 100 prompts in 10s (10 prompts/s) | 3200 new tokens (320 tok/s) "
+            "-> out.jsonl\n");
+}
+
+TEST(ProgressLine, BytesReadAsMebibytes) {
+  std::ostringstream out;
+  const Clock::time_point t0{};
+  Progress p(out, "load ckpt", 40 << 20, "bytes", /*terminal=*/true, seconds(2), t0);
+  p.update(10 << 20, t0 + seconds(2));  // 5 MiB/s, 30 MiB to go
+  EXPECT_EQ(out.str(), "\rload ckpt: 10.0/40.0 MiB | 5.0 MiB/s | ETA 6s\x1b[K");
+  out.str("");
+  p.finish(40 << 20, "", t0 + seconds(4));
+  EXPECT_EQ(out.str(), "\r\x1b[Kload ckpt: 40.0 MiB in 4.00s (10.0 MiB/s)\n");
+  // Stopped short of the total, the summary says how far it got.
+  std::ostringstream quiet;
+  Progress q(quiet, "data", 3 << 20, "bytes", /*terminal=*/false, seconds(2), t0);
+  q.finish(1 << 20, "", t0 + seconds(1));
+  EXPECT_EQ(quiet.str(), "data: 1.0/3.0 MiB in 1.00s (1.0 MiB/s)\n");
+}
+
+TEST(ProgressLine, AnUnfinishedLineIsErasedSoAnErrorStartsItsOwnLine) {
+  std::ostringstream out;
+  const Clock::time_point t0{};
+  {
+    Progress p(out, "load", 10, "tensors", /*terminal=*/true, seconds(2), t0);
+    p.update(3, t0 + seconds(3));
+  }
+  EXPECT_EQ(out.str(), "\rload: 3/10 tensors | 1 tensors/s | ETA 7s\x1b[K\r\x1b[K");
+  std::ostringstream untouched;
+  { Progress p(untouched, "load", 10, "tensors", /*terminal=*/false, seconds(2), t0); }
+  EXPECT_EQ(untouched.str(), "");
+}
+
 switchyard::Experiment small_run(const std::string& extra) {
   switchyard::Experiment config;
   const char* base = R"pb(
@@ -241,6 +302,57 @@ TEST(TrainLogLine, CarriesEtaAndPeakMemoryAndNoMfuOnTheCpu) {
   EXPECT_TRUE(
       std::regex_search(log.str(), std::regex(R"(\neval step 40 \| loss .* \| [0-9.]+s\n)")))
       << log.str();
+}
+
+// A save and a load off a terminal: one summary line each, with the bytes of the tensors.
+TEST(CheckpointProgress, SaveAndLoadEachWriteOneSummaryLine) {
+  const auto config = small_run("");
+  const ModelSpec spec = model_spec_from_config(config);
+  ParamStore store;
+  Transformer model(spec, store);
+  int64_t bytes = 0;
+  for (const Param* p : store.params()) bytes += static_cast<int64_t>(p->value.nbytes());
+  const std::string mib = absl::StrFormat("%.1f MiB", bytes / double(1 << 20));
+  const std::string dir = fresh_dir("checkpoint");
+  std::ostringstream saved;
+  ASSERT_TRUE(save_weights_checkpoint(dir, store, &saved).ok());
+  // On disk: the tensors plus the safetensors header.
+  EXPECT_TRUE(std::regex_match(
+      saved.str(), std::regex(R"(save checkpoint step_00000000: [0-9.]+ MiB in [0-9.]+s)"
+                              R"(( \([0-9.]+ MiB/s\))?\n)")))
+      << saved.str();
+  auto latest = latest_checkpoint(dir);
+  ASSERT_TRUE(latest.ok()) << latest.status();
+  ParamStore loaded_store;
+  Transformer loaded(spec, loaded_store);
+  std::ostringstream load_log;
+  ASSERT_TRUE(load_checkpoint(*latest, loaded_store, nullptr, {}, &load_log).ok());
+  const std::string want = absl::StrCat("load ", *latest, ": ", mib, " in ");
+  EXPECT_TRUE(absl::StartsWith(load_log.str(), want)) << load_log.str() << "\nwant " << want;
+  const std::string log = load_log.str();
+  EXPECT_EQ(std::count(log.begin(), log.end(), '\n'), 1) << log;
+}
+
+// `switchyard data` into a stream that is no terminal: no progress lines, one summary with
+// the input's size, the tokens and the shards written.
+TEST(DataCommandProgress, OffATerminalPrintsOneSummary) {
+  const std::string dir = fresh_dir("data");
+  fs::create_directories(dir);
+  const std::string input = (fs::path(dir) / "in.txt").string();
+  std::string text;
+  for (int i = 0; i < 300; ++i) absl::StrAppend(&text, "line ", i, " of the input\n");
+  std::ofstream(input) << text;
+  std::ostringstream out;
+  const absl::Status s = run_data_command(
+      {"--input", input, "--output", dir + "/shards", "--tokens_per_shard", "100000"}, out);
+  ASSERT_TRUE(s.ok()) << s;
+  // The byte tokenizer: a token a byte, and no end-of-document token.
+  const std::regex summary(absl::StrCat(
+      R"(data: [0-9.]+ MiB in [0-9.]+s( \([0-9.]+ MiB/s\))? \| )", text.size(),
+      R"( tokens \([0-9.]+[kMG]? tok/s\) \| bytes tokenizer -> 1 train and 1 val shards in )", dir,
+      "/shards\n"));
+  EXPECT_TRUE(std::regex_match(out.str(), summary)) << out.str();
+  EXPECT_EQ(out.str().find('\r'), std::string::npos) << out.str();
 }
 
 TEST(TrainLogLine, NegativePeakTflopsIsAnErrorNamingTheField) {

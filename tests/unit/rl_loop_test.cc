@@ -11,14 +11,18 @@
 #include <fstream>
 #include <numeric>
 #include <random>
+#include <sstream>
+#include <tuple>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/text_format.h"
 #include "gtest/gtest.h"
 #include "parallel/local_communicator.h"
+#include "rl/rl_command.h"
 #include "tests/testing/small_model.h"
 #include "tests/testing/testing.h"
+#include "trainer/cli.h"
 #include "trainer/config.h"
 #include "trainer/tokenizer.h"
 
@@ -361,7 +365,7 @@ absl::Status load_rl(const std::vector<std::string>& overrides) {
     run_dir: "runs/rl"
     rl { init_checkpoint: "runs/tiny" }
   )pb");
-  return load_experiment(path, overrides, ConfigUse::kRl).status();
+  return rl::load_rl_config(path, overrides).status();
 }
 
 TEST(RlConfig, AnRlConfigNeedsNoModel) {
@@ -374,7 +378,7 @@ TEST(RlConfig, AnRlConfigNeedsNoModel) {
 TEST(RlConfig, TheShippedConfigsLoad) {
   for (const char* name : {"grpo_arith", "ppo_arith"}) {
     const std::string path = absl::StrCat(SWITCHYARD_SOURCE_DIR, "/configs/", name, ".textproto");
-    auto config = load_experiment(path, {}, ConfigUse::kRl);
+    auto config = rl::load_rl_config(path, {});
     ASSERT_TRUE(config.ok()) << config.status();
     EXPECT_EQ(config->rl().init_checkpoint(), "runs/tiny") << name;
     EXPECT_EQ(config->run_dir(), absl::StrCat("runs/", name));
@@ -451,6 +455,50 @@ TEST(RlConfig, ResolvingNeedsAPretrainingRun) {
   EXPECT_TRUE(absl::StrContains(resolved.status().message(),
                                 "model: an RL config takes the model from rl.init_checkpoint"))
       << resolved.status();
+}
+
+// `switchyard config` on an RL config: the RL rules, and the model of rl.init_checkpoint's run.
+TEST(RlConfig, TheConfigCommandPrintsAnRlConfigWithTheCheckpointsModel) {
+  register_rl_config_kind();
+  const fs::path run = fs::path(::testing::TempDir()) / "rl_config_command_run";
+  fs::create_directories(run);
+  std::ofstream(run / "config.textproto") << resolved_experiment_text(small_config());
+  const std::string path = write_temp(
+      "rl_config_command.textproto",
+      absl::StrCat("run_dir: \"runs/rl\"\nrl { init_checkpoint: \"", run.string(), "\" }\n"));
+  auto config_command = [](const std::vector<std::string>& args) {
+    std::ostringstream out, err;
+    std::vector<std::string> argv = {"config"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    const int code = run_cli(argv, out, err);
+    return std::tuple{code, out.str(), err.str()};
+  };
+  auto [code, out, err] = config_command({"--config", path});
+  ASSERT_EQ(code, 0) << err;
+  // What `switchyard rl` runs: the checkpoint's model (d_model 32) under the RL settings.
+  auto printed =
+      load_experiment(write_temp("rl_config_printed.textproto", out), {}, rl_experiment_rules());
+  ASSERT_TRUE(printed.ok()) << printed.status() << "\n" << out;
+  EXPECT_EQ(printed->model().d_model(), 32);
+  EXPECT_EQ(printed->rl().init_checkpoint(), run.string());
+  EXPECT_EQ(printed->run_dir(), "runs/rl");
+
+  // A bad RL value is named as `switchyard rl` names it.
+  std::tie(code, out, err) = config_command({"--config", path, "--set", "rl { group_size: 1 }"});
+  EXPECT_EQ(code, 1);
+  EXPECT_TRUE(absl::StrContains(err, "rl.group_size: must be >= 2 for RL_GRPO")) << err;
+
+  // Before the pretraining run exists, the config is still checked, and the output says what
+  // is missing.
+  std::tie(code, out, err) =
+      config_command({"--config", path, "--set", "rl { init_checkpoint: '/nonexistent/run' }"});
+  ASSERT_EQ(code, 0) << err;
+  EXPECT_TRUE(absl::StartsWith(out,
+                               "# model, moe and mtp come from rl.init_checkpoint "
+                               "(/nonexistent/run), which has no config.textproto yet"))
+      << out;
+  EXPECT_FALSE(absl::StrContains(out, "model {")) << out;
+  EXPECT_TRUE(absl::StrContains(out, "group_size: 8")) << out;
 }
 
 TEST(RlConfig, AMissingCheckpointIsAClearError) {

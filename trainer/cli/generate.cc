@@ -12,9 +12,6 @@
 // greedy), before any top-k / top-p / min-p cut: what RL calls the behaviour log-prob.
 #include "models/generate.h"
 
-#include <unistd.h>
-
-#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -36,13 +33,13 @@
 #include "trainer/data/tokenizer.h"
 #include "trainer/json.h"
 #include "trainer/memory_estimate.h"
+#include "trainer/progress.h"
 #include "trainer/regular_file.h"
 #include "trainer/train.h"
 
 namespace sy {
 namespace {
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
 
 // A number flag given as text (FlagSet has no float flags): finite, and inside the range
 // `ok` accepts, else an error that says what to give.
@@ -173,31 +170,6 @@ std::string completion_text(const Tokenizer& tokenizer, const std::vector<int32_
   flush(ids.size());
   return text;
 }
-
-// Progress on stderr: on a terminal, a line rewritten every few seconds; either way a summary.
-class Progress {
- public:
-  explicit Progress(int64_t total) : total_(total), tty_(isatty(STDERR_FILENO) == 1) {}
-  void update(int64_t done, int64_t tokens) {
-    if (!tty_ || Clock::now() - last_ < std::chrono::seconds(2)) return;
-    last_ = Clock::now();
-    std::cerr << "\r" << line(done, tokens) << std::flush;
-  }
-  void finish(int64_t tokens, const std::string& output) {
-    if (tty_) std::cerr << "\r";
-    std::cerr << line(total_, tokens) << " -> " << output << std::endl;
-  }
-
- private:
-  std::string line(int64_t done, int64_t tokens) const {
-    const double s = std::chrono::duration<double>(Clock::now() - start_).count();
-    return absl::StrFormat("generate: %d/%d prompts | %d new tokens | %.1f s | %.0f tok/s", done,
-                           total_, tokens, s, s > 0 ? tokens / s : 0.0);
-  }
-  int64_t total_;
-  bool tty_;
-  Clock::time_point start_ = Clock::now(), last_ = Clock::now();
-};
 
 }  // namespace
 
@@ -331,8 +303,11 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
   ParamStore store(device, compute);
   Transformer model(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  // This process holds every expert: an expert-parallel checkpoint's shards are joined.
-  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}).status());
+  // This process holds every expert: an expert-parallel checkpoint's shards are joined. A
+  // single --prompt prints its completion alone (a pipe's input); --prompts shows progress.
+  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1},
+                                     from_file ? &std::cerr : nullptr)
+                         .status());
 
   if (!from_file) {
     SY_ASSIGN_OR_RETURN(const std::vector<Completion> done,
@@ -343,7 +318,9 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
     return absl::OkStatus();
   }
   const int64_t total = static_cast<int64_t>(prompts.size());
-  Progress progress(total);
+  // On stderr: stdout is --prompt's answer, and a terminal shows the line either way.
+  Progress progress(std::cerr, "generate", total, "prompts", is_terminal(std::cerr));
+  progress.count_also("new tokens", "tok/s");
   int64_t tokens = 0;
   // Several batches' worth a call keeps the engine's slots busy (a finished row's slot takes
   // the next prompt) while the progress line still moves.
@@ -372,7 +349,7 @@ absl::Status run_generate_command(const std::vector<std::string>& args, std::ost
     }
     progress.update(first + n, tokens);
   }
-  progress.finish(tokens, output_path);
+  progress.finish(total, tokens, absl::StrCat(" -> ", output_path));
   return absl::OkStatus();
 }
 

@@ -1,13 +1,14 @@
 #include "trainer/data/text_data.h"
 
-#include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "trainer/data/jsonl.h"
+#include "trainer/progress.h"
 #include "trainer/token_shards.h"
 
 namespace sy {
@@ -20,34 +21,30 @@ bool is_space(char c) {
 }
 
 // Streams token ids into a scratch file (their count is unknown until the end, and the val
-// split is the tail), with progress lines.
+// split is the tail), with a progress line over the input bytes read.
 class TokenSink {
  public:
   TokenSink(std::string path, std::ostream* progress, int64_t input_bytes)
-      : path_(std::move(path)),
-        out_(path_, std::ios::binary),
-        progress_(progress),
-        input_bytes_(input_bytes),
-        start_(std::chrono::steady_clock::now()),
-        last_(start_) {}
+      : path_(std::move(path)), out_(path_, std::ios::binary) {
+    if (progress) {
+      progress_.emplace(*progress, "data", input_bytes, "bytes", is_terminal(*progress));
+      progress_->count_also("tokens", "tok/s");
+    }
+  }
   bool ok() const { return static_cast<bool>(out_); }
   void add(const std::vector<int32_t>& ids) {
     out_.write(reinterpret_cast<const char*>(ids.data()),
                static_cast<std::streamsize>(ids.size() * sizeof(int32_t)));
     tokens_ += static_cast<int64_t>(ids.size());
   }
+  // For a JSONL input, n counts the text fields' bytes, a little less than the lines'.
   void read_bytes(int64_t n) {
     bytes_ += n;
-    auto now = std::chrono::steady_clock::now();
-    if (progress_ && now - last_ > std::chrono::seconds(5)) {
-      last_ = now;
-      double s = std::chrono::duration<double>(now - start_).count();
-      *progress_ << absl::StrFormat("data: %.1f / %.1f MB read (%.0f%%), %d tokens, %.1f MB/s",
-                                    bytes_ / 1e6, input_bytes_ / 1e6,
-                                    100.0 * bytes_ / std::max<int64_t>(1, input_bytes_), tokens_,
-                                    bytes_ / 1e6 / s)
-                 << std::endl;
-    }
+    if (progress_) progress_->update(bytes_, tokens_);
+  }
+  // The summary, once every input was read whole: all of their bytes.
+  void finish(int64_t input_bytes, const std::string& detail) {
+    if (progress_) progress_->finish(input_bytes, tokens_, detail);
   }
   absl::Status close() {
     out_.close();
@@ -59,9 +56,8 @@ class TokenSink {
  private:
   std::string path_;
   std::ofstream out_;
-  std::ostream* progress_;
-  int64_t input_bytes_, bytes_ = 0, tokens_ = 0;
-  std::chrono::steady_clock::time_point start_, last_;
+  std::optional<Progress> progress_;
+  int64_t bytes_ = 0, tokens_ = 0;
 };
 
 absl::Status encode_into(const Tokenizer& tokenizer, std::string_view text,
@@ -212,10 +208,9 @@ absl::Status write_token_shards(const Tokenizer& tokenizer, const TextDataOption
       done += n;
       if (held + n == options.tokens_per_shard || done == split_end) SY_RETURN_IF_ERROR(write(val));
     }
-    if (progress)
-      *progress << "data: " << total << " tokens (" << tokenizer.kind() << " tokenizer) -> "
-                << train_index << " train and " << val_index << " val shards in "
-                << options.output_dir << std::endl;
+    sink.finish(input_bytes,
+                absl::StrCat(" | ", tokenizer.kind(), " tokenizer -> ", train_index, " train and ",
+                             val_index, " val shards in ", options.output_dir));
     return absl::OkStatus();
   }();
   fs::remove(scratch, ec);

@@ -24,6 +24,7 @@
 #include "trainer/config.h"
 #include "trainer/flags.h"
 #include "trainer/json.h"
+#include "trainer/progress.h"
 #include "trainer/safetensors.h"
 
 namespace sy {
@@ -714,7 +715,8 @@ absl::StatusOr<switchyard::Experiment> experiment_from_hf(const std::string& dir
   return model_experiment(dir, &model);
 }
 
-absl::Status load_hf_weights(const std::string& dir, ParamStore& store) {
+absl::Status load_hf_weights(const std::string& dir, ParamStore& store,
+                             std::ostream* progress_out) {
   HfModel model;
   SY_ASSIGN_OR_RETURN(switchyard::Experiment e, model_experiment(dir, &model));
   const ModelSpec spec = model_spec_from_config(e);
@@ -734,6 +736,12 @@ absl::Status load_hf_weights(const std::string& dir, ParamStore& store) {
           " with this config.json (extra tensor, or a variant switchyard does not convert)"));
     }
   }
+  std::optional<Progress> progress;
+  int64_t total = 0, done = 0;
+  for (const Param* p : store.params()) total += static_cast<int64_t>(p->value.nbytes());
+  if (progress_out)
+    progress.emplace(*progress_out, absl::StrCat("read ", dir), total, "bytes",
+                     is_terminal(*progress_out));
   for (Param* p : store.params()) {
     auto it = mappings.find(p->name);
     if (it == mappings.end()) {
@@ -742,7 +750,10 @@ absl::Status load_hf_weights(const std::string& dir, ParamStore& store) {
           model.arch->name, "); a model loaded from it has no MTP modules or value head"));
     }
     SY_RETURN_IF_ERROR(fill_param(tensors, dir, it->second, *p, spec.moe.num_experts));
+    done += static_cast<int64_t>(p->value.nbytes());
+    if (progress) progress->update(done);
   }
+  if (progress) progress->finish(done);
   store.values_changed();
   return absl::OkStatus();
 }
@@ -755,10 +766,10 @@ absl::Status import_hf_checkpoint(const std::string& hf_dir, const std::string& 
   const ModelSpec spec = model_spec_from_config(e);
   ParamStore store;
   Transformer transformer(spec, store);
-  SY_RETURN_IF_ERROR(load_hf_weights(hf_dir, store));
+  SY_RETURN_IF_ERROR(load_hf_weights(hf_dir, store, &log));
   SY_ASSIGN_OR_RETURN(StagingDir staging, StagingDir::create(run_dir));
   SY_RETURN_IF_ERROR(write_text(staging.path() / "config.textproto", resolved_experiment_text(e)));
-  SY_RETURN_IF_ERROR(save_weights_checkpoint(staging.path().string(), store));
+  SY_RETURN_IF_ERROR(save_weights_checkpoint(staging.path().string(), store, &log));
   SY_ASSIGN_OR_RETURN(std::string config_json,
                       read_file((fs::path(hf_dir) / "config.json").string()));
   SY_RETURN_IF_ERROR(write_text(staging.path() / "hf_config.json", config_json));
@@ -923,7 +934,7 @@ absl::Status export_hf_checkpoint(const std::string& run_dir, const std::string&
   ParamStore store;
   Transformer transformer(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}).status());
+  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}, &log).status());
 
   // Our parameters through the table's first (Hub) layout, in the store's order.
   const std::map<std::string, Mapping> mappings = mappings_for(spec, *arch);
@@ -971,6 +982,8 @@ absl::Status export_hf_checkpoint(const std::string& run_dir, const std::string&
   SY_ASSIGN_OR_RETURN(StagingDir staging, StagingDir::create(out_dir));
   const std::map<std::string, std::string> meta = {{"format", "pt"}};
   Json weight_map = Json::Object{};
+  Progress progress(log, absl::StrCat("write ", out_dir), total, "bytes", is_terminal(log));
+  int64_t written = 0;
   for (size_t k = 0; k < shards.size(); ++k) {
     const std::string file = shards.size() == 1 ? std::string("model.safetensors")
                                                 : absl::StrFormat("model-%05d-of-%05d.safetensors",
@@ -981,7 +994,10 @@ absl::Status export_hf_checkpoint(const std::string& run_dir, const std::string&
       weight_map.set(tensors[i].first, file);
     }
     SY_RETURN_IF_ERROR(save_safetensors((staging.path() / file).string(), part, meta));
+    for (size_t i : shards[k]) written += tensors[i].second.nbytes();
+    progress.update(written);
   }
+  progress.finish(written);
   if (shards.size() > 1) {
     Json index = Json::Object{};
     Json metadata = Json::Object{};

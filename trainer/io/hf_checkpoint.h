@@ -33,8 +33,10 @@ absl::StatusOr<switchyard::Experiment> experiment_from_hf(const std::string& dir
 // Fills every parameter of `store` (built for experiment_from_hf(dir)'s model, on any device
 // and any expert-parallel rank) from the checkpoint. Each rank reads only the tensors it
 // holds: its own experts, every dense tensor. Missing, extra or misshapen tensors are errors
-// naming the file and the tensor.
-absl::Status load_hf_weights(const std::string& dir, ParamStore& store);
+// naming the file and the tensor. `progress` (a console, null for none) gets
+// trainer/progress.h's line over the bytes filled and a summary line.
+absl::Status load_hf_weights(const std::string& dir, ParamStore& store,
+                             std::ostream* progress = nullptr);
 
 // Import: writes RUN_DIR as a trained run looks (config.textproto, checkpoints/step_00000000
 // with fp32 weights, checkpoints/latest), plus the checkpoint's tokenizer and generation files
