@@ -86,11 +86,11 @@ ExpertGemms expert_gemms_from_env() {
   return ExpertGemms::kAuto;
 }
 
+constexpr int64_t kGroupedRowsPerExpert = 128;  // on average, the most the grouped path takes
+
 // Inference forwards' experts: "grouped" (the default) runs the device-offset grouped GEMMs
 // where they apply, "host" the training path's (the counts copied to the host first): the
 // A/B of bench/device_run.sh's rollout stage.
-constexpr int64_t kGroupedRowsPerExpert = 128;  // on average, the most the grouped path takes
-
 bool inference_grouped_from_env() {
   const char* v = std::getenv("SWITCHYARD_INFERENCE_EXPERTS");
   if (v == nullptr || *v == '\0' || std::string_view(v) == "grouped") return true;
@@ -394,8 +394,7 @@ Tensor MoeFfn::experts_backward(const Tensor& dy_local) {
 // already queued (xp), the experts two grouped GEMMs over the plan's device offsets, the
 // combine the weighted unpermute. No host wait, nothing kept for a backward.
 Tensor MoeFfn::experts_forward_on_device(const Tensor& xp) {
-  const int64_t n = plan_.num_tokens, rows = plan_.num_rows, d = spec_.d_model;
-  const int64_t f = spec_.moe.expert_hidden;
+  const int64_t rows = plan_.num_rows, d = spec_.d_model, f = spec_.moe.expert_hidden;
   const Device dev = xp.device();
   const DType dt = xp.dtype();
   std::optional<profile::Scope> region;
@@ -412,7 +411,14 @@ Tensor MoeFfn::experts_forward_on_device(const Tensor& xp) {
   Tensor y = Tensor::empty({rows, d}, dt, dev);
   grouped_matmul(y, a, w2_.w(), plan_.device_offsets);
   region.emplace("moe.combine");
-  Tensor out = Tensor::empty({n, d}, dt, dev);
+  return combine(y, shared_out, region);
+}
+
+// The experts' rows (plan order) back to their tokens, weighted, plus the shared experts;
+// the caller's region moves on to moe.shared for the add.
+Tensor MoeFfn::combine(const Tensor& y, const Tensor& shared_out,
+                       std::optional<profile::Scope>& region) {
+  Tensor out = Tensor::empty({plan_.num_tokens, spec_.d_model}, y.dtype(), y.device());
   unpermute_forward(out, y, weights_, plan_);
   if (shared_) {
     region.emplace("moe.shared");
@@ -494,12 +500,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   Tensor y_local = experts_forward();
   region.emplace("moe.combine");
   y_ = dispatcher_.from_experts(y_local);
-  Tensor out = Tensor::empty({n, spec_.d_model}, dt, dev);
-  unpermute_forward(out, y_, weights_, plan_);
-  if (shared_) {
-    region.emplace("moe.shared");
-    add_(out, shared_out);
-  }
+  Tensor out = combine(y_, shared_out, region);
   if (dropless_) return out;  // an inference forward: no statistics, no balancing terms
   region.emplace("moe.balance");
 

@@ -6,10 +6,12 @@
 // gradient the block hands it (added in the pre-norm's backward pass, so the residual stream
 // costs no pass of its own). Parameter gradients accumulate into the ParamStore.
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kernels/permute.h"
+#include "kernels/profile.h"
 #include "models/model_spec.h"
 #include "models/param_store.h"
 #include "parallel/communicator.h"
@@ -198,6 +200,8 @@ class MoeFfn : public FeedForward {
  private:
   Tensor experts_forward();
   Tensor experts_forward_on_device(const Tensor& xp);
+  Tensor combine(const Tensor& y, const Tensor& shared_out,
+                 std::optional<profile::Scope>& region);
   Tensor experts_backward(const Tensor& dy_local);
 
   const ModelSpec& spec_;
