@@ -4,7 +4,7 @@
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config
           libprotobuf-dev protobuf-compiler libabsl-dev
-          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev libicu-dev
+          libopenmpi-dev openmpi-bin libgtest-dev libopenblas-dev libicu-dev nlohmann-json3-dev
           python3-pip)  # python3-pip: launch/test.sh installs tensorboard with it
 missing=()
 for p in "${packages[@]}"; do

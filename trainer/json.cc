@@ -1,10 +1,14 @@
 #include "trainer/json.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
+#include <iterator>
+#include <nlohmann/json.hpp>
 #include <system_error>
 
 #include "absl/container/flat_hash_set.h"
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 
@@ -88,354 +92,335 @@ Json& Json::set(std::string_view key, Json value) {
 
 namespace {
 
-// Recursive descent over the text; every error carries the byte offset where it was noticed.
-class Parser {
+// nlohmann's lexer reads through this iterator, which counts the bytes handed over, so that
+// the errors the builder raises itself (a duplicate key, too deep nesting) carry an offset.
+// It hands a NUL byte on as 0x01: nlohmann takes NUL for the end of the input (C strings),
+// which would accept "1\0anything" as 1; 0x01 is refused wherever a NUL is (a control
+// character inside a string, no token outside one), and the messages name the real byte.
+class CountingCursor {
  public:
-  explicit Parser(std::string_view text) : text_(text) {}
+  using iterator_category = std::input_iterator_tag;
+  using value_type = char;
+  using difference_type = std::ptrdiff_t;
+  using pointer = const char*;
+  using reference = char;
 
-  absl::StatusOr<Json> parse_document() {
-    skip_whitespace();
-    SY_ASSIGN_OR_RETURN(Json value, parse_value(0));
-    skip_whitespace();
-    if (pos_ != text_.size()) return error("unexpected characters after the JSON value");
-    return value;
+  CountingCursor() = default;
+  CountingCursor(const char* at, size_t* consumed) : at_(at), consumed_(consumed) {}
+  char operator*() const { return *at_ == '\0' ? '\x01' : *at_; }
+  CountingCursor& operator++() {
+    ++at_;
+    ++*consumed_;
+    return *this;
+  }
+  CountingCursor operator++(int) {
+    CountingCursor before = *this;
+    ++*this;
+    return before;
+  }
+  bool operator==(const CountingCursor& other) const { return at_ == other.at_; }
+
+ private:
+  const char* at_ = nullptr;
+  size_t* consumed_ = nullptr;
+};
+
+// Builds a Json from nlohmann's SAX events, adding what nlohmann leaves to its caller: int64
+// integers (nlohmann hands out uint64 too), a duplicate-key error (its DOM keeps the last),
+// the depth limit (it has none), and our error messages. nlohmann reports an error as the
+// count of bytes its lexer consumed plus its own sentence ("syntax error while parsing value
+// - invalid literal; last read: 'tru'"); this class turns that into the byte where the
+// offending token starts and a reason in terms of the grammar ("expected ',' or ']'"), the
+// form callers and their tests rely on. It recognises nlohmann's lexer errors by their text
+// (CMake asks for 3.11); an unknown one keeps nlohmann's own words.
+class JsonBuilder {
+ public:
+  using NlohmannJson = nlohmann::json;
+
+  explicit JsonBuilder(std::string_view text) : text_(text) {}
+
+  absl::StatusOr<Json> parse() {
+    const bool ok =
+        NlohmannJson::sax_parse(CountingCursor(text_.data(), &consumed_),
+                                CountingCursor(text_.data() + text_.size(), nullptr), this);
+    if (!ok) {
+      SY_CHECK(!error_.ok()) << "the JSON parser stopped without saying why";
+      return error_;
+    }
+    SY_CHECK(stack_.empty() && root_done_) << "the JSON parser finished inside a value";
+    return std::move(root_);
+  }
+
+  // --- nlohmann's SAX interface ---
+  bool null() { return add(Json(), consumed_); }
+  bool boolean(bool value) { return add(Json(value), consumed_); }
+  bool number_integer(NlohmannJson::number_integer_t value) {
+    if (value == 0 && leading_zero()) return false;
+    return add(Json(static_cast<int64_t>(value)), number_end());
+  }
+  bool number_unsigned(NlohmannJson::number_unsigned_t value) {
+    if (value == 0 && leading_zero()) return false;
+    // Past int64 a double, as other parsers do (and as a number with a fraction would be).
+    if (!std::in_range<int64_t>(value)) return add(Json(static_cast<double>(value)), number_end());
+    return add(Json(static_cast<int64_t>(value)), number_end());
+  }
+  bool number_float(NlohmannJson::number_float_t value, const std::string&) {
+    return add(Json(static_cast<double>(value)), number_end());
+  }
+  bool string(std::string& value) { return add(Json(std::move(value)), consumed_); }
+  bool binary(NlohmannJson::binary_t&) {
+    SY_CHECK(false) << "binary values come only from binary formats, never from JSON text";
+    return false;
+  }
+  bool start_object(size_t) { return open(Json(Json::Object{})); }
+  bool start_array(size_t) { return open(Json(Json::Array{})); }
+  bool end_object() { return close(); }
+  bool end_array() { return close(); }
+
+  bool key(std::string& name) {
+    // The lexer has just read the key's closing quote.
+    Frame& frame = stack_.back();
+    const Json::Object& members = frame.value.as_object();
+    // A linear scan is quickest for the small objects of headers and manifests; a large one
+    // (tokenizer.json's vocabulary: 150k keys) would make it quadratic, so past a few dozen
+    // keys the check moves to a hash set.
+    bool duplicate = false;
+    if (members.size() < kLinearKeyScan) {
+      for (const auto& member : members) duplicate = duplicate || member.first == name;
+    } else {
+      if (frame.seen.empty())
+        for (const auto& member : members) frame.seen.insert(member.first);
+      duplicate = !frame.seen.insert(name).second;
+    }
+    if (duplicate)
+      return fail(opening_quote(consumed_ - 1), absl::StrCat("duplicate key \"", name, "\""));
+    frame.key = std::move(name);
+    expect_colon_ = true;
+    return true;
+  }
+
+  bool parse_error(size_t consumed, const std::string& token, const NlohmannJson::exception& e) {
+    // The lexer stopped on the byte before `consumed` (text_.size() at the end of the input).
+    const size_t at = std::min(consumed == 0 ? 0 : consumed - 1, text_.size());
+    if (root_done_)
+      return fail(skip_whitespace(root_end_), "unexpected characters after the JSON value");
+    // Up to nlohmann's "; last read: '...'", which quotes the input and so could say anything.
+    std::string what = e.what();
+    what = what.substr(0, what.find("; last read: "));
+    auto says = [&](const char* words) { return what.find(words) != std::string::npos; };
+    // out_of_range.406: a number literal beyond a double; `token` is the literal.
+    if (e.id == 406)
+      return fail(number_start(consumed, token), "number out of the range of a double");
+    // The lexer's own errors, by the message nlohmann gives each (its lexer.hpp).
+    if (says("invalid string: missing closing quote"))
+      return fail(opening_quote(at), "unterminated string");
+    if (says("forbidden character after backslash")) {
+      if (at == text_.size()) return fail(opening_quote(at), "unterminated string");
+      return fail(at - 1, absl::StrCat("bad escape: backslash followed by ", found(at)));
+    }
+    if (says("must be followed by 4 hex digits"))
+      return fail(at, absl::StrCat("bad \\u escape: expected a hex digit, found ", found(at)));
+    if (says("surrogate U+D800..U+DBFF must be followed by"))
+      return fail(high_surrogate_escape(at),
+                  "bad \\u escape: high surrogate without a low surrogate");
+    if (says("surrogate U+DC00..U+DFFF must follow"))
+      return fail(at - 5, "bad \\u escape: low surrogate without a high surrogate");
+    if (says("invalid string: control character"))
+      return fail(at, absl::StrFormat("control character 0x%02x in a string must be escaped",
+                                      static_cast<unsigned char>(text_[at])));
+    if (says("ill-formed UTF-8 byte")) {
+      if (at == text_.size()) return fail(opening_quote(at), "unterminated string");
+      return fail(at, absl::StrCat("a string is not valid UTF-8 at ", found(at),
+                                   " (JSON text must be UTF-8)"));
+    }
+    if (says("invalid number; expected digit after '-'"))
+      return fail(at, absl::StrCat("bad number: expected a digit, found ", found(at)));
+    if (says("invalid number; expected digit after '.'"))
+      return fail(at, absl::StrCat("bad number: expected a digit after '.', found ", found(at)));
+    if (says("invalid number; expected") && says("exponent"))
+      return fail(at, absl::StrCat("bad number: expected an exponent digit, found ", found(at)));
+    if (says("invalid literal")) return unexpected(literal_start(at));
+    // A partial UTF-8 byte order mark (a whole one is skipped).
+    if (says("invalid BOM")) return unexpected(0);
+    // A well-formed token where the grammar wants another ("unexpected ']'").
+    if (says("syntax error") && says("- unexpected "))
+      return unexpected(token_start(consumed, at, token));
+    // A message this code does not know (another nlohmann version): nlohmann's own words.
+    const size_t colon = what.find(": ");
+    return fail(at, colon == std::string::npos ? what : what.substr(colon + 2));
   }
 
  private:
-  absl::Status error(const std::string& what) const { return error_at(pos_, what); }
-  absl::Status error_at(size_t offset, const std::string& what) const {
-    return absl::InvalidArgumentError(absl::StrCat("JSON error at byte ", offset, ": ", what));
+  struct Frame {
+    Json value;       // an Array or an Object
+    std::string key;  // the key whose value comes next (objects)
+    absl::flat_hash_set<std::string> seen;
+  };
+  static constexpr size_t kLinearKeyScan = 32;
+
+  bool fail(size_t offset, const std::string& what) {
+    error_ = absl::InvalidArgumentError(absl::StrCat("JSON error at byte ", offset, ": ", what));
+    return false;
   }
 
-  bool at_end() const { return pos_ >= text_.size(); }
-  char peek() const { return text_[pos_]; }
+  // `end`: where the value's text ends, for "unexpected characters after the JSON value".
+  bool add(Json value, size_t end) {
+    expect_colon_ = false;
+    if (stack_.empty()) {
+      root_ = std::move(value);
+      root_done_ = true;
+      root_end_ = end;
+      return true;
+    }
+    Frame& frame = stack_.back();
+    if (frame.value.is_array()) {
+      frame.value.as_array().push_back(std::move(value));
+    } else {
+      frame.value.as_object().emplace_back(std::move(frame.key), std::move(value));
+    }
+    return true;
+  }
 
-  // A printable description of the byte at the cursor, for "expected X, found Y" messages.
-  std::string found() const {
-    if (at_end()) return "end of input";
-    unsigned char c = static_cast<unsigned char>(peek());
+  bool open(Json container) {
+    // The lexer has just read the bracket.
+    if (stack_.size() >= static_cast<size_t>(kMaxJsonDepth))
+      return fail(consumed_ - 1, absl::StrCat("nesting deeper than ", kMaxJsonDepth, " levels"));
+    expect_colon_ = false;
+    stack_.push_back(Frame{std::move(container), {}, {}});
+    return true;
+  }
+
+  bool close() {
+    Json value = std::move(stack_.back().value);
+    stack_.pop_back();
+    return add(std::move(value), consumed_);
+  }
+
+  // A number's end: the lexer reads one byte past a number before it knows the number ended.
+  size_t number_end() const { return consumed_ == 0 ? 0 : consumed_ - 1; }
+
+  // nlohmann reads "012" as the number 0 followed by the number 12; JSON forbids the form.
+  // A zero whose look-ahead byte is a digit is that case (any other number has a digit
+  // before the zero, or is not an integer).
+  bool leading_zero() {
+    const size_t next = consumed_ - 1;
+    if (consumed_ < 2 || next >= text_.size() || !absl::ascii_isdigit(text_[next]) ||
+        text_[next - 1] != '0')
+      return false;
+    return !fail(next, "bad number: leading zeros are not allowed");
+  }
+
+  // A printable description of the byte at `offset`, for "expected X, found Y" messages.
+  std::string found(size_t offset) const {
+    if (offset >= text_.size()) return "end of input";
+    unsigned char c = static_cast<unsigned char>(text_[offset]);
     if (c >= 0x20 && c < 0x7f) return absl::StrCat("'", std::string(1, static_cast<char>(c)), "'");
     return absl::StrFormat("byte 0x%02x", c);
   }
 
-  void skip_whitespace() {
-    while (!at_end() && (peek() == ' ' || peek() == '\t' || peek() == '\n' || peek() == '\r'))
-      ++pos_;
+  static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+  size_t skip_whitespace(size_t offset) const {
+    while (offset < text_.size() && is_space(text_[offset])) ++offset;
+    return offset;
   }
 
-  absl::StatusOr<Json> parse_value(int depth) {
-    if (at_end()) return error("expected a value, found end of input");
-    switch (peek()) {
-      case '{':
-        return parse_object(depth + 1);
-      case '[':
-        return parse_array(depth + 1);
-      case '"': {
-        SY_ASSIGN_OR_RETURN(std::string s, parse_string());
-        return Json(std::move(s));
-      }
-      case 't':
-        return parse_literal("true", Json(true));
-      case 'f':
-        return parse_literal("false", Json(false));
-      case 'n':
-        return parse_literal("null", Json());
-      default:
-        if (peek() == '-' || (peek() >= '0' && peek() <= '9')) return parse_number();
-        return error(absl::StrCat("expected a value, found ", found()));
+  // The quote that opens the string holding the byte before `end`: the nearest '"' before it
+  // that is not escaped (an escaped one has an odd run of backslashes before it). Outside a
+  // string no backslash can stand before an opening quote.
+  size_t opening_quote(size_t end) const {
+    for (size_t i = std::min(end, text_.size()); i-- > 0;) {
+      if (text_[i] != '"') continue;
+      size_t backslashes = 0;
+      while (backslashes < i && text_[i - 1 - backslashes] == '\\') ++backslashes;
+      if (backslashes % 2 == 0) return i;
     }
+    return 0;
   }
 
-  absl::StatusOr<Json> parse_literal(std::string_view word, Json value) {
-    if (text_.substr(pos_, word.size()) != word)
-      return error(absl::StrCat("expected a value, found ", found()));
-    pos_ += word.size();
-    return value;
+  // The \u escape of the high surrogate the lexer was reading when it stopped at `at`, which
+  // is 6 to 11 bytes after it (the byte after its 4 digits, a backslash and a stray byte, or
+  // the last digit of a second escape that is no low surrogate).
+  size_t high_surrogate_escape(size_t at) const {
+    for (size_t back = 6; back <= 11 && back <= at; ++back) {
+      const size_t s = at - back;
+      if (text_.substr(s, 2) != "\\u" || s + 6 > text_.size()) continue;
+      unsigned code = 0;
+      auto [ptr, ec] = std::from_chars(text_.data() + s + 2, text_.data() + s + 6, code, 16);
+      if (ec == std::errc() && ptr == text_.data() + s + 6 && code >= 0xd800 && code <= 0xdbff)
+        return s;
+    }
+    return at;
   }
 
-  absl::Status check_depth(int depth) const {
-    if (depth > kMaxJsonDepth)
-      return error(absl::StrCat("nesting deeper than ", kMaxJsonDepth, " levels"));
-    return absl::OkStatus();
+  // `token` is the lexer's copy of a number literal, which ends where it stopped reading.
+  static size_t number_start(size_t consumed, const std::string& token) {
+    return consumed >= token.size() ? consumed - token.size() : 0;
   }
 
-  absl::StatusOr<Json> parse_array(int depth) {
-    SY_RETURN_IF_ERROR(check_depth(depth));
-    ++pos_;  // '['
-    Json::Array items;
-    skip_whitespace();
-    if (!at_end() && peek() == ']') {
-      ++pos_;
-      return Json(std::move(items));
+  // Where the literal (true, false, null) that went wrong at `at` starts: a proper prefix of
+  // one of them ends right before `at`, or the stray byte is itself at `at`.
+  size_t literal_start(size_t at) const {
+    for (size_t length = 1; length <= 4 && length <= at; ++length) {
+      const std::string_view prefix = text_.substr(at - length, length);
+      for (std::string_view word : {"true", "false", "null"})
+        if (length < word.size() && word.starts_with(prefix)) return at - length;
     }
-    while (true) {
-      skip_whitespace();
-      if (!at_end() && peek() == ']') return error("trailing comma before ']'");
-      SY_ASSIGN_OR_RETURN(Json item, parse_value(depth));
-      items.push_back(std::move(item));
-      skip_whitespace();
-      if (at_end()) return error("unterminated array: expected ',' or ']', found end of input");
-      if (peek() == ']') {
-        ++pos_;
-        return Json(std::move(items));
-      }
-      if (peek() != ',') return error(absl::StrCat("expected ',' or ']', found ", found()));
-      ++pos_;
-    }
+    return at;
   }
 
-  static constexpr size_t kLinearKeyScan = 32;
-
-  absl::StatusOr<Json> parse_object(int depth) {
-    SY_RETURN_IF_ERROR(check_depth(depth));
-    ++pos_;  // '{'
-    Json::Object members;
-    absl::flat_hash_set<std::string> seen;
-    skip_whitespace();
-    if (!at_end() && peek() == '}') {
-      ++pos_;
-      return Json(std::move(members));
-    }
-    while (true) {
-      skip_whitespace();
-      if (!at_end() && peek() == '}') return error("trailing comma before '}'");
-      if (at_end() || peek() != '"')
-        return error(absl::StrCat("expected a string key, found ", found()));
-      size_t key_offset = pos_;
-      SY_ASSIGN_OR_RETURN(std::string key, parse_string());
-      // A linear scan is quickest for the small objects of headers and manifests; a large one
-      // (tokenizer.json's vocabulary: 150k keys) would make it quadratic, so past a few dozen
-      // keys the check moves to a hash set.
-      bool duplicate = false;
-      if (members.size() < kLinearKeyScan) {
-        for (const auto& member : members) duplicate = duplicate || member.first == key;
-      } else {
-        if (seen.empty())
-          for (const auto& member : members) seen.insert(member.first);
-        duplicate = !seen.insert(key).second;
-      }
-      if (duplicate) return error_at(key_offset, absl::StrCat("duplicate key \"", key, "\""));
-      skip_whitespace();
-      if (at_end() || peek() != ':') return error(absl::StrCat("expected ':', found ", found()));
-      ++pos_;
-      skip_whitespace();
-      SY_ASSIGN_OR_RETURN(Json value, parse_value(depth));
-      members.emplace_back(std::move(key), std::move(value));
-      skip_whitespace();
-      if (at_end()) return error("unterminated object: expected ',' or '}', found end of input");
-      if (peek() == '}') {
-        ++pos_;
-        return Json(std::move(members));
-      }
-      if (peek() != ',') return error(absl::StrCat("expected ',' or '}', found ", found()));
-      ++pos_;
-    }
+  // Where the well-formed token that ends at `at` (the lexer read it whole) starts.
+  size_t token_start(size_t consumed, size_t at, const std::string& token) const {
+    if (at >= text_.size()) return text_.size();
+    const char c = text_[at];
+    if (c == '"') return opening_quote(at);
+    if (absl::ascii_isdigit(c)) return number_start(consumed, token);
+    for (std::string_view word : {"true", "false", "null"})
+      if (at + 1 >= word.size() && text_.substr(at + 1 - word.size(), word.size()) == word)
+        return at + 1 - word.size();
+    return at;
   }
 
-  absl::StatusOr<uint32_t> parse_hex4() {
-    if (text_.size() - pos_ < 4) return error("truncated \\u escape: expected 4 hex digits");
-    uint32_t code = 0;
-    for (int i = 0; i < 4; ++i) {
-      char c = text_[pos_];
-      uint32_t digit;
-      if (c >= '0' && c <= '9') {
-        digit = c - '0';
-      } else if (c >= 'a' && c <= 'f') {
-        digit = c - 'a' + 10;
-      } else if (c >= 'A' && c <= 'F') {
-        digit = c - 'A' + 10;
-      } else {
-        return error(absl::StrCat("bad \\u escape: expected a hex digit, found ", found()));
-      }
-      code = code * 16 + digit;
-      ++pos_;
+  // The grammar's complaint about the token at `start`, from what came before it.
+  bool unexpected(size_t start) {
+    const std::string what = found(start);
+    size_t before = start;
+    while (before > 0 && is_space(text_[before - 1])) --before;
+    const char prev = before > 0 ? text_[before - 1] : '\0';
+    const char next = start < text_.size() ? text_[start] : '\0';
+    if (stack_.empty() || prev == '[' || prev == ':')
+      return fail(start, absl::StrCat("expected a value, found ", what));
+    const bool in_array = stack_.back().value.is_array();
+    if (prev == ',' && in_array) {
+      if (next == ']') return fail(start, "trailing comma before ']'");
+      return fail(start, absl::StrCat("expected a value, found ", what));
     }
-    return code;
-  }
-
-  static void append_utf8(std::string& out, uint32_t code) {
-    if (code < 0x80) {
-      out += static_cast<char>(code);
-    } else if (code < 0x800) {
-      out += static_cast<char>(0xc0 | (code >> 6));
-      out += static_cast<char>(0x80 | (code & 0x3f));
-    } else if (code < 0x10000) {
-      out += static_cast<char>(0xe0 | (code >> 12));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (code & 0x3f));
-    } else {
-      out += static_cast<char>(0xf0 | (code >> 18));
-      out += static_cast<char>(0x80 | ((code >> 12) & 0x3f));
-      out += static_cast<char>(0x80 | ((code >> 6) & 0x3f));
-      out += static_cast<char>(0x80 | (code & 0x3f));
+    if (prev == ',' || prev == '{') {
+      if (prev == ',' && next == '}') return fail(start, "trailing comma before '}'");
+      return fail(start, absl::StrCat("expected a string key, found ", what));
     }
-  }
-
-  // A \u escape: one code unit, or a surrogate pair that together name one code point.
-  absl::Status parse_unicode_escape(std::string& out, size_t escape_offset) {
-    SY_ASSIGN_OR_RETURN(uint32_t code, parse_hex4());
-    if (code >= 0xdc00 && code <= 0xdfff)
-      return error_at(escape_offset, "bad \\u escape: low surrogate without a high surrogate");
-    if (code >= 0xd800 && code <= 0xdbff) {
-      if (text_.substr(pos_, 2) != "\\u")
-        return error_at(escape_offset, "bad \\u escape: high surrogate without a low surrogate");
-      pos_ += 2;
-      SY_ASSIGN_OR_RETURN(uint32_t low, parse_hex4());
-      if (low < 0xdc00 || low > 0xdfff)
-        return error_at(escape_offset, "bad \\u escape: high surrogate without a low surrogate");
-      code = 0x10000 + ((code - 0xd800) << 10) + (low - 0xdc00);
-    }
-    append_utf8(out, code);
-    return absl::OkStatus();
-  }
-
-  absl::StatusOr<std::string> parse_string() {
-    size_t start = pos_;
-    ++pos_;  // opening quote
-    std::string out;
-    while (true) {
-      if (at_end()) return error_at(start, "unterminated string");
-      char c = peek();
-      if (c == '"') {
-        ++pos_;
-        return out;
-      }
-      if (static_cast<unsigned char>(c) < 0x20)
-        return error(absl::StrFormat("control character 0x%02x in a string must be escaped",
-                                     static_cast<unsigned char>(c)));
-      if (c != '\\') {
-        out += c;
-        ++pos_;
-        continue;
-      }
-      size_t escape_offset = pos_;
-      ++pos_;
-      if (at_end()) return error_at(start, "unterminated string");
-      char e = peek();
-      switch (e) {
-        case '"':
-          out += '"';
-          break;
-        case '\\':
-          out += '\\';
-          break;
-        case '/':
-          out += '/';
-          break;
-        case 'b':
-          out += '\b';
-          break;
-        case 'f':
-          out += '\f';
-          break;
-        case 'n':
-          out += '\n';
-          break;
-        case 'r':
-          out += '\r';
-          break;
-        case 't':
-          out += '\t';
-          break;
-        case 'u':
-          ++pos_;
-          SY_RETURN_IF_ERROR(parse_unicode_escape(out, escape_offset));
-          continue;
-        default:
-          return error_at(escape_offset,
-                          absl::StrCat("bad escape: backslash followed by ", found()));
-      }
-      ++pos_;
-    }
-  }
-
-  // The JSON number grammar exactly (no leading '+', no leading zeros, no bare '.', no
-  // hex, no NaN); from_chars then converts the validated span.
-  absl::StatusOr<Json> parse_number() {
-    size_t start = pos_;
-    auto digits = [&] {
-      size_t begin = pos_;
-      while (!at_end() && peek() >= '0' && peek() <= '9') ++pos_;
-      return pos_ - begin;
-    };
-    if (peek() == '-') ++pos_;
-    if (at_end() || peek() < '0' || peek() > '9')
-      return error(absl::StrCat("bad number: expected a digit, found ", found()));
-    if (peek() == '0') {
-      ++pos_;
-      if (!at_end() && peek() >= '0' && peek() <= '9')
-        return error("bad number: leading zeros are not allowed");
-    } else {
-      digits();
-    }
-    bool integer = true;
-    if (!at_end() && peek() == '.') {
-      integer = false;
-      ++pos_;
-      if (digits() == 0)
-        return error(absl::StrCat("bad number: expected a digit after '.', found ", found()));
-    }
-    if (!at_end() && (peek() == 'e' || peek() == 'E')) {
-      integer = false;
-      ++pos_;
-      if (!at_end() && (peek() == '+' || peek() == '-')) ++pos_;
-      if (digits() == 0)
-        return error(absl::StrCat("bad number: expected an exponent digit, found ", found()));
-    }
-    const char* first = text_.data() + start;
-    const char* last = text_.data() + pos_;
-    if (integer) {
-      int64_t value;
-      auto [ptr, ec] = std::from_chars(first, last, value);
-      if (ec == std::errc() && ptr == last) return Json(value);
-      // Too large for int64: fall through to double, as other parsers do.
-    }
-    double value;
-    auto [ptr, ec] = std::from_chars(first, last, value);
-    if (ec == std::errc::result_out_of_range)
-      return error_at(start, "number out of the range of a double");
-    SY_CHECK(ec == std::errc() && ptr == last) << "validated number did not convert";
-    return Json(value);
+    if (expect_colon_) return fail(start, absl::StrCat("expected ':', found ", what));
+    const char* expected = in_array ? "',' or ']'" : "',' or '}'";
+    if (start >= text_.size())
+      return fail(start, absl::StrCat("unterminated ", in_array ? "array" : "object", ": expected ",
+                                      expected, ", found end of input"));
+    return fail(start, absl::StrCat("expected ", expected, ", found ", what));
   }
 
   std::string_view text_;
-  size_t pos_ = 0;
+  size_t consumed_ = 0;  // bytes the lexer has taken from the text
+  std::vector<Frame> stack_;
+  Json root_;
+  bool root_done_ = false;
+  size_t root_end_ = 0;
+  bool expect_colon_ = false;  // a key was read, its ':' not yet
+  absl::Status error_;
 };
 
+// nlohmann's string escaping; bytes that are not UTF-8 are written as U+FFFD, so what
+// to_json writes always reads back (a model's output can stop inside a character).
 void write_string(std::string& out, const std::string& s) {
-  out += '"';
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += absl::StrFormat("\\u%04x", static_cast<unsigned char>(c));
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
+  out += nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 void write_value(std::string& out, const Json& value) {
@@ -456,6 +441,9 @@ void write_value(std::string& out, const Json& value) {
         out += "null";
         return;
       }
+      // std::to_chars rather than nlohmann's Grisu2: both round-trip, but Grisu2 is not
+      // always shortest (-16.301342 comes out as -16.301342000000002), and float values such
+      // as `generate`'s log-probs hit those cases often.
       char buffer[64];
       auto [ptr, ec] = std::to_chars(buffer, buffer + sizeof(buffer), d);
       SY_CHECK(ec == std::errc()) << "to_chars failed";
@@ -497,7 +485,7 @@ void write_value(std::string& out, const Json& value) {
 
 }  // namespace
 
-absl::StatusOr<Json> parse_json(std::string_view text) { return Parser(text).parse_document(); }
+absl::StatusOr<Json> parse_json(std::string_view text) { return JsonBuilder(text).parse(); }
 
 std::string to_json(const Json& value) {
   std::string out;

@@ -1,16 +1,20 @@
 #pragma once
-// A minimal JSON value, parser and writer for the few JSON files switchyard reads and writes
-// itself: the safetensors header, the checkpoint manifest and metrics.jsonl. Not a general
-// library: it keeps what those need and is strict about everything else.
+// A JSON value, parser and writer for the JSON files switchyard reads and writes: the
+// safetensors header, the checkpoint manifest, metrics.jsonl, Hugging Face config.json and
+// tokenizer.json, JSONL data. nlohmann-json lexes and escapes (json.cc); this type and its
+// builder keep what those files need and are strict about everything else.
 //
 //  - Numbers: an integer literal that fits int64 is kept as an exact int64 (byte offsets and
-//    step counts must not round through double); any other number is a double.
+//    step counts must not round through double); any other number is a double (one below
+//    the smallest double reads as 0).
 //  - Objects keep their keys in insertion / file order (headers and manifests stay diffable);
 //    a duplicate key is a parse error, because "last one wins" would hide a corrupt file.
-//  - Strings are byte strings: \uXXXX escapes (surrogate pairs included) decode to UTF-8,
-//    other non-ASCII bytes pass through unvalidated.
+//  - Strings are UTF-8, as RFC 8259 requires of JSON text: \uXXXX escapes (surrogate pairs
+//    included) decode to UTF-8, and a string that is not valid UTF-8 is a parse error. A
+//    leading UTF-8 byte order mark is skipped (offsets still count it).
 //  - to_json writes compact JSON; a non-finite double (NaN, inf), which JSON cannot spell,
-//    is written as null.
+//    is written as null, and bytes of a built string that are not UTF-8 as U+FFFD, so what
+//    it writes always reads back.
 #include <concepts>
 #include <cstddef>
 #include <cstdint>

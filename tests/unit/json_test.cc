@@ -88,6 +88,20 @@ TEST_P(JsonMalformedTest, ErrorGivesByteOffsetAndReason) {
   EXPECT_NE(message.find(m.what), std::string::npos) << message;
 }
 
+// {"k0":0,...,"k39":0,"k7":1}: the duplicate comes past the linear scan of small objects.
+std::string forty_keys_then_k7_again() {
+  std::string text = "{";
+  for (int i = 0; i < 40; ++i) text += "\"k" + std::to_string(i) + "\":0,";
+  return text + R"("k7":1})";
+}
+
+// {"a":{"a":... opened `depth` times, never closed: each level is 5 bytes.
+std::string nested_objects(int depth) {
+  std::string text;
+  for (int i = 0; i < depth; ++i) text += "{\"a\":";
+  return text;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Inputs, JsonMalformedTest,
     ::testing::Values(
@@ -108,11 +122,112 @@ INSTANTIATE_TEST_SUITE_P(
         Malformed{"1.", 2, "expected a digit after '.'"}, Malformed{"-", 1, "expected a digit"},
         Malformed{"1e", 2, "expected an exponent digit"}, Malformed{"1e999", 0, "out of the range"},
         Malformed{"tru", 0, "expected a value"}, Malformed{"NaN", 0, "expected a value, found 'N'"},
-        Malformed{"{} x", 3, "unexpected characters after the JSON value"}));
+        Malformed{"{} x", 3, "unexpected characters after the JSON value"},
+        // Duplicates deep inside, in a large object (the hash set), with escapes in the key.
+        Malformed{R"({"a":[{"x":1,"y":{"k":1,"k":2}}]})", 24, "duplicate key \"k\""},
+        Malformed{forty_keys_then_k7_again(), 311, "duplicate key \"k7\""},
+        Malformed{R"({"a\"b":1,"a\"b":2})", 10, "duplicate key \"a\"b\""},
+        Malformed{nested_objects(300), 5 * 256, "nesting deeper than 256"},
+        Malformed{"-012", 2, "leading zeros"}, Malformed{"[00]", 2, "leading zeros"},
+        Malformed{"1e-", 3, "expected an exponent digit"},
+        Malformed{"1e9999999999999999999999", 0, "out of the range"},
+        Malformed{"[1,2x]", 4, "expected ',' or ']', found 'x'"},
+        Malformed{"[true false]", 6, "expected ',' or ']', found 'f'"},
+        Malformed{R"({"a":1 "b":2})", 7, "expected ',' or '}', found '\"'"},
+        Malformed{R"({"a":1)", 6, "unterminated object"},
+        Malformed{R"({"a")", 4, "expected ':', found end of input"},
+        Malformed{R"({"a":})", 5, "expected a value, found '}'"},
+        Malformed{R"(["\u12"])", 6, "expected a hex digit, found '\"'"},
+        Malformed{R"("\ud83d\u0041")", 1, "high surrogate without a low surrogate"},
+        Malformed{R"("\ud83d\x")", 1, "high surrogate without a low surrogate"},
+        Malformed{R"("ab\)", 0, "unterminated string"},
+        // The input quoted in nlohmann's message does not confuse the reason.
+        Malformed{R"("forbidden character after backslash\uZZ")", 38, "expected a hex digit"},
+        // JSON text is UTF-8 (RFC 8259): a stray byte, a bad continuation, a cut sequence.
+        Malformed{std::string("[\"a\xff\"]"), 3, "not valid UTF-8 at byte 0xff"},
+        Malformed{std::string("\"\xc3\x28\""), 2, "not valid UTF-8 at '('"},
+        Malformed{std::string("\"\xe2\x82"), 0, "unterminated string"},
+        // nlohmann reads a NUL as the end of the input; here it is a byte like any other.
+        Malformed{std::string("1\0 2", 4), 1, "unexpected characters after the JSON value"},
+        Malformed{std::string("[\0]", 3), 1, "expected a value, found byte 0x00"},
+        Malformed{std::string("\"a\0\"", 4), 2, "control character 0x00"}));
+
+TEST(JsonTest, IntegersPastInt64BecomeDoubles) {
+  absl::StatusOr<Json> parsed = parse_json(
+      "[9223372036854775807,-9223372036854775808,"
+      "9223372036854775808,18446744073709551615,"
+      "18446744073709551616,-9223372036854775809,-0]");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  const Json::Array& n = parsed->as_array();
+  EXPECT_EQ(n[0].as_int(), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(n[1].as_int(), std::numeric_limits<int64_t>::min());
+  for (size_t i = 2; i < 6; ++i) EXPECT_FALSE(n[i].is_int()) << i;
+  EXPECT_EQ(n[2].as_double(), 9223372036854775808.0);
+  EXPECT_EQ(n[3].as_double(), 18446744073709551616.0);
+  EXPECT_EQ(n[4].as_double(), 18446744073709551616.0);
+  EXPECT_EQ(n[5].as_double(), -9223372036854775808.0);
+  EXPECT_TRUE(n[6].is_int());
+  EXPECT_EQ(n[6].as_int(), 0);
+  // Below the smallest double a number is 0, as strtod and other parsers make it.
+  absl::StatusOr<Json> tiny = parse_json("[1e-400,5e-324]");
+  ASSERT_TRUE(tiny.ok()) << tiny.status();
+  EXPECT_EQ(tiny->as_array()[0].as_double(), 0.0);
+  EXPECT_EQ(tiny->as_array()[1].as_double(), std::numeric_limits<double>::denorm_min());
+  EXPECT_EQ(to_json(*tiny), "[0.0,5e-324]");
+}
+
+TEST(JsonTest, StringsCarryNulAndTheWriterKeepsItsOutputValidUtf8) {
+  absl::StatusOr<Json> parsed = parse_json(R"({"a\u0000b":"\u0000"})");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(parsed->as_object()[0].first, std::string("a\0b", 3));
+  EXPECT_EQ(to_json(*parsed), R"({"a\u0000b":"\u0000"})");
+  // A built string that is not UTF-8 (a completion cut inside a character) is written with
+  // U+FFFD in place of the bad bytes, so the line still reads back.
+  const std::string written = to_json(Json(std::string("ok\xe2\x82 \xff\xc3\xa9")));
+  EXPECT_EQ(written, "\"ok\xef\xbf\xbd \xef\xbf\xbd\xc3\xa9\"");
+  EXPECT_TRUE(parse_json(written).ok());
+  // DEL and '/' need no escape.
+  EXPECT_EQ(to_json(Json("\x7f/")), "\"\x7f/\"");
+}
+
+TEST(JsonTest, ALeadingByteOrderMarkIsSkippedAndOffsetsStillCountIt) {
+  absl::StatusOr<Json> parsed = parse_json("\xef\xbb\xbf[1]");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(to_json(*parsed), "[1]");
+  absl::StatusOr<Json> bad = parse_json("\xef\xbb\xbf[1,]");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("JSON error at byte 6: trailing comma"), std::string::npos)
+      << bad.status();
+}
+
+TEST(JsonTest, ShortestDoublesEvenWhereGrisuIsLonger) {
+  EXPECT_EQ(to_json(Json(-16.301342)), "-16.301342");
+  EXPECT_EQ(to_json(Json(-9.56350517)), "-9.56350517");
+  EXPECT_EQ(to_json(Json(1e15)), "1e+15");
+}
+
+TEST(JsonTest, ALargeObjectKeepsItsKeysInOrder) {
+  std::string text = "{";
+  for (int i = 0; i < 1000; ++i)
+    text += (i ? ",\"" : "\"") + std::to_string(999 - i) + "\":" + std::to_string(i);
+  text += "}";
+  absl::StatusOr<Json> parsed = parse_json(text);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  ASSERT_EQ(parsed->as_object().size(), 1000u);
+  EXPECT_EQ(parsed->as_object()[0].first, "999");
+  EXPECT_EQ(parsed->find("0")->as_int(), 999);
+  EXPECT_EQ(to_json(*parsed), text);
+}
 
 TEST(JsonTest, NestingUpToTheLimitIsAccepted) {
   std::string text = std::string(kMaxJsonDepth, '[') + std::string(kMaxJsonDepth, ']');
   EXPECT_TRUE(parse_json(text).ok());
+  std::string objects;
+  for (int i = 0; i < kMaxJsonDepth; ++i) objects += "{\"a\":";
+  objects += "1" + std::string(kMaxJsonDepth, '}');
+  absl::StatusOr<Json> parsed = parse_json(objects);
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_EQ(to_json(*parsed), objects);
 }
 
 }  // namespace
