@@ -73,10 +73,12 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
                       ? absl::StatusOr<std::string>(rl.init_checkpoint())
                       : latest_checkpoint(rl.init_checkpoint());
   SY_RETURN_IF_ERROR(agree_on_status(world, init_dir.status()));
-  SY_RETURN_IF_ERROR(trainer->load_policy_weights(*init_dir));
+  // Checkpoint progress on rank 0's console alone.
+  std::ostream* const progress = run.lead() ? &log : nullptr;
+  SY_RETURN_IF_ERROR(trainer->load_policy_weights(*init_dir, progress));
   int64_t start_step = 0;
   if (options.resume) {
-    SY_ASSIGN_OR_RETURN(start_step, trainer->restore(options.run_dir));
+    SY_ASSIGN_OR_RETURN(start_step, trainer->restore(options.run_dir, progress));
     if (start_step >= rl.steps()) {
       return absl::FailedPreconditionError(absl::StrCat(
           options.run_dir, " already holds step ", start_step, " of rl.steps = ", rl.steps(),
@@ -117,7 +119,7 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
   loop.checkpoint_every = config.checkpoint().interval();
   loop.resume_hint = absl::StrCat("switchyard rl --resume ", options.run_dir);
   loop.evaluate = run_eval;
-  loop.checkpoint = [&](int64_t done) { return trainer->save(options.run_dir, done); };
+  loop.checkpoint = [&](int64_t done) { return trainer->save(options.run_dir, done, progress); };
   loop.step = [&](int64_t step) -> absl::Status {
     auto result = trainer->step(step);
     SY_RETURN_IF_ERROR(agree_on_status(world, result.status()));

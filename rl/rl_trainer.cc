@@ -93,12 +93,18 @@ MemoryEstimate estimate_rl_memory(const ModelSpec& spec, const RlMemoryPlan& pla
     total.gradient_bytes += c.gradient_bytes;
     total.optimizer_bytes += c.optimizer_bytes;
   }
+  // The engine generate() builds for the rollouts: as many rows as the step samples, up to
+  // the default max_rows, each as long as a row gets.
+  const EngineOptions engine{.max_rows = std::min(plan.rollout_rows, EngineOptions{}.max_rows),
+                             .max_len = plan.rollout_len};
   const KvPoolShape pool{.layers = spec.n_layers,
-                         .slots = std::min(plan.rollout_rows, EngineOptions{}.max_rows),
-                         .max_len = plan.rollout_len,
+                         .slots = engine.max_rows,
+                         .max_len = engine.max_len,
                          .kv_heads = spec.n_kv_heads,
                          .head_dim = spec.head_dim()};
   total.kv_cache_bytes = pool.bytes(plan.policy.compute);
+  // The forwards' working memory beside the pool counts as activations, like the policy's.
+  total.activation_bytes += estimate_rollout_workspace_bytes(spec, engine, plan.policy.compute);
   return total;
 }
 
@@ -287,14 +293,16 @@ void RlTrainer::reset_reference_to_policy() {
   if (critic_store_) copy_weights_by_name(*policy_store_, *critic_store_);
 }
 
-absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir) {
+absl::Status RlTrainer::load_policy_weights(const std::string& checkpoint_dir,
+                                            std::ostream* progress) {
   absl::Status loaded;
   if (is_hf_checkpoint(checkpoint_dir)) {
     // Each rank reads only the tensors it holds (its experts, under expert parallelism).
-    loaded = load_hf_weights(checkpoint_dir, *policy_store_);
+    loaded = load_hf_weights(checkpoint_dir, *policy_store_, progress);
   } else {
     // Any layout's checkpoint: each rank reads its own experts' rows (trainer/reshard.h).
-    loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, checkpoint_layout()).status();
+    loaded = load_checkpoint(checkpoint_dir, *policy_store_, nullptr, checkpoint_layout(), progress)
+                 .status();
   }
   SY_RETURN_IF_ERROR(agree_on_status(*world_, loaded));
   reset_reference_to_policy();
@@ -366,7 +374,8 @@ CheckpointLayout RlTrainer::checkpoint_layout() const {
           .zero_stage = config_.parallel().zero_stage()};
 }
 
-absl::Status RlTrainer::save(const std::string& run_dir, int64_t steps_done) {
+absl::Status RlTrainer::save(const std::string& run_dir, int64_t steps_done,
+                             std::ostream* progress) {
   const CheckpointState state{
       .step = steps_done,
       .seed = rl_.seed(),
@@ -375,7 +384,7 @@ absl::Status RlTrainer::save(const std::string& run_dir, int64_t steps_done) {
   // The critic and the state first: the policy's `latest` is what a resumed run goes by.
   if (critic_) {
     SY_RETURN_IF_ERROR(save_checkpoint(critic_run_dir(run_dir), state, *critic_store_, *critic_opt_,
-                                       keep, checkpoint_layout()));
+                                       keep, checkpoint_layout(), progress));
   }
   absl::Status wrote;
   if (world_->rank() == 0) {
@@ -387,20 +396,22 @@ absl::Status RlTrainer::save(const std::string& run_dir, int64_t steps_done) {
     wrote = write_file_atomically(rl_state_path(run_dir, steps_done), {&piece, 1});
   }
   SY_RETURN_IF_ERROR(agree_on_status(*world_, wrote));
-  return save_checkpoint(run_dir, state, *policy_store_, *policy_opt_, keep, checkpoint_layout());
+  return save_checkpoint(run_dir, state, *policy_store_, *policy_opt_, keep, checkpoint_layout(),
+                         progress);
 }
 
-absl::StatusOr<int64_t> RlTrainer::restore(const std::string& run_dir) {
+absl::StatusOr<int64_t> RlTrainer::restore(const std::string& run_dir, std::ostream* progress) {
   auto dir = latest_checkpoint(run_dir);
   SY_RETURN_IF_ERROR(agree_on_status(*world_, dir.status()));
-  auto state = load_checkpoint(*dir, *policy_store_, policy_opt_.get(), checkpoint_layout());
+  auto state =
+      load_checkpoint(*dir, *policy_store_, policy_opt_.get(), checkpoint_layout(), progress);
   SY_RETURN_IF_ERROR(agree_on_status(*world_, state.status()));
   const int64_t step = state->step;
   if (critic_) {
     const std::string critic_dir =
         (fs::path(critic_run_dir(run_dir)) / "checkpoints" / fs::path(*dir).filename()).string();
-    auto critic =
-        load_checkpoint(critic_dir, *critic_store_, critic_opt_.get(), checkpoint_layout());
+    auto critic = load_checkpoint(critic_dir, *critic_store_, critic_opt_.get(),
+                                  checkpoint_layout(), progress);
     absl::Status loaded = critic.status();
     if (!loaded.ok()) {
       loaded = absl::NotFoundError(absl::StrCat("the critic of ", *dir, ": ", loaded.message(),

@@ -5,6 +5,7 @@
 // evaluation in rl/rollouts.cc, the batch, the losses and the updates in rl/rl_batch.cc.
 #include <cstdint>
 #include <memory>
+#include <ostream>
 #include <string>
 #include <utility>
 #include <vector>
@@ -89,7 +90,9 @@ struct EvalMetrics {
 // state (`policy`: weights, gradients, AdamW moments and one minibatch's activations), the
 // reference's weights, the critic's training state (PPO) and the rollout engine's KV pool for
 // `rollout_rows` rows of `rollout_len` positions (the rows decoded at once, at most the
-// engine's max_rows).
+// engine's max_rows), with the engine's working memory beside it
+// (estimate_rollout_workspace_bytes) counted among the activations. Every part is summed,
+// though the rollouts and the updates take turns (each rollout builds and frees its engine).
 struct RlMemoryPlan {
   MemoryPlan policy;
   bool critic = false;
@@ -109,10 +112,13 @@ class RlTrainer {
       std::unique_ptr<RewardTask> task = nullptr);
   ~RlTrainer();
 
-  // Loads the policy from a checkpoint directory and copies it into the reference and the
-  // critic's trunk. A checkpoint written without expert parallelism loads into any layout;
-  // otherwise the expert-parallel size must match. Collective.
-  absl::Status load_policy_weights(const std::string& checkpoint_dir);
+  // Loads the policy from a checkpoint directory (ours, or a Hugging Face model's) and copies
+  // it into the reference and the critic's trunk. A checkpoint written without expert
+  // parallelism loads into any layout; otherwise the expert-parallel size must match.
+  // `progress` (rank 0's console, null for none) gets the load's progress line and summary
+  // (trainer/progress.h). Collective.
+  absl::Status load_policy_weights(const std::string& checkpoint_dir,
+                                   std::ostream* progress = nullptr);
   // Makes the reference (and the critic's trunk) equal to the current policy.
   void reset_reference_to_policy();
 
@@ -131,11 +137,15 @@ class RlTrainer {
   EvalMetrics evaluate();
 
   // The policy, the critic, their optimizer states and the KL coefficient as a checkpoint of
-  // run_dir after `steps_done` steps (see the file comment). Collective.
-  absl::Status save(const std::string& run_dir, int64_t steps_done);
+  // run_dir after `steps_done` steps (see the file comment). `progress` (rank 0's console,
+  // null for none) gets one summary line per checkpoint written: the critic's (PPO), then
+  // the policy's. Collective.
+  absl::Status save(const std::string& run_dir, int64_t steps_done,
+                    std::ostream* progress = nullptr);
   // Continues from run_dir's latest checkpoint (after load_policy_weights has set the
-  // reference); returns the steps it had done. Collective.
-  absl::StatusOr<int64_t> restore(const std::string& run_dir);
+  // reference); returns the steps it had done. `progress` as for save: the policy's load,
+  // then the critic's. Collective.
+  absl::StatusOr<int64_t> restore(const std::string& run_dir, std::ostream* progress = nullptr);
 
   Transformer& policy() { return *policy_; }
   ParamStore& policy_store() { return *policy_store_; }

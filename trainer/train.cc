@@ -2,7 +2,6 @@
 
 #include <algorithm>
 #include <chrono>
-#include <filesystem>
 #include <fstream>
 #include <map>
 #include <optional>
@@ -33,7 +32,6 @@
 #include "trainer/token_shards.h"
 
 namespace sy {
-namespace fs = std::filesystem;
 namespace {
 
 TrainStepHook g_after_backward_hook;
@@ -369,10 +367,13 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   const CheckpointLayout layout{
       .world = &world, .expert_parallel = grid.layout().expert_parallel, .zero_stage = zero_stage};
 
+  // Rank 0 speaks for the job: its console alone shows checkpoint progress.
+  std::ostream* const progress = lead ? &log : nullptr;
   int64_t start_step = 0;
   if (options.resume) {
     SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(options.run_dir));
-    SY_ASSIGN_OR_RETURN(CheckpointState state, load_checkpoint(dir, store, &optimizer, layout));
+    SY_ASSIGN_OR_RETURN(CheckpointState state,
+                        load_checkpoint(dir, store, &optimizer, layout, progress));
     SY_RETURN_IF_ERROR(feed.restore(state.data));
     start_step = state.step;
     log << "resumed from " << dir << " at step " << start_step << "\n";
@@ -408,27 +409,13 @@ absl::Status train(const switchyard::Experiment& config, const TrainOptions& opt
   const int log_every = std::max(1, tc.log_interval());
   // Where rank 0's console is a terminal, long work between steps redraws a progress line.
   const bool terminal = lead && is_terminal(console);
+  // save_checkpoint's summary on rank 0 is the save's one line: "save checkpoint
+  // step_NNNNNNNN: <MiB> in <time> (<MiB/s>)".
   auto checkpoint = [&](int64_t step_done) -> absl::Status {
     SY_RETURN_IF_ERROR(check_state_finite(store, optimizer, world, step_done));
     CheckpointState state{.step = step_done, .seed = tc.seed(), .data = feed.position()};
-    const auto start = std::chrono::steady_clock::now();
-    SY_RETURN_IF_ERROR(save_checkpoint(options.run_dir, state, store, optimizer,
-                                       config.checkpoint().keep_last(), layout));
-    if (lead) {  // every rank's files are in place once save_checkpoint returns
-      const double s =
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-      auto dir = latest_checkpoint(options.run_dir);
-      double bytes = 0;
-      std::error_code ec;
-      if (dir.ok())
-        for (const auto& f : fs::directory_iterator(*dir, ec))
-          if (f.is_regular_file(ec)) bytes += static_cast<double>(f.file_size(ec));
-      log << absl::StrFormat("checkpoint %s: %.1f MiB in %.2fs (%.0f MiB/s)\n",
-                             dir.ok() ? *dir : options.run_dir, bytes / (1 << 20), s,
-                             s > 0 ? bytes / (1 << 20) / s : 0.0);
-      log.flush();
-    }
-    return absl::OkStatus();
+    return save_checkpoint(options.run_dir, state, store, optimizer,
+                           config.checkpoint().keep_last(), layout, progress);
   };
 
   const double lambda = spec.mtp_loss_weight;

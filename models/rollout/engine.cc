@@ -51,7 +51,7 @@ RolloutRows state_rows(const RolloutRows& s, int64_t lo, int64_t hi) {
 // A rough bound on the activations of one forward of `tokens` tokens (the residual stream,
 // attention and FFN intermediates in the compute dtype) plus `rows` rows of f32 logits: what
 // must fit beside the KV pool.
-int64_t workspace_bytes(const ModelSpec& s, int64_t tokens, int64_t rows, DType dtype) {
+int64_t forward_workspace_bytes(const ModelSpec& s, int64_t tokens, int64_t rows, DType dtype) {
   const int64_t q = int64_t{s.n_heads} * s.head_dim();
   const int64_t ffn = std::max<int64_t>(
       3 * int64_t{s.dense_ffn_hidden},
@@ -60,7 +60,24 @@ int64_t workspace_bytes(const ModelSpec& s, int64_t tokens, int64_t rows, DType 
   return tokens * per_token * int64_t(dtype_size(dtype)) + 2 * rows * s.vocab_size * 4;
 }
 
+// A prefill forward may hold a whole row of max_len tokens even past the token budget (the
+// scheduler gives a prompt longer than the budget a forward of its own).
+int64_t prefill_workspace_bytes(const ModelSpec& spec, const EngineOptions& o, DType dtype) {
+  const int64_t max_len = o.max_len > 0 ? o.max_len : spec.seq_len;
+  return forward_workspace_bytes(spec, std::max(o.prefill_tokens, max_len), 0, dtype);
+}
+
+int64_t row_workspace_bytes(const ModelSpec& spec, DType dtype) {
+  return forward_workspace_bytes(spec, 1, 1, dtype);
+}
+
 }  // namespace
+
+int64_t estimate_rollout_workspace_bytes(const ModelSpec& spec, const EngineOptions& options,
+                                         DType dtype) {
+  return prefill_workspace_bytes(spec, options, dtype) +
+         options.max_rows * row_workspace_bytes(spec, dtype);
+}
 
 absl::Status validate_sampling_options(const SamplingOptions& o) {
   if (std::isnan(o.temperature)) {
@@ -149,12 +166,14 @@ absl::StatusOr<std::unique_ptr<RolloutEngine>> RolloutEngine::create(Transformer
                           .max_len = o.max_len,
                           .kv_heads = spec.n_kv_heads,
                           .head_dim = spec.head_dim()};
-  const int64_t prefill = std::max(o.prefill_tokens, o.max_len);
+  const DType dtype = store.compute_dtype();
+  const int64_t prefill = prefill_workspace_bytes(spec, o, dtype);
+  const int64_t per_row = row_workspace_bytes(spec, dtype);
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
-                      KvPool::create(shape, store.compute_dtype(), store.device(),
-                                     workspace_bytes(spec, prefill, 0, store.compute_dtype()),
-                                     workspace_bytes(spec, 1, 1, store.compute_dtype())));
-  return std::unique_ptr<RolloutEngine>(new RolloutEngine(model, o, world, std::move(pool)));
+                      KvPool::create(shape, dtype, store.device(), prefill, per_row));
+  std::unique_ptr<RolloutEngine> engine(new RolloutEngine(model, o, world, std::move(pool)));
+  engine->workspace_bytes_ = prefill + shape.slots * per_row;
+  return engine;
 }
 
 void RolloutEngine::prefill(Rows& rows, int64_t first_row, const std::vector<int64_t>& ids,

@@ -84,6 +84,14 @@ struct EngineOptions {
   int64_t prefill_tokens = 8192;  // the most padded tokens in one prefill forward
 };
 
+// The working memory an engine with `options` keeps free beside its KV pool for a model of
+// `spec` computing in `dtype` (max_len 0: the model's seq_len): one prefill forward's
+// activations over max(prefill_tokens, max_len) tokens, plus each of max_rows rows' share of a
+// decode step (its activations and f32 logits). A rough bound, as create() counts it: on a GPU
+// it must be free beside the pool, and an up-front memory plan (rl/rl_trainer.h) adds it.
+int64_t estimate_rollout_workspace_bytes(const ModelSpec& spec, const EngineOptions& options,
+                                         DType dtype);
+
 class RolloutEngine {
  public:
   // Allocates the KV pool (model's device and compute dtype). Errors: options out of range,
@@ -101,6 +109,8 @@ class RolloutEngine {
                                                    uint64_t first_row_id = 0);
 
   const EngineOptions& options() const { return options_; }
+  // The working memory create() reserved beside the pool (the sizes it gave KvPool::create).
+  int64_t workspace_bytes() const { return workspace_bytes_; }
 
  private:
   struct Rows;
@@ -118,6 +128,7 @@ class RolloutEngine {
   PoolStep step_;
   std::vector<std::unique_ptr<PoolAttention>> layers_;
   std::vector<KvAttention*> attention_;
+  int64_t workspace_bytes_ = 0;
 };
 
 }  // namespace sy

@@ -21,6 +21,7 @@
 #include "kernels/tensor.h"
 #include "models/model_spec.h"
 #include "models/param_store.h"
+#include "models/rollout/engine.h"
 #include "models/transformer.h"
 #include "parallel/local_communicator.h"
 #include "rl/rl_config.h"
@@ -357,7 +358,7 @@ TEST_F(CommandFlags, ConvertRefusesANonFiniteShardSize) {
 }
 
 // The RL run's estimate is the policy's training state plus the reference's weights, the
-// critic's training state (PPO) and the rollout engine's KV pool.
+// critic's training state (PPO) and the rollout engine's KV pool and working memory.
 TEST(MemoryEstimate, AnRlRunCountsItsModelsAndTheRolloutKvPool) {
   const ModelSpec spec = model_spec_from_config(small_config());
   const MemoryPlan policy{.micro_batch = 4, .seq_len = 20};
@@ -369,7 +370,10 @@ TEST(MemoryEstimate, AnRlRunCountsItsModelsAndTheRolloutKvPool) {
   // f32 weights: the reference adds one more copy of the master weights.
   EXPECT_EQ(grpo.weight_bytes, 2 * train.weight_bytes);
   EXPECT_EQ(grpo.gradient_bytes, train.gradient_bytes);
-  EXPECT_EQ(grpo.activation_bytes, train.activation_bytes);
+  // The engine's forwards (64 rows of 20 positions) beside the policy's minibatch.
+  EXPECT_EQ(grpo.activation_bytes,
+            train.activation_bytes + estimate_rollout_workspace_bytes(
+                                         spec, {.max_rows = 64, .max_len = 20}, DType::kF32));
   // k and v of every layer, for the engine's 64 rows (not all 100) of 20 positions.
   EXPECT_EQ(grpo.kv_cache_bytes,
             2 * spec.n_layers * 64 * 20 * spec.n_kv_heads * spec.head_dim() * 4);

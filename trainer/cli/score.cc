@@ -20,6 +20,7 @@
 #include "trainer/data/tokenizer.h"
 #include "trainer/flags.h"
 #include "trainer/json.h"
+#include "trainer/progress.h"
 #include "trainer/train.h"
 
 namespace sy {
@@ -97,10 +98,13 @@ absl::Status run_score_command(const std::vector<std::string>& args, std::ostrea
   ParamStore store(device, compute);
   Transformer model(spec, store);
   SY_ASSIGN_OR_RETURN(std::string dir, latest_checkpoint(run_dir));
-  // This process holds every expert: an expert-parallel checkpoint's shards are joined.
-  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}).status());
+  // This process holds every expert: an expert-parallel checkpoint's shards are joined. The
+  // scores go to --output, so `out` is free for progress.
+  SY_RETURN_IF_ERROR(load_checkpoint(dir, store, nullptr, {.expert_parallel = 1}, &out).status());
 
-  int64_t tokens = 0;
+  Progress progress(out, "score", static_cast<int64_t>(lines.size()), "texts", is_terminal(out));
+  progress.count_also("tokens", "tok/s");
+  int64_t tokens = 0, done = 0;
   double total = 0;
   for (Line& line : lines) {
     const int64_t n = static_cast<int64_t>(line.ids.size());
@@ -126,12 +130,15 @@ absl::Status run_score_command(const std::vector<std::string>& args, std::ostrea
     sink << to_json(line.fields) << "\n";
     tokens += std::max<int64_t>(n - 1, 0);
     total += sum;
+    progress.update(++done, tokens);
   }
   sink.flush();
   if (!sink) return absl::DataLossError(absl::StrCat("--output ", output, ": write failed"));
-  out << absl::StrFormat("scored %d texts, %d tokens: mean log-prob %.4f, perplexity %.3f\n",
-                         lines.size(), tokens, tokens > 0 ? total / tokens : 0.0,
-                         tokens > 0 ? std::exp(-total / tokens) : 1.0);
+  // The scored tokens are those after each text's first.
+  progress.finish(done, tokens,
+                  absl::StrFormat(" | mean log-prob %.4f, perplexity %.3f -> %s",
+                                  tokens > 0 ? total / tokens : 0.0,
+                                  tokens > 0 ? std::exp(-total / tokens) : 1.0, output));
   return absl::OkStatus();
 }
 
