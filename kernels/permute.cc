@@ -47,14 +47,19 @@ int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int top_k, i
   return static_cast<int64_t>(std::ceil(exact));
 }
 
-DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity,
+                                 PlanReadback readback) {
   SY_CHECK(indices.defined() && indices.ndim() == 2)
       << "make_dispatch_plan: indices must be [N, k], got " << shape_str(indices.shape());
   check_dtype(indices, DType::kI32, "make_dispatch_plan indices");
   SY_CHECK(num_experts > 0) << "make_dispatch_plan: " << num_experts << " experts";
+  SY_CHECK(readback == PlanReadback::kHost || capacity < 0)
+      << "make_dispatch_plan: a plan with a capacity needs its counts on the host";
 #ifdef SWITCHYARD_HAVE_CUDA
   // Checks the indices on the device; finish_dispatch_plan reports any outside [0, E).
-  if (indices.device().is_cuda()) return cuda::start_dispatch_plan(indices, num_experts, capacity);
+  if (indices.device().is_cuda()) {
+    return cuda::start_dispatch_plan(indices, num_experts, capacity, readback);
+  }
 #endif
   if (!indices.device().is_cpu()) no_kernel("make_dispatch_plan", indices.device());
   const int32_t* idx = indices.data<int32_t>();
@@ -68,10 +73,18 @@ DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t
   plan.device_offsets = Tensor::empty({num_experts + 1}, DType::kI64);
   std::copy(plan.expert_offsets.begin(), plan.expert_offsets.end(),
             plan.device_offsets.data<int64_t>());
+  if (readback == PlanReadback::kNone) {
+    // The same contract as on a GPU, so that CPU tests catch a consumer reading host counts.
+    plan.expert_counts.clear();
+    plan.expert_offsets.clear();
+    plan.device_only = true;
+  }
   return plan;
 }
 
 void finish_dispatch_plan(DispatchPlan& plan) {
+  SY_CHECK(!plan.device_only)
+      << "finish_dispatch_plan: the plan was started with PlanReadback::kNone (no host counts)";
   if (plan.ready()) return;
 #ifdef SWITCHYARD_HAVE_CUDA
   cuda::finish_dispatch_plan(plan);

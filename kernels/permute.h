@@ -42,6 +42,10 @@ struct DispatchPlan {
   // i64 [E + 1] on the indices' device: expert_offsets as the device knows them, complete
   // once start_dispatch_plan returns (what a consumer that must not wait reads instead).
   Tensor device_offsets;
+  // A plan started with PlanReadback::kNone: nothing was queued for the host, the host vectors
+  // stay empty for good, and its consumers read device_offsets (the decode path, which must
+  // queue no copy to the host so that a step can be captured as a CUDA graph).
+  bool device_only = false;
   bool ready() const { return pending == nullptr; }
   int64_t num_dropped() const { return num_tokens * top_k - num_rows; }
 };
@@ -56,7 +60,13 @@ DispatchPlan make_dispatch_plan(const Tensor& indices, int num_experts, int64_t 
 // queued, so the permutes may be queued in between; with a capacity they refuse an unfinished
 // plan. Indices outside [0, E) are dropped on the device and reported by finish_dispatch_plan,
 // before which rows that used them hold slot 0. On the CPU start does all the work.
-DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+//
+// With PlanReadback::kNone (dropless plans only) start queues no copy to the host: the plan is
+// device_only, finish_dispatch_plan refuses it, and indices outside [0, E) go unreported (they
+// are dropped as always; a top-k over the router's scores never makes one).
+enum class PlanReadback { kHost, kNone };
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity,
+                                 PlanReadback readback = PlanReadback::kHost);
 void finish_dispatch_plan(DispatchPlan& plan);
 
 // Row groups between the compact layout (group g at rows [offsets[g], offsets[g + 1])) and a
@@ -85,7 +95,8 @@ void unpermute_backward(const Tensor& dy, const Tensor& dweights, const Tensor& 
 }  // namespace cpu
 namespace cuda {
 // kernels/cuda/permute.cu; defined in CUDA builds only.
-DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity);
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity,
+                                 PlanReadback readback);
 void finish_dispatch_plan(DispatchPlan& plan);
 void permute_forward(const Tensor& out, const Tensor& x, const DispatchPlan& plan);
 void permute_backward(const Tensor& dx, const Tensor& dout, const DispatchPlan& plan);

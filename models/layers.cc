@@ -448,8 +448,23 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   // travels and the host waits for it, the GPU has the permute (a dropless plan's rows are
   // known without the counts), the load statistics and the shared experts to run.
   const double capacity_factor = dropless_ ? 0.0 : m.capacity_factor;
+  // Inference forwards (the rollout engine's, dropless) keep no load statistics and need no
+  // balancing terms. With the experts all local, the grouped GEMMs read the plan's offsets on
+  // the device, so the layer issues its work without waiting for the expert counts, and the
+  // plan queues no copy to the host at all (a decode step stays free of host copies).
+  const int64_t f_hidden = m.expert_hidden, d = spec_.d_model;
+  static const bool grouped = inference_grouped_from_env();
+  // The grouped kernel walks a group's rows 64 at a time in one block: it wins at decode's
+  // few rows per expert and loses to cuBLAS at a prefill's hundreds (measured on an H100).
+  // A dropless plan keeps every slot: n * k rows.
+  const bool on_device = dropless_ && grouped &&
+                         n * m.top_k <= kGroupedRowsPerExpert * e_count &&
+                         dispatcher_.num_local_experts() == e_count &&
+                         grouped_matmul_waits_for_nothing(dev, dt, 2 * f_hidden, d) &&
+                         grouped_matmul_waits_for_nothing(dev, dt, d, f_hidden);
   plan_ = start_dispatch_plan(indices_, m.num_experts,
-                              expert_capacity(capacity_factor, n, m.top_k, m.num_experts));
+                              expert_capacity(capacity_factor, n, m.top_k, m.num_experts),
+                              on_device ? PlanReadback::kNone : PlanReadback::kHost);
   Tensor xp;
   auto permute = [&] {
     region.emplace("moe.dispatch");
@@ -458,17 +473,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
     region.emplace("moe.route");
   };
   if (plan_.num_rows >= 0) permute();
-  // Inference forwards (the rollout engine's, dropless) keep no load statistics and need no
-  // balancing terms. With the experts all local, the grouped GEMMs read the plan's offsets on
-  // the device, so the layer issues its work without waiting for the expert counts.
-  const int64_t f_hidden = m.expert_hidden, d = spec_.d_model;
-  static const bool grouped = inference_grouped_from_env();
-  // The grouped kernel walks a group's rows 64 at a time in one block: it wins at decode's
-  // few rows per expert and loses to cuBLAS at a prefill's hundreds (measured on an H100).
-  if (dropless_ && grouped && plan_.num_rows <= kGroupedRowsPerExpert * e_count &&
-      dispatcher_.num_local_experts() == e_count &&
-      grouped_matmul_waits_for_nothing(dev, dt, 2 * f_hidden, d) &&
-      grouped_matmul_waits_for_nothing(dev, dt, d, f_hidden)) {
+  if (on_device) {
     return experts_forward_on_device(xp);
   }
   // Queued now, with their copy to the host: read after the experts are queued, they wait for

@@ -299,7 +299,8 @@ int row_threads(int64_t d) {
 
 }  // namespace
 
-DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity) {
+DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t capacity,
+                                 PlanReadback readback) {
   SY_CHECK(num_experts <= kMaxPlanExperts) << "make_dispatch_plan on CUDA takes at most "
                                            << kMaxPlanExperts << " experts, got " << num_experts;
   SY_CHECK(indices.numel() < (1LL << 31))
@@ -333,7 +334,11 @@ DispatchPlan start_dispatch_plan(const Tensor& indices, int num_experts, int64_t
                                                 capacity, offsets, ptr<int32_t>(plan.row_slot),
                                                 slots);
   launch_check("plan_offsets_kernel");
-  plan.pending = std::make_shared<HostReadback>(summary);
+  if (readback == PlanReadback::kHost) {
+    plan.pending = std::make_shared<HostReadback>(summary);
+  } else {
+    plan.device_only = true;
+  }
   plan.device_offsets = summary.rows(0, num_experts + 1);
   if (slots > 0) {
     plan_place_kernel<<<grid_for(slots), kThreads, 0, stream()>>>(

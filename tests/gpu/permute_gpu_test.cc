@@ -53,6 +53,11 @@ void PrintTo(const Case& c, std::ostream* os) {
   return ::testing::AssertionSuccess();
 }
 
+std::vector<int64_t> i64_values(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu());  // a copy: contiguous
+  return std::vector<int64_t>(h.data<int64_t>(), h.data<int64_t>() + h.numel());
+}
+
 class PermuteGpuTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(PermuteGpuTest, PlanEqualsCpuPlan) {
@@ -160,6 +165,32 @@ TEST_P(PermuteGpuTest, StartedPlanPermutesBeforeItsCountsArrive) {
   EXPECT_TRUE(all_close(out.to(Device::cpu()), expected, 0.0, 0.0));
   finish_dispatch_plan(gpu);  // a finished plan: nothing to do
   EXPECT_EQ(gpu.num_rows, cpu.num_rows);
+}
+
+// PlanReadback::kNone queues no copy to the host: the device part (offsets, slot_row,
+// row_slot) equals the CPU plan's and the permute is the CPU's, with no host counts ever.
+TEST_P(PermuteGpuTest, DeviceOnlyPlanEqualsCpuPlanOnTheDevice) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  if (c.capacity >= 0) GTEST_SKIP() << "device-only plans are dropless";
+  auto rng = rng_for_test();
+  const Tensor indices = random_ints({c.n, c.k}, 0, c.experts, rng);
+  const Tensor x = random_normal({c.n, c.d}, rng);
+  const DispatchPlan cpu = make_dispatch_plan(indices, c.experts, c.capacity);
+  Tensor expected = Tensor::empty({cpu.num_rows, c.d});
+  permute_forward(expected, x, cpu);
+  DispatchPlan gpu =
+      start_dispatch_plan(indices.to(kGpu), c.experts, c.capacity, PlanReadback::kNone);
+  EXPECT_TRUE(gpu.device_only);
+  EXPECT_TRUE(gpu.ready());  // nothing pending
+  EXPECT_TRUE(gpu.expert_counts.empty());
+  EXPECT_EQ(gpu.num_rows, c.n * c.k);
+  Tensor out = Tensor::empty({gpu.num_rows, c.d}, DType::kF32, kGpu);
+  permute_forward(out, x.to(kGpu), gpu);
+  EXPECT_EQ(i64_values(gpu.device_offsets), cpu.expert_offsets);
+  EXPECT_EQ(gpu.slot_row.to_i32_vector(), cpu.slot_row.to_i32_vector());
+  EXPECT_EQ(gpu.row_slot.to_i32_vector(), cpu.row_slot.to_i32_vector());
+  EXPECT_TRUE(all_close(out.to(Device::cpu()), expected, 0.0, 0.0));
 }
 
 INSTANTIATE_TEST_SUITE_P(Shapes, PermuteGpuTest,

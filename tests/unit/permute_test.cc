@@ -22,6 +22,11 @@ using testing::random_ints;
 using testing::rng_for_test;
 using testing::weighted_sum;
 
+std::vector<int64_t> i64_values(const Tensor& t) {
+  const Tensor h = t.to(Device::cpu());  // a copy: contiguous
+  return std::vector<int64_t>(h.data<int64_t>(), h.data<int64_t>() + h.numel());
+}
+
 // Each token's k distinct experts, as topk would choose them.
 Tensor random_routes(int64_t n, int k, int experts, std::mt19937_64& rng) {
   std::vector<int32_t> idx, all(experts);
@@ -252,6 +257,31 @@ TEST(DispatchPlan, StartedOnTheCpuIsFinished) {
   Tensor out = Tensor::empty({made.num_rows, 3});
   EXPECT_DEATH(permute_forward(out, random_normal({50, 3}, rng), unknown),
                "permute_forward: the dispatch plan has a capacity and is not finished");
+}
+
+// A plan started with PlanReadback::kNone (the decode path's) has the same device part as a
+// full one, no host counts, and refuses to be finished; a plan with a capacity needs its counts
+// on the host, so kNone is refused for it.
+TEST(DispatchPlan, DeviceOnlyPlanHasTheDevicePartAndNoHostCounts) {
+  auto rng = rng_for_test();
+  const Tensor indices = random_ints({40, 2}, 0, 6, rng);
+  const DispatchPlan full = make_dispatch_plan(indices, 6, -1);
+  DispatchPlan quiet = start_dispatch_plan(indices, 6, -1, PlanReadback::kNone);
+  EXPECT_TRUE(quiet.device_only);
+  EXPECT_TRUE(quiet.expert_counts.empty());
+  EXPECT_TRUE(quiet.expert_offsets.empty());
+  EXPECT_EQ(quiet.num_rows, 80);
+  EXPECT_EQ(i64_values(quiet.device_offsets), full.expert_offsets);
+  EXPECT_EQ(quiet.slot_row.to_i32_vector(), full.slot_row.to_i32_vector());
+  EXPECT_EQ(quiet.row_slot.to_i32_vector(), full.row_slot.to_i32_vector());
+  const Tensor x = random_normal({40, 5}, rng);
+  Tensor a = Tensor::empty({80, 5}), b = Tensor::empty({80, 5});
+  permute_forward(a, x, full);
+  permute_forward(b, x, quiet);
+  EXPECT_TRUE(all_close(b, a, 0.0, 0.0));
+  EXPECT_DEATH(finish_dispatch_plan(quiet), "started with PlanReadback::kNone");
+  EXPECT_DEATH(start_dispatch_plan(indices, 6, 20, PlanReadback::kNone),
+               "a plan with a capacity needs its counts on the host");
 }
 
 TEST(ExpertCapacity, IsTheCeilingOfFactorTimesSlotsPerExpert) {
