@@ -5,9 +5,9 @@
 //   1. z = logits / T, its max m and first argmax (greedy rows stop after the log-sum-exp);
 //   2. (top-k only) a 4-digit radix select on the order-preserving key of z: the k-th largest
 //      key tz and how many of the tokens equal to it are kept (the lowest ids);
-//   3. (top-p only) a bisection on the bits of e = exp(z - m) (positive floats order as their
-//      bits): the largest value te whose kept-and-above mass still reaches top_p of the mass
-//      left after top-k and min-p, and how many of the tokens equal to te are kept;
+//   3. (top-p only) a 3-digit radix select on the bits of e = exp(z - m) over fixed-point mass
+//      histograms: the largest value te whose kept-and-above mass still reaches top_p of the
+//      mass left after top-k and min-p, and how many of the tokens equal to te are kept;
 //   4. per chunk: the mass and counts of the tokens strictly inside the cuts, and the tokens
 //      at the two tie values, plus the whole row's mass for the log-prob;
 //   5. one warp walks the chosen chunk 32 ids at a time (ballots give the tie ranks, a warp
@@ -147,18 +147,117 @@ __device__ void radix_select(const float* x, int64_t vocab, const Cuts& c, int k
 // Whether a token passes top-k strictly (key above tz) and min-p.
 __device__ __forceinline__ bool above_z(uint32_t key, const Cuts& c) { return key > c.tz; }
 
-// Mass of the tokens left after top-k and min-p whose e bits are >= t (top-p's bisection).
-__device__ float mass_at_least(const float* x, int64_t vocab, const Cuts& c, uint32_t t,
-                               float* shared) {
-  float s = 0.0f;
-  for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
-    const float z = z_of(x, j, c);
-    const float e = expf(z - c.m);
-    if (above_z(order_key(z), c) && e >= c.min_p && __float_as_uint(e) >= t) s += e;
+// Top-p's cut as a radix select on the bits of e = exp(z - m) (positive floats order as their
+// bits), three digits of 11, 11 and 10 bits from the top: each pass histograms the mass of the
+// tokens left after top-k and min-p whose bits match the digits chosen so far, and keeps the
+// digit at which the mass from the top first reaches top_p of what is left. Masses are summed
+// as 40-bit fixed point in 64-bit integers, so the sums do not depend on the order of the
+// atomics (a row draws the same token on every run); a token below 2^-40 of the max adds 0,
+// at most 1.4e-7 of the mass over a 152k vocabulary. Sets c.te, the largest e whose mass at
+// or above it reaches the target, and c.n_e, how many of the tokens equal to te are kept.
+constexpr int kMassShift = 40;
+constexpr int kTopPBins = 2048;
+
+struct TopPShared {
+  unsigned long long hist[kTopPBins];
+  unsigned long long warp_total[kWarps];
+  unsigned long long target;
+  unsigned long long above;  // mass strictly above the digits chosen so far
+  uint32_t prefix;
+  int found;
+};
+
+__device__ __forceinline__ unsigned long long fixed_mass(float e) {
+  return __float2ull_rz(e * static_cast<float>(1ull << kMassShift));  // e <= 1: exact scale
+}
+
+// Inclusive scan of v over the block's threads in thread order; every thread gets its own
+// prefix. Uses s.warp_total.
+__device__ unsigned long long block_scan_inclusive(unsigned long long v, TopPShared& s) {
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int o = 1; o < 32; o <<= 1) {
+    const unsigned long long n = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += n;
   }
-  s = block_sum(s, shared);
-  if (c.has_topk && c.e_tz >= c.min_p && __float_as_uint(c.e_tz) >= t) s += c.need_z * c.e_tz;
-  return s;
+  if (lane == 31) s.warp_total[warp] = v;
+  __syncthreads();
+  for (int w = 0; w < warp; ++w) v += s.warp_total[w];
+  __syncthreads();
+  return v;
+}
+
+__device__ void top_p_select(const float* x, int64_t vocab, Cuts& c, float p, TopPShared& s) {
+  constexpr int kShift[3] = {21, 10, 0};
+  constexpr int kBits[3] = {11, 11, 10};
+  uint32_t prefix = 0, mask = 0;
+  unsigned long long above = 0, target = 0;
+  const bool z_left = c.has_topk && c.e_tz >= c.min_p;
+  for (int pass = 0; pass < 3; ++pass) {
+    const int shift = kShift[pass], bins = 1 << kBits[pass];
+    for (int b = threadIdx.x; b < bins; b += blockDim.x) s.hist[b] = 0;
+    if (threadIdx.x == 0) s.found = 0;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < vocab; j += blockDim.x) {
+      const float z = z_of(x, j, c);
+      const float e = expf(z - c.m);
+      const uint32_t bits = __float_as_uint(e);
+      if (above_z(order_key(z), c) && e >= c.min_p && (bits & mask) == prefix) {
+        atomicAdd(&s.hist[(bits >> shift) & (bins - 1)], fixed_mass(e));
+      }
+    }
+    if (threadIdx.x == 0 && z_left) {
+      // The tokens at top-k's tie value that top-k keeps: all the same e, so only their count
+      // matters here, not which ids they are.
+      const uint32_t bits = __float_as_uint(c.e_tz);
+      if ((bits & mask) == prefix) {
+        atomicAdd(&s.hist[(bits >> shift) & (bins - 1)],
+                  static_cast<unsigned long long>(c.need_z) * fixed_mass(c.e_tz));
+      }
+    }
+    __syncthreads();
+    // Thread t owns `per` consecutive digits from the top: a scan in thread order is a scan
+    // from the largest e down.
+    const int per = bins / static_cast<int>(blockDim.x);
+    const int top = bins - 1 - static_cast<int>(threadIdx.x) * per;
+    unsigned long long mine = 0;
+    for (int d = 0; d < per; ++d) mine += s.hist[top - d];
+    const unsigned long long inclusive = block_scan_inclusive(mine, s);
+    if (pass == 0) {
+      // The mass left after top-k and min-p is the whole first histogram. Never a target of
+      // 0: the cut must land on a digit that holds a token.
+      if (threadIdx.x == blockDim.x - 1) {
+        s.target = max(1ull, static_cast<unsigned long long>(
+                                 ceil(static_cast<double>(p) * static_cast<double>(inclusive))));
+      }
+      __syncthreads();
+      target = s.target;
+    }
+    const unsigned long long before = above + inclusive - mine;
+    if (before < target && before + mine >= target) {
+      unsigned long long acc = before;
+      for (int d = 0; d < per; ++d) {
+        const unsigned long long h = s.hist[top - d];
+        if (acc + h >= target) {
+          s.prefix = prefix | (static_cast<uint32_t>(top - d) << shift);
+          s.above = acc;
+          s.found = 1;
+          break;
+        }
+        acc += h;
+      }
+    }
+    __syncthreads();
+    if (!s.found) return;  // cannot happen (the target is within the mass); no top-p cut then
+    prefix = s.prefix;
+    above = s.above;
+    mask |= static_cast<uint32_t>(bins - 1) << shift;
+    __syncthreads();
+  }
+  c.te = __uint_as_float(prefix);
+  // The ties at te taken, lowest ids first, until the mass reaches the target; the last digit's
+  // bin held mass, so te's fixed mass is positive.
+  const unsigned long long unit = fixed_mass(c.te);
+  c.n_e = unit == 0 ? INT64_MAX : static_cast<int64_t>((target - above + unit - 1) / unit);
 }
 
 __global__ void __launch_bounds__(kSampleThreads)
@@ -174,6 +273,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   __shared__ uint32_t shared_prefix;
   __shared__ int shared_left;
   __shared__ ChunkStats stats;
+  __shared__ TopPShared top_p_shared;
   __shared__ int walk_chunk;
   __shared__ float walk_target;
   __shared__ float row_total;
@@ -218,25 +318,7 @@ __global__ void __launch_bounds__(kSampleThreads)
   const float p = top_p[row];
   c.te = 0.0f;
   c.n_e = INT64_MAX;
-  if (p < 1.0f) {
-    const float left = mass_at_least(x, vocab, c, 0u, shared_f);
-    const float target = p * left;
-    // Largest t with mass(e >= t) >= target; it is an e of the row, e <= 1 = bits 0x3f800000.
-    uint32_t lo = 0, hi = 0x3f800001u;
-    while (hi - lo > 1) {
-      const uint32_t mid = lo + (hi - lo) / 2;
-      if (mass_at_least(x, vocab, c, mid, shared_f) >= target) {
-        lo = mid;
-      } else {
-        hi = mid;
-      }
-    }
-    c.te = __uint_as_float(lo);
-    const float above = mass_at_least(x, vocab, c, lo + 1, shared_f);
-    // The ties at te taken, lowest ids first, until the mass reaches the target.
-    const double ties = c.te > 0.0f ? ceil((static_cast<double>(target) - above) / c.te) : 1e30;
-    c.n_e = ties < 1.0 ? 1 : ties > 9e18 ? INT64_MAX : static_cast<int64_t>(ties);
-  }
+  if (p < 1.0f) top_p_select(x, vocab, c, p, top_p_shared);
 
   // Pass 4: each warp's chunk.
   const int64_t chunk = ((vocab + kWarps - 1) / kWarps + 31) / 32 * 32;
