@@ -210,7 +210,12 @@ if want rollout; then
   # (64 prompts x 128 tokens, 256 new tokens, temperature 1, bf16), in the same call.
   build-dev/rollout_bench ${ROLLOUT_ARGS:-} >"$out/rollout_bench.log" 2>&1
   note "rollout_bench: exit $?"
-  grep -vE '^\{' "$out/rollout_bench.log" | tail -4 | tee -a "$summary"
+  grep -vE '^\{' "$out/rollout_bench.log" | tail -5 | tee -a "$summary"
+  # The A/B: decode steps issued op by op instead of replayed as captured CUDA graphs.
+  SWITCHYARD_DECODE_GRAPHS=0 build-dev/rollout_bench ${ROLLOUT_ARGS:-} \
+    >"$out/rollout_bench_nographs.log" 2>&1
+  note "rollout_bench with SWITCHYARD_DECODE_GRAPHS=0: exit $?"
+  grep -vE '^\{' "$out/rollout_bench_nographs.log" | tail -4 | head -2 | tee -a "$summary"
   # The A/B: the MoE layers' experts as before the grouped device-offset GEMMs (a host wait
   # for the expert counts in every layer).
   SWITCHYARD_INFERENCE_EXPERTS=host build-dev/rollout_bench ${ROLLOUT_ARGS:-} \

@@ -173,6 +173,11 @@ int main(int argc, char** argv) {
   std::printf("  new tokens/s %.0f (%.3f s), decode tokens/s %.0f (%.3f ms a step), prefill "
               "tokens/s %.0f (%.3f s)\n",
               new_per_s, total_s, decode_per_s, step_s * 1e3, prefill_per_s, prefill_s);
+  const sy::RolloutEngine::DecodeStats& graphs = (*engine)->last_decode_stats();
+  std::printf("  decode steps: %lld issued op by op, %lld replayed from %lld captured graphs "
+              "(SWITCHYARD_DECODE_GRAPHS=0: none)\n",
+              static_cast<long long>(graphs.steps_issued),
+              static_cast<long long>(graphs.steps_replayed), static_cast<long long>(graphs.graphs));
   if (bound_s > 0) {
     std::printf("  a decode step reads %.2f GB (weights %.2f, KV %.2f): %.3f ms at %.0f GB/s; "
                 "the step runs at %.1f%% of that bound\n",

@@ -7,6 +7,7 @@
 #include <sstream>
 #include <string>
 
+#include "kernels/graph.h"
 #include "kernels/profile.h"
 
 #ifdef SWITCHYARD_HAVE_CUDA
@@ -17,6 +18,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -96,6 +98,7 @@ std::string shape_str(const Shape& shape) {
 }
 
 #ifdef SWITCHYARD_HAVE_CUDA
+using detail::GraphPool;
 namespace {
 // The stream-ordered pool's release threshold defaults to 0: every synchronisation hands
 // the pool's free memory back to the driver, and the next allocations map it again (a MoE
@@ -121,6 +124,7 @@ void keep_pool_memory(int device) {
 struct DeviceBlocks {
   std::mutex mutex;
   BlockCache cache;
+  std::map<void*, GraphPool*> graph_owned;  // blocks that captured graphs hold
   int64_t in_use = 0, peak_in_use = 0;
   void count(int64_t in_use_change) {  // with the mutex held
     in_use += in_use_change;
@@ -128,10 +132,75 @@ struct DeviceBlocks {
   }
 };
 
+}  // namespace
+
+namespace detail {
+// The memory of a captured CUDA graph (kernels/graph.h). While a capture runs on this thread
+// (t_graph_pool), allocations on its device come from the pool's blocks and stay with it: a
+// replay writes the captured addresses again, so no tensor outside the graph may be given
+// them. Blocks the capture drops go to the pool's free list, reusable by the same capture's
+// later allocations (the graph keeps the capture's stream order). A block a tensor still holds
+// when the graph goes is released to the general cache when that tensor drops it.
+struct GraphPool {
+  int device = 0;
+  BlockCache free;
+  struct Block {
+    size_t bytes = 0;
+    bool live = false;  // a tensor holds it
+  };
+  std::map<void*, Block> blocks;
+};
+}  // namespace detail
+
+namespace {
+thread_local GraphPool* t_graph_pool = nullptr;
+
 DeviceBlocks& device_blocks(int device) {
   static std::array<DeviceBlocks, cuda::kMaxDevices> all;
   SY_CHECK(device >= 0 && device < cuda::kMaxDevices) << "device " << device;
   return all[device];
+}
+
+// A block for the capturing graph's pool: one it dropped earlier in the capture, else one
+// from the general cache or CUDA's pool, which then belongs to the graph. The pool's memory
+// comes from a stream that is not capturing (a cudaMallocAsync on the capturing stream would
+// become a node of the graph), made ready before the capture goes on.
+void* graph_alloc(DeviceBlocks& blocks, GraphPool& pool, size_t want, size_t* block_bytes) {
+  std::unique_lock<std::mutex> lock(blocks.mutex);
+  auto [block, size] = pool.free.take(want);
+  if (block == nullptr) std::tie(block, size) = blocks.cache.take(want);
+  if (block == nullptr) {
+    lock.unlock();
+    cuda::set_device(pool.device);
+    keep_pool_memory(pool.device);
+    static std::array<cudaStream_t, cuda::kMaxDevices> side{};
+    static std::mutex side_mutex;
+    cudaStream_t stream;
+    {
+      std::lock_guard<std::mutex> side_lock(side_mutex);
+      if (side[pool.device] == nullptr) {
+        SY_CUDA_CHECK(cudaStreamCreateWithFlags(&side[pool.device], cudaStreamNonBlocking));
+      }
+      stream = side[pool.device];
+    }
+    const cudaError_t err = cudaMallocAsync(&block, want, stream);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      std::ostringstream what;
+      what << "cannot allocate " << want / double(1 << 20) << " MiB on cuda:" << pool.device
+           << " for a captured CUDA graph: " << cudaGetErrorString(err)
+           << ". Lower the rollout batch (the engine's max_rows).";
+      throw_out_of_memory(what.str());
+    }
+    SY_CUDA_CHECK(cudaStreamSynchronize(stream));
+    size = want;
+    lock.lock();
+  }
+  pool.blocks[block] = {.bytes = size, .live = true};
+  blocks.graph_owned[block] = &pool;
+  blocks.count(static_cast<int64_t>(size));
+  *block_bytes = size;
+  return block;
 }
 
 // A block of at least `bytes` on `device`, usable by work queued on the per-thread stream
@@ -139,6 +208,9 @@ DeviceBlocks& device_blocks(int device) {
 void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
   const size_t want = allocation_size(bytes);
   DeviceBlocks& blocks = device_blocks(device);
+  if (t_graph_pool != nullptr && t_graph_pool->device == device) {
+    return graph_alloc(blocks, *t_graph_pool, want, block_bytes);
+  }
   {
     std::lock_guard<std::mutex> lock(blocks.mutex);
     auto [block, size] = blocks.cache.take(want);
@@ -190,10 +262,56 @@ void* gpu_alloc(int device, size_t bytes, size_t* block_bytes) {
 void gpu_free(int device, void* block, size_t block_bytes) {
   DeviceBlocks& blocks = device_blocks(device);
   std::lock_guard<std::mutex> lock(blocks.mutex);
+  if (auto owned = blocks.graph_owned.find(block); owned != blocks.graph_owned.end()) {
+    GraphPool* pool = owned->second;
+    pool->blocks[block].live = false;
+    // Reusable within the capture that dropped it; after the capture it stays the graph's.
+    if (pool == t_graph_pool) pool->free.put(block, block_bytes);
+    blocks.count(-static_cast<int64_t>(block_bytes));
+    return;
+  }
   blocks.cache.put(block, block_bytes);
   blocks.count(-static_cast<int64_t>(block_bytes));
 }
 }  // namespace
+
+namespace detail {
+GraphPool* graph_pool_create(int device) {
+  auto* pool = new GraphPool;
+  pool->device = device;
+  return pool;
+}
+
+void graph_pool_destroy(GraphPool* pool) {
+  if (pool == nullptr) return;
+  SY_CHECK(t_graph_pool != pool) << "a graph's memory released while its capture runs";
+  DeviceBlocks& blocks = device_blocks(pool->device);
+  {
+    std::lock_guard<std::mutex> lock(blocks.mutex);
+    for (const auto& [block, b] : pool->blocks) {
+      blocks.graph_owned.erase(block);
+      // A held block goes to the cache when its tensor drops it (gpu_free finds no owner).
+      if (!b.live) blocks.cache.put(block, b.bytes);
+    }
+  }
+  delete pool;
+}
+
+void graph_pool_enter(GraphPool* pool) {
+  SY_CHECK(t_graph_pool == nullptr) << "captures do not nest";
+  t_graph_pool = pool;
+}
+
+void graph_pool_exit() { t_graph_pool = nullptr; }
+
+int64_t graph_pool_bytes(const GraphPool* pool) {
+  DeviceBlocks& blocks = device_blocks(pool->device);
+  std::lock_guard<std::mutex> lock(blocks.mutex);
+  int64_t total = 0;
+  for (const auto& [block, b] : pool->blocks) total += static_cast<int64_t>(b.bytes);
+  return total;
+}
+}  // namespace detail
 #endif
 
 MemoryStats memory_stats(Device device) {
@@ -296,6 +414,10 @@ void copy_bytes(void* dst, Device dst_dev, const void* src, Device src_dev, size
     return;
   }
 #ifdef SWITCHYARD_HAVE_CUDA
+  SY_CHECK(!(dst_dev.is_cpu() || src_dev.is_cpu()) || !cuda::capturing())
+      << "a copy between host and GPU (" << bytes << " bytes, " << src_dev.str() << " -> "
+      << dst_dev.str() << ") inside a captured CUDA graph: a captured step must keep its data "
+         "on the device (kernels/graph.h)";
   if (dst_dev.is_cuda() && src_dev.is_cpu() && bytes <= kStagedUploadBytes) {
     // Through pinned memory, ordered on the destination's stream like an op: the GPU keeps
     // running what is queued (token ids, the balancing gradient, parameter updates).
@@ -487,6 +609,10 @@ HostReadback::HostReadback(const Tensor& src)
   staged_->device = src.device().index;
   staged_->bytes = src.nbytes();
   cuda::set_device(staged_->device);
+  SY_CHECK(!cuda::capturing())
+      << "a copy to the host (HostReadback of " << staged_->bytes
+      << " bytes) inside a captured CUDA graph: a captured step must not read back to the host "
+         "(kernels/graph.h)";
   auto& spare = readback_blocks(staged_->device);
   if (spare.empty()) {
     staged_->block = std::make_unique<PinnedBlock>();

@@ -427,6 +427,19 @@ Tensor MoeFfn::combine(const Tensor& y, const Tensor& shared_out,
   return out;
 }
 
+bool MoeFfn::inference_issues_without_host(int64_t n, Device device, DType dtype) const {
+  const MoeSpec& m = spec_.moe;
+  const int64_t f_hidden = m.expert_hidden, d = spec_.d_model, e_count = m.num_experts;
+  static const bool grouped = inference_grouped_from_env();
+  // The grouped kernel walks a group's rows 64 at a time in one block: it wins at decode's
+  // few rows per expert and loses to cuBLAS at a prefill's hundreds (measured on an H100).
+  // A dropless plan keeps every slot: n * k rows.
+  return grouped && n * m.top_k <= kGroupedRowsPerExpert * e_count &&
+         dispatcher_.num_local_experts() == e_count &&
+         grouped_matmul_waits_for_nothing(device, dtype, 2 * f_hidden, d) &&
+         grouped_matmul_waits_for_nothing(device, dtype, d, f_hidden);
+}
+
 Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor& residual,
                        const Tensor& sum) {
   const MoeSpec& m = spec_.moe;
@@ -452,16 +465,7 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   // balancing terms. With the experts all local, the grouped GEMMs read the plan's offsets on
   // the device, so the layer issues its work without waiting for the expert counts, and the
   // plan queues no copy to the host at all (a decode step stays free of host copies).
-  const int64_t f_hidden = m.expert_hidden, d = spec_.d_model;
-  static const bool grouped = inference_grouped_from_env();
-  // The grouped kernel walks a group's rows 64 at a time in one block: it wins at decode's
-  // few rows per expert and loses to cuBLAS at a prefill's hundreds (measured on an H100).
-  // A dropless plan keeps every slot: n * k rows.
-  const bool on_device = dropless_ && grouped &&
-                         n * m.top_k <= kGroupedRowsPerExpert * e_count &&
-                         dispatcher_.num_local_experts() == e_count &&
-                         grouped_matmul_waits_for_nothing(dev, dt, 2 * f_hidden, d) &&
-                         grouped_matmul_waits_for_nothing(dev, dt, d, f_hidden);
+  const bool on_device = dropless_ && inference_issues_without_host(n, dev, dt);
   plan_ = start_dispatch_plan(indices_, m.num_experts,
                               expert_capacity(capacity_factor, n, m.top_k, m.num_experts),
                               on_device ? PlanReadback::kNone : PlanReadback::kHost);

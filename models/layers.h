@@ -193,6 +193,10 @@ class MoeFfn : public FeedForward {
   // balancing terms are kept (no backward follows), and with every expert local the layer
   // issues its work without a host wait. The rollout engine's forwards run so.
   void set_dropless(bool dropless) { dropless_ = dropless; }
+  // Whether an inference forward of n tokens on `device` in `dtype` runs with nothing to or
+  // from the host (the experts all local, grouped GEMMs over the plan's device offsets, the
+  // plan queueing no readback): what capturing the forward as a CUDA graph needs.
+  bool inference_issues_without_host(int64_t n, Device device, DType dtype) const;
   RoutingStats& stats() { return stats_; }
   void update_bias();  // from stats().load; no-op when bias_update_rate == 0
   const Param* bias() const { return bias_; }

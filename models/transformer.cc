@@ -84,6 +84,15 @@ std::vector<MoeFfn*> Transformer::moe_layers() {
   return out;
 }
 
+bool Transformer::cache_forward_issues_without_host(int64_t tokens) {
+  for (MoeFfn* m : moe_layers()) {
+    if (!m->inference_issues_without_host(tokens, store_.device(), store_.compute_dtype())) {
+      return false;
+    }
+  }
+  return true;
+}
+
 TokenLayout Transformer::layout_for(const Tensor& inputs) const {
   SY_CHECK(inputs.ndim() == 2) << "model inputs must be [B, T], got " << shape_str(inputs.shape());
   TokenLayout layout;

@@ -95,6 +95,10 @@ class Transformer {
                             const std::vector<KvAttention*>& attention,
                             const Tensor& rows = Tensor());
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  // Whether forward_with_cache over `tokens` tokens issues nothing to or from the host (every
+  // MoE layer's MoeFfn::inference_issues_without_host): a decode step that can be captured as
+  // a CUDA graph (kernels/graph.h).
+  bool cache_forward_issues_without_host(int64_t tokens);
 
   // Per-token log-probabilities of `targets` under the main head (no MTP), for RL:
   // logp[b, t] = log softmax(logits[b, t] / temperature)[targets[b, t]], 0 where targets ==

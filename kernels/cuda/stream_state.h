@@ -49,4 +49,12 @@ inline bool try_set_device(int device) {
 
 inline thread_local cudaStream_t t_side_stream = nullptr;
 inline cudaStream_t stream() { return t_side_stream ? t_side_stream : cudaStreamPerThread; }
+
+// Whether this thread's stream is being captured into a CUDA graph (kernels/graph.h): what
+// needs the host mid-stream (a copy to or from host memory, a wait) must refuse then.
+inline bool capturing() {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  SY_CUDA_CHECK(cudaStreamIsCapturing(stream(), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
 }  // namespace sy::cuda

@@ -2,9 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <map>
 #include <set>
+#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/graph.h"
 #include "kernels/profile.h"
 #include "kernels/rollout_rows.h"
 #include "kernels/rope.h"
@@ -17,13 +21,37 @@ namespace {
 Tensor upload_i32(const std::vector<int32_t>& values, Shape shape, Device dev) {
   return Tensor::from_i32(values, std::move(shape)).to(dev);
 }
-Tensor upload_f32(const std::vector<float>& values, Device dev) {
-  return Tensor::from_f32(values, {static_cast<int64_t>(values.size())}).to(dev);
+
+// Writes `host` into `t` where t exists (a decode batch's persistent tensor: a captured
+// decode step reads it at its address), else makes t on `dev`.
+void put(Tensor& t, const Tensor& host, Device dev) {
+  if (t.defined()) {
+    t.copy_from(host);
+  } else {
+    t = host.to(dev);
+  }
 }
-Tensor upload_i64(const std::vector<uint64_t>& values, Device dev) {
+void put_zeros(Tensor& t, Shape shape, DType dtype, Device dev) {
+  if (t.defined()) {
+    t.zero_();
+  } else {
+    t = Tensor::zeros(std::move(shape), dtype, dev);
+  }
+}
+
+Tensor host_i64(const std::vector<uint64_t>& values) {
   Tensor t = Tensor::empty({static_cast<int64_t>(values.size())}, DType::kI64);
   std::copy(values.begin(), values.end(), reinterpret_cast<uint64_t*>(t.data<int64_t>()));
-  return t.to(dev);
+  return t;
+}
+
+// SWITCHYARD_DECODE_GRAPHS=0 turns the captured decode steps off (an A/B for the benchmark).
+bool decode_graphs_from_env() {
+  const char* v = std::getenv("SWITCHYARD_DECODE_GRAPHS");
+  if (v == nullptr || *v == '\0' || std::string_view(v) == "1") return true;
+  if (std::string_view(v) == "0") return false;
+  SY_CHECK(false) << "SWITCHYARD_DECODE_GRAPHS=" << v << ": use 1 or 0";
+  return true;
 }
 
 SamplingParams param_rows(const SamplingParams& p, int64_t lo, int64_t hi) {
@@ -67,8 +95,10 @@ int64_t prefill_workspace_bytes(const ModelSpec& spec, const EngineOptions& o, D
   return forward_workspace_bytes(spec, std::max(o.prefill_tokens, max_len), 0, dtype);
 }
 
-int64_t row_workspace_bytes(const ModelSpec& spec, DType dtype) {
-  return forward_workspace_bytes(spec, 1, 1, dtype);
+// A row's share of a decode step. With captured steps, every padded row count (1, 2, 4, ..,
+// max_rows) keeps its step's tensors in its graph for the call: at most twice max_rows rows.
+int64_t row_workspace_bytes(const ModelSpec& spec, const EngineOptions& o, DType dtype) {
+  return (o.decode_graphs ? 2 : 1) * forward_workspace_bytes(spec, 1, 1, dtype);
 }
 
 }  // namespace
@@ -76,7 +106,7 @@ int64_t row_workspace_bytes(const ModelSpec& spec, DType dtype) {
 int64_t estimate_rollout_workspace_bytes(const ModelSpec& spec, const EngineOptions& options,
                                          DType dtype) {
   return prefill_workspace_bytes(spec, options, dtype) +
-         options.max_rows * row_workspace_bytes(spec, dtype);
+         options.max_rows * row_workspace_bytes(spec, options, dtype);
 }
 
 absl::Status validate_sampling_options(const SamplingOptions& o) {
@@ -127,6 +157,13 @@ struct RolloutEngine::Rows {
   Tensor stops;  // i32 [S]
 };
 
+// One padded row count's decode batch within a generate call, and its step as a graph.
+struct RolloutEngine::DecodeBatch {
+  Rows rows;
+  CapturedGraph graph;
+  int64_t steps_issued = 0;  // steps run as issued, before the capture
+};
+
 RolloutEngine::RolloutEngine(Transformer& model, const EngineOptions& options, Communicator* world,
                              std::unique_ptr<KvPool> pool)
     : model_(model), options_(options), world_(world), pool_(std::move(pool)) {
@@ -168,7 +205,7 @@ absl::StatusOr<std::unique_ptr<RolloutEngine>> RolloutEngine::create(Transformer
                           .head_dim = spec.head_dim()};
   const DType dtype = store.compute_dtype();
   const int64_t prefill = prefill_workspace_bytes(spec, o, dtype);
-  const int64_t per_row = row_workspace_bytes(spec, dtype);
+  const int64_t per_row = row_workspace_bytes(spec, o, dtype);
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
                       KvPool::create(shape, dtype, store.device(), prefill, per_row));
   std::unique_ptr<RolloutEngine> engine(new RolloutEngine(model, o, world, std::move(pool)));
@@ -312,6 +349,13 @@ absl::StatusOr<std::vector<Completion>> RolloutEngine::generate(
   const Tensor stops =
       upload_i32(options.stop_tokens, {static_cast<int64_t>(options.stop_tokens.size())}, dev);
   const int64_t width = options_.check_interval + 1;  // a window: a prefill + the decode steps
+  // Captured decode steps (kernels/graph.h) where the step needs no host: on a GPU, one rank,
+  // no profile open (its events would be captured), every MoE layer's experts on the device.
+  // A graph lives for this call (the weights may move between calls).
+  const bool graphs = options_.decode_graphs && CapturedGraph::supported(dev) && !collective &&
+                      !profile::is_open() && decode_graphs_from_env();
+  std::map<int64_t, DecodeBatch> batches_by_rows;
+  decode_stats_ = {};
 
   while (true) {
     const std::vector<std::vector<Scheduler::Running>> batches = scheduler.admit();
@@ -344,27 +388,33 @@ absl::StatusOr<std::vector<Completion>> RolloutEngine::generate(
       attend[r] = g > 0 ? length[r] + 1 : 0;
       row_id[r] = first_row_id + static_cast<uint64_t>(s.id);
     }
-    Rows rows;
+    // The batch's tensors persist for the call, per padded row count: written in place here,
+    // they stay where a captured decode step reads them.
+    DecodeBatch& batch = batches_by_rows[r_count];
+    Rows& rows = batch.rows;
     rows.count = r_count;
-    rows.token = upload_i32(token, {r_count}, dev);
-    rows.logprob = Tensor::zeros({r_count}, DType::kF32, dev);
-    rows.slot = upload_i32(slot, {r_count}, dev);
-    rows.state = {.generated = upload_i32(generated, {r_count}, dev),
-                  .base = upload_i32(generated, {r_count}, dev),
-                  .length = upload_i32(length, {r_count}, dev),
-                  .limit = upload_i32(lim, {r_count}, dev),
-                  .active = upload_i32(active, {r_count}, dev),
-                  .attend = upload_i32(attend, {r_count}, dev),
-                  .out_token = Tensor::zeros({r_count, width}, DType::kI32, dev),
-                  .out_logprob = Tensor::zeros({r_count, width}, DType::kF32, dev)};
-    rows.params = {.temperature = upload_f32(temperature, dev),
-                   .top_p = upload_f32(top_p, dev),
-                   .min_p = upload_f32(min_p, dev),
-                   .top_k = upload_i32(top_k, {r_count}, dev),
-                   .seed = upload_i64(seed, dev),
-                   .row_id = upload_i64(row_id, dev),
-                   .position = rows.state.generated,
-                   .active = rows.state.active};
+    const Shape shape{r_count};
+    put(rows.token, Tensor::from_i32(token, shape), dev);
+    put_zeros(rows.logprob, shape, DType::kF32, dev);
+    put(rows.slot, Tensor::from_i32(slot, shape), dev);
+    RolloutRows& st = rows.state;
+    put(st.generated, Tensor::from_i32(generated, shape), dev);
+    put(st.base, Tensor::from_i32(generated, shape), dev);
+    put(st.length, Tensor::from_i32(length, shape), dev);
+    put(st.limit, Tensor::from_i32(lim, shape), dev);
+    put(st.active, Tensor::from_i32(active, shape), dev);
+    put(st.attend, Tensor::from_i32(attend, shape), dev);
+    put_zeros(st.out_token, {r_count, width}, DType::kI32, dev);
+    put_zeros(st.out_logprob, {r_count, width}, DType::kF32, dev);
+    SamplingParams& sp = rows.params;
+    put(sp.temperature, Tensor::from_f32(temperature, shape), dev);
+    put(sp.top_p, Tensor::from_f32(top_p, shape), dev);
+    put(sp.min_p, Tensor::from_f32(min_p, shape), dev);
+    put(sp.top_k, Tensor::from_i32(top_k, shape), dev);
+    put(sp.seed, host_i64(seed), dev);
+    put(sp.row_id, host_i64(row_id), dev);
+    sp.position = st.generated;
+    sp.active = st.active;
     rows.stops = stops;
 
     int64_t first_new = live;
@@ -379,7 +429,24 @@ absl::StatusOr<std::vector<Completion>> RolloutEngine::generate(
         idle_prefill();
       }
     }
-    for (int step = 0; step < options_.check_interval; ++step) decode_step(rows);
+    // The decode steps: the first step of a batch size runs as issued (it also warms what
+    // its kernels set up once); the second captures the step as a graph, which then replays.
+    const bool graph = graphs && model_.cache_forward_issues_without_host(r_count);
+    for (int step = 0; step < options_.check_interval; ++step) {
+      if (graph && batch.graph.captured()) {
+        batch.graph.replay();
+        ++decode_stats_.steps_replayed;
+      } else if (graph && batch.steps_issued > 0) {
+        batch.graph.capture(dev, [&] { decode_step(rows); });
+        batch.graph.replay();
+        ++decode_stats_.graphs;
+        ++decode_stats_.steps_replayed;
+      } else {
+        decode_step(rows);
+        ++batch.steps_issued;
+        ++decode_stats_.steps_issued;
+      }
+    }
 
     // The check point: the window's tokens and the rows' states, in one wait.
     HostReadback read_generated(rows.state.generated), read_active(rows.state.active),

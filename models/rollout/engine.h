@@ -82,12 +82,18 @@ struct EngineOptions {
   int64_t max_len = 0;            // cached positions per slot; 0: the model's seq_len
   int check_interval = 8;         // decode steps between checks for finished rows
   int64_t prefill_tokens = 8192;  // the most padded tokens in one prefill forward
+  // Capture each decode batch size's step as a CUDA graph (kernels/graph.h) and replay it:
+  // one launch instead of some twenty a layer. Applies on a GPU, on one rank, when every MoE
+  // layer runs its experts with no host wait (Transformer::cache_forward_issues_without_host);
+  // SWITCHYARD_DECODE_GRAPHS=0 turns it off too. Same tokens and log-probs either way.
+  bool decode_graphs = true;
 };
 
 // The working memory an engine with `options` keeps free beside its KV pool for a model of
 // `spec` computing in `dtype` (max_len 0: the model's seq_len): one prefill forward's
 // activations over max(prefill_tokens, max_len) tokens, plus each of max_rows rows' share of a
-// decode step (its activations and f32 logits). A rough bound, as create() counts it: on a GPU
+// decode step (its activations and f32 logits; twice that with decode_graphs, where every
+// padded row count keeps its captured step's tensors for the call). A rough bound, as create() counts it: on a GPU
 // it must be free beside the pool, and an up-front memory plan (rl/rl_trainer.h) adds it.
 int64_t estimate_rollout_workspace_bytes(const ModelSpec& spec, const EngineOptions& options,
                                          DType dtype);
@@ -109,11 +115,18 @@ class RolloutEngine {
                                                    uint64_t first_row_id = 0);
 
   const EngineOptions& options() const { return options_; }
+  // What the last generate call did with its decode steps: run as issued kernels, replayed
+  // as captured graphs (EngineOptions::decode_graphs), and how many graphs it captured.
+  struct DecodeStats {
+    int64_t steps_issued = 0, steps_replayed = 0, graphs = 0;
+  };
+  const DecodeStats& last_decode_stats() const { return decode_stats_; }
   // The working memory create() reserved beside the pool (the sizes it gave KvPool::create).
   int64_t workspace_bytes() const { return workspace_bytes_; }
 
  private:
   struct Rows;
+  struct DecodeBatch;
   RolloutEngine(Transformer& model, const EngineOptions& options, Communicator* world,
                 std::unique_ptr<KvPool> pool);
   void prefill(Rows& rows, int64_t first_row, const std::vector<int64_t>& prompt_ids,
@@ -129,6 +142,7 @@ class RolloutEngine {
   std::vector<std::unique_ptr<PoolAttention>> layers_;
   std::vector<KvAttention*> attention_;
   int64_t workspace_bytes_ = 0;
+  DecodeStats decode_stats_;
 };
 
 }  // namespace sy

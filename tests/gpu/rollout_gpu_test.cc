@@ -2,7 +2,9 @@
 // tokens as one prompt at a time on the GPU and as the CPU engine, with log-probs within
 // summation-order rounding; in bf16 mixed precision the sampled log-probs agree with a
 // training forward (Transformer::token_logprobs) of the same full sequences; and a pool that
-// cannot fit is refused with the largest batch that would. Skips without a GPU.
+// cannot fit is refused with the largest batch that would; captured decode steps (CUDA
+// graphs) give bit-identical tokens and log-probs to steps issued op by op. Skips without a
+// GPU.
 //
 // Bounds. f32: GEMMs, attention and sampling sum in other orders than the CPU: log-probs
 // within 1e-4. Greedy tokens could differ only where two logits tie within that rounding;
@@ -17,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "gtest/gtest.h"
 #include "models/generate.h"
+#include "models/rollout/engine.h"
 #include "tests/testing/gpu_testing.h"
 #include "tests/testing/testing.h"
 
@@ -125,6 +128,48 @@ TEST(RolloutGpu, Bf16SampledLogprobsAgreeWithATrainingForward) {
       "bf16 rollout log-probs vs training forward: mean |d| %.2e, worst %.2e over %lld "
       "tokens\n",
       sum / count, worst, static_cast<long long>(count));
+}
+
+// The decode step captured as a CUDA graph (EngineOptions::decode_graphs) runs the same
+// kernels on the same buffers as the step issued op by op: tokens and log-probs bit-identical,
+// with rows retiring and new ones admitted (several padded row counts, each its own graph).
+TEST(RolloutGpu, CapturedDecodeStepsGiveTheTokensOfIssuedOnes) {
+  SKIP_WITHOUT_GPU();
+  Model gpu(kGpu, DType::kBF16);
+  const Prompts prompts = ragged_prompts(13);
+  // Stop tokens end rows at scattered lengths, so the live rows fall through several padded
+  // row counts (8, 4, 2, 1): each its own graph.
+  std::vector<int32_t> stops;
+  for (int32_t t = 0; t < 12; ++t) stops.push_back(t);
+  const SamplingOptions sampled{.temperature = 1.0f,
+                                .top_p = 0.9f,
+                                .max_new_tokens = 30,
+                                .stop_tokens = stops,
+                                .seed = 5};
+  auto run = [&](bool graphs, RolloutEngine::DecodeStats* stats) {
+    auto engine = RolloutEngine::create(
+        gpu.model, {.max_rows = 8, .check_interval = 4, .decode_graphs = graphs});
+    EXPECT_TRUE(engine.ok()) << engine.status();
+    auto out = (*engine)->generate(prompts, sampled);
+    EXPECT_TRUE(out.ok()) << out.status();
+    *stats = (*engine)->last_decode_stats();
+    return *out;
+  };
+  RolloutEngine::DecodeStats with, without;
+  const auto captured = run(true, &with);
+  const auto issued = run(false, &without);
+  EXPECT_GT(with.graphs, 1) << "rows retire: more than one padded row count";
+  std::printf("captured decode: %lld graphs, %lld steps replayed, %lld issued\n",
+              static_cast<long long>(with.graphs), static_cast<long long>(with.steps_replayed),
+              static_cast<long long>(with.steps_issued));
+  EXPECT_GT(with.steps_replayed, with.steps_issued);
+  EXPECT_EQ(without.graphs, 0);
+  EXPECT_EQ(without.steps_replayed, 0);
+  EXPECT_EQ(with.steps_issued + with.steps_replayed, without.steps_issued);
+  for (size_t p = 0; p < prompts.size(); ++p) {
+    EXPECT_EQ(captured[p].tokens, issued[p].tokens) << "prompt " << p;
+    EXPECT_EQ(captured[p].logprobs, issued[p].logprobs) << "prompt " << p;
+  }
 }
 
 TEST(RolloutGpu, APoolThatDoesNotFitNamesTheLargestBatchThatDoes) {
