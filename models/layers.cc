@@ -16,6 +16,7 @@
 #include "kernels/rmsnorm.h"
 #include "kernels/rope.h"
 #include "kernels/router.h"
+#include "kernels/routing_replay.h"
 #include "kernels/streams.h"
 #include "kernels/swiglu.h"
 #include "parallel/local_communicator.h"
@@ -457,6 +458,13 @@ Tensor MoeFfn::forward(const Tensor& x, const TokenLayout& layout, const Tensor&
   indices_ = Tensor::empty({n, k}, DType::kI32, dev);
   weights_ = Tensor::empty({n, k}, DType::kF32, dev);
   topk_forward(indices_, weights_, scores_, bias_ ? bias_->value : Tensor(), topk_options(m));
+  if (replay_routes_.defined()) {
+    SY_CHECK(replay_routes_.dim(0) == n)
+        << "MoE routes for " << replay_routes_.dim(0) << " tokens, the forward has " << n;
+    if (replay_differs_.defined()) routing_differs(replay_differs_, indices_, replay_routes_);
+    if (replay_) topk_replay(indices_, weights_, scores_, replay_routes_, topk_options(m));
+  }
+  if (sink_) sink_->record(sink_layer_, indices_);
   // The plan's device part and the copy of its expert counts first; then, while that copy
   // travels and the host waits for it, the GPU has the permute (a dropless plan's rows are
   // known without the counts), the load statistics and the shared experts to run.
@@ -607,6 +615,17 @@ Tensor MoeFfn::backward(const Tensor& dy, const Tensor& residual) {
   }
   linear_backward(dn, router_, dlogits, n_, 1.0f);
   return norm_.backward(dn, residual);
+}
+
+void MoeFfn::set_routes(const Tensor& routes, bool replay, const Tensor& differs) {
+  if (routes.defined()) {
+    SY_CHECK(routes.ndim() == 2 && routes.dim(1) == spec_.moe.top_k)
+        << "MoE routes must be i32 [N, " << spec_.moe.top_k << "], got "
+        << shape_str(routes.shape());
+  }
+  replay_routes_ = routes;
+  replay_ = routes.defined() && replay;
+  replay_differs_ = routes.defined() ? differs : Tensor();
 }
 
 void MoeFfn::update_bias() {

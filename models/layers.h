@@ -67,6 +67,17 @@ class KvAttention {
   virtual Tensor attend(const Tensor& q, const Tensor& k, const Tensor& v) = 0;
 };
 
+// Where an inference forward's MoE layers report the experts they chose (the rollout engine's
+// routing recorder, models/rollout/routing_record.h): `indices` i32 [B*T, k] of the forward's
+// tokens at MoE layer `layer` (the trunk's MoE layers counted from 0), on the model's device.
+// Called inside the forward, between the layer's top-k and its experts: it may queue device
+// work only (a decode step stays free of host waits and capturable as a CUDA graph).
+class RoutingSink {
+ public:
+  virtual ~RoutingSink() = default;
+  virtual void record(int layer, const Tensor& indices) = 0;
+};
+
 // Rotary causal self-attention with grouped KV heads: y = Wo attn(rope(Wq n), rope(Wk n), Wv n)
 // where n = RMSNorm(x).
 class Attention {
@@ -201,6 +212,24 @@ class MoeFfn : public FeedForward {
   void update_bias();  // from stats().load; no-op when bias_update_rate == 0
   const Param* bias() const { return bias_; }
 
+  // Routing replay (kernels/routing_replay.h) for the forwards until the next call: `routes`
+  // i32 [N, k] of global expert ids on the layer's device, one row per token of the forward
+  // (undefined: none). With `replay` the layer routes by them instead of its top-k: the router
+  // still scores every token (its gradient flows through the gate weights, taken from its
+  // scores at the given experts and normalised as its own top-k's); a row whose first id is
+  // negative keeps the layer's choice. `differs` (i32 [N], optional) gets 1 at the rows where
+  // the layer's own top-k differs from `routes` as a set (else left as it is).
+  void set_routes(const Tensor& routes, bool replay, const Tensor& differs);
+  // While set, each forward reports the experts it chose to `sink` as MoE layer `layer` (null:
+  // none); Transformer::forward_with_cache sets it around its inference forwards.
+  void set_routing_sink(RoutingSink* sink, int layer) {
+    sink_ = sink;
+    sink_layer_ = layer;
+  }
+  // The experts the last forward's tokens went to, i32 [N, k] on the device: its top-k, or
+  // the replayed routes.
+  const Tensor& routes() const { return indices_; }
+
  private:
   Tensor experts_forward();
   Tensor experts_forward_on_device(const Tensor& xp);
@@ -220,6 +249,10 @@ class MoeFfn : public FeedForward {
   float loss_scale_ = 1.0f;
   bool dropless_ = false;
   RoutingStats stats_;
+  Tensor replay_routes_, replay_differs_;  // set_routes
+  bool replay_ = false;
+  RoutingSink* sink_ = nullptr;
+  int sink_layer_ = 0;
   // saved for backward
   TokenLayout layout_;
   Tensor n_, logits_, scores_, indices_, weights_, xp_local_, h_, a_, y_;

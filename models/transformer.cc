@@ -93,6 +93,46 @@ bool Transformer::cache_forward_issues_without_host(int64_t tokens) {
   return true;
 }
 
+std::vector<MoeFfn*> Transformer::routed_layers() {
+  std::vector<MoeFfn*> out;
+  for (auto& b : blocks_)
+    if (b->moe()) out.push_back(b->moe());
+  return out;
+}
+
+int Transformer::num_routed_layers() const {
+  int n = 0;
+  for (int l = 0; l < spec_.n_layers; ++l) n += spec_.is_moe_layer(l);
+  return n;
+}
+
+Tensor Transformer::set_routes(const ForwardRoutes& r, int64_t b, int64_t t) {
+  const std::vector<MoeFfn*> moes = routed_layers();
+  const int64_t layers = static_cast<int64_t>(moes.size()), k = spec_.moe.top_k, n = b * t;
+  SY_CHECK(layers > 0) << "routes given to a model without MoE layers";
+  check_shape(r.routes, {b, t, layers, k}, "forward routes [B, T, MoE layers, top_k]");
+  check_dtype(r.routes, DType::kI32, "forward routes");
+  // A layer's routes are a strided slice of [B, T, layers, k]: gathered on the host into
+  // [layers, N, k] (each layer's rows contiguous), then one copy to the device.
+  const Tensor host = r.routes.to(Device::cpu());
+  const int32_t* src = host.data<int32_t>();
+  Tensor per_layer = Tensor::empty({layers, n, k}, DType::kI32);
+  int32_t* dst = per_layer.data<int32_t>();
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t l = 0; l < layers; ++l)
+      std::copy_n(src + (i * layers + l) * k, k, dst + (l * n + i) * k);
+  const Device dev = store_.device();
+  const Tensor routes = per_layer.to(dev);
+  Tensor differs = Tensor::zeros({n}, DType::kI32, dev);
+  for (int64_t l = 0; l < layers; ++l)
+    moes[l]->set_routes(routes.rows(l, l + 1).view({n, k}), r.replay, differs);
+  return differs;
+}
+
+void Transformer::clear_routes() {
+  for (MoeFfn* m : routed_layers()) m->set_routes(Tensor(), false, Tensor());
+}
+
 TokenLayout Transformer::layout_for(const Tensor& inputs) const {
   SY_CHECK(inputs.ndim() == 2) << "model inputs must be [B, T], got " << shape_str(inputs.shape());
   TokenLayout layout;
@@ -339,7 +379,11 @@ Tensor Transformer::forward_with_cache(const Tensor& ids, const TokenLayout& lay
   store_.refresh_compute();
   const std::vector<MoeFfn*> moes = moe_layers();
   for (MoeFfn* m : moes) m->set_dropless(true);
+  const std::vector<MoeFfn*> routed = routing_sink_ ? routed_layers() : std::vector<MoeFfn*>();
+  for (size_t i = 0; i < routed.size(); ++i)
+    routed[i]->set_routing_sink(routing_sink_, static_cast<int>(i));
   const Tensor hn = trunk_forward(ids, layout, nullptr, &attention);
+  for (MoeFfn* m : routed) m->set_routing_sink(nullptr, 0);
   for (MoeFfn* m : moes) m->set_dropless(false);
   Tensor picked = hn;
   if (rows.defined()) {
@@ -353,7 +397,8 @@ Tensor Transformer::forward_with_cache(const Tensor& ids, const TokenLayout& lay
 }
 
 Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, const Tensor& targets,
-                                                       bool with_entropy, float temperature) {
+                                                       bool with_entropy, float temperature,
+                                                       const ForwardRoutes* routes) {
   SY_CHECK(temperature > 0) << "temperature " << temperature << " must be > 0";
   SY_CHECK(targets.shape() == inputs.shape())
       << "targets " << shape_str(targets.shape()) << " vs inputs " << shape_str(inputs.shape());
@@ -362,7 +407,9 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
   const int64_t b = inputs.dim(0), t = inputs.dim(1), n = b * t, vocab = spec_.vocab_size;
   HeadState& s = head_state_;
   s.inputs = inputs;
+  const Tensor differs = routes ? set_routes(*routes, b, t) : Tensor();
   s.hn = trunk_forward(inputs, layout_for(inputs));
+  if (routes) clear_routes();
   s.logits = Tensor::empty({n, vocab}, DType::kF32, dev);
   matmul(s.logits, s.hn, head_weight(), false, true);
   s.inv_temperature = 1.0f / temperature;
@@ -380,6 +427,7 @@ Transformer::TokenLogprobs Transformer::token_logprobs(const Tensor& inputs, con
     softmax_entropy(entropy, s.logits, s.lse);
     out.entropy = entropy.to(Device::cpu()).view({b, t});
   }
+  if (routes) out.route_differs = differs.to(Device::cpu()).view({b, t});
   return out;
 }
 

@@ -59,6 +59,17 @@ struct TargetCounts {
   std::vector<int64_t> mtp;
 };
 
+// Routes for the MoE layers of a training-side forward (routing replay, R3): the experts each
+// token went to in a rollout (models/rollout/routing_record.h), per MoE layer of the trunk.
+struct ForwardRoutes {
+  // i32 [B, T, num_routed_layers(), top_k], global expert ids, on the host. A token whose
+  // route in a layer starts with a negative id has none there: that layer routes it itself.
+  Tensor routes;
+  // true: the MoE layers route by `routes` (MoeFfn::set_routes); false: the routes are only
+  // compared with the layers' own top-k.
+  bool replay = false;
+};
+
 class Transformer {
  public:
   // value_head adds "value_head.weight" [1, d_model]: a scalar per position on the final norm,
@@ -95,6 +106,11 @@ class Transformer {
                             const std::vector<KvAttention*>& attention,
                             const Tensor& rows = Tensor());
   int num_blocks() const { return static_cast<int>(blocks_.size()); }
+  // The MoE layers of the trunk (no MTP module's): what routes are recorded and replayed for.
+  int num_routed_layers() const;
+  // forward_with_cache's MoE layers report their top-k to `sink` (null: none), trunk MoE
+  // layer i as layer i: the rollout engine's routing recorder, for the engine's lifetime.
+  void set_routing_sink(RoutingSink* sink) { routing_sink_ = sink; }
   // Whether forward_with_cache over `tokens` tokens issues nothing to or from the host (every
   // MoE layer's MoeFfn::inference_issues_without_host): a decode step that can be captured as
   // a CUDA graph (kernels/graph.h).
@@ -104,11 +120,16 @@ class Transformer {
   // logp[b, t] = log softmax(logits[b, t] / temperature)[targets[b, t]], 0 where targets ==
   // kIgnoreIndex; entropy[b, t] of that distribution when asked (else undefined).
   // f32 [B, T], CPU. Keeps what backward_logprobs needs.
+  // With `routes` (B and T those of inputs) the MoE layers replay or compare them, and
+  // route_differs (i32 [B, T], CPU) is 1 at the tokens whose own top-k differs from the routes
+  // as a set in at least one MoE layer.
   struct TokenLogprobs {
     Tensor logp, entropy;
+    Tensor route_differs;
   };
   TokenLogprobs token_logprobs(const Tensor& inputs, const Tensor& targets,
-                               bool with_entropy = false, float temperature = 1.0f);
+                               bool with_entropy = false, float temperature = 1.0f,
+                               const ForwardRoutes* routes = nullptr);
   // Backward of the last token_logprobs: dlogp f32 [B, T] = d(loss)/d(logp). Parameter
   // gradients accumulate (MoE balancing terms included, scaled by their loss scale).
   void backward_logprobs(const Tensor& dlogp);
@@ -130,6 +151,11 @@ class Transformer {
     std::unique_ptr<Block> block;
   };
   TokenLayout layout_for(const Tensor& inputs) const;
+  std::vector<MoeFfn*> routed_layers();
+  // Hands each trunk MoE layer its routes for the next forward of B x T tokens; returns the
+  // [B*T] device flags they mark (MoeFfn::set_routes). clear_routes() takes them back.
+  Tensor set_routes(const ForwardRoutes& routes, int64_t b, int64_t t);
+  void clear_routes();
   Tensor embed(const Tensor& ids);
   void embed_backward(const Tensor& ids, const Tensor& d);
   Tensor head_weight() const;
@@ -150,6 +176,7 @@ class Transformer {
   std::unique_ptr<RmsNorm> final_norm_;
   std::vector<MtpModule> mtp_;
   Param* value_head_ = nullptr;
+  RoutingSink* routing_sink_ = nullptr;
   // Saved by token_logprobs / values for their backward.
   struct HeadState {
     Tensor inputs, hn, logits, lse, targets;

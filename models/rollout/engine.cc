@@ -171,9 +171,15 @@ RolloutEngine::RolloutEngine(Transformer& model, const EngineOptions& options, C
     layers_.push_back(std::make_unique<PoolAttention>(*pool_, l, step_));
     attention_.push_back(layers_.back().get());
   }
+  if (options.record_routing && model.num_routed_layers() > 0) {
+    recorder_ = std::make_unique<RoutingRecorder>(model, options.max_rows, options.max_len, step_);
+    model.set_routing_sink(recorder_.get());
+  }
 }
 
-RolloutEngine::~RolloutEngine() = default;
+RolloutEngine::~RolloutEngine() {
+  if (recorder_) model_.set_routing_sink(nullptr);
+}
 
 absl::StatusOr<std::unique_ptr<RolloutEngine>> RolloutEngine::create(Transformer& model,
                                                                      const EngineOptions& options,
@@ -204,7 +210,9 @@ absl::StatusOr<std::unique_ptr<RolloutEngine>> RolloutEngine::create(Transformer
                           .kv_heads = spec.n_kv_heads,
                           .head_dim = spec.head_dim()};
   const DType dtype = store.compute_dtype();
-  const int64_t prefill = prefill_workspace_bytes(spec, o, dtype);
+  const int64_t prefill =
+      prefill_workspace_bytes(spec, o, dtype) +
+      (o.record_routing ? RoutingRecorder::bytes(spec, o.max_rows, o.max_len) : 0);
   const int64_t per_row = row_workspace_bytes(spec, o, dtype);
   SY_ASSIGN_OR_RETURN(std::unique_ptr<KvPool> pool,
                       KvPool::create(shape, dtype, store.device(), prefill, per_row));
@@ -456,6 +464,7 @@ absl::StatusOr<std::vector<Completion>> RolloutEngine::generate(
     const std::vector<int32_t> window = read_tokens.wait().to_i32_vector();
     const std::vector<float> window_lp = read_logprobs.wait().to_f32_vector();
     std::vector<int64_t> finished;
+    std::vector<std::pair<int64_t, int64_t>> finished_routes;  // (slot, positions)
     for (int64_t r = 0; r < live; ++r) {
       const int64_t id = running[r].id;
       Completion& c = out[id];
@@ -483,6 +492,14 @@ absl::StatusOr<std::vector<Completion>> RolloutEngine::generate(
         }
       }
       if (done) finished.push_back(id);
+      if (done && recorder_) {
+        const int64_t inputs = running[r].prompt_len + static_cast<int64_t>(c.tokens.size()) - 1;
+        finished_routes.push_back({running[r].slot, inputs});
+      }
+    }
+    if (recorder_) {  // the finished rows' routes, read before their slots take new sequences
+      std::vector<std::vector<int32_t>> routes = recorder_->read(finished_routes);
+      for (size_t i = 0; i < finished.size(); ++i) out[finished[i]].routes = std::move(routes[i]);
     }
     for (int64_t id : finished) scheduler.retire(id);
   }

@@ -39,6 +39,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "models/rollout/kv_pool.h"
+#include "models/rollout/routing_record.h"
 #include "models/transformer.h"
 #include "parallel/communicator.h"
 
@@ -75,6 +76,10 @@ struct Completion {
   std::vector<int32_t> tokens;  // the new tokens (the stop token included when one ended it)
   std::vector<float> logprobs;  // log softmax(logits / temperature) of each (f32; greedy: T=1)
   FinishReason finish = FinishReason::kMaxTokens;
+  // With EngineOptions::record_routing: the experts of each input position of prompt +
+  // completion (P + G - 1 of them: the last token is never an input), [positions, MoE layers,
+  // top_k] row-major (models/rollout/routing_record.h). Empty otherwise.
+  std::vector<int32_t> routes;
 };
 
 struct EngineOptions {
@@ -87,6 +92,9 @@ struct EngineOptions {
   // layer runs its experts with no host wait (Transformer::cache_forward_issues_without_host);
   // SWITCHYARD_DECODE_GRAPHS=0 turns it off too. Same tokens and log-probs either way.
   bool decode_graphs = true;
+  // Record each token's experts per MoE layer for routing replay (Completion::routes); no
+  // effect on a model without MoE layers. Off: no buffer, no work.
+  bool record_routing = false;
 };
 
 // The working memory an engine with `options` keeps free beside its KV pool for a model of
@@ -143,6 +151,7 @@ class RolloutEngine {
   std::vector<KvAttention*> attention_;
   int64_t workspace_bytes_ = 0;
   DecodeStats decode_stats_;
+  std::unique_ptr<RoutingRecorder> recorder_;  // with options.record_routing on a MoE model
 };
 
 }  // namespace sy
