@@ -80,28 +80,47 @@ std::vector<double> aggregation_weights(const Tensor& mask, const LossAggregatio
   return weights;
 }
 
-PolicyLossStats policy_loss(const Tensor& dlogp, const PolicyLossInputs& in,
-                            const PolicyLossOptions& options) {
+namespace {
+
+// The checks both losses make of their options and inputs (check_inputs: whether ref_logp is
+// there).
+void check_clip_options(const PolicyLossOptions& options) {
   SY_CHECK(options.clip_low >= 0 && options.clip_low < 1)
       << "clip_low must be in [0, 1), got " << options.clip_low;
   SY_CHECK(options.clip_high >= 0) << "clip_high must be >= 0, got " << options.clip_high;
   SY_CHECK(options.dual_clip == 0 || options.dual_clip > 1)
       << "dual_clip must be 0 (off) or > 1, got " << options.dual_clip;
   SY_CHECK(options.kl_coef >= 0) << "kl_coef must be >= 0, got " << options.kl_coef;
-  const std::vector<double> weights = aggregation_weights(in.mask, options.aggregation);
+}
+
+bool check_inputs(const Tensor& dlogp, const PolicyLossInputs& in,
+                  const PolicyLossOptions& options) {
+  check_mask(in.mask);
   check_per_token(in.logp, in.mask, "logp");
   check_per_token(in.old_logp, in.mask, "old_logp");
   check_per_token(in.advantages, in.mask, "advantages");
   const bool with_kl = in.ref_logp.defined();
   SY_CHECK(with_kl || options.kl_coef == 0) << "kl_coef > 0 needs ref_logp";
   if (with_kl) check_per_token(in.ref_logp, in.mask, "ref_logp");
+  if (in.is_weights.defined()) check_per_token(in.is_weights, in.mask, "is_weights");
   if (dlogp.defined()) check_per_token(dlogp, in.mask, "dlogp");
+  return with_kl;
+}
+
+}  // namespace
+
+PolicyLossStats policy_loss(const Tensor& dlogp, const PolicyLossInputs& in,
+                            const PolicyLossOptions& options) {
+  check_clip_options(options);
+  const std::vector<double> weights = aggregation_weights(in.mask, options.aggregation);
+  const bool with_kl = check_inputs(dlogp, in, options);
 
   const float* m = in.mask.data<float>();
   const float* lp = in.logp.data<float>();
   const float* old = in.old_logp.data<float>();
   const float* adv = in.advantages.data<float>();
   const float* ref = with_kl ? in.ref_logp.data<float>() : nullptr;
+  const float* is_w = in.is_weights.defined() ? in.is_weights.data<float>() : nullptr;
   float* grad = dlogp.defined() ? dlogp.data<float>() : nullptr;
   PolicyLossStats stats;
   int64_t tokens = 0;
@@ -112,9 +131,11 @@ PolicyLossStats policy_loss(const Tensor& dlogp, const PolicyLossInputs& in,
     }
     const TokenLoss pg = clipped_surrogate(lp[i], old[i], adv[i], options);
     const KlTerm kl = with_kl ? kl_term(options.kl_estimator, lp[i], ref[i]) : KlTerm{0, 0};
-    stats.policy_loss += weights[i] * pg.value;
+    const double w_is = is_w ? is_w[i] : 1.0;
+    stats.policy_loss += weights[i] * w_is * pg.value;
     stats.kl += weights[i] * kl.value;
-    if (grad) grad[i] = static_cast<float>(weights[i] * (pg.dlogp + options.kl_coef * kl.dlogp));
+    if (grad)
+      grad[i] = static_cast<float>(weights[i] * (w_is * pg.dlogp + options.kl_coef * kl.dlogp));
     const double d = lp[i] - old[i];
     stats.approx_kl_old += 0.5 * d * d;
     stats.clip_fraction += pg.clipped;
@@ -126,6 +147,84 @@ PolicyLossStats policy_loss(const Tensor& dlogp, const PolicyLossInputs& in,
     stats.approx_kl_old /= tokens;
     stats.clip_fraction /= tokens;
     stats.dual_clip_fraction /= tokens;
+  }
+  return stats;
+}
+
+PolicyLossStats sequence_policy_loss(const Tensor& dlogp, const PolicyLossInputs& in,
+                                     const PolicyLossOptions& options) {
+  check_clip_options(options);
+  SY_CHECK(options.dual_clip == 0)
+      << "the sequence-level loss takes no dual_clip, got " << options.dual_clip;
+  // The KL term's weights 1/(S n_b); the sequence term's are 1/S.
+  const std::vector<double> kl_weights =
+      aggregation_weights(in.mask, {.mode = AggregationMode::kSeqMeanTokenMean});
+  const bool with_kl = check_inputs(dlogp, in, options);
+
+  const int64_t rows = in.mask.dim(0), cols = in.mask.dim(1);
+  const float* m = in.mask.data<float>();
+  const float* lp = in.logp.data<float>();
+  const float* old = in.old_logp.data<float>();
+  const float* adv = in.advantages.data<float>();
+  const float* ref = with_kl ? in.ref_logp.data<float>() : nullptr;
+  const float* is_w = in.is_weights.defined() ? in.is_weights.data<float>() : nullptr;
+  float* grad = dlogp.defined() ? dlogp.data<float>() : nullptr;
+  std::vector<int64_t> row_tokens(rows, 0);
+  int64_t sequences = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    for (int64_t t = 0; t < cols; ++t) row_tokens[b] += m[b * cols + t] != 0;
+    sequences += row_tokens[b] > 0;
+  }
+  PolicyLossStats stats;
+  int64_t tokens = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    const int64_t row = b * cols, n = row_tokens[b];
+    if (n == 0) {
+      if (grad) std::fill(grad + row, grad + row + cols, 0.0f);
+      continue;
+    }
+    int64_t first = row;
+    while (m[first] == 0) ++first;
+    const double advantage = adv[first];
+    const double w_is = is_w ? is_w[first] : 1.0;
+    double log_ratio = 0;
+    for (int64_t i = row; i < row + cols; ++i) {
+      if (m[i] == 0) continue;
+      SY_CHECK(adv[i] == adv[first]) << "sequence_policy_loss: row " << b << " has advantages "
+                                     << adv[first] << " and " << adv[i] << "; a completion has one";
+      SY_CHECK(!is_w || is_w[i] == is_w[first])
+          << "sequence_policy_loss: row " << b << " has TIS weights " << is_w[first] << " and "
+          << is_w[i] << "; a completion has one";
+      const double d = static_cast<double>(lp[i]) - old[i];
+      log_ratio += d;
+      stats.approx_kl_old += 0.5 * d * d;
+    }
+    const double ratio = std::exp(log_ratio / static_cast<double>(n));
+    const double unclipped = -advantage * ratio;
+    const double clipped =
+        -advantage * std::clamp(ratio, 1 - options.clip_low, 1 + options.clip_high);
+    const bool clip_active = clipped > unclipped;  // a tie is the unclipped term
+    const double row_weight = 1.0 / static_cast<double>(sequences);
+    stats.policy_loss += row_weight * w_is * (clip_active ? clipped : unclipped);
+    // d s_b / d logp_t = s_b / n_b at each of its tokens.
+    const double pg_grad =
+        clip_active ? 0.0 : row_weight * w_is * unclipped / static_cast<double>(n);
+    for (int64_t i = row; i < row + cols; ++i) {
+      if (m[i] == 0) {
+        if (grad) grad[i] = 0;
+        continue;
+      }
+      const KlTerm kl = with_kl ? kl_term(options.kl_estimator, lp[i], ref[i]) : KlTerm{0, 0};
+      stats.kl += kl_weights[i] * kl.value;
+      if (grad) grad[i] = static_cast<float>(pg_grad + options.kl_coef * kl_weights[i] * kl.dlogp);
+    }
+    stats.clip_fraction += clip_active ? static_cast<double>(n) : 0.0;
+    tokens += n;
+  }
+  stats.loss = stats.policy_loss + options.kl_coef * stats.kl;
+  if (tokens > 0) {
+    stats.approx_kl_old /= static_cast<double>(tokens);
+    stats.clip_fraction /= static_cast<double>(tokens);
   }
   return stats;
 }

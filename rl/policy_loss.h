@@ -10,7 +10,21 @@
 //   dL/dlogp = −ρA where the unclipped term is chosen; 0 where the clip is active (A > 0 with
 //   ρ > 1 + ε_high, A < 0 with ρ < 1 − ε_low) or where the dual-clip cap is (A < 0, ρ > c).
 //   Ties go to the unclipped term, so the gradient at a clip boundary is −ρA.
-// KL to the reference in the loss (rl/kl.h): β · KL_t per token, aggregated alike.
+// Rollout correction (rl/rollout_correction.h): with per-token TIS weights w, the term is
+//   w · L, with gradient w · dL/dlogp (w is a constant of the step).
+// KL to the reference in the loss (rl/kl.h): β · KL_t per token, aggregated alike, never
+// reweighted.
+//
+// Sequence-level clipped surrogate (GSPO, Zheng et al. 2025, "Group Sequence Policy
+// Optimization"), per completion b with n_b response tokens, one advantage A_b and ratio
+//   s_b = exp((1/n_b) Σ_t (logp_t − old_logp_t))          (the geometric mean of its ρ_t)
+//   L_b = max(−s_b A_b, −clip(s_b, 1 − ε_low, 1 + ε_high) · A_b)
+//   L   = (1/S) Σ_b w_b L_b    over the S completions with response tokens (w_b: its TIS
+//                              weight, 1 without)
+//   dL/dlogp_t = −w_b A_b s_b / (S n_b) where the unclipped term is chosen, 0 where the clip is
+//   active (A_b > 0 with s_b > 1 + ε_high, A_b < 0 with s_b < 1 − ε_low). Ties go to the
+//   unclipped term, as for tokens. No dual-clip. The KL term is β · KL_t weighted
+//   seq-mean-token-mean (1/(S n_b)), so every completion weighs the same in both terms.
 // Clipped value loss (PPO), per token with value V, old value V_old and return R:
 //   ℓ = ½ max((V − R)², (V_old + clip(V − V_old, −c, c) − R)²)
 //   dℓ/dV = V − R where the first term is chosen (ties included), 0 where the second is
@@ -53,6 +67,9 @@ struct PolicyLossInputs {
   Tensor advantages;  // per token (GRPO: the completion's advantage broadcast to its tokens)
   Tensor mask;
   Tensor ref_logp;  // under the reference policy; may be undefined when kl_coef == 0
+  // TIS weights of the policy-gradient term (rl/rollout_correction.h); undefined = all 1.
+  // For sequence_policy_loss each completion's weight is on every one of its tokens.
+  Tensor is_weights;
 };
 
 struct PolicyLossOptions {
@@ -68,7 +85,8 @@ struct PolicyLossStats {
   double loss = 0;                // policy_loss + kl_coef · kl: what dlogp is the gradient of
   double policy_loss = 0;         // the aggregated clipped surrogate
   double kl = 0;                  // aggregated KL to the reference; 0 without ref_logp
-  double clip_fraction = 0;       // response tokens where the ε clip is active
+  double clip_fraction = 0;       // response tokens where the ε clip is active (GSPO: the
+                                  // tokens of completions whose sequence ratio is clipped)
   double dual_clip_fraction = 0;  // response tokens where the dual-clip cap is active
   double approx_kl_old = 0;       // token mean of ½ (logp − old_logp)²
 };
@@ -77,6 +95,12 @@ struct PolicyLossStats {
 // whenever ref_logp is defined, and enters loss and gradient with weight kl_coef.
 PolicyLossStats policy_loss(const Tensor& dlogp, const PolicyLossInputs& inputs,
                             const PolicyLossOptions& options);
+
+// GSPO's sequence-level loss, as above; the same contract as policy_loss. The advantages (and
+// TIS weights) must be constant over each completion's response tokens; options.aggregation
+// is not used, and options.dual_clip must be 0.
+PolicyLossStats sequence_policy_loss(const Tensor& dlogp, const PolicyLossInputs& inputs,
+                                     const PolicyLossOptions& options);
 
 struct ValueLossOptions {
   double clip = 0.2;  // c; infinity turns the clip off

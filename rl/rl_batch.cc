@@ -13,6 +13,8 @@
 #include "kernels/elementwise.h"
 #include "rl/advantages.h"
 #include "rl/rl_trainer.h"
+#include "rl/rollout_correction.h"
+#include "rl/routing_replay.h"
 
 namespace sy::rl {
 namespace {
@@ -46,11 +48,13 @@ struct BatchSums {
   double non_finite_kl = 0;            // completion tokens whose KL is NaN or infinite
   double non_finite_rewards = 0;       // completions
   double non_finite_advantages = 0;    // completion tokens
+  TisSums tis;                         // rollout correction, when on
 
   void all_reduce(Communicator& world) {
     all_reduce_sum(world, std::array{&kl, &tokens, &entropy, &reward, &correct, &well_formed,
                                      &completions, &sequence_kl, &groups, &groups_kept,
-                                     &non_finite_kl, &non_finite_rewards, &non_finite_advantages});
+                                     &non_finite_kl, &non_finite_rewards, &non_finite_advantages,
+                                     &tis.weight, &tis.truncated, &tis.units, &tis.non_finite});
   }
 };
 
@@ -152,6 +156,7 @@ void set_batch_hook_for_testing(BatchHook hook) { g_batch_hook = std::move(hook)
 Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   const int64_t rows = batch_rows_, g = rl_.group_size();
   SY_CHECK(static_cast<int64_t>(rollouts.completions.size()) == rows) << "rollout size";
+  SY_CHECK(rollouts.logprobs.size() == rollouts.completions.size()) << "rollout log-probs";
   std::vector<std::vector<int32_t>> tokens(rows);
   std::vector<int64_t> prompt_len(rows);
   std::vector<double> longest = {0};
@@ -172,18 +177,36 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   batch.inputs = Tensor::zeros({rows, t_len}, DType::kI32);
   batch.targets = Tensor::empty({rows, t_len}, DType::kI32);
   batch.mask = Tensor::zeros({rows, t_len});
+  batch.rollout_logp = Tensor::zeros({rows, t_len});
   int32_t* in = batch.inputs.data<int32_t>();
   int32_t* tg = batch.targets.data<int32_t>();
   float* mk = batch.mask.data<float>();
+  float* roll = batch.rollout_logp.data<float>();
   std::fill(tg, tg + rows * t_len, kIgnoreIndex);
   for (int64_t b = 0; b < rows; ++b) {
     const int64_t len = static_cast<int64_t>(tokens[b].size());
+    const std::vector<float>& logprobs = rollouts.logprobs[b];
+    SY_CHECK(logprobs.size() == rollouts.completions[b].size()) << "rollout log-probs of row " << b;
     for (int64_t t = 0; t + 1 < len; ++t) in[b * t_len + t] = tokens[b][t];
     for (int64_t t = prompt_len[b] - 1; t + 1 < len; ++t) {
       tg[b * t_len + t] = tokens[b][t + 1];
       mk[b * t_len + t] = 1.0f;
+      roll[b * t_len + t] = logprobs[t + 1 - prompt_len[b]];
     }
   }
+
+  // A MoE model's rollout routes: replayed by the training forwards (rl.routing_replay), and
+  // compared with the old policy's own routing either way.
+  const int routed_layers = policy_->num_routed_layers();
+  if (routed_layers > 0) {
+    std::vector<int64_t> lengths(rows);
+    for (int64_t b = 0; b < rows; ++b) lengths[b] = static_cast<int64_t>(tokens[b].size());
+    batch.routes =
+        batch_routes(rollouts.routes, lengths, t_len, routed_layers, policy_->spec().moe.top_k);
+  }
+  const bool replay = batch.routes.defined() && rl_.routing_replay() == RlConfig::REPLAY_ROLLOUT;
+  Tensor route_differs =
+      batch.routes.defined() ? Tensor::zeros({rows, t_len}, DType::kI32) : Tensor();
 
   // Old and reference log-probs (and values), once, in the minibatches of the updates, of the
   // distribution the rollouts were sampled from.
@@ -200,11 +223,15 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     // On the device once, for the policy, the reference and the critic alike.
     const Tensor inputs = batch.inputs.rows(lo, hi).to(dev);
     const Tensor targets = batch.targets.rows(lo, hi).to(dev);
-    Transformer::TokenLogprobs old = policy_->token_logprobs(inputs, targets, true, temperature);
+    const ForwardRoutes routes{
+        .routes = batch.routes.defined() ? batch.routes.rows(lo, hi) : Tensor(), .replay = replay};
+    Transformer::TokenLogprobs old = policy_->token_logprobs(
+        inputs, targets, true, temperature, batch.routes.defined() ? &routes : nullptr);
     batch.old_logp.rows(lo, hi).copy_from(old.logp);
     batch.entropy.rows(lo, hi).copy_from(old.entropy);
+    if (route_differs.defined()) route_differs.rows(lo, hi).copy_from(old.route_differs);
     batch.ref_logp.rows(lo, hi).copy_from(
-        ref_->token_logprobs(inputs, targets, false, temperature).logp);
+        ref_->token_logprobs(inputs, targets, false, temperature, replay ? &routes : nullptr).logp);
     if (ppo) batch.old_values.rows(lo, hi).copy_from(critic_->values(inputs));
   }
   std::vector<float> rewards = rollouts.rewards;
@@ -239,6 +266,15 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     sums.sequence_kl += seq_kl[b];
   }
 
+  // Rollout correction: weights of the policy-gradient term from the two forwards' log-probs.
+  const double tis_cap = rl_.rollout_correction().tis_cap();
+  if (tis_cap > 0) {
+    batch.tis_weights = Tensor::zeros({rows, t_len});
+    sums.tis =
+        tis_weights(batch.tis_weights, batch.old_logp, batch.rollout_logp, batch.mask, tis_cap,
+                    rl_.algorithm() == RlConfig::RL_GSPO ? TisLevel::kSequence : TisLevel::kToken);
+  }
+
   // Advantages.
   batch.advantages = Tensor::zeros({rows, t_len});
   batch.loss_mask = batch.mask.clone();
@@ -248,7 +284,7 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     for (int64_t b = 0; b < rows; ++b)
       batch.sequence_rewards[b] -= static_cast<float>(beta * seq_kl[b]);
   }
-  if (!ppo) {
+  if (!ppo) {  // GRPO and GSPO
     const std::vector<float> adv =
         group_advantages(batch.sequence_rewards, g, {.normalize_std = rl_.normalize_adv_std()});
     broadcast_to_tokens(batch.advantages, adv, batch.mask);
@@ -284,6 +320,9 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
     bad.push_back(absl::StrCat("rewards of ", sums.non_finite_rewards, " completions"));
   if (sums.non_finite_advantages > 0)
     bad.push_back(absl::StrCat("advantages at ", sums.non_finite_advantages, " tokens"));
+  if (sums.tis.non_finite > 0)
+    bad.push_back(absl::StrCat("TIS weights of ", sums.tis.non_finite,
+                               rl_.algorithm() == RlConfig::RL_GSPO ? " completions" : " tokens"));
   batch.non_finite = absl::StrJoin(bad, ", ");
   metrics.kl = sums.tokens > 0 ? sums.kl / sums.tokens : 0;
   metrics.entropy = sums.tokens > 0 ? sums.entropy / sums.tokens : 0;
@@ -296,6 +335,17 @@ Batch RlTrainer::make_batch(const Rollouts& rollouts, StepMetrics& metrics) {
   metrics.groups = static_cast<int64_t>(sums.groups);
   metrics.groups_kept = static_cast<int64_t>(sums.groups_kept);
   metrics.kl_coef = beta;
+  if (sums.tis.units > sums.tis.non_finite) {
+    metrics.tis_weight_mean = sums.tis.weight / (sums.tis.units - sums.tis.non_finite);
+    metrics.tis_truncated_fraction = sums.tis.truncated / sums.tis.units;
+  }
+  if (batch.routes.defined()) {  // the rollout engine against the old-policy forward
+    RolloutMismatch mismatch;
+    mismatch.add(batch.rollout_logp, batch.old_logp, batch.mask, route_differs);
+    mismatch.all_reduce(*world_);
+    metrics.rollout_logprob_diff = mismatch.mean_logprob_diff();
+    metrics.routing_mismatch = mismatch.routing_mismatch();
+  }
   return batch;
 }
 
@@ -306,6 +356,7 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
     return;
   }
   const bool ppo = rl_.algorithm() == RlConfig::RL_PPO;
+  const bool gspo = rl_.algorithm() == RlConfig::RL_GSPO;
   const int64_t t_len = batch.inputs.dim(1);
   const double beta = kl_.coef();
   PolicyLossOptions options = loss_options_;
@@ -329,15 +380,24 @@ void RlTrainer::update(const Batch& batch, StepMetrics& metrics) {
       u.skipped = units == 0;
       if (!u.skipped) {
         policy_store_->zero_grad();
-        Transformer::TokenLogprobs lp =
-            policy_->token_logprobs(inputs, targets, false, temperature);
+        const bool replay =
+            batch.routes.defined() && rl_.routing_replay() == RlConfig::REPLAY_ROLLOUT;
+        const ForwardRoutes routes{.routes = replay ? take(batch.routes) : Tensor(),
+                                   .replay = true};
+        Transformer::TokenLogprobs lp = policy_->token_logprobs(inputs, targets, false, temperature,
+                                                                replay ? &routes : nullptr);
         Tensor dlogp = Tensor::empty({hi - lo, t_len});
-        PolicyLossInputs in{.logp = lp.logp,
-                            .old_logp = take(batch.old_logp),
-                            .advantages = take(batch.advantages),
-                            .mask = loss_mask,
-                            .ref_logp = kl_in_loss ? take(batch.ref_logp) : Tensor()};
-        const PolicyLossStats st = policy_loss(dlogp, in, options);
+        PolicyLossInputs in{
+            .logp = lp.logp,
+            .old_logp = take(batch.old_logp),
+            .advantages = take(batch.advantages),
+            .mask = loss_mask,
+            .ref_logp = kl_in_loss ? take(batch.ref_logp) : Tensor(),
+            .is_weights = batch.tis_weights.defined() ? take(batch.tis_weights) : Tensor()};
+        // GSPO's loss weighs completions alike: loss_options_ holds seq-mean-token-mean for
+        // it, so global_loss_scale normalises over the global minibatch's completions.
+        const PolicyLossStats st =
+            gspo ? sequence_policy_loss(dlogp, in, options) : policy_loss(dlogp, in, options);
         scale_(dlogp, static_cast<float>(scale));
         policy_->backward_logprobs(dlogp);
         policy_sync_->sync();

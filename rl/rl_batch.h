@@ -20,18 +20,27 @@ struct Batch {
   Tensor mask;       // 1 at completion tokens
   Tensor loss_mask;  // mask without the rows of filtered groups (GRPO filter_equal_groups)
   Tensor old_logp, ref_logp, entropy;
+  Tensor rollout_logp;  // the rollout engine's log-probs of the sampled tokens (0 off the mask)
+  // A MoE model's rollout routes, i32 [B, T, MoE layers, top_k] (ForwardRoutes; -1 at the
+  // padding); undefined for a dense model.
+  Tensor routes;
+  // rl.rollout_correction.tis_cap > 0: the TIS weights of the policy-gradient term
+  // (rl/rollout_correction.h; per completion for GSPO); undefined otherwise.
+  Tensor tis_weights;
   Tensor advantages;
   Tensor old_values, returns;           // PPO
   std::vector<float> sequence_rewards;  // per row, what the advantages saw (KL included)
   // What was NaN or infinite anywhere in the global batch (log-probs or KL at completion
-  // tokens, rewards, advantages), e.g. "KL at 3 tokens"; empty when all is finite. The same
-  // on every rank. A batch with any is not trained on (update() takes no step).
+  // tokens, rewards, advantages, TIS weights), e.g. "KL at 3 tokens"; empty when all is
+  // finite. The same on every rank. A batch with any is not trained on (update() takes no
+  // step).
   std::string non_finite;
 };
 
-// Test hook (fault injection): called on every rank in make_batch once the old and reference
-// log-probs (and values) are in `batch`, before the KL and the advantages, with the 0-based
-// step and the rollouts' rewards, which it may change (e.g. to write a NaN). Empty: none.
+// Test hook (fault injection): called on every rank in make_batch once the rollout, old and
+// reference log-probs (and values) are in `batch`, before the KL, the TIS weights and the
+// advantages, with the 0-based step and the rollouts' rewards, which it may change (e.g. to
+// write a NaN). Empty: none.
 using BatchHook = std::function<void(int64_t step, std::vector<float>& rewards, Batch& batch)>;
 void set_batch_hook_for_testing(BatchHook hook);
 

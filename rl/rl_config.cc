@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "kernels/check.h"
+#include "models/model_spec.h"
 #include "rl/countdown.h"
 #include "rl/prompt_file_task.h"
 #include "trainer/io/hf_checkpoint.h"
@@ -48,9 +49,10 @@ void validate_rl_ranges(const RlConfig& rl, ConfigProblems& problems) {
                  absl::StrCat("set rl { prompts_per_step: P group_size: G } with P * G <= ",
                               kMaxCompletionsPerStep));
   }
-  if (rl.algorithm() == RlConfig::RL_GRPO && rl.group_size() == 1) {
+  if (rl.algorithm() != RlConfig::RL_PPO && rl.group_size() == 1) {
     problems.add({"rl.group_size", "rl.algorithm"},
-                 "must be >= 2 for RL_GRPO, got 1 (a group of one has no baseline)",
+                 absl::StrCat("must be >= 2 for ", RlConfig::Algorithm_Name(rl.algorithm()),
+                              ", got 1 (a group of one has no baseline)"),
                  "set rl { group_size: G } with G >= 2 (e.g. 8)");
   }
   problems.positive("rl.epochs", rl.epochs());
@@ -138,6 +140,32 @@ void validate_rl_ranges(const RlConfig& rl, ConfigProblems& problems) {
     problems.add("rl.dual_clip", absl::StrCat("must be 0 (off) or > 1, got ", rl.dual_clip()),
                  "set rl { dual_clip: 3 } or leave it 0");
   }
+  if (rl.algorithm() == RlConfig::RL_GSPO) {
+    // GSPO's loss is its own (rl/policy_loss.h): a clipped ratio per completion, every
+    // completion weighing the same. Knobs of the token-level loss that it cannot honour are
+    // refused rather than ignored.
+    if (rl.dual_clip() != 0) {
+      problems.add({"rl.dual_clip", "rl.algorithm"},
+                   absl::StrCat("is ", rl.dual_clip(),
+                                ", but RL_GSPO clips each completion's sequence ratio with "
+                                "clip_low / clip_high alone (dual-clip is for token ratios)"),
+                   "leave rl.dual_clip at 0 with RL_GSPO");
+    }
+    if (rl.aggregation() == RlConfig::AGG_SEQ_MEAN_TOKEN_SUM_NORM) {
+      problems.add({"rl.aggregation", "rl.algorithm"},
+                   "is AGG_SEQ_MEAN_TOKEN_SUM_NORM, but RL_GSPO's loss is a mean over "
+                   "completions whose ratio is already normalised by its length",
+                   "leave rl.aggregation unset with RL_GSPO");
+    }
+  }
+  const double tis_cap = rl.rollout_correction().tis_cap();
+  if (!(tis_cap == 0 || (tis_cap >= 1 && std::isfinite(tis_cap)))) {
+    problems.add("rl.rollout_correction.tis_cap",
+                 absl::StrCat("must be 0 (off) or finite >= 1, got ", tis_cap,
+                              " (it caps importance weights near 1; below 1 it would cap "
+                              "every on-policy token)"),
+                 "set rl { rollout_correction { tis_cap: 2 } } or leave it 0");
+  }
   problems.positive_real("rl.lr", rl.lr());
   problems.positive_real("rl.critic_lr", rl.critic_lr());
   in_unit_interval("rl.gamma", rl.gamma(), true);
@@ -150,6 +178,20 @@ void validate_rl_ranges(const RlConfig& rl, ConfigProblems& problems) {
   problems.non_negative_real("rl.balance_loss_scale", rl.balance_loss_scale(),
                              "0 = no load balancing during RL");
   problems.positive("rl.log_interval", rl.log_interval());
+}
+
+// rl.routing_replay needs MoE layers: checked on the resolved experiment (the checkpoint's
+// model).
+void validate_routing_replay(const Experiment& e, ConfigProblems& problems) {
+  if (e.rl().routing_replay() == RlConfig::REPLAY_OFF || model_spec_from_config(e).has_moe()) {
+    return;
+  }
+  problems.add(
+      "rl.routing_replay",
+      absl::StrCat("is ", RlConfig::RoutingReplay_Name(e.rl().routing_replay()),
+                   ", but the model is dense (model.first_k_dense = ", e.model().first_k_dense(),
+                   " of ", e.model().n_layers(), " layers): it has no expert routing to replay"),
+      "leave rl.routing_replay at REPLAY_OFF, or start from a MoE checkpoint");
 }
 
 // What a fine-tuning config as written must hold besides the ranges.
@@ -183,8 +225,11 @@ ConfigRules rl_config_rules() {
 }
 
 ConfigRules rl_experiment_rules() {
-  return {.model_from_checkpoint = false,
-          .extra = [](const Experiment& e, ConfigProblems& p) { validate_rl_ranges(e.rl(), p); }};
+  auto extra = [](const Experiment& e, ConfigProblems& p) {
+    validate_rl_ranges(e.rl(), p);
+    validate_routing_replay(e, p);
+  };
+  return {.model_from_checkpoint = false, .extra = extra};
 }
 
 absl::StatusOr<Experiment> load_rl_config(const std::string& config_path,

@@ -41,13 +41,24 @@ absl::Status copy_tokenizer_files(const std::string& from_dir, const std::string
   return absl::OkStatus();
 }
 
-std::string step_json(const StepMetrics& m, double time_left_s) {
+// `tis`: rl.rollout_correction is on, and its two statistics are written too; `moe`: a MoE
+// model, and its rollout/training mismatch too.
+std::string step_json(const StepMetrics& m, double time_left_s, bool tis, bool moe) {
+  std::string extra_fields =
+      tis ? absl::StrFormat(R"(, "tis_weight_mean": %.9g, "tis_truncated_fraction": %.9g)",
+                            m.tis_weight_mean, m.tis_truncated_fraction)
+          : std::string();
+  if (moe) {
+    absl::StrAppendFormat(&extra_fields,
+                          R"(, "rollout_logprob_diff": %.9g, "routing_mismatch": %.9g)",
+                          m.rollout_logprob_diff, m.routing_mismatch);
+  }
   return absl::StrFormat(
-      R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d, "time_left_s": %.6g})",
+      R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d%s, "time_left_s": %.6g})",
       m.step, m.reward_mean, m.accuracy, m.format_rate, m.kl, m.kl_sequence, m.kl_coef,
       m.clip_fraction, m.entropy, m.response_length, m.policy_loss, m.value_loss, m.grad_norm,
       m.groups_kept, m.groups, m.rollout_s, m.scoring_s, m.logprobs_s, m.update_s, m.rollout_tokens,
-      m.rollout_tokens_per_s(), m.non_finite_updates, time_left_s);
+      m.rollout_tokens_per_s(), m.non_finite_updates, extra_fields, time_left_s);
 }
 
 }  // namespace
@@ -110,6 +121,8 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
 
   const int64_t steps = rl.steps();
   const bool ppo = rl.algorithm() == RlConfig::RL_PPO;
+  const bool tis = rl.rollout_correction().tis_cap() > 0;
+  const bool moe = trainer->policy().num_routed_layers() > 0;
   const Eta eta(start_step, steps);
   int64_t skipped_total = 0;
   StepLoop loop;
@@ -146,17 +159,26 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
       const std::string kept = rl.filter_equal_groups()
                                    ? absl::StrFormat(" | groups %d/%d", m.groups_kept, m.groups)
                                    : "";
+      const std::string correction =
+          tis ? absl::StrFormat(" | tis %.4f trunc %.1f%%", m.tis_weight_mean,
+                                100 * m.tis_truncated_fraction)
+              : "";
+      // A MoE model's rollout/training mismatch: |delta log-prob| and tokens routed otherwise.
+      const std::string mismatch =
+          moe ? absl::StrFormat(" | mismatch %.2e routes %.1f%%", m.rollout_logprob_diff,
+                                100 * m.routing_mismatch)
+              : "";
       log << absl::StrFormat(
-          "rl step %d/%d | reward %.3f | acc %.1f%% | kl %.2e | beta %.3g | clip %.1f%% | "
+          "rl step %d/%d | reward %.3f | acc %.1f%% | kl %.2e | beta %.3g | clip %.1f%%%s%s | "
           "entropy %.3f | len %.2f | loss %.4f%s%s | norm %.2f | rollout %.2fs (%.0f tok/s) "
           "score %.2fs logprobs %.2fs update %.2fs | ETA %s\n",
           m.step, steps, m.reward_mean, 100 * m.accuracy, m.kl, m.kl_coef, 100 * m.clip_fraction,
-          m.entropy, m.response_length, m.policy_loss, value, kept, m.grad_norm, m.rollout_s,
-          m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s,
+          correction, mismatch, m.entropy, m.response_length, m.policy_loss, value, kept,
+          m.grad_norm, m.rollout_s, m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s,
           format_duration(eta.seconds_left(step + 1)));
       log.flush();
     }
-    run.metrics(step_json(m, std::max(0.0, eta.seconds_left(step + 1))));
+    run.metrics(step_json(m, std::max(0.0, eta.seconds_left(step + 1)), tis, moe));
     return absl::OkStatus();
   };
   SY_ASSIGN_OR_RETURN(const bool stopped, run_steps(loop, world, log));

@@ -67,7 +67,17 @@ AggregationMode aggregation_of(RlConfig::Aggregation a) {
   return AggregationMode::kTokenMean;
 }
 
-const char* algorithm_name(RlConfig::Algorithm a) { return a == RlConfig::RL_PPO ? "PPO" : "GRPO"; }
+const char* algorithm_name(RlConfig::Algorithm a) {
+  switch (a) {
+    case RlConfig::RL_GRPO:
+      return "GRPO";
+    case RlConfig::RL_PPO:
+      return "PPO";
+    case RlConfig::RL_GSPO:
+      return "GSPO";
+  }
+  return "unknown";
+}
 
 std::string critic_run_dir(const std::string& run_dir) {
   return (fs::path(run_dir) / "critic").string();
@@ -224,8 +234,8 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
       world,
       check_memory_fits(
           estimate_rl_memory(spec, memory), available_memory_bytes(device), device,
-          ppo ? "RL with PPO (policy, reference and critic)"
-              : "RL with GRPO (policy and reference)",
+          absl::StrCat("RL with ", algorithm_name(rl.algorithm()),
+                       ppo ? " (policy, reference and critic)" : " (policy and reference)"),
           "pick a smaller model (rl.init_checkpoint), spread the experts over more ranks "
           "(parallel.expert_parallel_size), or lower the rows per update (rl.prompts_per_step "
           "x rl.group_size / rl.minibatches) or rl.max_new_tokens")));
@@ -264,7 +274,12 @@ absl::StatusOr<std::unique_ptr<RlTrainer>> RlTrainer::create(const switchyard::E
       .clip_low = rl.clip_low(),
       .clip_high = rl.clip_high(),
       .dual_clip = rl.dual_clip(),
-      .aggregation = {.mode = aggregation_of(rl.aggregation()), .norm_length = t->max_new_tokens_},
+      // GSPO weighs every completion the same (rl/policy_loss.h): its loss is normalised
+      // over the minibatch as seq-mean-token-mean is, whatever rl.aggregation says.
+      .aggregation = {.mode = rl.algorithm() == RlConfig::RL_GSPO
+                                  ? AggregationMode::kSeqMeanTokenMean
+                                  : aggregation_of(rl.aggregation()),
+                      .norm_length = t->max_new_tokens_},
       .kl_coef = 0,
       .kl_estimator = t->estimator_};
 
@@ -447,14 +462,18 @@ std::string RlTrainer::describe() const {
                              ? absl::StrFormat(" (adaptive, target %.3g)", rl_.target_kl())
                              : std::string());
   }
+  const double tis_cap = rl_.rollout_correction().tis_cap();
+  const std::string tis = tis_cap > 0 ? absl::StrFormat(" | TIS cap %.3g", tis_cap) : std::string();
+  const std::string replay =
+      rl_.routing_replay() == RlConfig::REPLAY_ROLLOUT ? " | routing replay" : "";
   return absl::StrFormat(
       "rl: %s | task %s | %d prompts x %d completions per rank, up to %d new tokens, "
       "temperature %.2g | %d epoch(s) x %d minibatch(es), lr %.1e | clip [%.2g, %.2g] | "
-      "%s | %s",
+      "%s | %s%s%s",
       algorithm_name(rl_.algorithm()), std::string(task_->name()), rl_.prompts_per_step(),
       rl_.group_size(), max_new_tokens_, rl_.temperature(), rl_.epochs(), rl_.minibatches(),
       rl_.lr(), rl_.clip_low(), rl_.clip_high(),
-      aggregation_mode_name(loss_options_.aggregation.mode), kl);
+      aggregation_mode_name(loss_options_.aggregation.mode), kl, tis, replay);
 }
 
 }  // namespace sy::rl

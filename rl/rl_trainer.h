@@ -58,6 +58,14 @@ struct StepMetrics {
   double policy_loss = 0;          // mean over the step's updates (the surrogate)
   double value_loss = 0;           // PPO
   double grad_norm = 0;            // mean over the step's updates
+  // Rollout correction (rl.rollout_correction.tis_cap > 0; else 0): the mean TIS weight and
+  // the fraction truncated at the cap, over the completion tokens (GSPO: the completions).
+  double tis_weight_mean = 0, tis_truncated_fraction = 0;
+  // A MoE model's rollout/training mismatch at the sampled tokens (rl/routing_replay.h): the
+  // mean |rollout log-prob - old-policy log-prob|, and the fraction of the tokens whose
+  // experts in some MoE layer differ from the rollout's (the old-policy forward's own top-k,
+  // whether rl.routing_replay replays the rollout's or not). 0 for a dense model.
+  double rollout_logprob_diff = 0, routing_mismatch = 0;
   int64_t non_finite_updates = 0;  // updates skipped for a NaN / infinite loss or grad norm
   // Non-empty when the step changed no weights, and why: a non-finite batch (no update was
   // tried, the KL controller kept its β) or every update non-finite. Such steps in a row are

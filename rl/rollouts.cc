@@ -1,6 +1,7 @@
 #include "rl/rollouts.h"
 
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/numbers.h"
@@ -78,7 +79,15 @@ absl::StatusOr<Rollouts> RlTrainer::rollout(int64_t step) {
                                 .max_new_tokens = max_new_tokens_,
                                 .stop_tokens = tokenizer_->eos_ids(),
                                 .seed = rl_.seed()};
-  SY_ASSIGN_OR_RETURN(out.completions, generate(*policy_, ids, options, world_, first * g));
+  // A MoE model's routes are recorded for routing replay and the mismatch metrics.
+  const EngineOptions engine{.record_routing = policy_->num_routed_layers() > 0};
+  SY_ASSIGN_OR_RETURN(std::vector<Completion> completions,
+                      generate_completions(*policy_, ids, options, world_, first * g, engine));
+  for (Completion& c : completions) {
+    out.completions.push_back(std::move(c.tokens));
+    out.logprobs.push_back(std::move(c.logprobs));
+    out.routes.push_back(std::move(c.routes));
+  }
   return out;
 }
 

@@ -23,6 +23,12 @@ struct Rollouts {
   int64_t step = 0;
   std::vector<Prompt> prompts;                    // P
   std::vector<std::vector<int32_t>> completions;  // P·G token ids (the stop token included)
+  // The rollout engine's log-prob of each completion token under the distribution it sampled
+  // from, softmax(logits / temperature) (the behaviour policy of rl.rollout_correction).
+  std::vector<std::vector<float>> logprobs;
+  // A MoE model's routes per completion (Completion::routes: the experts of each input
+  // position of prompt + completion, [positions, MoE layers, top_k]); empty for a dense one.
+  std::vector<std::vector<int32_t>> routes;
   std::vector<Score> scores;                      // the task's verdicts
   std::vector<float> rewards;                     // task or command rewards, before any KL
 };

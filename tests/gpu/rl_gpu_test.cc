@@ -1,9 +1,10 @@
-// GRPO and PPO on the GPU against the CPU reference: one step's update on the SAME rollouts
+// GRPO, PPO and GSPO on the GPU against the CPU reference: one step's update on the SAME rollouts
 // (sampled once on the CPU, so bf16 sampling cannot draw other tokens) gives the same
 // log-probs, losses, KL, gradient norms and weight changes, in f32 (summation order only:
 // 1e-4) and in bf16 mixed precision (bounds below); a short GRPO run on the GPU raises the
-// reward as the CPU's does; and the arithmetic configs run on the GPU with
-// --set 'device: DEVICE_CUDA'. Skips without a GPU.
+// reward as the CPU's does; the bf16 rollouts' own log-probs reach the batch and give TIS
+// weights near 1; and the arithmetic configs run on the GPU with --set 'device: DEVICE_CUDA'.
+// Skips without a GPU.
 //
 // bf16 bounds. Activations and GEMM operands carry 8 significant bits (2^-9 relative rounding
 // per value) through two blocks and the head; the log-softmax, ratios, KL, advantages and
@@ -119,10 +120,11 @@ double rel(double got, double want) {
 
 // One step of `algorithm` on the CPU (f32) and on the GPU in `precision`, on the CPU's
 // rollouts; checks the batch, the update statistics and the weights against the bounds.
+// `settings`: more of the rl message, on both sides.
 void expect_step_parity(const std::string& algorithm, const std::string& precision, double logp_tol,
-                        double scalar_tol, double update_tol) {
+                        double scalar_tol, double update_tol, const std::string& settings = "") {
   LocalCommunicator world;
-  const std::string extra = absl::StrCat("rl { algorithm: ", algorithm, " }");
+  const std::string extra = absl::StrCat("rl { algorithm: ", algorithm, " ", settings, " }");
   auto cpu = make_trainer(config_on("DEVICE_CPU", "PRECISION_F32", extra), world);
   auto gpu = make_trainer(config_on("DEVICE_CUDA", precision, extra), world);
   ASSERT_TRUE(gpu->policy_store().device().is_cuda());
@@ -212,6 +214,51 @@ TEST(RlGpu, PpoStepInF32MatchesTheCpu) {
   expect_step_parity("RL_PPO", "PRECISION_F32", kF32, kF32, kF32);
 }
 
+// GSPO with the second minibatch and epoch seeing moved sequence ratios (clip 0.02 clips some).
+// TIS on the f32 side only: there the CPU's rollout log-probs match the GPU's old ones within
+// 1e-4 too, whereas in bf16 they differ by the bf16 mismatch itself (the next test's subject).
+TEST(RlGpu, GspoStepInBf16MatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  expect_step_parity("RL_GSPO", "PRECISION_BF16", kBf16Logp, kBf16Scalar, kBf16Update,
+                     "clip_low: 0.02 clip_high: 0.02");
+}
+
+TEST(RlGpu, GspoStepWithTisInF32MatchesTheCpu) {
+  SKIP_WITHOUT_GPU();
+  expect_step_parity("RL_GSPO", "PRECISION_F32", kF32, kF32, kF32,
+                     "clip_low: 0.02 clip_high: 0.02 rollout_correction { tis_cap: 2 }");
+}
+
+// Rollouts sampled on the GPU in bf16: their log-probs come from the engine's cached decode,
+// the old ones from the training forward, both bf16 on other kernels. They agree within the
+// bf16 bound, and the TIS weights exp(old − rollout) stay within exp(±bound) of 1.
+TEST(RlGpu, Bf16RolloutLogprobsGiveTisWeightsNearOne) {
+  SKIP_WITHOUT_GPU();
+  LocalCommunicator world;
+  for (const char* algorithm : {"RL_GRPO", "RL_GSPO"}) {
+    SCOPED_TRACE(algorithm);
+    auto gpu = make_trainer(config_on("DEVICE_CUDA", "PRECISION_BF16",
+                                      absl::StrCat("rl { algorithm: ", algorithm,
+                                                   " rollout_correction { tis_cap: 2 } }")),
+                            world);
+    auto rollouts = gpu->rollout(0);
+    ASSERT_TRUE(rollouts.ok()) << rollouts.status();
+    ASSERT_TRUE(gpu->score(*rollouts).ok());
+    StepMetrics m;
+    const Batch batch = gpu->make_batch(*rollouts, m);
+    const double diff = max_masked_diff(batch.rollout_logp, batch.old_logp, batch.mask);
+    std::cout << algorithm << " bf16 rollouts: max |rollout - old log-prob| " << diff
+              << ", mean TIS weight " << m.tis_weight_mean << ", truncated "
+              << m.tis_truncated_fraction << "\n";
+    EXPECT_LE(diff, kBf16Logp);
+    EXPECT_NEAR(m.tis_weight_mean, 1.0, std::exp(kBf16Logp) - 1);
+    EXPECT_EQ(m.tis_truncated_fraction, 0.0);
+    gpu->update(batch, m);
+    EXPECT_TRUE(m.skipped.empty()) << m.skipped;
+    EXPECT_TRUE(std::isfinite(m.policy_loss) && std::isfinite(m.grad_norm));
+  }
+}
+
 // Mean reward of steps [from, to) of a GRPO run of the toy task.
 std::vector<double> rewards_of_run(const switchyard::Experiment& config, int steps) {
   LocalCommunicator world;
@@ -263,8 +310,9 @@ std::string read_text(const fs::path& path) {
   return s.str();
 }
 
-// configs/grpo_arith and ppo_arith (CPU configs) with --set 'device: DEVICE_CUDA', from a
-// short pretraining on the GPU: they run in bf16 and log the step's time split.
+// configs/grpo_arith, ppo_arith and gspo_arith (CPU configs; gspo_arith with TIS on) with
+// --set 'device: DEVICE_CUDA', from a short pretraining on the GPU: they run in bf16 and log
+// the step's time split.
 TEST(RlGpu, ArithConfigsRunOnTheGpuWithDeviceCuda) {
   SKIP_WITHOUT_GPU();
   const fs::path dir = fs::path(::testing::TempDir()) / "rl_gpu_configs";
@@ -277,13 +325,15 @@ TEST(RlGpu, ArithConfigsRunOnTheGpuWithDeviceCuda) {
                                   " --set 'device: DEVICE_CUDA train { steps: 200 }'"),
                      dir / "pretrain.log"))
       << read_text(dir / "pretrain.log");
-  for (const std::string name : {"grpo_arith", "ppo_arith"}) {
+  for (const std::string name : {"grpo_arith", "ppo_arith", "gspo_arith"}) {
     const fs::path run = dir / name, log = dir / (name + ".log");
+    const bool tis = name == "gspo_arith";
     ASSERT_TRUE(run_switchyard(
         absl::StrCat("rl --config ", source, "/configs/", name, ".textproto --run_dir ",
                      run.string(), " --set 'device: DEVICE_CUDA rl { init_checkpoint: \"",
                      (dir / "pretrain").string(),
-                     "\" steps: 3 eval_interval: 0 eval_examples: 64 log_interval: 1 }'"),
+                     "\" steps: 3 eval_interval: 0 eval_examples: 64 log_interval: 1",
+                     tis ? " rollout_correction { tis_cap: 2 }" : "", " }'"),
         log))
         << read_text(log);
     std::ifstream metrics(run / "metrics.jsonl");
@@ -298,6 +348,11 @@ TEST(RlGpu, ArithConfigsRunOnTheGpuWithDeviceCuda) {
         const Json* v = j->find(key);
         ASSERT_TRUE(v && v->is_number()) << key << " in " << line;
         EXPECT_TRUE(std::isfinite(v->as_double())) << key << " in " << line;
+      }
+      if (tis) {
+        const Json* w = j->find("tis_weight_mean");
+        ASSERT_TRUE(w && w->is_number()) << line;
+        EXPECT_NEAR(w->as_double(), 1.0, 0.1) << line;
       }
       EXPECT_GT(j->find("rollout_tokens_per_s")->as_double(), 0) << line;
     }

@@ -29,7 +29,7 @@ constexpr int kGlobalPrompts = 4;
 
 // A random policy with every term of the update on: the KL to the reference in the loss, the
 // MoE balancing gradient, MTP modules and a shared expert in the model.
-switchyard::Experiment config_for(int world, int ep) {
+switchyard::Experiment config_for(int world, int ep, const std::string& extra = "") {
   switchyard::Experiment c;
   SY_CHECK(google::protobuf::TextFormat::ParseFromString(
       R"pb(
@@ -71,6 +71,7 @@ switchyard::Experiment config_for(int world, int ep) {
         }
       )pb",
       &c));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString(extra, &c)) << extra;
   c.mutable_rl()->set_prompts_per_step(kGlobalPrompts / world);
   c.mutable_parallel()->set_expert_parallel_size(ep);
   const absl::Status status = validate_experiment(c);  // resolved: the model included
@@ -118,10 +119,11 @@ Result run_one_step(const switchyard::Experiment& config, Communicator& world) {
   return r;
 }
 
-TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
+// `extra` merged over every layout's config.
+void expect_one_step_matches_one_process(const std::string& extra) {
   Communicator& world = mpi_world();
   LocalCommunicator alone;
-  const Result reference = run_one_step(config_for(1, 1), alone);
+  const Result reference = run_one_step(config_for(1, 1, extra), alone);
   ASSERT_EQ(reference.completions.size(), 16u);
   ASSERT_GT(reference.metrics.reward_mean, 0.0);
   ASSERT_LT(reference.metrics.reward_mean, 1.0);
@@ -136,7 +138,7 @@ TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
     const bool member = world.rank() < size;
     auto group = world.split(member ? 0 : 1, world.rank());
     if (member) {
-      const Result got = run_one_step(config_for(size, l.ep), *group);
+      const Result got = run_one_step(config_for(size, l.ep, extra), *group);
       // Rank r sampled the completions of the global prompts [r·P, (r+1)·P).
       const size_t per_rank = reference.completions.size() / size;
       ASSERT_EQ(got.completions.size(), per_rank) << what;
@@ -146,6 +148,10 @@ TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
       }
       EXPECT_NEAR(got.metrics.reward_mean, reference.metrics.reward_mean, 1e-12) << what;
       EXPECT_NEAR(got.metrics.kl, reference.metrics.kl, 1e-9) << what;
+      EXPECT_EQ(got.metrics.routing_mismatch, 0.0) << what;
+      // Rollout against old-policy log-probs: both f32, apart by rounding alone (~1e-7), which
+      // the layout's batch shapes move.
+      EXPECT_LT(got.metrics.rollout_logprob_diff, 1e-6) << what;
       EXPECT_NEAR(got.metrics.policy_loss, reference.metrics.policy_loss,
                   1e-5 * std::fabs(reference.metrics.policy_loss) + 1e-9)
           << what;
@@ -163,6 +169,16 @@ TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
     }
     world.barrier();
   }
+}
+
+TEST(RlEquivalence, RolloutsAndOneGrpoUpdateMatchOneProcess) {
+  expect_one_step_matches_one_process("");
+}
+
+// With the rollouts' routes replayed by the old-policy, reference and update forwards
+// (rl.routing_replay), expert parallelism included.
+TEST(RlEquivalence, RolloutsAndOneGrpoUpdateWithRoutingReplayMatchOneProcess) {
+  expect_one_step_matches_one_process("rl { routing_replay: REPLAY_ROLLOUT }");
 }
 
 // An expert-parallel run's checkpoint (every EP rank writes its experts) loads into one

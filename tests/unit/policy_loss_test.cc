@@ -326,6 +326,291 @@ INSTANTIATE_TEST_SUITE_P(
       return name + "_" + kl_estimator_name(std::get<1>(info.param));
     });
 
+// --- rollout correction (TIS weights) on the token-level loss ------------------------------
+
+// Three tokens at ratio 1 with A {1, −2, 0.5} and TIS weights {0.5, 2, 1.25}, token mean:
+//   policy loss = (−1 · 0.5 + 2 · 2 − 0.5 · 1.25) / 3 = 2.875 / 3
+// KL (k1, β 0.1) with logp − ref_logp = {0.5, −0.25, 0.25}: mean 0.5 / 3, not reweighted:
+//   loss = 2.875 / 3 + 0.1 · 0.5 / 3 = 0.975
+//   dlogp = (w · (−A) + β) / 3 = {(−0.5 + 0.1), (4 + 0.1), (−0.625 + 0.1)} / 3
+TEST(PolicyLossTisTest, WeightsScaleThePolicyGradientTermAlone) {
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32({-1, -2, -0.5f}, {1, 3});
+  in.old_logp = in.logp.clone();
+  in.advantages = Tensor::from_f32({1, -2, 0.5f}, {1, 3});
+  in.mask = Tensor::from_f32({1, 1, 1}, {1, 3});
+  in.ref_logp = Tensor::from_f32({-1.5f, -1.75f, -0.75f}, {1, 3});
+  in.is_weights = Tensor::from_f32({0.5f, 2, 1.25f}, {1, 3});
+  Tensor dlogp = Tensor::empty({1, 3});
+  const PolicyLossStats stats =
+      policy_loss(dlogp, in, {.kl_coef = 0.1, .kl_estimator = KlEstimator::kK1});
+  EXPECT_NEAR(stats.policy_loss, 2.875 / 3, 1e-6);
+  EXPECT_NEAR(stats.kl, 0.5 / 3, 1e-6);
+  EXPECT_NEAR(stats.loss, 0.975, 1e-6);
+  EXPECT_TRUE(all_close(dlogp, {-0.4 / 3, 4.1 / 3, -0.525 / 3}, 1e-6, 1e-7));
+}
+
+// Weights of exactly 1 are TIS turned off: the same loss and gradient, bit for bit, for both
+// losses (the trainer passes no weights when rl.rollout_correction is off).
+TEST(PolicyLossTisTest, UnitWeightsLeaveBothLossesUnchanged) {
+  auto rng = rng_for_test();
+  std::normal_distribution<double> normal(0, 1);
+  const int batch = 3, seq_len = 5;
+  std::vector<float> logp, old, adv, ref, mask;
+  for (int b = 0; b < batch; ++b) {
+    const float a = static_cast<float>(normal(rng));
+    for (int t = 0; t < seq_len; ++t) {
+      old.push_back(static_cast<float>(-1.5 + 0.5 * normal(rng)));
+      logp.push_back(old.back() + static_cast<float>(0.3 * normal(rng)));
+      ref.push_back(old.back() + static_cast<float>(0.3 * normal(rng)));
+      adv.push_back(a);
+      mask.push_back(t >= b ? 1.0f : 0.0f);
+    }
+  }
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32(logp, {batch, seq_len});
+  in.old_logp = Tensor::from_f32(old, {batch, seq_len});
+  in.advantages = Tensor::from_f32(adv, {batch, seq_len});
+  in.mask = Tensor::from_f32(mask, {batch, seq_len});
+  in.ref_logp = Tensor::from_f32(ref, {batch, seq_len});
+  const PolicyLossOptions options{.clip_low = 0.1, .clip_high = 0.1, .kl_coef = 0.1};
+  for (const bool sequence : {false, true}) {
+    auto run = [&](const PolicyLossInputs& inputs, const Tensor& dlogp) {
+      return sequence ? sequence_policy_loss(dlogp, inputs, options)
+                      : policy_loss(dlogp, inputs, options);
+    };
+    Tensor plain = Tensor::empty({batch, seq_len}), weighted = Tensor::empty({batch, seq_len});
+    const PolicyLossStats off = run(in, plain);
+    PolicyLossInputs ones = in;
+    ones.is_weights = Tensor::from_f32(mask, {batch, seq_len});  // 1 at every response token
+    const PolicyLossStats on = run(ones, weighted);
+    EXPECT_EQ(off.loss, on.loss) << "sequence " << sequence;
+    EXPECT_EQ(off.clip_fraction, on.clip_fraction);
+    EXPECT_EQ(plain.to_f32_vector(), weighted.to_f32_vector());
+  }
+}
+
+// --- GSPO: the sequence-level loss -------------------------------------------------------------
+
+// One completion (S = 1): s = exp(mean of logp − old_logp over its n tokens),
+// L = max(−sA, −clip(s, 1 − ε_low, 1 + ε_high) A), dL/dlogp_t = −sA / n unclipped, else 0.
+struct SequenceCase {
+  std::string name;
+  std::vector<double> log_ratios;  // logp − old_logp of each token
+  double advantage, clip_low, clip_high;
+  double loss, dlogp;  // by hand; dlogp the same at each token
+  bool clipped;
+};
+
+const SequenceCase kSequenceCases[] = {
+    // s = e^−0.1 = 0.904837418 inside [0.8, 1.2]: L = −2s, dL/dlogp_t = −2s / 2.
+    {"InactivePositive", {0.1, -0.3}, 2, 0.2, 0.2, -1.80967484, -0.90483742, false},
+    {"InactiveNegative", {0.1, -0.3}, -1, 0.2, 0.2, 0.90483742, 0.45241871, false},
+    // s = e^0.3 = 1.349858808 above 1.2 with A > 0: −1.2 · 1.5 wins; no gradient, though the
+    // first token's own ratio e^0.5 and the others' are all outside the clip range too.
+    {"HighSideClippedForPositiveA", {0.5, 0.3, 0.2, 0.2}, 1.5, 0.2, 0.2, -1.8, 0, true},
+    // s = e^−0.3 = 0.740818221 below 0.8 with A > 0: −sA = −1.4816 > −1.6; gradient −2s/3.
+    {"LowRatioFreeForPositiveA", {-0.2, -0.4, -0.3}, 2, 0.2, 0.2, -1.48163644, -0.49387881, false},
+    // The same ratio with A < 0: −0.8 · (−1) = 0.8 > 0.7408 wins; no gradient.
+    {"LowSideClippedForNegativeA", {-0.2, -0.4, -0.3}, -1, 0.2, 0.2, 0.8, 0, true},
+    // s = e^0.3 with A = −0.5: 0.5s = 0.6749 > 0.6 wins; gradient 0.5s / 3.
+    {"HighRatioFreeForNegativeA", {0.6, 0.0, 0.3}, -0.5, 0.2, 0.2, 0.67492940, 0.22497647, false},
+    // The paper's ranges [1 − 3e-4, 1 + 4e-4]: a drift of 1e-3 on one of two tokens, s =
+    // e^0.0005 = 1.000500125, is already clipped for A > 0 and not for A < 0.
+    {"PaperRangeClipsASmallDrift", {0.001, 0.0}, 1, 3e-4, 4e-4, -1.0004, 0, true},
+    {"PaperRangeLetsNegativeAFlow", {0.001, 0.0}, -1, 3e-4, 4e-4, 1.00050013, 0.50025006, false},
+    // A tie (s = 1 = clip(s) with ε = 0) goes to the unclipped term: gradient −A / n.
+    {"TieGoesToTheUnclippedTerm", {0.0, 0.0}, 2, 0, 0, -2, -1, false},
+    {"ZeroAdvantage", {0.5, 0.5}, 0, 0.2, 0.2, 0, 0, false},
+};
+
+void PrintTo(const SequenceCase& c, std::ostream* os) { *os << c.name; }
+
+class SequenceCaseTest : public ::testing::TestWithParam<SequenceCase> {};
+
+TEST_P(SequenceCaseTest, LossAndGradientMatchHandComputed) {
+  const SequenceCase& c = GetParam();
+  const int64_t n = static_cast<int64_t>(c.log_ratios.size());
+  // The completion sits after a prompt token (mask 0, garbage values) in a row of n + 2.
+  std::vector<float> logp = {9}, old = {-9}, adv = {100}, mask = {0};
+  for (double d : c.log_ratios) {
+    old.push_back(-1.25f);
+    logp.push_back(static_cast<float>(-1.25 + d));
+    adv.push_back(static_cast<float>(c.advantage));
+    mask.push_back(1);
+  }
+  logp.push_back(3);
+  old.push_back(7);
+  adv.push_back(-100);
+  mask.push_back(0);
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32(logp, {1, n + 2});
+  in.old_logp = Tensor::from_f32(old, {1, n + 2});
+  in.advantages = Tensor::from_f32(adv, {1, n + 2});
+  in.mask = Tensor::from_f32(mask, {1, n + 2});
+  Tensor dlogp = Tensor::from_f32(std::vector<float>(n + 2, 42.0f), {1, n + 2});
+  const PolicyLossStats stats =
+      sequence_policy_loss(dlogp, in, {.clip_low = c.clip_low, .clip_high = c.clip_high});
+  EXPECT_NEAR(stats.loss, c.loss, 1e-6);
+  EXPECT_NEAR(stats.policy_loss, c.loss, 1e-6);
+  std::vector<double> expected(n + 2, c.dlogp);
+  expected.front() = expected.back() = 0;
+  EXPECT_TRUE(all_close(dlogp, expected, 1e-5, 1e-7));
+  if (c.clipped)
+    for (int64_t t = 0; t < n + 2; ++t) EXPECT_EQ(dlogp.data<float>()[t], 0.0f) << t;
+  EXPECT_EQ(stats.clip_fraction, c.clipped ? 1.0 : 0.0);
+  EXPECT_EQ(stats.dual_clip_fraction, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, SequenceCaseTest, ::testing::ValuesIn(kSequenceCases),
+                         [](const auto& info) { return info.param.name; });
+
+// Five rows of unequal lengths in a [5, 4] batch, ε 0.2 (garbage under mask 0):
+//   row 0: n 2, d {0.1, −0.3},          s = e^−0.1,  A  2    → L −2s = −1.8096748361 (free)
+//   row 1: n 4, d {0.5, 0.3, 0.2, 0.2}, s = e^0.3,   A  1.5  → L −1.8 (clipped)
+//   row 2: n 3, d {−0.2, −0.4, −0.3},   s = e^−0.3,  A −1    → L 0.8 (clipped)
+//   row 3: n 3, d {0.6, 0, 0.3},        s = e^0.3,   A −0.5  → L 0.6749294038 (free)
+//   row 4: no response tokens: not one of the S = 4 sequences
+// loss = (−1.8096748361 − 1.8 + 0.8 + 0.6749294038) / 4 = −0.5336863581; dlogp_t = −A s /
+// (4 n): row 0 −0.2262093545, row 3 0.0562441170, 0 elsewhere; tokens of clipped rows 7 / 12.
+// With TIS weights {0.5, 2, 1, 1.5} per row: loss = (0.5 · −1.8096748361 + 2 · −1.8 + 0.8 +
+// 1.5 · 0.6749294038) / 4 = −0.6731108282, and the two free rows' gradients scale alike.
+TEST(SequencePolicyLossTest, UnequalLengthsAndEmptyRowMatchHandComputed) {
+  const std::vector<float> mask = {1, 1, 0, 0,  //
+                                   1, 1, 1, 1,  //
+                                   0, 1, 1, 1,  //
+                                   1, 1, 1, 0,  //
+                                   0, 0, 0, 0};
+  const std::vector<float> d = {0.1f, -0.3f, 5,     5,      //
+                                0.5f, 0.3f,  0.2f,  0.2f,   //
+                                5,    -0.2f, -0.4f, -0.3f,  //
+                                0.6f, 0,     0.3f,  5,      //
+                                5,    5,     5,     5};
+  const std::vector<float> adv = {2,  2,  9,     9,     1.5f,  1.5f, 1.5f, 1.5f, 9, -1,
+                                  -1, -1, -0.5f, -0.5f, -0.5f, 9,    9,    9,    9, 9};
+  std::vector<float> old(20), logp(20);
+  for (int i = 0; i < 20; ++i) {
+    old[i] = -0.5f - 0.125f * static_cast<float>(i % 7);
+    logp[i] = old[i] + d[i];
+  }
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32(logp, {5, 4});
+  in.old_logp = Tensor::from_f32(old, {5, 4});
+  in.advantages = Tensor::from_f32(adv, {5, 4});
+  in.mask = Tensor::from_f32(mask, {5, 4});
+  Tensor dlogp = Tensor::empty({5, 4});
+  PolicyLossStats stats = sequence_policy_loss(dlogp, in, {});
+  EXPECT_NEAR(stats.loss, -0.5336863581, 1e-6);
+  EXPECT_NEAR(stats.clip_fraction, 7.0 / 12, 1e-12);
+  const double g0 = -0.2262093545, g3 = 0.0562441170;
+  EXPECT_TRUE(all_close(dlogp, {g0, g0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, g3, g3, g3, 0, 0, 0, 0, 0},
+                        1e-5, 1e-8));
+
+  const float row_w[5] = {0.5f, 2, 1, 1.5f, 7};
+  std::vector<float> weights(20);
+  for (int i = 0; i < 20; ++i) weights[i] = mask[i] * row_w[i / 4];
+  in.is_weights = Tensor::from_f32(weights, {5, 4});
+  stats = sequence_policy_loss(dlogp, in, {});
+  EXPECT_NEAR(stats.loss, -0.6731108282, 1e-6);
+  EXPECT_TRUE(all_close(dlogp, {0.5 * g0, 0.5 * g0, 0,        0,        0,        0, 0, 0, 0, 0,
+                                0,        0,        1.5 * g3, 1.5 * g3, 1.5 * g3, 0, 0, 0, 0, 0},
+                        1e-5, 1e-8));
+}
+
+// The KL term weighs each completion the same (1/(S n_b)) and is not reweighted by TIS. Two
+// rows at ratio 1 (s = 1, unclipped), A {1, −1}, k1 with logp − ref_logp = {0.4} and
+// {0.2, −0.6}, β 0.5:
+//   policy: (−1 + 1) / 2 = 0; dlogp row 0: −1/2, row 1: 1/(2 · 2) = 0.25 each
+//   KL: 0.4 / 2 + (0.2 − 0.6) / 4 = 0.1; dKL/dlogp row 0: 1/2, row 1: 1/4
+//   loss 0.05; dlogp {−0.5 + 0.25, 0.25 + 0.125, 0.25 + 0.125}
+// TIS weights {2, 0.5}: policy (−2 + 0.5) / 2 = −0.75, loss −0.7, dlogp {−1 + 0.25,
+// 0.125 + 0.125, 0.125 + 0.125}.
+TEST(SequencePolicyLossTest, KlIsSeqMeanTokenMeanAndNotReweighted) {
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32({-1, 0, -2, -0.5f}, {2, 2});
+  in.old_logp = in.logp.clone();
+  in.advantages = Tensor::from_f32({1, 0, -1, -1}, {2, 2});
+  in.mask = Tensor::from_f32({1, 0, 1, 1}, {2, 2});
+  in.ref_logp = Tensor::from_f32({-1.4f, 0, -2.2f, 0.1f}, {2, 2});
+  const PolicyLossOptions options{.kl_coef = 0.5, .kl_estimator = KlEstimator::kK1};
+  Tensor dlogp = Tensor::empty({2, 2});
+  PolicyLossStats stats = sequence_policy_loss(dlogp, in, options);
+  EXPECT_NEAR(stats.policy_loss, 0, 1e-7);
+  EXPECT_NEAR(stats.kl, 0.1, 1e-6);
+  EXPECT_NEAR(stats.loss, 0.05, 1e-6);
+  EXPECT_TRUE(all_close(dlogp, {-0.25, 0, 0.375, 0.375}, 1e-6, 1e-7));
+  in.is_weights = Tensor::from_f32({2, 0, 0.5f, 0.5f}, {2, 2});
+  stats = sequence_policy_loss(dlogp, in, options);
+  EXPECT_NEAR(stats.policy_loss, -0.75, 1e-6);
+  EXPECT_NEAR(stats.loss, -0.7, 1e-6);
+  EXPECT_TRUE(all_close(dlogp, {-0.75, 0, 0.25, 0.25}, 1e-6, 1e-7));
+}
+
+TEST(SequencePolicyLossDeathTest, AdvantagesAndWeightsArePerCompletion) {
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32({-1, -1}, {1, 2});
+  in.old_logp = in.logp.clone();
+  in.advantages = Tensor::from_f32({1, 2}, {1, 2});
+  in.mask = Tensor::from_f32({1, 1}, {1, 2});
+  EXPECT_DEATH(sequence_policy_loss(Tensor(), in, {}), "a completion has one");
+  in.advantages = Tensor::from_f32({1, 1}, {1, 2});
+  in.is_weights = Tensor::from_f32({1, 2}, {1, 2});
+  EXPECT_DEATH(sequence_policy_loss(Tensor(), in, {}), "a completion has one");
+  in.is_weights = Tensor();
+  EXPECT_DEATH(sequence_policy_loss(Tensor(), in, {.dual_clip = 3}), "takes no dual_clip");
+}
+
+// Random [5, 7] batches of ragged rows, one advantage and one TIS weight per row, k3 KL in the
+// loss; sequence ratios kept 0.01 away from the kinks 1 − ε_low and 1 + ε_high (a step of 1e-3
+// in one log-prob moves s by less than that).
+TEST(SequencePolicyLossTest, GradientMatchesFiniteDifferences) {
+  const PolicyLossOptions options{
+      .clip_low = 0.05, .clip_high = 0.08, .kl_coef = 0.1, .kl_estimator = KlEstimator::kK3};
+  auto rng = rng_for_test();
+  std::normal_distribution<double> normal(0, 1);
+  const int batch = 5, seq_len = 7;
+  std::vector<float> logp, old, adv, ref, mask, weights;
+  for (int b = 0; b < batch; ++b) {
+    const int start = b % 3, length = 1 + b;  // 1 to 5 response tokens
+    std::vector<double> d(seq_len);
+    double s;
+    do {
+      double mean = 0;
+      for (int t = 0; t < seq_len; ++t) {
+        d[t] = 0.15 * normal(rng);
+        if (t >= start && t < start + length) mean += d[t] / length;
+      }
+      s = std::exp(mean);
+    } while (std::fabs(s - 0.95) < 0.01 || std::fabs(s - 1.08) < 0.01);
+    const float a = static_cast<float>(normal(rng));
+    const float w = static_cast<float>(0.5 + std::fabs(normal(rng)));
+    for (int t = 0; t < seq_len; ++t) {
+      const bool in_row = t >= start && t < start + length;
+      const double o = -1.5 + 0.5 * normal(rng);
+      old.push_back(static_cast<float>(o));
+      logp.push_back(static_cast<float>(o + d[t]));
+      ref.push_back(static_cast<float>(o + 0.3 * normal(rng)));
+      adv.push_back(a);
+      mask.push_back(in_row ? 1.0f : 0.0f);
+      weights.push_back(in_row ? w : 0.0f);
+    }
+  }
+  PolicyLossInputs in;
+  in.logp = Tensor::from_f32(logp, {batch, seq_len});
+  in.old_logp = Tensor::from_f32(old, {batch, seq_len});
+  in.advantages = Tensor::from_f32(adv, {batch, seq_len});
+  in.mask = Tensor::from_f32(mask, {batch, seq_len});
+  in.ref_logp = Tensor::from_f32(ref, {batch, seq_len});
+  in.is_weights = Tensor::from_f32(weights, {batch, seq_len});
+  Tensor dlogp = Tensor::empty({batch, seq_len});
+  const PolicyLossStats stats = sequence_policy_loss(dlogp, in, options);
+  EXPECT_GT(stats.clip_fraction, 0) << "some rows clipped";
+  EXPECT_LT(stats.clip_fraction, 1) << "and some not";
+  auto loss = [&] { return sequence_policy_loss(Tensor(), in, options).loss; };
+  EXPECT_TRUE(grad_check(loss, in.logp, dlogp, rng,
+                         GradCheckOptions{.eps = 1e-3, .rtol = 1e-3, .atol = 1e-6}));
+}
+
 // --- value loss ------------------------------------------------------------------------------
 
 // c = 0.2, token mean over 5 tokens (a sixth is masked):

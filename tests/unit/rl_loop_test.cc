@@ -1,8 +1,9 @@
 // The RL loop on a tiny randomly initialised MoE (CPU, one process): a GRPO step moves the
 // policy towards rewarded completions, old log-probs are the policy's before the first update
 // (ratio 1, no clipping), KL to a reference equal to the policy starts at exactly 0, the same
-// seed gives the same rollouts and metrics, PPO's critic learns, and bad rl configs and
-// init checkpoints give clear errors.
+// seed gives the same rollouts and metrics, PPO's critic learns, GSPO steps on sequence
+// ratios, the rollout log-probs reach the batch and weigh it under TIS, and bad rl configs
+// and init checkpoints give clear errors.
 #include "rl/rl_loop.h"
 
 #include <algorithm>
@@ -24,7 +25,9 @@
 #include "tests/testing/testing.h"
 #include "trainer/cli.h"
 #include "trainer/config.h"
+#include "trainer/json.h"
 #include "trainer/tokenizer.h"
+#include "trainer/train.h"
 
 namespace sy::rl {
 namespace {
@@ -352,6 +355,268 @@ TEST(RlLoop, EvaluationScoresGreedyCompletions) {
   EXPECT_EQ(static_cast<double>(e.correct) / e.total, e.accuracy);
 }
 
+// ---- GSPO and rollout correction ------------------------------------------------------------
+
+// The gradient of lm_head.weight that the step's last update left in the store (grad_clip 0:
+// AdamW does not touch it), and the step's metrics.
+std::pair<Tensor, StepMetrics> head_grad_after_step(const std::string& extra) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config(extra), world);
+  auto metrics = trainer->step(0);
+  SY_CHECK(metrics.ok()) << metrics.status();
+  return {trainer->policy_store().find("lm_head.weight")->grad.clone(), *metrics};
+}
+
+TEST(RlLoop, GspoStepsAtRatioOneAsSeqMeanGrpo) {
+  // At the first update every sequence ratio is 1 (unclipped), so GSPO's gradient
+  // −A_b / (S n_b) per token is GRPO's under seq-mean-token-mean.
+  const auto [gspo, gspo_m] = head_grad_after_step("rl { algorithm: RL_GSPO }");
+  const auto [grpo, grpo_m] = head_grad_after_step("rl { aggregation: AGG_SEQ_MEAN_TOKEN_MEAN }");
+  EXPECT_TRUE(testing::all_close(gspo, grpo, 1e-4, 1e-7));
+  EXPECT_NEAR(gspo_m.policy_loss, grpo_m.policy_loss, 1e-6);
+  EXPECT_GT(gspo_m.grad_norm, 0);
+  EXPECT_TRUE(std::isfinite(gspo_m.grad_norm));
+}
+
+// A second pass over the same rollouts sees the ratios the first update moved: its loss is
+// GSPO's, computed here from the policy's log-probs after the first update, with the paper's
+// clip range [1 − 3e-4, 1 + 4e-4] clipping some completions whole and not others.
+TEST(RlLoop, GspoSecondPassMatchesTheSequenceLossOfTheMovedPolicy) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(
+      small_config("rl { algorithm: RL_GSPO clip_low: 3e-4 clip_high: 4e-4 lr: 1e-5 }"), world);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics first;
+  const Batch batch = trainer->make_batch(*rollouts, first);
+  trainer->update(batch, first);
+  ASSERT_EQ(first.updates.size(), 1u);
+  EXPECT_EQ(first.updates[0].policy.clip_fraction, 0.0) << "ratio 1 at the first update";
+
+  const std::vector<float> logp =
+      trainer->policy().token_logprobs(batch.inputs, batch.targets).logp.to_f32_vector();
+  const std::vector<float> old = batch.old_logp.to_f32_vector(),
+                           adv = batch.advantages.to_f32_vector(),
+                           mask = batch.mask.to_f32_vector();
+  const int64_t rows = batch.inputs.dim(0), t_len = batch.inputs.dim(1);
+  double loss = 0, clipped_tokens = 0, tokens = 0;
+  int clipped_rows = 0;
+  for (int64_t b = 0; b < rows; ++b) {
+    double sum = 0, n = 0, a = 0;
+    for (int64_t t = 0; t < t_len; ++t) {
+      const int64_t i = b * t_len + t;
+      if (mask[i] == 0) continue;
+      sum += static_cast<double>(logp[i]) - old[i];
+      n += 1;
+      a = adv[i];
+    }
+    const double s = std::exp(sum / n);
+    const double unclipped = -a * s, clipped = -a * std::clamp(s, 1 - 3e-4, 1 + 4e-4);
+    loss += std::max(unclipped, clipped) / static_cast<double>(rows);
+    clipped_rows += clipped > unclipped;
+    clipped_tokens += clipped > unclipped ? n : 0;
+    tokens += n;
+  }
+  EXPECT_GT(clipped_rows, 0);
+  EXPECT_LT(clipped_rows, rows);
+  StepMetrics second;
+  trainer->update(batch, second);
+  ASSERT_EQ(second.updates.size(), 1u);
+  EXPECT_NEAR(second.updates[0].policy.policy_loss, loss, 1e-6 + 1e-4 * std::fabs(loss));
+  EXPECT_DOUBLE_EQ(second.updates[0].policy.clip_fraction, clipped_tokens / tokens);
+}
+
+TEST(RlLoop, GspoStillImprovesThePolicy) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config("rl { algorithm: RL_GSPO }"), world);
+  const double before = even_first_token_probability(*trainer, 0);
+  auto m = trainer->step(0);
+  ASSERT_TRUE(m.ok()) << m.status();
+  EXPECT_GT(even_first_token_probability(*trainer, 0), before);
+}
+
+class RlLoopTis : public ::testing::Test {
+ protected:
+  void TearDown() override { set_batch_hook_for_testing(nullptr); }
+};
+
+TEST_F(RlLoopTis, RolloutLogprobsTravelWithTheBatch) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config(), world);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_EQ(rollouts->logprobs.size(), rollouts->completions.size());
+  for (size_t i = 0; i < rollouts->logprobs.size(); ++i)
+    EXPECT_EQ(rollouts->logprobs[i].size(), rollouts->completions[i].size()) << i;
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+  // On the CPU both forwards are f32: the engine's cached decode and the training forward
+  // agree within rounding, at every completion token (and both are 0 elsewhere).
+  EXPECT_TRUE(testing::all_close(batch.rollout_logp, batch.old_logp, 1e-4, 1e-5));
+  double completion_logp = 0;
+  for (float v : batch.rollout_logp.to_f32_vector()) completion_logp += v;
+  EXPECT_LT(completion_logp, -1.0) << "the rollout log-probs are there";
+  // Off: no weights, no statistics.
+  EXPECT_FALSE(batch.tis_weights.defined());
+  EXPECT_EQ(metrics.tis_weight_mean, 0.0);
+  EXPECT_EQ(metrics.tis_truncated_fraction, 0.0);
+}
+
+// Rollout log-probs written by the hook, by row b: b % 3 == 0 at old − 1 (ratio e, truncated
+// to the cap 2), b % 3 == 1 at old + 0.5 (ratio e^−0.5), the rest equal to old (ratio 1).
+// The weights differ within each group, so they do not cancel against its advantages.
+double shifted_weight(int64_t row) {
+  return row % 3 == 0 ? 2.0 : row % 3 == 1 ? std::exp(-0.5) : 1.0;
+}
+
+void shift_rollout_logprobs(int64_t, std::vector<float>&, Batch& batch) {
+  const int64_t t_len = batch.mask.dim(1);
+  const float* old = batch.old_logp.data<float>();
+  const float* mask = batch.mask.data<float>();
+  float* roll = batch.rollout_logp.data<float>();
+  for (int64_t i = 0; i < batch.mask.numel(); ++i) {
+    if (mask[i] == 0) continue;
+    const int64_t row = i / t_len;
+    roll[i] = old[i] - (row % 3 == 0 ? 1.0f : row % 3 == 1 ? -0.5f : 0.0f);
+  }
+}
+
+TEST_F(RlLoopTis, TokenWeightsTruncateAtTheCapAndScaleThePolicyLoss) {
+  LocalCommunicator world;
+  auto trainer = make_trainer(small_config("rl { rollout_correction { tis_cap: 2 } }"), world);
+  set_batch_hook_for_testing(shift_rollout_logprobs);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+  ASSERT_TRUE(batch.tis_weights.defined());
+  const std::vector<float> mask = batch.mask.to_f32_vector(), w = batch.tis_weights.to_f32_vector(),
+                           adv = batch.advantages.to_f32_vector();
+  const int64_t t_len = batch.mask.dim(1);
+  double tokens = 0, truncated = 0, weight_sum = 0, loss = 0;
+  for (size_t i = 0; i < mask.size(); ++i) {
+    if (mask[i] == 0) continue;
+    const int64_t row = static_cast<int64_t>(i) / t_len;
+    const double expected = shifted_weight(row);
+    EXPECT_NEAR(w[i], expected, 1e-6) << i;
+    tokens += 1;
+    truncated += row % 3 == 0;
+    weight_sum += expected;
+    loss -= expected * adv[i];  // at ratio 1 a token's loss is −w · A
+  }
+  EXPECT_NEAR(metrics.tis_truncated_fraction, truncated / tokens, 1e-12);
+  EXPECT_NEAR(metrics.tis_weight_mean, weight_sum / tokens, 1e-6);
+  ASSERT_GT(std::fabs(loss / tokens), 1e-3) << "the weights must matter to the loss";
+  trainer->update(batch, metrics);
+  ASSERT_EQ(metrics.updates.size(), 1u);
+  EXPECT_NEAR(metrics.updates[0].policy.policy_loss, loss / tokens, 1e-6);
+}
+
+// TIS on, with rollout log-probs equal to the old ones, weighs every token by exactly 1: the
+// update is TIS off's, bit for bit.
+TEST_F(RlLoopTis, EqualLogprobsGiveTheUpdateWithoutTis) {
+  set_batch_hook_for_testing([](int64_t, std::vector<float>&, Batch& batch) {
+    batch.rollout_logp.copy_from(batch.old_logp);
+  });
+  const auto [off, off_m] = head_grad_after_step("");
+  const auto [on, on_m] = head_grad_after_step("rl { rollout_correction { tis_cap: 1 } }");
+  EXPECT_EQ(off.to_f32_vector(), on.to_f32_vector());
+  EXPECT_EQ(off_m.policy_loss, on_m.policy_loss);
+  EXPECT_EQ(on_m.tis_weight_mean, 1.0);
+  EXPECT_EQ(on_m.tis_truncated_fraction, 0.0);
+}
+
+// GSPO's weights are per completion (exp of the mean log-ratio over its tokens): row 0 at
+// old − 1 everywhere (e → cap 2), row 1 at old + 0.2 (e^−0.2), the other 30 rows at 1.
+TEST_F(RlLoopTis, GspoWeighsWholeCompletions) {
+  set_batch_hook_for_testing([](int64_t, std::vector<float>&, Batch& batch) {
+    batch.rollout_logp.copy_from(batch.old_logp);
+    const int64_t t_len = batch.mask.dim(1);
+    float* roll = batch.rollout_logp.data<float>();
+    for (int64_t t = 0; t < t_len; ++t) {
+      roll[t] -= 1.0f;
+      roll[t_len + t] += 0.2f;
+    }
+  });
+  LocalCommunicator world;
+  auto trainer = make_trainer(
+      small_config("rl { algorithm: RL_GSPO rollout_correction { tis_cap: 2 } }"), world);
+  auto rollouts = trainer->rollout(0);
+  ASSERT_TRUE(rollouts.ok());
+  ASSERT_TRUE(trainer->score(*rollouts).ok());
+  StepMetrics metrics;
+  const Batch batch = trainer->make_batch(*rollouts, metrics);
+  const std::vector<float> mask = batch.mask.to_f32_vector(), w = batch.tis_weights.to_f32_vector();
+  const int64_t t_len = batch.mask.dim(1);
+  for (size_t i = 0; i < mask.size(); ++i) {
+    const int64_t row = static_cast<int64_t>(i) / t_len;
+    const double expected = mask[i] == 0 ? 0.0 : row == 0 ? 2.0 : row == 1 ? std::exp(-0.2) : 1.0;
+    EXPECT_NEAR(w[i], expected, 1e-6) << i;
+  }
+  EXPECT_NEAR(metrics.tis_truncated_fraction, 1.0 / 32, 1e-12);
+  EXPECT_NEAR(metrics.tis_weight_mean, (2 + std::exp(-0.2) + 30) / 32, 1e-6);
+  // At ratio 1 (the first update) completion b's loss is −w_b A_b; their mean over the 32.
+  const std::vector<float> adv = batch.advantages.to_f32_vector();
+  double loss = 0;
+  for (int64_t b = 0; b < 32; ++b) {
+    const double w_b = b == 0 ? 2.0 : b == 1 ? std::exp(-0.2) : 1.0;
+    for (int64_t t = 0; t < t_len; ++t) {
+      if (mask[b * t_len + t] == 0) continue;
+      loss -= w_b * adv[b * t_len + t] / 32;
+      break;
+    }
+  }
+  ASSERT_GT(std::fabs(loss), 1e-3) << "the weights must matter to the loss";
+  trainer->update(batch, metrics);
+  EXPECT_TRUE(metrics.skipped.empty()) << metrics.skipped;
+  ASSERT_EQ(metrics.updates.size(), 1u);
+  EXPECT_NEAR(metrics.updates[0].policy.policy_loss, loss, 1e-6);
+}
+
+// `switchyard rl`'s loop with GSPO and TIS from a two-step pretraining run: the start-up line
+// names both, each step's line and metrics.jsonl carry the TIS statistics.
+TEST(RlLoop, AGspoRunWithTisLogsItsWeights) {
+  const std::string base = testing::fresh_test_dir("rl_loop");
+  switchyard::Experiment pretraining;
+  SY_CHECK(google::protobuf::TextFormat::ParseFromString(testing::kSmallModel, &pretraining));
+  SY_CHECK(google::protobuf::TextFormat::MergeFromString(
+      "data { arithmetic { max_digits: 1 eval_examples: 2 } } "
+      "train { steps: 2 micro_batch: 4 cpu_threads: 1 seed: 7 eval_interval: 0 }",
+      &pretraining));
+  const std::string init = (fs::path(base) / "init").string();
+  std::ostringstream train_log;
+  ASSERT_TRUE(train(pretraining, {.run_dir = init}, train_log).ok()) << train_log.str();
+
+  switchyard::Experiment config = small_config(
+      "rl { algorithm: RL_GSPO steps: 2 clip_low: 3e-4 clip_high: 4e-4 eval_examples: 2 "
+      "rollout_correction { tis_cap: 2 } }");
+  config.mutable_rl()->set_init_checkpoint(init);
+  const std::string dir = (fs::path(base) / "run").string();
+  std::ostringstream log;
+  const absl::Status status = run_rl(config, {.run_dir = dir}, log);
+  ASSERT_TRUE(status.ok()) << status << "\n" << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "rl: GSPO |")) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "| TIS cap 2")) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "rl step 2/2 |")) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "| tis 1.0000 trunc 0.0% |")) << log.str();
+  std::ifstream in(fs::path(dir) / "metrics.jsonl");
+  int steps = 0;
+  for (std::string line; std::getline(in, line);) {
+    auto j = parse_json(line);
+    ASSERT_TRUE(j.ok()) << line;
+    const Json* weight = j->find("tis_weight_mean");
+    if (weight == nullptr) continue;  // the evaluations' lines
+    ++steps;
+    EXPECT_NEAR(weight->as_double(), 1.0, 1e-3) << line;
+    ASSERT_NE(j->find("tis_truncated_fraction"), nullptr) << line;
+    EXPECT_EQ(j->find("tis_truncated_fraction")->as_double(), 0.0) << line;
+  }
+  EXPECT_EQ(steps, 2);
+}
+
 // ---- configs -------------------------------------------------------------------------------
 
 std::string write_temp(const std::string& name, const std::string& text) {
@@ -376,7 +641,7 @@ TEST(RlConfig, AnRlConfigNeedsNoModel) {
 }
 
 TEST(RlConfig, TheShippedConfigsLoad) {
-  for (const char* name : {"grpo_arith", "ppo_arith"}) {
+  for (const char* name : {"grpo_arith", "ppo_arith", "gspo_arith"}) {
     const std::string path = absl::StrCat(SWITCHYARD_SOURCE_DIR, "/configs/", name, ".textproto");
     auto config = rl::load_rl_config(path, {});
     ASSERT_TRUE(config.ok()) << config.status();
@@ -407,6 +672,21 @@ TEST(RlConfig, BadValuesGiveClearErrors) {
       {"rl { arithmetic { operators: '/' } }", "rl.arithmetic.operators"},
       {"rl { arithmetic { max_digits: 12 } }", "rl.arithmetic digits [1, 12]"},
       {"precision: PRECISION_BF16", "precision: is PRECISION_BF16, but switchyard rl runs"},
+      {"rl { algorithm: RL_GSPO group_size: 1 }",
+       "rl.group_size: must be >= 2 for RL_GSPO, got 1 (a group of one has no baseline)"},
+      {"rl { algorithm: RL_GSPO dual_clip: 3 }",
+       "rl.dual_clip: is 3, but RL_GSPO clips each completion's sequence ratio"},
+      {"rl { algorithm: RL_GSPO aggregation: AGG_SEQ_MEAN_TOKEN_SUM_NORM }",
+       "rl.aggregation: is AGG_SEQ_MEAN_TOKEN_SUM_NORM, but RL_GSPO's loss is a mean over "
+       "completions"},
+      {"rl { rollout_correction { tis_cap: 0.5 } }",
+       "rl.rollout_correction.tis_cap: must be 0 (off) or finite >= 1, got 0.5"},
+      {"rl { rollout_correction { tis_cap: -2 } }",
+       "rl.rollout_correction.tis_cap: must be 0 (off) or finite >= 1, got -2"},
+      {"rl { rollout_correction { tis_cap: inf } }",
+       "rl.rollout_correction.tis_cap: must be 0 (off) or finite >= 1, got inf"},
+      {"rl { rollout_correction { tis_cap: nan } }",
+       "rl.rollout_correction.tis_cap: must be 0 (off) or finite >= 1, got nan"},
   };
   for (const Case& c : cases) {
     const absl::Status status = load_rl({c.set});
@@ -427,6 +707,14 @@ TEST(RlConfig, BadValuesGiveClearErrors) {
       << model_set;
   // PPO has no groups: one completion per prompt is fine.
   EXPECT_TRUE(load_rl({"rl { algorithm: RL_PPO group_size: 1 }"}).ok());
+  // The cap's edges, and GSPO with the paper's clip range and the default aggregation.
+  for (const char* ok :
+       {"rl { rollout_correction { tis_cap: 0 } }", "rl { rollout_correction { tis_cap: 1 } }",
+        "rl { algorithm: RL_GSPO clip_low: 3e-4 clip_high: 4e-4 "
+        "aggregation: AGG_SEQ_MEAN_TOKEN_MEAN rollout_correction { tis_cap: 2 } }",
+        "rl { algorithm: RL_PPO rollout_correction { tis_cap: 3 } }"}) {
+    EXPECT_TRUE(load_rl({ok}).ok()) << ok << ": " << load_rl({ok});
+  }
 }
 
 TEST(RlConfig, ResolvingNeedsAPretrainingRun) {
