@@ -211,6 +211,12 @@ if want rollout; then
   build-dev/rollout_bench ${ROLLOUT_ARGS:-} >"$out/rollout_bench.log" 2>&1
   note "rollout_bench: exit $?"
   grep -vE '^\{' "$out/rollout_bench.log" | tail -5 | tee -a "$summary"
+  # The candidates not yet the default: the vector decode-attention kernel and the adaptive
+  # grouped-GEMM tiling (kernels/kv_cache.h, kernels/grouped_matmul.h).
+  SWITCHYARD_DECODE_ATTENTION=vector SWITCHYARD_GROUPED_MATMUL=auto build-dev/rollout_bench \
+    ${ROLLOUT_ARGS:-} >"$out/rollout_bench_candidates.log" 2>&1
+  note "rollout_bench with SWITCHYARD_DECODE_ATTENTION=vector SWITCHYARD_GROUPED_MATMUL=auto: exit $?"
+  grep -vE '^\{' "$out/rollout_bench_candidates.log" | tail -5 | head -2 | tee -a "$summary"
   # The A/B: decode steps issued op by op instead of replayed as captured CUDA graphs.
   SWITCHYARD_DECODE_GRAPHS=0 build-dev/rollout_bench ${ROLLOUT_ARGS:-} \
     >"$out/rollout_bench_nographs.log" 2>&1

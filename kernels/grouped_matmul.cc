@@ -1,6 +1,10 @@
 // Grouped linear layers with device-side group offsets: argument checks and device dispatch.
 #include "kernels/grouped_matmul.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include "kernels/dispatch.h"
 
 namespace sy {
@@ -25,6 +29,22 @@ void grouped_matmul(const Tensor& y, const Tensor& x, const Tensor& w, const Ten
 #endif
   no_kernel("grouped_matmul", x.device());
 }
+
+namespace {
+std::atomic<GroupedTiling>& tiling_flag() {
+  static std::atomic<GroupedTiling> flag([] {
+    const char* v = std::getenv("SWITCHYARD_GROUPED_MATMUL");
+    if (v == nullptr || *v == '\0' || std::string_view(v) == "wide") return GroupedTiling::kWide;
+    SY_CHECK(std::string_view(v) == "auto")
+        << "SWITCHYARD_GROUPED_MATMUL=" << v << ": use wide or auto";
+    return GroupedTiling::kAdaptive;
+  }());
+  return flag;
+}
+}  // namespace
+
+void set_grouped_matmul_tiling(GroupedTiling tiling) { tiling_flag().store(tiling); }
+GroupedTiling grouped_matmul_tiling() { return tiling_flag().load(); }
 
 bool grouped_matmul_waits_for_nothing(Device device, DType dtype, int64_t n, int64_t k) {
   if (device.is_cpu()) return true;

@@ -20,6 +20,16 @@ namespace sy {
 void grouped_matmul(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& offsets);
 // Whether grouped_matmul runs on `device` in `dtype` for these sizes with no host wait.
 bool grouped_matmul_waits_for_nothing(Device device, DType dtype, int64_t n, int64_t k);
+
+// How the CUDA kernel tiles the work: kWide (chunks of 64 rows, K whole: measured on an H100,
+// 1.31 ms of a 2.5 ms bench-model decode step) or kAdaptive (chunks of 32 rows when groups
+// hold 16 rows or fewer on average, and K split into slices summed in order where the grid
+// has too few blocks, as w2's N of 1024 gives; its parity test and timing have not yet run on
+// a GPU, so it is not the default). The process starts with SWITCHYARD_GROUPED_MATMUL=
+// wide|auto (default wide).
+enum class GroupedTiling { kWide, kAdaptive };
+void set_grouped_matmul_tiling(GroupedTiling tiling);
+GroupedTiling grouped_matmul_tiling();
 namespace cpu {
 void grouped_matmul(const Tensor& y, const Tensor& x, const Tensor& w, const Tensor& offsets);
 }  // namespace cpu

@@ -3,10 +3,27 @@
 // tensors' device and are checked by the CPU op only.
 #include "kernels/kv_cache.h"
 
+#include <atomic>
+#include <cstdlib>
+#include <string_view>
+
 #include "kernels/dispatch.h"
 
 namespace sy {
 namespace {
+
+std::atomic<DecodeAttentionKernel>& decode_kernel_flag() {
+  static std::atomic<DecodeAttentionKernel> flag([] {
+    const char* v = std::getenv("SWITCHYARD_DECODE_ATTENTION");
+    if (v == nullptr || *v == '\0' || std::string_view(v) == "scalar") {
+      return DecodeAttentionKernel::kScalar;
+    }
+    SY_CHECK(std::string_view(v) == "vector")
+        << "SWITCHYARD_DECODE_ATTENTION=" << v << ": use scalar or vector";
+    return DecodeAttentionKernel::kVector;
+  }());
+  return flag;
+}
 
 void check_cache(const Tensor& cache_k, const Tensor& cache_v, const char* op) {
   SY_CHECK(cache_k.defined() && cache_k.ndim() == 4)
@@ -26,6 +43,9 @@ void check_index(const Tensor& t, int64_t rows, const char* what) {
 }
 
 }  // namespace
+
+void set_decode_attention_kernel(DecodeAttentionKernel kernel) { decode_kernel_flag().store(kernel); }
+DecodeAttentionKernel decode_attention_kernel() { return decode_kernel_flag().load(); }
 
 void kv_cache_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor& k,
                      const Tensor& v, const Tensor& slot, const Tensor& start,

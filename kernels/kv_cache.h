@@ -30,6 +30,16 @@ void kv_cache_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor&
 void decode_attention(const Tensor& out, const Tensor& q, const Tensor& cache_k,
                       const Tensor& cache_v, const Tensor& slot, const Tensor& length);
 
+// Which CUDA kernel decode_attention runs in bf16: kScalar (2-byte loads, a lane per 1-8 dims
+// of a key; measured on an H100 at ~26% of HBM bandwidth on the bench model's decode) or
+// kVector (16-byte loads, hd / 8 lanes a key, for head dims 8, 16, 32, 64, 128, 256; its
+// parity test and timing have not yet run on a GPU, so it is not the default). The process
+// starts with SWITCHYARD_DECODE_ATTENTION=scalar|vector (default scalar). f32 and other head
+// dims always take the scalar kernel.
+enum class DecodeAttentionKernel { kScalar, kVector };
+void set_decode_attention_kernel(DecodeAttentionKernel kernel);
+DecodeAttentionKernel decode_attention_kernel();
+
 namespace cpu {
 void kv_cache_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor& k,
                      const Tensor& v, const Tensor& slot, const Tensor& start,

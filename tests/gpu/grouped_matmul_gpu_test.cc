@@ -1,7 +1,8 @@
 // grouped_matmul on CUDA against the CPU op on the same random inputs: the MoE decode shapes
 // (16 groups, a few rows each, N and K of the bench model), groups with no rows and with more
 // rows than one block takes (64), rows past the last group left untouched (NaN stays NaN),
-// and the host-offset fallback (f32; N or K not multiples of 16). Skips without a GPU.
+// the split-K path (few blocks: fp32 partials summed in slice order) and decode-sized row
+// chunks, and the host-offset fallback (f32; N or K not multiples of 16). Skips without a GPU.
 //
 // Tolerances. bf16: inputs are bf16 on both sides, the CPU sums in f32 and rounds once; the
 // GPU sums in fp32 in another order and rounds the output to bf16 (relative step 2^-8): rtol
@@ -47,17 +48,23 @@ void expect_matches_cpu(const std::vector<int64_t>& counts, int64_t m, int64_t n
   const Tensor w = rounded(random_normal({groups, n, k}, rng, 1.0f / std::sqrt(float(k))), dt);
   Tensor want = filled({m, n}, kNaN);
   grouped_matmul(want, x, w, off);
-  Tensor got = on_gpu(filled({m, n}, kNaN), dt);
-  grouped_matmul(got, on_gpu(x, dt), on_gpu(w, dt), off.to(testing::kGpu));
-  const Tensor host = got.to(Device::cpu()).to(DType::kF32);
-  const double tol = dt == DType::kBF16 ? 2e-2 : 1e-4;
-  if (used > 0) {
-    EXPECT_TRUE(all_close(host.rows(0, used), rounded(want.rows(0, used), dt), tol, tol));
+  const GroupedTiling before = grouped_matmul_tiling();
+  for (GroupedTiling tiling : {GroupedTiling::kWide, GroupedTiling::kAdaptive}) {
+    SCOPED_TRACE(tiling == GroupedTiling::kWide ? "wide tiling" : "adaptive tiling");
+    set_grouped_matmul_tiling(tiling);
+    Tensor got = on_gpu(filled({m, n}, kNaN), dt);
+    grouped_matmul(got, on_gpu(x, dt), on_gpu(w, dt), off.to(testing::kGpu));
+    const Tensor host = got.to(Device::cpu()).to(DType::kF32);
+    const double tol = dt == DType::kBF16 ? 2e-2 : 1e-4;
+    if (used > 0) {
+      EXPECT_TRUE(all_close(host.rows(0, used), rounded(want.rows(0, used), dt), tol, tol));
+    }
+    const float* p = host.data<float>();
+    for (int64_t i = used * n; i < m * n; ++i) {
+      ASSERT_TRUE(std::isnan(p[i])) << "element " << i << " past the last group was written";
+    }
   }
-  const float* p = host.data<float>();
-  for (int64_t i = used * n; i < m * n; ++i) {
-    ASSERT_TRUE(std::isnan(p[i])) << "element " << i << " past the last group was written";
-  }
+  set_grouped_matmul_tiling(before);
 }
 
 TEST(GroupedMatmulGpu, DecodeShapesMatchCpu) {
@@ -76,6 +83,15 @@ TEST(GroupedMatmulGpu, ManyRowsEmptyGroupsAndTailsMatchCpu) {
   expect_matches_cpu({0, 0, 0}, 8, 32, 32, DType::kBF16);          // no rows at all
   expect_matches_cpu({5000}, 5000, 16, 272, DType::kBF16);          // K past a staged chunk
   expect_matches_cpu({3, 4}, 10, 48, 16, DType::kBF16);             // rows left past the end
+}
+
+TEST(GroupedMatmulGpu, SplitKAndDecodeChunksMatchCpu) {
+  SKIP_WITHOUT_GPU();
+  // Few blocks (4 groups x one 64-column tile): K split into slices of staged chunks, the
+  // last one short (2800 = 10 x 256 + 240); decode-sized chunks of 32 rows with a group of
+  // 40 rows (two chunks) and rows left past the last group.
+  expect_matches_cpu({40, 0, 3, 2}, 50, 64, 2800, DType::kBF16);
+  expect_matches_cpu({1, 33, 0, 2, 31}, 70, 16, 512, DType::kBF16);
 }
 
 TEST(GroupedMatmulGpu, HostOffsetFallbackMatchesCpu) {

@@ -124,14 +124,21 @@ TEST_P(DecodeAttentionGpu, MatchesCpu) {
   const DecodeInputs in = make_decode(c, rng);
   Tensor want = Tensor::empty(in.q.shape());
   decode_attention(want, in.q, in.ck, in.cv, i32(in.slot), i32(in.length));
-  Tensor got = testing::filled(in.q.shape(), testing::kNaN).to(c.dtype).to(kGpu);
-  decode_attention(got, on_gpu(in.q, c.dtype), on_gpu(in.ck, c.dtype), on_gpu(in.cv, c.dtype),
-                   i32(in.slot).to(kGpu), i32(in.length).to(kGpu));
-  if (c.dtype == DType::kF32) {
-    EXPECT_TRUE(close_to(got, want, 1e-4, 1e-5));
-  } else {
-    EXPECT_TRUE(close_to(got, want, 2e-2, 1e-3));
+  // Both bf16 kernels (the vector one where the head dim allows; f32 always scalar).
+  const DecodeAttentionKernel before = decode_attention_kernel();
+  for (DecodeAttentionKernel kernel : {DecodeAttentionKernel::kScalar, DecodeAttentionKernel::kVector}) {
+    set_decode_attention_kernel(kernel);
+    Tensor got = testing::filled(in.q.shape(), testing::kNaN).to(c.dtype).to(kGpu);
+    decode_attention(got, on_gpu(in.q, c.dtype), on_gpu(in.ck, c.dtype), on_gpu(in.cv, c.dtype),
+                     i32(in.slot).to(kGpu), i32(in.length).to(kGpu));
+    const char* name = kernel == DecodeAttentionKernel::kVector ? "vector" : "scalar";
+    if (c.dtype == DType::kF32) {
+      EXPECT_TRUE(close_to(got, want, 1e-4, 1e-5)) << name;
+    } else {
+      EXPECT_TRUE(close_to(got, want, 2e-2, 1e-3)) << name;
+    }
   }
+  set_decode_attention_kernel(before);
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -149,6 +156,10 @@ INSTANTIATE_TEST_SUITE_P(
         DecodeCase{5, 17, 8, 8, 64, 300, DType::kF32}, DecodeCase{6, 3, 12, 3, 32, 257, DType::kBF16},
         DecodeCase{4, 2, 4, 1, 256, 513, DType::kF32}, DecodeCase{4, 5, 6, 2, 96, 130, DType::kBF16},
         DecodeCase{7, 1, 4, 4, 192, 1000, DType::kF32},
+        // bf16's vector kernel at each query-tile size (1, 2, 4, 8 queries a block) and
+        // head dims 8 .. 256; 96 (not a power of two of vectors) takes the scalar kernel
+        DecodeCase{5, 2, 8, 8, 128, 300, DType::kBF16}, DecodeCase{5, 3, 4, 4, 64, 300, DType::kBF16},
+        DecodeCase{4, 2, 4, 1, 256, 513, DType::kBF16}, DecodeCase{3, 1, 8, 1, 64, 1500, DType::kBF16},
         // Head dims off the 32 grid (the tiny config's 24, test models' 8 and 16, a 40): the
         // padded lanes must add nothing.
         DecodeCase{5, 1, 4, 2, 24, 300, DType::kF32}, DecodeCase{4, 3, 4, 4, 8, 130, DType::kBF16},
@@ -178,19 +189,27 @@ TEST(DecodeAttentionGpuTiming, BenchShapes) {
       const Tensor gs = i32(slot).to(kGpu), gl = i32(length).to(kGpu);
       Tensor out = Tensor::empty(q.shape(), DType::kBF16, kGpu);
       auto wait = [&] { (void)out.view({out.numel()}).rows(0, 1).to_f32_vector(); };
-      decode_attention(out, q, ck, cv, gs, gl);
-      wait();
-      constexpr int kRepeats = 20;
-      const auto start = std::chrono::steady_clock::now();
-      for (int i = 0; i < kRepeats; ++i) decode_attention(out, q, ck, cv, gs, gl);
-      wait();
-      const double us = std::chrono::duration<double, std::micro>(
-                            std::chrono::steady_clock::now() - start)
-                            .count() /
-                        kRepeats;
-      const double bytes = 2.0 * rows * len * 16 * 64 * 2;
-      std::printf("decode_attention bf16 R%lld len %lld H16 hd64: %.1f us, %.0f GB/s of KV\n",
-                  static_cast<long long>(rows), static_cast<long long>(len), us, bytes / us * 1e-3);
+      const DecodeAttentionKernel before = decode_attention_kernel();
+      for (DecodeAttentionKernel kernel :
+           {DecodeAttentionKernel::kScalar, DecodeAttentionKernel::kVector}) {
+        set_decode_attention_kernel(kernel);
+        decode_attention(out, q, ck, cv, gs, gl);
+        wait();
+        constexpr int kRepeats = 20;
+        const auto start = std::chrono::steady_clock::now();
+        for (int i = 0; i < kRepeats; ++i) decode_attention(out, q, ck, cv, gs, gl);
+        wait();
+        const double us = std::chrono::duration<double, std::micro>(
+                              std::chrono::steady_clock::now() - start)
+                              .count() /
+                          kRepeats;
+        const double bytes = 2.0 * rows * len * 16 * 64 * 2;
+        std::printf("decode_attention bf16 %s R%lld len %lld H16 hd64: %.1f us, %.0f GB/s of KV\n",
+                    kernel == DecodeAttentionKernel::kVector ? "vector" : "scalar",
+                    static_cast<long long>(rows), static_cast<long long>(len), us,
+                    bytes / us * 1e-3);
+      }
+      set_decode_attention_kernel(before);
     }
   }
 }
