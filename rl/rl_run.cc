@@ -43,7 +43,8 @@ absl::Status copy_tokenizer_files(const std::string& from_dir, const std::string
 
 // `tis`: rl.rollout_correction is on, and its two statistics are written too; `moe`: a MoE
 // model, and its rollout/training mismatch too.
-std::string step_json(const StepMetrics& m, double time_left_s, bool tis, bool moe) {
+std::string step_json(const StepMetrics& m, double time_left_s, bool tis, bool moe,
+                      const char* memory_key, double memory_gib) {
   std::string extra_fields =
       tis ? absl::StrFormat(R"(, "tis_weight_mean": %.9g, "tis_truncated_fraction": %.9g)",
                             m.tis_weight_mean, m.tis_truncated_fraction)
@@ -53,6 +54,7 @@ std::string step_json(const StepMetrics& m, double time_left_s, bool tis, bool m
                           R"(, "rollout_logprob_diff": %.9g, "routing_mismatch": %.9g)",
                           m.rollout_logprob_diff, m.routing_mismatch);
   }
+  absl::StrAppendFormat(&extra_fields, R"(, "%s": %.6g)", memory_key, memory_gib);
   return absl::StrFormat(
       R"({"step": %d, "reward_mean": %.9g, "accuracy": %.9g, "format_rate": %.9g, "kl": %.9g, "kl_sequence": %.9g, "kl_coef": %.9g, "clip_fraction": %.9g, "entropy": %.9g, "response_length": %.9g, "policy_loss": %.9g, "value_loss": %.9g, "grad_norm": %.9g, "groups_kept": %d, "groups": %d, "time_rollout_s": %.6g, "time_scoring_s": %.6g, "time_logprobs_s": %.6g, "time_update_s": %.6g, "rollout_tokens": %d, "rollout_tokens_per_s": %.6g, "non_finite_updates": %d%s, "time_left_s": %.6g})",
       m.step, m.reward_mean, m.accuracy, m.format_rate, m.kl, m.kl_sequence, m.kl_coef,
@@ -123,6 +125,7 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
   const bool ppo = rl.algorithm() == RlConfig::RL_PPO;
   const bool tis = rl.rollout_correction().tis_cap() > 0;
   const bool moe = trainer->policy().num_routed_layers() > 0;
+  const Device device = trainer->policy().store().device();
   const Eta eta(start_step, steps);
   int64_t skipped_total = 0;
   StepLoop loop;
@@ -154,6 +157,10 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
           step + 1, m.non_finite_updates, m.updates.size());
     }
     const bool last = step + 1 == steps;
+    // As the training line: the busiest rank's peak (device memory on a GPU, else the RSS).
+    double memory_gib = peak_memory_gib(device);
+    world.all_reduce_host({&memory_gib, 1}, ReduceOp::kMax);
+    const char* memory_key = device.is_cuda() ? "peak_memory_gib" : "peak_rss_gib";
     if ((step + 1) % rl.log_interval() == 0 || last || step == 0) {
       const std::string value = ppo ? absl::StrFormat(" | vloss %.4f", m.value_loss) : "";
       const std::string kept = rl.filter_equal_groups()
@@ -171,14 +178,16 @@ absl::Status run_rl(const switchyard::Experiment& config, const RlRunOptions& op
       log << absl::StrFormat(
           "rl step %d/%d | reward %.3f | acc %.1f%% | kl %.2e | beta %.3g | clip %.1f%%%s%s | "
           "entropy %.3f | len %.2f | loss %.4f%s%s | norm %.2f | rollout %.2fs (%.0f tok/s) "
-          "score %.2fs logprobs %.2fs update %.2fs | ETA %s\n",
+          "score %.2fs logprobs %.2fs update %.2fs | %s %.2f GiB | ETA %s\n",
           m.step, steps, m.reward_mean, 100 * m.accuracy, m.kl, m.kl_coef, 100 * m.clip_fraction,
           correction, mismatch, m.entropy, m.response_length, m.policy_loss, value, kept,
           m.grad_norm, m.rollout_s, m.rollout_tokens_per_s(), m.scoring_s, m.logprobs_s, m.update_s,
+          device.is_cuda() ? "peak mem" : "peak rss", memory_gib,
           format_duration(eta.seconds_left(step + 1)));
       log.flush();
     }
-    run.metrics(step_json(m, std::max(0.0, eta.seconds_left(step + 1)), tis, moe));
+    run.metrics(step_json(m, std::max(0.0, eta.seconds_left(step + 1)), tis, moe, memory_key,
+                          memory_gib));
     return absl::OkStatus();
   };
   SY_ASSIGN_OR_RETURN(const bool stopped, run_steps(loop, world, log));

@@ -613,8 +613,15 @@ TEST(RlLoop, AGspoRunWithTisLogsItsWeights) {
     EXPECT_NEAR(weight->as_double(), 1.0, 1e-3) << line;
     ASSERT_NE(j->find("tis_truncated_fraction"), nullptr) << line;
     EXPECT_EQ(j->find("tis_truncated_fraction")->as_double(), 0.0) << line;
+    // The peak resident set, as training's lines (a CPU run: no device memory).
+    EXPECT_EQ(j->find("peak_memory_gib"), nullptr) << line;
+    ASSERT_NE(j->find("peak_rss_gib"), nullptr) << line;
+    EXPECT_GT(j->find("peak_rss_gib")->as_double(), 0.001) << line;
+    EXPECT_LT(j->find("peak_rss_gib")->as_double(), 64) << line;
   }
   EXPECT_EQ(steps, 2);
+  EXPECT_TRUE(absl::StrContains(log.str(), " GiB | ETA ")) << log.str();
+  EXPECT_TRUE(absl::StrContains(log.str(), "| peak rss ")) << log.str();
 }
 
 // ---- configs -------------------------------------------------------------------------------

@@ -126,8 +126,10 @@ std::map<std::pair<int64_t, bool>, std::map<std::string, double>> step_metrics(
     const bool eval = j->find("eval_accuracy") != nullptr;
     auto& numbers = out[{j->find("step")->as_int(), eval}];
     for (const auto& [key, value] : j->as_object()) {
-      // Clock readings (time_*) and rates derived from them (*_per_s) differ run to run.
-      const bool clock = absl::StartsWith(key, "time_") || absl::EndsWith(key, "_per_s");
+      // Clock readings (time_*), rates derived from them (*_per_s) and the process's peak
+      // memory (peak_*: a resumed process has its own) differ run to run.
+      const bool clock = absl::StartsWith(key, "time_") || absl::EndsWith(key, "_per_s") ||
+                         absl::StartsWith(key, "peak_");
       if (!clock && value.is_number()) numbers[key] = value.as_double();
     }
   }
