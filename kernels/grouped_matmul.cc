@@ -2,10 +2,9 @@
 #include "kernels/grouped_matmul.h"
 
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 
 #include "kernels/dispatch.h"
+#include "kernels/env.h"
 
 namespace sy {
 
@@ -32,13 +31,9 @@ void grouped_matmul(const Tensor& y, const Tensor& x, const Tensor& w, const Ten
 
 namespace {
 std::atomic<GroupedTiling>& tiling_flag() {
-  static std::atomic<GroupedTiling> flag([] {
-    const char* v = std::getenv("SWITCHYARD_GROUPED_MATMUL");
-    if (v == nullptr || *v == '\0' || std::string_view(v) == "wide") return GroupedTiling::kWide;
-    SY_CHECK(std::string_view(v) == "auto")
-        << "SWITCHYARD_GROUPED_MATMUL=" << v << ": use wide or auto";
-    return GroupedTiling::kAdaptive;
-  }());
+  static std::atomic<GroupedTiling> flag(
+      env_choice("SWITCHYARD_GROUPED_MATMUL", {"wide", "auto"}) == 0 ? GroupedTiling::kWide
+                                                                     : GroupedTiling::kAdaptive);
   return flag;
 }
 }  // namespace

@@ -4,24 +4,18 @@
 #include "kernels/kv_cache.h"
 
 #include <atomic>
-#include <cstdlib>
-#include <string_view>
 
 #include "kernels/dispatch.h"
+#include "kernels/env.h"
 
 namespace sy {
 namespace {
 
 std::atomic<DecodeAttentionKernel>& decode_kernel_flag() {
-  static std::atomic<DecodeAttentionKernel> flag([] {
-    const char* v = std::getenv("SWITCHYARD_DECODE_ATTENTION");
-    if (v == nullptr || *v == '\0' || std::string_view(v) == "scalar") {
-      return DecodeAttentionKernel::kScalar;
-    }
-    SY_CHECK(std::string_view(v) == "vector")
-        << "SWITCHYARD_DECODE_ATTENTION=" << v << ": use scalar or vector";
-    return DecodeAttentionKernel::kVector;
-  }());
+  static std::atomic<DecodeAttentionKernel> flag(
+      env_choice("SWITCHYARD_DECODE_ATTENTION", {"scalar", "vector"}) == 0
+          ? DecodeAttentionKernel::kScalar
+          : DecodeAttentionKernel::kVector);
   return flag;
 }
 

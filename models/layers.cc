@@ -2,13 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <optional>
-#include <string_view>
 
 #include "kernels/attention.h"
 #include "kernels/balance.h"
 #include "kernels/elementwise.h"
+#include "kernels/env.h"
 #include "kernels/grouped_matmul.h"
 #include "kernels/matmul.h"
 #include "kernels/permute.h"
@@ -79,12 +78,8 @@ constexpr double kMaxPadding = 0.25;
 enum class ExpertGemms { kAuto, kLoop, kBatched };
 
 ExpertGemms expert_gemms_from_env() {
-  const char* v = std::getenv("SWITCHYARD_EXPERT_GEMMS");
-  if (v == nullptr || *v == '\0' || std::string_view(v) == "loop") return ExpertGemms::kLoop;
-  if (std::string_view(v) == "auto") return ExpertGemms::kAuto;
-  if (std::string_view(v) == "batched") return ExpertGemms::kBatched;
-  SY_CHECK(false) << "SWITCHYARD_EXPERT_GEMMS=" << v << ": use loop, batched or auto";
-  return ExpertGemms::kAuto;
+  constexpr ExpertGemms kByIndex[] = {ExpertGemms::kLoop, ExpertGemms::kBatched, ExpertGemms::kAuto};
+  return kByIndex[env_choice("SWITCHYARD_EXPERT_GEMMS", {"loop", "batched", "auto"})];
 }
 
 constexpr int64_t kGroupedRowsPerExpert = 128;  // on average, the most the grouped path takes
@@ -93,11 +88,7 @@ constexpr int64_t kGroupedRowsPerExpert = 128;  // on average, the most the grou
 // where they apply, "host" the training path's (the counts copied to the host first): the
 // A/B of bench/device_run.sh's rollout stage.
 bool inference_grouped_from_env() {
-  const char* v = std::getenv("SWITCHYARD_INFERENCE_EXPERTS");
-  if (v == nullptr || *v == '\0' || std::string_view(v) == "grouped") return true;
-  if (std::string_view(v) == "host") return false;
-  SY_CHECK(false) << "SWITCHYARD_INFERENCE_EXPERTS=" << v << ": use grouped or host";
-  return true;
+  return env_choice("SWITCHYARD_INFERENCE_EXPERTS", {"grouped", "host"}) == 0;
 }
 
 // Runs fn(e, lo, hi) for every local expert e with rows [lo, hi) (off: [experts + 1] row

@@ -2,12 +2,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <map>
 #include <set>
-#include <string_view>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/env.h"
 #include "kernels/graph.h"
 #include "kernels/profile.h"
 #include "kernels/rollout_rows.h"
@@ -46,13 +45,7 @@ Tensor host_i64(const std::vector<uint64_t>& values) {
 }
 
 // SWITCHYARD_DECODE_GRAPHS=0 turns the captured decode steps off (an A/B for the benchmark).
-bool decode_graphs_from_env() {
-  const char* v = std::getenv("SWITCHYARD_DECODE_GRAPHS");
-  if (v == nullptr || *v == '\0' || std::string_view(v) == "1") return true;
-  if (std::string_view(v) == "0") return false;
-  SY_CHECK(false) << "SWITCHYARD_DECODE_GRAPHS=" << v << ": use 1 or 0";
-  return true;
-}
+bool decode_graphs_from_env() { return env_choice("SWITCHYARD_DECODE_GRAPHS", {"1", "0"}) == 0; }
 
 SamplingParams param_rows(const SamplingParams& p, int64_t lo, int64_t hi) {
   return {.temperature = p.temperature.rows(lo, hi),

@@ -1,10 +1,12 @@
 // The CUDA kernel choices that are process-wide settings (kernels/kv_cache.h's decode
 // attention kernel, kernels/grouped_matmul.h's tiling): their defaults are the kernels measured
 // on a GPU (scalar decode attention, wide tiling), a setter changes what the getter reports,
-// and a bad SWITCHYARD_* value is refused naming the values it takes.
+// and a bad SWITCHYARD_* value is refused naming the values it takes (kernels/env.h's
+// env_choice, which every such knob reads through).
 #include <cstdlib>
 
 #include "gtest/gtest.h"
+#include "kernels/env.h"
 #include "kernels/grouped_matmul.h"
 #include "kernels/kv_cache.h"
 
@@ -30,6 +32,18 @@ TEST(KernelChoice, DefaultsAreTheMeasuredKernelsAndSettersStick) {
   EXPECT_EQ(grouped_matmul_tiling(), tiling);
 }
 
+TEST(KernelChoice, EnvChoiceGivesTheValuesIndexAndZeroWhenUnset) {
+  unsetenv("SY_TEST_CHOICE");
+  EXPECT_EQ(env_choice("SY_TEST_CHOICE", {"a", "b", "c"}), 0);
+  setenv("SY_TEST_CHOICE", "", 1);
+  EXPECT_EQ(env_choice("SY_TEST_CHOICE", {"a", "b", "c"}), 0);
+  setenv("SY_TEST_CHOICE", "c", 1);
+  EXPECT_EQ(env_choice("SY_TEST_CHOICE", {"a", "b", "c"}), 2);
+  setenv("SY_TEST_CHOICE", "a", 1);
+  EXPECT_EQ(env_choice("SY_TEST_CHOICE", {"a", "b", "c"}), 0);
+  unsetenv("SY_TEST_CHOICE");
+}
+
 TEST(KernelChoiceDeathTest, BadEnvironmentValuesAreRefused) {
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   EXPECT_DEATH(
@@ -44,6 +58,12 @@ TEST(KernelChoiceDeathTest, BadEnvironmentValuesAreRefused) {
         (void)grouped_matmul_tiling();
       },
       "SWITCHYARD_GROUPED_MATMUL=narrow: use wide or auto");
+  EXPECT_DEATH(
+      {
+        setenv("SY_TEST_CHOICE", "d", 1);
+        (void)env_choice("SY_TEST_CHOICE", {"a", "b", "c"});
+      },
+      "SY_TEST_CHOICE=d: use a, b or c");
 }
 
 }  // namespace
