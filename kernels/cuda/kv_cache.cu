@@ -321,16 +321,18 @@ void launch_append(const Tensor& cache_k, const Tensor& cache_v, const Tensor& k
   launch_check("kv_cache_append_kernel");
 }
 
-template <typename T, int kD, int kQ>
-void launch_decode(const Tensor& out, const Tensor& q, const Tensor& cache_k,
-                   const Tensor& cache_v, const Tensor& slot, const Tensor& length,
-                   DecodeDims d) {
+// Either kernel with the grid, the key splits and their merge (both kernels take the same
+// arguments and write the same partial layout): a block per (row, KV head, tile of kQ
+// queries), split over the keys until there are enough blocks for 64 warps an SM (the loads
+// in flight that keep HBM busy), splits no shorter than kMinSplitKeys.
+template <typename T, int kQ, typename Kernel>
+void launch_split_decode(Kernel kernel, const char* name, const Tensor& out, const Tensor& q,
+                         const Tensor& cache_k, const Tensor& cache_v, const Tensor& slot,
+                         const Tensor& length, DecodeDims d) {
   const int64_t rows = q.dim(0);
   d.q_tiles = static_cast<int>((d.tq * d.group + kQ - 1) / kQ);
   const int64_t blocks = rows * d.kv_heads * d.q_tiles;
   SY_CHECK(blocks <= kMaxRowBlocks) << "decode_attention: " << blocks << " blocks exceed one grid";
-  // Enough blocks for 64 warps an SM (the loads in flight that keep HBM busy), splits no
-  // shorter than kMinSplitKeys.
   const int64_t want = (16LL * sm_count() + blocks - 1) / blocks;
   const int64_t most = std::max<int64_t>(1, (d.capacity + kMinSplitKeys - 1) / kMinSplitKeys);
   d.splits = static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535)));
@@ -340,10 +342,10 @@ void launch_decode(const Tensor& out, const Tensor& q, const Tensor& cache_k,
   float* part_ml = scratch.as<float>();
   float* part_acc = part_ml ? part_ml + 2 * out_rows * d.splits : nullptr;
   const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(d.splits));
-  decode_attention_kernel<T, kD, kQ><<<grid, kAttnWarps * 32, 0, stream()>>>(
-      ptr<T>(out), part_ml, part_acc, ptr<T>(q), ptr<T>(cache_k), ptr<T>(cache_v),
-      slot.data<int32_t>(), length.data<int32_t>(), d);
-  launch_check("decode_attention_kernel");
+  kernel<<<grid, kAttnWarps * 32, 0, stream()>>>(ptr<T>(out), part_ml, part_acc, ptr<T>(q),
+                                                 ptr<T>(cache_k), ptr<T>(cache_v),
+                                                 slot.data<int32_t>(), length.data<int32_t>(), d);
+  launch_check(name);
   if (d.splits > 1) {
     decode_attention_merge_kernel<T><<<grid_for(out_rows * 32), kThreads, 0, stream()>>>(
         ptr<T>(out), part_ml, part_acc, out_rows, d.splits, d.hd);
@@ -351,33 +353,21 @@ void launch_decode(const Tensor& out, const Tensor& q, const Tensor& cache_k,
   }
 }
 
+template <typename T, int kD, int kQ>
+void launch_decode(const Tensor& out, const Tensor& q, const Tensor& cache_k,
+                   const Tensor& cache_v, const Tensor& slot, const Tensor& length,
+                   const DecodeDims& d) {
+  launch_split_decode<T, kQ>(decode_attention_kernel<T, kD, kQ>, "decode_attention_kernel", out,
+                             q, cache_k, cache_v, slot, length, d);
+}
+
 template <int kL, int kQ>
 void launch_decode_vec(const Tensor& out, const Tensor& q, const Tensor& cache_k,
                        const Tensor& cache_v, const Tensor& slot, const Tensor& length,
-                       DecodeDims d) {
-  const int64_t rows = q.dim(0);
-  d.q_tiles = static_cast<int>((d.tq * d.group + kQ - 1) / kQ);
-  const int64_t blocks = rows * d.kv_heads * d.q_tiles;
-  SY_CHECK(blocks <= kMaxRowBlocks) << "decode_attention: " << blocks << " blocks exceed one grid";
-  const int64_t want = (16LL * sm_count() + blocks - 1) / blocks;
-  const int64_t most = std::max<int64_t>(1, (d.capacity + kMinSplitKeys - 1) / kMinSplitKeys);
-  d.splits = static_cast<int>(std::clamp<int64_t>(want, 1, std::min<int64_t>(most, 65535)));
-  d.split_len = (d.capacity + d.splits - 1) / d.splits;
-  const int64_t out_rows = rows * d.tq * d.heads;
-  Scratch scratch(d.splits > 1 ? static_cast<size_t>(out_rows) * d.splits * (2 + d.hd) * 4 : 0);
-  float* part_ml = scratch.as<float>();
-  float* part_acc = part_ml ? part_ml + 2 * out_rows * d.splits : nullptr;
-  using T = __nv_bfloat16;
-  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(d.splits));
-  decode_attention_vec_kernel<kL, kQ><<<grid, kAttnWarps * 32, 0, stream()>>>(
-      ptr<T>(out), part_ml, part_acc, ptr<T>(q), ptr<T>(cache_k), ptr<T>(cache_v),
-      slot.data<int32_t>(), length.data<int32_t>(), d);
-  launch_check("decode_attention_vec_kernel");
-  if (d.splits > 1) {
-    decode_attention_merge_kernel<T><<<grid_for(out_rows * 32), kThreads, 0, stream()>>>(
-        ptr<T>(out), part_ml, part_acc, out_rows, d.splits, d.hd);
-    launch_check("decode_attention_merge_kernel");
-  }
+                       const DecodeDims& d) {
+  launch_split_decode<__nv_bfloat16, kQ>(decode_attention_vec_kernel<kL, kQ>,
+                                         "decode_attention_vec_kernel", out, q, cache_k, cache_v,
+                                         slot, length, d);
 }
 
 template <int kL>
